@@ -1,0 +1,88 @@
+"""Exceptions a client sees, and the one table that maps wire status codes to them."""
+
+from __future__ import annotations
+
+from client.protocol import ErrorReply, Status
+
+
+class KVError(Exception):
+    """Base of every error this package raises. ``code`` is the name printed as ``ERROR <CODE>``."""
+
+    code = "ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(KVError):
+    code = "BAD_REQUEST"
+
+
+class KeyTooLargeError(KVError):
+    code = "KEY_TOO_LARGE"
+
+
+class ValueTooLargeError(KVError):
+    code = "VALUE_TOO_LARGE"
+
+
+class FrameTooLargeError(KVError):
+    code = "FRAME_TOO_LARGE"
+
+
+class UnsupportedVersionError(KVError):
+    code = "UNSUPPORTED_VERSION"
+
+
+class QuorumError(KVError):
+    """Too few replicas answered: ``acked`` of the ``required`` replies came back."""
+
+    def __init__(self, message: str, acked: int = 0, required: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.required = required
+
+
+class UnavailableError(QuorumError):
+    code = "UNAVAILABLE"
+
+
+class RequestTimeoutError(QuorumError):
+    code = "TIMEOUT"
+
+
+class InternalServerError(KVError):
+    code = "INTERNAL_ERROR"
+
+
+class NodeUnreachableError(KVError):
+    """No connection could be made or kept to a node (raised by the client, not sent by a node)."""
+
+    code = "UNREACHABLE"
+
+
+class ProtocolViolationError(KVError):
+    """A node sent bytes that do not follow the protocol."""
+
+    code = "PROTOCOL"
+
+
+STATUS_ERRORS: dict[Status, type[KVError]] = {
+    Status.BAD_REQUEST: BadRequestError,
+    Status.KEY_TOO_LARGE: KeyTooLargeError,
+    Status.VALUE_TOO_LARGE: ValueTooLargeError,
+    Status.FRAME_TOO_LARGE: FrameTooLargeError,
+    Status.UNSUPPORTED_VERSION: UnsupportedVersionError,
+    Status.UNAVAILABLE: UnavailableError,
+    Status.TIMEOUT: RequestTimeoutError,
+    Status.INTERNAL_ERROR: InternalServerError,
+}
+
+
+def error_from_reply(reply: ErrorReply) -> KVError:
+    """The exception for an error response."""
+    error_class = STATUS_ERRORS.get(reply.status, KVError)
+    if issubclass(error_class, QuorumError):
+        return error_class(reply.message, reply.acked or 0, reply.required or 0)
+    return error_class(reply.message)

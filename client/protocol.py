@@ -1,0 +1,530 @@
+"""The wire protocol: frames, operations, status codes and message bodies, over bytes only.
+
+This module owns the byte layout described in ``client/PROTOCOL.md`` and nothing else: no sockets,
+no clocks, no I/O. ``FrameDecoder`` turns a byte stream into frames (a partial frame is normal and
+simply waits for more bytes); the ``encode_*``/``decode_*`` functions turn typed messages into frame
+bodies and back. Every decoding failure raises ``ProtocolError`` or one of its subclasses, never
+``struct.error``, ``IndexError`` or ``UnicodeDecodeError``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+PROTOCOL_VERSION = 1
+"""The only version this code speaks. HELLO negotiates it; a later version adds ops, never reshapes."""
+
+HEADER = struct.Struct(">IIB")
+"""length (bytes after this field), request id, code (an Op in a request, a Status in a response)."""
+LENGTH_FIELD_SIZE = 4
+MIN_FRAME_LENGTH = HEADER.size - LENGTH_FIELD_SIZE  # request id + code: a frame with an empty body
+CODE_OFFSET = HEADER.size - 1
+
+FRAME_OVERHEAD = 512
+"""Bytes a frame may need beyond its key and value: header, length prefixes, quorum and flag bytes,
+and node ids (up to 255 bytes each in a version or a hint). The default frame limit is max value +
+max key + this, so a maximum-size key and value fit in every op that carries them."""
+
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES = DEFAULT_MAX_VALUE_BYTES + DEFAULT_MAX_KEY_BYTES + FRAME_OVERHEAD
+
+MAX_REQUEST_ID = 0xFFFFFFFF
+MAX_KEY_FIELD = 0xFFFF  # keys carry a u16 length, so no configuration can allow a longer key
+
+
+class Op(IntEnum):
+    """Request codes. 0x01-0x0F are client operations, 0x10-0x1F node-to-node replica operations."""
+
+    HELLO = 0x01
+    PING = 0x02
+    GET = 0x03
+    PUT = 0x04
+    DELETE = 0x05
+    TOPOLOGY = 0x06
+    REPLICA_GET = 0x10
+    REPLICA_PUT = 0x11
+
+
+class Status(IntEnum):
+    """Response codes. 0x00-0x0F are answers, 0x10 and up are errors that carry a message."""
+
+    OK = 0x00
+    NOT_FOUND = 0x01
+    BAD_REQUEST = 0x10
+    KEY_TOO_LARGE = 0x11
+    VALUE_TOO_LARGE = 0x12
+    FRAME_TOO_LARGE = 0x13
+    UNSUPPORTED_VERSION = 0x14
+    UNAVAILABLE = 0x20
+    TIMEOUT = 0x21
+    INTERNAL_ERROR = 0x30
+
+    @property
+    def is_error(self) -> bool:
+        return self >= Status.BAD_REQUEST
+
+
+QUORUM_STATUSES = frozenset({Status.UNAVAILABLE, Status.TIMEOUT})
+"""Errors whose body also says how many replicas acked and how many were required."""
+
+
+class ProtocolError(Exception):
+    """Bytes that do not follow the protocol."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame announced a length over the limit. The stream cannot be trusted past this point."""
+
+    def __init__(self, request_id: int, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the limit of {limit} bytes")
+        self.request_id = request_id
+        self.length = length
+        self.limit = limit
+
+
+class Frame(NamedTuple):
+    request_id: int
+    code: int
+    body: bytes
+
+
+class Version(NamedTuple):
+    """A write's version: hybrid logical clock timestamp, then the writing node's id.
+
+    Tuple order is version order: the higher timestamp wins and the node id breaks ties.
+    """
+
+    timestamp: int
+    node_id: str
+
+
+class Record(NamedTuple):
+    """What a replica holds for a key: a value, or a tombstone (``value is None``), and its version."""
+
+    version: Version
+    value: bytes | None
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+
+# --- framing ---------------------------------------------------------------------------------------
+
+
+def encode_frame(request_id: int, code: int, body: bytes = b"") -> bytes:
+    return HEADER.pack(len(body) + MIN_FRAME_LENGTH, request_id, code) + body
+
+
+def frame_code(encoded: bytes) -> int:
+    """The op or status code of an encoded frame."""
+    return encoded[CODE_OFFSET]
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed it whatever the socket returned, get back complete frames."""
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Append ``data`` and return every frame now complete; keep any partial frame buffered.
+
+        Raises ``FrameTooLargeError`` for a frame over the limit and ``ProtocolError`` for a length
+        too short to hold a header. Either way the stream is unusable afterwards.
+        """
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        available = len(buffer)
+        while available - offset >= HEADER.size:
+            length, request_id, code = HEADER.unpack_from(buffer, offset)
+            if length < MIN_FRAME_LENGTH:
+                raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
+            if length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
+                raise FrameTooLargeError(request_id, length + LENGTH_FIELD_SIZE, self.max_frame_bytes)
+            end = offset + LENGTH_FIELD_SIZE + length
+            if end > available:
+                break
+            frames.append(Frame(request_id, code, bytes(buffer[offset + HEADER.size : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame that is not complete yet."""
+        return len(self._buffer)
+
+
+# --- body fields -----------------------------------------------------------------------------------
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class BodyReader:
+    """Reads fields from a frame body; any underflow or bad text becomes ``ProtocolError``."""
+
+    __slots__ = ("_data", "_offset")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._offset = 0
+
+    def _take(self, size: int) -> bytes:
+        end = self._offset + size
+        if end > len(self._data):
+            raise ProtocolError(f"body ends after {len(self._data)} bytes, field needs {end}")
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def _unpack(self, fmt: struct.Struct) -> int:
+        return fmt.unpack(self._take(fmt.size))[0]
+
+    def u8(self) -> int:
+        return self._unpack(_U8)
+
+    def u16(self) -> int:
+        return self._unpack(_U16)
+
+    def u32(self) -> int:
+        return self._unpack(_U32)
+
+    def u64(self) -> int:
+        return self._unpack(_U64)
+
+    def bytes16(self) -> bytes:
+        return self._take(self.u16())
+
+    def bytes32(self) -> bytes:
+        return self._take(self.u32())
+
+    def str8(self) -> str:
+        raw = self._take(self.u8())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"text field is not UTF-8: {raw!r}") from exc
+
+    def str16(self) -> str:
+        return self._take(self.u16()).decode("utf-8", errors="replace")
+
+    def version(self) -> Version:
+        return Version(self.u64(), self.str8())
+
+    def end(self) -> None:
+        if self._offset != len(self._data):
+            raise ProtocolError(f"{len(self._data) - self._offset} unexpected bytes after the last field")
+
+
+def _str8(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > 0xFF:
+        raise ValueError(f"text field longer than 255 bytes: {text[:40]!r}...")
+    return _U8.pack(len(raw)) + raw
+
+
+def _bytes16(data: bytes) -> bytes:
+    if len(data) > MAX_KEY_FIELD:
+        raise ValueError(f"field of {len(data)} bytes does not fit a u16 length")
+    return _U16.pack(len(data)) + data
+
+
+def _bytes32(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data
+
+
+def _version(version: Version) -> bytes:
+    return _U64.pack(version.timestamp) + _str8(version.node_id)
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+DEFAULT_QUORUM = 0
+"""A quorum byte of 0 means "use the node's configured R or W"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    min_version: int = PROTOCOL_VERSION
+    max_version: int = PROTOCOL_VERSION
+    client_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: bytes
+    quorum: int = DEFAULT_QUORUM
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+    quorum: int = DEFAULT_QUORUM
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+    quorum: int = DEFAULT_QUORUM
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGet:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPut:
+    key: bytes
+    record: Record
+
+
+Request = Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut
+
+_TOMBSTONE_FLAG = 0x01
+
+
+def _record_body(record: Record) -> bytes:
+    flags = _TOMBSTONE_FLAG if record.value is None else 0
+    return _U8.pack(flags) + _version(record.version) + _bytes32(record.value or b"")
+
+
+def _read_record(reader: BodyReader) -> Record:
+    flags = reader.u8()
+    if flags & ~_TOMBSTONE_FLAG:
+        raise ProtocolError(f"unknown record flags 0x{flags:02x}")
+    version = reader.version()
+    value = reader.bytes32()
+    if flags & _TOMBSTONE_FLAG:
+        if value:
+            raise ProtocolError("a tombstone record carries a value")
+        return Record(version, None)
+    return Record(version, value)
+
+
+def request_body(request: Request) -> tuple[Op, bytes]:
+    """The op code and body bytes of ``request``."""
+    match request:
+        case Get(key, quorum):
+            return Op.GET, _U8.pack(quorum) + _bytes16(key)
+        case Put(key, value, quorum):
+            return Op.PUT, _U8.pack(quorum) + _bytes16(key) + _bytes32(value)
+        case Delete(key, quorum):
+            return Op.DELETE, _U8.pack(quorum) + _bytes16(key)
+        case ReplicaGet(key):
+            return Op.REPLICA_GET, _bytes16(key)
+        case ReplicaPut(key, record):
+            return Op.REPLICA_PUT, _bytes16(key) + _record_body(record)
+        case Hello(min_version, max_version, client_name):
+            return Op.HELLO, _U8.pack(min_version) + _U8.pack(max_version) + _str8(client_name)
+        case Ping():
+            return Op.PING, b""
+        case Topology():
+            return Op.TOPOLOGY, b""
+    raise TypeError(f"not a request: {request!r}")
+
+
+def encode_request(request_id: int, request: Request) -> bytes:
+    op, body = request_body(request)
+    return encode_frame(request_id, op, body)
+
+
+def decode_request(frame: Frame) -> Request:
+    """The typed request in ``frame``. Raises ``ProtocolError`` for an unknown op or a bad body."""
+    reader = BodyReader(frame.body)
+    code = frame.code
+    request: Request
+    if code == Op.GET:
+        quorum = reader.u8()
+        request = Get(reader.bytes16(), quorum)
+    elif code == Op.PUT:
+        quorum = reader.u8()
+        key = reader.bytes16()
+        request = Put(key, reader.bytes32(), quorum)
+    elif code == Op.DELETE:
+        quorum = reader.u8()
+        request = Delete(reader.bytes16(), quorum)
+    elif code == Op.REPLICA_GET:
+        request = ReplicaGet(reader.bytes16())
+    elif code == Op.REPLICA_PUT:
+        key = reader.bytes16()
+        request = ReplicaPut(key, _read_record(reader))
+    elif code == Op.HELLO:
+        request = Hello(reader.u8(), reader.u8(), reader.str8())
+    elif code == Op.PING:
+        request = Ping()
+    elif code == Op.TOPOLOGY:
+        request = Topology()
+    else:
+        raise ProtocolError(f"unknown op code 0x{code:02x}")
+    reader.end()
+    return request
+
+
+def op_name(code: int) -> str:
+    try:
+        return Op(code).name
+    except ValueError:
+        return f"0x{code:02x}"
+
+
+# --- responses -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    version: int
+    node_id: str
+    max_key_bytes: int
+    max_value_bytes: int
+    max_frame_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyReply:
+    replicas: int  # N
+    read_quorum: int  # R
+    write_quorum: int  # W
+    partitions: int
+    nodes: tuple[NodeAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    status: Status
+    message: str
+    acked: int | None = None
+    required: int | None = None
+
+
+def encode_response(request_id: int, status: Status, body: bytes = b"") -> bytes:
+    return encode_frame(request_id, status, body)
+
+
+def encode_error(
+    request_id: int, status: Status, message: str, acked: int | None = None, required: int | None = None
+) -> bytes:
+    """An error response. UNAVAILABLE and TIMEOUT also carry ``acked`` and ``required``."""
+    raw = message.encode("utf-8")[:0xFFFF]
+    body = _U16.pack(len(raw)) + raw
+    if status in QUORUM_STATUSES:
+        body = _U8.pack(acked or 0) + _U8.pack(required or 0) + body
+    return encode_frame(request_id, status, body)
+
+
+def decode_error(status: Status, body: bytes) -> ErrorReply:
+    reader = BodyReader(body)
+    acked = required = None
+    if status in QUORUM_STATUSES:
+        acked, required = reader.u8(), reader.u8()
+    message = reader.str16()
+    reader.end()
+    return ErrorReply(status, message, acked, required)
+
+
+def encode_hello_reply(reply: HelloReply) -> bytes:
+    return (
+        _U8.pack(reply.version)
+        + _str8(reply.node_id)
+        + _U32.pack(reply.max_key_bytes)
+        + _U32.pack(reply.max_value_bytes)
+        + _U32.pack(reply.max_frame_bytes)
+    )
+
+
+def decode_hello_reply(body: bytes) -> HelloReply:
+    reader = BodyReader(body)
+    reply = HelloReply(reader.u8(), reader.str8(), reader.u32(), reader.u32(), reader.u32())
+    reader.end()
+    return reply
+
+
+def encode_topology_reply(reply: TopologyReply) -> bytes:
+    parts = [
+        _U8.pack(reply.replicas),
+        _U8.pack(reply.read_quorum),
+        _U8.pack(reply.write_quorum),
+        _U16.pack(reply.partitions),
+        _U16.pack(len(reply.nodes)),
+    ]
+    for node in reply.nodes:
+        parts += [_str8(node.node_id), _str8(node.host), _U16.pack(node.port)]
+    return b"".join(parts)
+
+
+def decode_topology_reply(body: bytes) -> TopologyReply:
+    reader = BodyReader(body)
+    replicas, read_quorum, write_quorum, partitions = reader.u8(), reader.u8(), reader.u8(), reader.u16()
+    nodes = tuple(NodeAddress(reader.str8(), reader.str8(), reader.u16()) for _ in range(reader.u16()))
+    reader.end()
+    return TopologyReply(replicas, read_quorum, write_quorum, partitions, nodes)
+
+
+def encode_version(version: Version) -> bytes:
+    """Body of an OK reply to PUT or DELETE: the version the write was stored under."""
+    return _version(version)
+
+
+def decode_version(body: bytes) -> Version:
+    reader = BodyReader(body)
+    version = reader.version()
+    reader.end()
+    return version
+
+
+def encode_value(value: bytes) -> bytes:
+    """Body of an OK reply to GET."""
+    return _bytes32(value)
+
+
+def decode_value(body: bytes) -> bytes:
+    reader = BodyReader(body)
+    value = reader.bytes32()
+    reader.end()
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """Body of an OK reply to REPLICA_GET."""
+    return _record_body(record)
+
+
+def decode_record(body: bytes) -> Record:
+    reader = BodyReader(body)
+    record = _read_record(reader)
+    reader.end()
+    return record

@@ -1,0 +1,435 @@
+"""The wire protocol: request and reply round trips, stream framing, and robustness against bad bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client import errors, protocol
+from client.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    HEADER,
+    MAX_REQUEST_ID,
+    QUORUM_STATUSES,
+    Delete,
+    ErrorReply,
+    Frame,
+    FrameDecoder,
+    FrameTooLargeError,
+    Get,
+    Hello,
+    HelloReply,
+    NodeAddress,
+    Op,
+    Ping,
+    ProtocolError,
+    Put,
+    Record,
+    ReplicaGet,
+    ReplicaPut,
+    Request,
+    Status,
+    Topology,
+    TopologyReply,
+    Version,
+)
+
+# --- strategies ------------------------------------------------------------------------------------
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+request_ids = st.integers(0, MAX_REQUEST_ID)
+keys = st.binary(max_size=300)
+values = st.binary(max_size=2000)
+# At most 60 characters of at most 4 UTF-8 bytes each: always fits a str8 field (255 bytes).
+short_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+versions = st.builds(Version, st.integers(0, 2**64 - 1), short_text)
+records = st.builds(Record, versions, st.none() | values)
+tombstones = st.builds(Record, versions, st.none())
+
+requests: st.SearchStrategy[Request] = st.one_of(
+    st.builds(Hello, u8, u8, short_text),
+    st.just(Ping()),
+    st.builds(Get, keys, u8),
+    st.builds(Put, keys, values, u8),
+    st.builds(Delete, keys, u8),
+    st.just(Topology()),
+    st.builds(ReplicaGet, keys),
+    st.builds(ReplicaPut, keys, records),
+    st.builds(ReplicaPut, keys, tombstones),
+)
+
+OP_CODES = {op.value for op in Op}
+
+
+def decode_stream(decoder: FrameDecoder, chunks: list[bytes]) -> list[Frame]:
+    """Every frame the decoder yields while fed ``chunks`` one at a time."""
+    frames: list[Frame] = []
+    for chunk in chunks:
+        frames += decoder.feed(chunk)
+    return frames
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (clamped, sorted, duplicates allowed: empty chunks too)."""
+    points = sorted(min(max(cut, 0), len(data)) for cut in cuts)
+    bounds = [0, *points, len(data)]
+    return [data[start:end] for start, end in itertools.pairwise(bounds)]
+
+
+def round_trip(request_id: int, request: Request) -> tuple[Frame, Request]:
+    decoder = FrameDecoder()
+    frames = decoder.feed(protocol.encode_request(request_id, request))
+    assert len(frames) == 1
+    assert decoder.buffered == 0
+    return frames[0], protocol.decode_request(frames[0])
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+@given(request_ids, requests)
+def test_every_request_round_trips(request_id: int, request: Request) -> None:
+    frame, decoded = round_trip(request_id, request)
+    op, body = protocol.request_body(request)
+    assert frame == Frame(request_id, op, body)
+    assert decoded == request
+    assert type(decoded) is type(request)
+
+
+@given(request_ids, keys, tombstones)
+def test_tombstone_replica_put_stays_a_tombstone(request_id: int, key: bytes, record: Record) -> None:
+    _, decoded = round_trip(request_id, ReplicaPut(key, record))
+    assert isinstance(decoded, ReplicaPut)
+    assert decoded.record.value is None
+    assert decoded.record.is_tombstone
+    assert decoded.record.version == record.version
+
+
+def test_empty_value_is_not_a_tombstone() -> None:
+    record = Record(Version(7, "node1"), b"")
+    _, decoded = round_trip(1, ReplicaPut(b"k", record))
+    assert isinstance(decoded, ReplicaPut)
+    assert decoded.record.value == b""
+    assert not decoded.record.is_tombstone
+
+
+def test_default_frame_limit_carries_a_max_size_put() -> None:
+    request = Put(b"k" * DEFAULT_MAX_KEY_BYTES, b"v" * DEFAULT_MAX_VALUE_BYTES, 0)
+    encoded = protocol.encode_request(1, request)
+    assert len(encoded) <= DEFAULT_MAX_FRAME_BYTES
+    assert FrameDecoder().feed(encoded)[0].code == Op.PUT
+
+
+def test_default_frame_limit_carries_a_max_size_replica_put_from_a_long_node_id() -> None:
+    node_id = "n" * 64  # the longest id service.config.NODE_ID_PATTERN accepts
+    record = Record(Version(2**64 - 1, node_id), b"v" * DEFAULT_MAX_VALUE_BYTES)
+    encoded = protocol.encode_request(1, ReplicaPut(b"k" * DEFAULT_MAX_KEY_BYTES, record))
+    frames = FrameDecoder().feed(encoded)  # a peer decodes with the same limit
+    assert frames[0].code == Op.REPLICA_PUT
+
+
+def test_encoding_a_non_request_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        protocol.request_body("PING")  # type: ignore[arg-type]
+
+
+# --- fixed bytes: the wire format must not drift ---------------------------------------------------
+
+
+def test_ping_bytes_are_pinned() -> None:
+    assert protocol.encode_request(1, Ping()) == bytes.fromhex("00000005 00000001 02")
+
+
+def test_get_bytes_are_pinned() -> None:
+    # length 9 | request id 7 | GET | quorum 2 | key length 1 | "k"
+    assert protocol.encode_request(7, Get(b"k", 2)) == bytes.fromhex("00000009 00000007 03 02 0001 6b")
+
+
+def test_tombstone_replica_put_bytes_are_pinned() -> None:
+    encoded = protocol.encode_request(0x0102, ReplicaPut(b"a", Record(Version(1, "n"), None)))
+    expected = bytes.fromhex(
+        "00000017 00000102 11"  # length 23 | request id 0x102 | REPLICA_PUT
+        "0001 61"  # key "a"
+        "01"  # flags: tombstone
+        "0000000000000001 01 6e"  # version: timestamp 1, node id "n"
+        "00000000"  # empty value
+    )
+    assert encoded == expected
+    assert protocol.decode_request(FrameDecoder().feed(expected)[0]) == ReplicaPut(b"a", Record(Version(1, "n"), None))
+
+
+def test_unavailable_error_bytes_are_pinned() -> None:
+    encoded = protocol.encode_error(3, Status.UNAVAILABLE, "no", acked=1, required=2)
+    # length 11 | request id 3 | UNAVAILABLE | acked 1 | required 2 | message "no"
+    assert encoded == bytes.fromhex("0000000b 00000003 20 01 02 0002 6e6f")
+
+
+def test_op_and_status_codes_are_pinned() -> None:
+    assert {op.name: op.value for op in Op} == {
+        "HELLO": 0x01,
+        "PING": 0x02,
+        "GET": 0x03,
+        "PUT": 0x04,
+        "DELETE": 0x05,
+        "TOPOLOGY": 0x06,
+        "REPLICA_GET": 0x10,
+        "REPLICA_PUT": 0x11,
+    }
+    assert {status.name: status.value for status in Status} == {
+        "OK": 0x00,
+        "NOT_FOUND": 0x01,
+        "BAD_REQUEST": 0x10,
+        "KEY_TOO_LARGE": 0x11,
+        "VALUE_TOO_LARGE": 0x12,
+        "FRAME_TOO_LARGE": 0x13,
+        "UNSUPPORTED_VERSION": 0x14,
+        "UNAVAILABLE": 0x20,
+        "TIMEOUT": 0x21,
+        "INTERNAL_ERROR": 0x30,
+    }
+    assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
+
+
+# --- replies ---------------------------------------------------------------------------------------
+
+
+@given(st.builds(HelloReply, u8, short_text, u32, u32, u32))
+def test_hello_reply_round_trips(reply: HelloReply) -> None:
+    assert protocol.decode_hello_reply(protocol.encode_hello_reply(reply)) == reply
+
+
+node_addresses = st.builds(NodeAddress, short_text, short_text, u16)
+
+
+@given(st.builds(TopologyReply, u8, u8, u8, u16, st.lists(node_addresses, max_size=8).map(tuple)))
+def test_topology_reply_round_trips(reply: TopologyReply) -> None:
+    assert protocol.decode_topology_reply(protocol.encode_topology_reply(reply)) == reply
+
+
+@given(versions)
+def test_version_reply_round_trips(version: Version) -> None:
+    assert protocol.decode_version(protocol.encode_version(version)) == version
+
+
+@given(values)
+def test_value_reply_round_trips(value: bytes) -> None:
+    assert protocol.decode_value(protocol.encode_value(value)) == value
+
+
+@given(records)
+def test_record_reply_round_trips(record: Record) -> None:
+    decoded = protocol.decode_record(protocol.encode_record(record))
+    assert decoded == record
+    assert decoded.is_tombstone == (record.value is None)
+
+
+error_statuses = st.sampled_from([status for status in Status if status.is_error])
+
+
+@given(request_ids, error_statuses, st.text(alphabet=st.characters(codec="utf-8"), max_size=200), u8, u8)
+def test_error_reply_round_trips(request_id: int, status: Status, message: str, acked: int, required: int) -> None:
+    frames = FrameDecoder().feed(protocol.encode_error(request_id, status, message, acked, required))
+    assert len(frames) == 1
+    frame = frames[0]
+    assert frame.request_id == request_id
+    assert Status(frame.code) is status
+    reply = protocol.decode_error(Status(frame.code), frame.body)
+    if status in QUORUM_STATUSES:
+        assert reply == ErrorReply(status, message, acked, required)
+    else:
+        assert reply == ErrorReply(status, message, None, None)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"),
+    [(Status.UNAVAILABLE, errors.UnavailableError), (Status.TIMEOUT, errors.RequestTimeoutError)],
+)
+def test_quorum_error_reaches_the_client_with_acked_and_required(
+    status: Status, error_class: type[errors.QuorumError]
+) -> None:
+    frame = FrameDecoder().feed(protocol.encode_error(9, status, "1 of 2 replicas answered", acked=1, required=2))[0]
+    error = errors.error_from_reply(protocol.decode_error(Status(frame.code), frame.body))
+    assert type(error) is error_class
+    assert (error.acked, error.required, error.message) == (1, 2, "1 of 2 replicas answered")
+
+
+def test_quorum_error_without_counts_sends_zeros() -> None:
+    frame = FrameDecoder().feed(protocol.encode_error(1, Status.TIMEOUT, "slow"))[0]
+    assert protocol.decode_error(Status.TIMEOUT, frame.body) == ErrorReply(Status.TIMEOUT, "slow", 0, 0)
+
+
+def test_error_from_reply_maps_every_error_status() -> None:
+    for status in Status:
+        if status.is_error:
+            error = errors.error_from_reply(ErrorReply(status, "m"))
+            assert error.code == status.name
+            assert error.message == "m"
+
+
+# --- stream framing --------------------------------------------------------------------------------
+
+
+@given(
+    st.lists(st.tuples(request_ids, requests), min_size=1, max_size=6),
+    st.lists(st.integers(0, 20_000), max_size=20),
+)
+def test_frames_split_at_any_boundaries_decode_identically(
+    messages: list[tuple[int, Request]], cuts: list[int]
+) -> None:
+    stream = b"".join(protocol.encode_request(request_id, request) for request_id, request in messages)
+    expected = FrameDecoder().feed(stream)
+    assert len(expected) == len(messages)
+    decoder = FrameDecoder()
+    assert decode_stream(decoder, split_at(stream, cuts)) == expected
+    assert decoder.buffered == 0
+    assert [protocol.decode_request(frame) for frame in expected] == [request for _, request in messages]
+
+
+@settings(max_examples=30)
+@given(st.lists(st.tuples(request_ids, requests), min_size=1, max_size=3))
+def test_frames_fed_byte_by_byte_decode_identically(messages: list[tuple[int, Request]]) -> None:
+    stream = b"".join(protocol.encode_request(request_id, request) for request_id, request in messages)
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    for index in range(len(stream)):
+        frames += decoder.feed(stream[index : index + 1])
+    assert frames == FrameDecoder().feed(stream)
+    assert [(frame.request_id, protocol.decode_request(frame)) for frame in frames] == messages
+    assert decoder.buffered == 0
+
+
+@given(request_ids, requests, st.data())
+def test_partial_frame_waits_for_more_bytes(request_id: int, request: Request, data: st.DataObject) -> None:
+    encoded = protocol.encode_request(request_id, request)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    decoder = FrameDecoder()
+    assert decoder.feed(encoded[:cut]) == []
+    assert decoder.buffered == cut
+    assert decoder.feed(encoded[cut:]) == [Frame(request_id, *protocol.request_body(request))]
+    assert decoder.buffered == 0
+
+
+def test_frame_at_the_limit_is_accepted_and_one_byte_over_is_not() -> None:
+    limit = 100
+    at_limit = protocol.encode_frame(5, Op.PUT, b"x" * (limit - HEADER.size))
+    assert len(at_limit) == limit
+    assert FrameDecoder(limit).feed(at_limit) == [Frame(5, Op.PUT, b"x" * (limit - HEADER.size))]
+    with pytest.raises(FrameTooLargeError):
+        FrameDecoder(limit).feed(protocol.encode_frame(5, Op.PUT, b"x" * (limit - HEADER.size + 1)))
+
+
+@given(request_ids, st.integers(0, 0xFF), st.integers(HEADER.size, 1 << 20), st.data())
+def test_length_over_the_limit_raises_frame_too_large_with_the_request_id(
+    request_id: int, code: int, limit: int, data: st.DataObject
+) -> None:
+    length = data.draw(st.integers(limit - 3, 0xFFFFFFFF), label="length")  # length field + 4 > limit
+    with pytest.raises(FrameTooLargeError) as caught:
+        FrameDecoder(limit).feed(HEADER.pack(length, request_id, code))  # raised from the header alone
+    assert caught.value.request_id == request_id
+    assert caught.value.length == length + 4
+    assert caught.value.limit == limit
+
+
+def test_frame_too_large_after_a_good_frame_reports_the_offending_request_id() -> None:
+    good = protocol.encode_request(1, Ping())
+    huge = HEADER.pack(DEFAULT_MAX_FRAME_BYTES, 42, Op.PUT)
+    with pytest.raises(FrameTooLargeError) as caught:
+        FrameDecoder().feed(good + huge)
+    assert caught.value.request_id == 42
+    assert isinstance(caught.value, ProtocolError)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4])
+def test_length_shorter_than_the_header_is_a_protocol_error(length: int) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        FrameDecoder().feed(HEADER.pack(length, 1, Op.PING) + b"\x00" * 16)
+    assert not isinstance(caught.value, FrameTooLargeError)
+
+
+@given(st.integers(0, 0xFF).filter(lambda code: code not in OP_CODES), st.binary(max_size=64))
+def test_unknown_op_code_is_a_protocol_error(code: int, body: bytes) -> None:
+    with pytest.raises(ProtocolError, match="unknown op code"):
+        protocol.decode_request(Frame(1, code, body))
+
+
+# --- robustness: bad bytes raise ProtocolError and nothing else ------------------------------------
+
+
+@given(st.binary(max_size=512), st.integers(HEADER.size, 4096), st.lists(st.integers(0, 512), max_size=8))
+def test_random_bytes_raise_only_protocol_error_from_the_decoder(data: bytes, limit: int, cuts: list[int]) -> None:
+    decoder = FrameDecoder(limit)
+    try:
+        frames = decode_stream(decoder, split_at(data, cuts))
+    except ProtocolError:
+        return
+    # Whatever was accepted is well formed and accounts for every byte.
+    assert all(len(frame.body) + HEADER.size <= limit for frame in frames)
+    assert sum(len(frame.body) + HEADER.size for frame in frames) + decoder.buffered == len(data)
+
+
+@given(request_ids, st.integers(0, 0xFF), st.binary(max_size=300))
+def test_arbitrary_frames_raise_only_protocol_error_from_decode_request(
+    request_id: int, code: int, body: bytes
+) -> None:
+    try:
+        request = protocol.decode_request(Frame(request_id, code, body))
+    except ProtocolError:
+        return
+    # Anything accepted is canonical: it encodes back to the same op and body.
+    assert protocol.request_body(request) == (code, body)
+
+
+@given(error_statuses, st.binary(max_size=300))
+def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: bytes) -> None:
+    decoders = [
+        protocol.decode_hello_reply,
+        protocol.decode_topology_reply,
+        protocol.decode_version,
+        protocol.decode_value,
+        protocol.decode_record,
+        lambda raw: protocol.decode_error(status, raw),
+    ]
+    for decode in decoders:
+        with contextlib.suppress(ProtocolError):
+            decode(body)
+
+
+@given(request_ids, requests.filter(lambda r: not isinstance(r, Ping | Topology)), st.data())
+def test_truncated_bodies_are_protocol_errors(request_id: int, request: Request, data: st.DataObject) -> None:
+    op, body = protocol.request_body(request)
+    cut = data.draw(st.integers(0, len(body) - 1))
+    with pytest.raises(ProtocolError):
+        protocol.decode_request(Frame(request_id, op, body[:cut]))
+
+
+@given(request_ids, requests, st.binary(min_size=1, max_size=16))
+def test_trailing_bytes_are_protocol_errors(request_id: int, request: Request, extra: bytes) -> None:
+    op, body = protocol.request_body(request)
+    with pytest.raises(ProtocolError):
+        protocol.decode_request(Frame(request_id, op, body + extra))
+
+
+def test_non_utf8_text_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        protocol.decode_request(Frame(1, Op.HELLO, b"\x01\x01\x02\xff\xfe"))
+
+
+def test_tombstone_carrying_a_value_is_a_protocol_error() -> None:
+    body = b"\x01" + protocol.encode_version(Version(1, "n")) + b"\x00\x00\x00\x01x"
+    with pytest.raises(ProtocolError, match="tombstone"):
+        protocol.decode_record(body)
+
+
+@pytest.mark.parametrize("flags", [0x02, 0x80, 0xFF])
+def test_unknown_record_flags_are_a_protocol_error(flags: int) -> None:
+    body = bytes([flags]) + protocol.encode_version(Version(1, "n")) + b"\x00\x00\x00\x00"
+    with pytest.raises(ProtocolError, match="flags"):
+        protocol.decode_record(body)

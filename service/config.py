@@ -1,0 +1,231 @@
+"""Node configuration: read from environment variables, checked completely before anything starts.
+
+``load_config`` is pure (it takes a mapping), reports every problem at once, and each message names
+the variable and says what a valid value looks like, so a wrong setting stops the node at start-up
+with instructions rather than failing later under traffic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from client import protocol
+from client.connection import parse_address
+from client.protocol import NodeAddress
+from client.ring import DEFAULT_PARTITIONS
+
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_REPLICAS = 255  # N, R and W travel as one byte
+
+
+class ConfigError(Exception):
+    """One or more settings are wrong; ``problems`` lists each with the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str
+    cluster: tuple[NodeAddress, ...]  # every member, this node included
+    host: str
+    port: int
+    http_port: int
+    data_dir: str
+    replicas: int  # N
+    write_quorum: int  # W
+    read_quorum: int  # R
+    partitions: int
+    max_key_bytes: int
+    max_value_bytes: int
+    max_frame_bytes: int
+    max_connections: int
+    request_timeout: float
+    connect_timeout: float
+    drain_timeout: float
+    storage_limit_bytes: int
+    log_commands: bool
+    log_level: str
+
+    @property
+    def peers(self) -> tuple[NodeAddress, ...]:
+        """Every member but this node."""
+        return tuple(node for node in self.cluster if node.node_id != self.node_id)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+
+
+SETTINGS = [
+    Setting("KV_NODE_ID", None, "this node's id, unique in the cluster, e.g. node1"),
+    Setting("KV_PEERS", None, "every member, this node included: id=host:port,id=host:port,..."),
+    Setting("KV_HOST", "0.0.0.0", "address the protocol and HTTP servers bind"),
+    Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
+    Setting("KV_HTTP_PORT", "8000", "HTTP port for /metrics and /healthz (0: any free port)"),
+    Setting("KV_DATA_DIR", "/data", "directory for the LMDB store"),
+    Setting("KV_N", "2", "replicas per key (N)"),
+    Setting("KV_W", "2", "acks a write waits for (W), 1..N"),
+    Setting("KV_R", "1", "replies a read waits for (R), 1..N"),
+    Setting("KV_PARTITIONS", str(DEFAULT_PARTITIONS), "ring partitions; identical on every node"),
+    Setting("KV_MAX_KEY_BYTES", str(protocol.DEFAULT_MAX_KEY_BYTES), "largest key accepted"),
+    Setting("KV_MAX_VALUE_BYTES", str(protocol.DEFAULT_MAX_VALUE_BYTES), "largest value accepted"),
+    Setting("KV_MAX_FRAME_BYTES", "", "largest frame; default: max value + max key + 512"),
+    Setting("KV_MAX_CONNECTIONS", "1024", "client connections served at once"),
+    Setting("KV_REQUEST_TIMEOUT_MS", "2000", "how long a coordinator waits for replicas"),
+    Setting("KV_CONNECT_TIMEOUT_MS", "500", "how long connecting to a peer may take"),
+    Setting("KV_DRAIN_TIMEOUT_S", "10", "on SIGTERM, how long in-flight requests may take to finish"),
+    Setting("KV_STORAGE_LIMIT_MB", "4096", "largest size the store may grow to"),
+    Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
+    Setting("KV_LOG_LEVEL", "info", "debug, info, warning or error"),
+]
+_DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
+
+T = TypeVar("T")
+
+
+def parse_cluster(text: str) -> tuple[NodeAddress, ...]:
+    """``"node1=host:5000,node2=host:5001"`` as node addresses; raises ``ValueError`` with the reason."""
+    nodes: list[NodeAddress] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        node_id, sep, address = item.partition("=")
+        node_id = node_id.strip()
+        if not sep:
+            raise ValueError(f"{item!r} is not id=host:port")
+        if not NODE_ID_PATTERN.match(node_id):
+            raise ValueError(f"node id {node_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        host, port = parse_address(address)
+        nodes.append(NodeAddress(node_id, host, port))
+    if not nodes:
+        raise ValueError("no members listed")
+    ids = [node.node_id for node in nodes]
+    duplicates = sorted({node_id for node_id in ids if ids.count(node_id) > 1})
+    if duplicates:
+        raise ValueError(f"node ids listed twice: {', '.join(duplicates)}")
+    return tuple(nodes)
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """The configuration in ``environ``, or ``ConfigError`` listing every problem found."""
+    problems: list[str] = []
+    invalid: set[str] = set()  # settings that did not parse; checks across settings skip them
+
+    def valid(*names: str) -> bool:
+        return not invalid.intersection(names)
+
+    def raw(name: str) -> str:
+        value = environ.get(name, "").strip()
+        return value if value else (_DEFAULTS[name] or "")
+
+    def parsed(name: str, parse: Callable[[str], T], fallback: T) -> T:
+        try:
+            return parse(raw(name))
+        except ValueError as exc:
+            problems.append(f"{name}={raw(name)!r}: {exc}")
+            invalid.add(name)
+            return fallback
+
+    def integer(name: str, low: int, high: int) -> int:
+        def parse(text: str) -> int:
+            try:
+                number = int(text)
+            except ValueError:
+                raise ValueError(f"must be a whole number from {low} to {high}") from None
+            if not low <= number <= high:
+                raise ValueError(f"must be from {low} to {high}")
+            return number
+
+        return parsed(name, parse, low)
+
+    node_id = raw("KV_NODE_ID")
+    if not node_id:
+        problems.append("KV_NODE_ID is not set: give this node a unique id, e.g. KV_NODE_ID=node1")
+    elif not NODE_ID_PATTERN.match(node_id):
+        problems.append(f"KV_NODE_ID={node_id!r}: must be 1-64 letters, digits, '.', '_' or '-'")
+
+    cluster: tuple[NodeAddress, ...] = ()
+    if not raw("KV_PEERS"):
+        problems.append("KV_PEERS is not set: list every member, this node included, as id=host:port,...")
+    else:
+        cluster = parsed("KV_PEERS", parse_cluster, ())
+        if cluster and node_id and node_id not in {node.node_id for node in cluster}:
+            problems.append(f"KV_PEERS does not list this node ({node_id}): add {node_id}=<host>:<port>")
+
+    # 0 lets the OS pick a free port: useful for tests, never for a real cluster's KV_PEERS.
+    port = integer("KV_PORT", 0, 65535)
+    http_port = integer("KV_HTTP_PORT", 0, 65535)
+    if port == http_port != 0 and valid("KV_PORT", "KV_HTTP_PORT"):
+        problems.append(f"KV_PORT and KV_HTTP_PORT are both {port}: give them different ports")
+
+    replicas = integer("KV_N", 1, MAX_REPLICAS)
+    write_quorum = integer("KV_W", 1, MAX_REPLICAS)
+    read_quorum = integer("KV_R", 1, MAX_REPLICAS)
+    if cluster and replicas > len(cluster) and valid("KV_N"):
+        problems.append(f"KV_N={replicas} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
+    if write_quorum > replicas and valid("KV_N", "KV_W"):
+        problems.append(f"KV_W={write_quorum} exceeds KV_N={replicas}: a write cannot wait for more replicas than N")
+    if read_quorum > replicas and valid("KV_N", "KV_R"):
+        problems.append(f"KV_R={read_quorum} exceeds KV_N={replicas}: a read cannot wait for more replicas than N")
+
+    max_key = integer("KV_MAX_KEY_BYTES", 1, protocol.MAX_KEY_FIELD)
+    max_value = integer("KV_MAX_VALUE_BYTES", 0, 1 << 30)
+    smallest_frame = max_key + max_value + protocol.FRAME_OVERHEAD
+    if raw("KV_MAX_FRAME_BYTES"):
+        max_frame = integer("KV_MAX_FRAME_BYTES", 1, 1 << 31)
+        if max_frame < smallest_frame and valid("KV_MAX_FRAME_BYTES", "KV_MAX_KEY_BYTES", "KV_MAX_VALUE_BYTES"):
+            problems.append(
+                f"KV_MAX_FRAME_BYTES={max_frame} cannot carry the largest key and value: "
+                f"set it to at least {smallest_frame} (max key + max value + {protocol.FRAME_OVERHEAD})"
+            )
+    else:
+        max_frame = smallest_frame
+
+    log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
+    log_level = raw("KV_LOG_LEVEL").lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        problems.append(f"KV_LOG_LEVEL={log_level!r}: must be debug, info, warning or error")
+
+    config = Config(
+        node_id=node_id,
+        cluster=cluster,
+        host=raw("KV_HOST"),
+        port=port,
+        http_port=http_port,
+        data_dir=raw("KV_DATA_DIR"),
+        replicas=replicas,
+        write_quorum=write_quorum,
+        read_quorum=read_quorum,
+        partitions=integer("KV_PARTITIONS", 1, 0xFFFF),
+        max_key_bytes=max_key,
+        max_value_bytes=max_value,
+        max_frame_bytes=max_frame,
+        max_connections=integer("KV_MAX_CONNECTIONS", 1, 1_000_000),
+        request_timeout=integer("KV_REQUEST_TIMEOUT_MS", 1, 3_600_000) / 1000,
+        connect_timeout=integer("KV_CONNECT_TIMEOUT_MS", 1, 600_000) / 1000,
+        drain_timeout=float(integer("KV_DRAIN_TIMEOUT_S", 0, 3600)),
+        storage_limit_bytes=integer("KV_STORAGE_LIMIT_MB", 1, 1 << 24) * 1024 * 1024,
+        log_commands=log_commands,
+        log_level=log_level,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")

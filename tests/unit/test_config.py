@@ -1,0 +1,148 @@
+"""Node configuration: defaults, and a ConfigError naming the variable for every wrong setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.protocol import FRAME_OVERHEAD, NodeAddress
+from service.config import ConfigError, load_config
+
+MINIMAL = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=host1:5000,node2=host2:5000"}
+
+
+def problems_for(**overrides: str | None) -> list[str]:
+    """The problems ``load_config`` reports for the minimal config with ``overrides`` (None: unset)."""
+    environ = {**MINIMAL, **overrides}
+    environ = {name: value for name, value in environ.items() if value is not None}
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ)
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    config = load_config(MINIMAL)
+    assert config.node_id == "node1"
+    assert config.cluster == (NodeAddress("node1", "host1", 5000), NodeAddress("node2", "host2", 5000))
+    assert config.peers == (NodeAddress("node2", "host2", 5000),)
+    assert (config.replicas, config.write_quorum, config.read_quorum) == (2, 2, 1)
+    assert (config.port, config.http_port) == (5000, 8000)
+    assert config.host == "0.0.0.0"
+    assert config.data_dir == "/data"
+    assert config.partitions == 4096
+    assert config.max_key_bytes == 1024
+    assert config.max_value_bytes == 1024 * 1024
+    assert config.max_frame_bytes == 1024 * 1024 + 1024 + 512
+    assert config.max_connections == 1024
+    assert config.request_timeout == 2.0
+    assert config.connect_timeout == 0.5
+    assert config.drain_timeout == 10.0
+    assert config.storage_limit_bytes == 4096 * 1024 * 1024
+    assert config.log_commands is True
+    assert config.log_level == "info"
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    config = load_config({**MINIMAL, "KV_PORT": "  ", "KV_N": "", "KV_LOG_LEVEL": ""})
+    assert config.port == 5000
+    assert config.replicas == 2
+    assert config.log_level == "info"
+
+
+def test_settings_are_read() -> None:
+    config = load_config(
+        {
+            "KV_NODE_ID": "node2",
+            "KV_PEERS": " node1=a:5001 , node2=b:5002, node3=[::1]:5003 ,",
+            "KV_PORT": "6000",
+            "KV_HTTP_PORT": "0",
+            "KV_N": "3",
+            "KV_W": "1",
+            "KV_R": "3",
+            "KV_MAX_KEY_BYTES": "10",
+            "KV_MAX_VALUE_BYTES": "100",
+            "KV_REQUEST_TIMEOUT_MS": "250",
+            "KV_STORAGE_LIMIT_MB": "1",
+            "KV_LOG_COMMANDS": "Off",
+            "KV_LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert [node.node_id for node in config.peers] == ["node1", "node3"]
+    assert config.cluster[2] == NodeAddress("node3", "::1", 5003)
+    assert (config.port, config.http_port) == (6000, 0)
+    assert (config.replicas, config.write_quorum, config.read_quorum) == (3, 1, 3)
+    assert config.max_frame_bytes == 10 + 100 + 512
+    assert config.request_timeout == 0.25
+    assert config.storage_limit_bytes == 1024 * 1024
+    assert config.log_commands is False
+    assert config.log_level == "debug"
+
+
+def test_frame_limit_exactly_large_enough_is_accepted() -> None:
+    config = load_config(
+        {
+            **MINIMAL,
+            "KV_MAX_KEY_BYTES": "16",
+            "KV_MAX_VALUE_BYTES": "100",
+            "KV_MAX_FRAME_BYTES": str(116 + FRAME_OVERHEAD),
+        }
+    )
+    assert config.max_frame_bytes == 116 + FRAME_OVERHEAD
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", True), ("yes", True), ("ON", True), ("0", False), ("no", False)])
+def test_booleans(text: str, expected: bool) -> None:
+    assert load_config({**MINIMAL, "KV_LOG_COMMANDS": text}).log_commands is expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "detail"),
+    [
+        pytest.param({"KV_NODE_ID": None}, "KV_NODE_ID", "not set", id="missing-node-id"),
+        pytest.param({"KV_NODE_ID": "-node"}, "KV_NODE_ID", "letters", id="bad-node-id"),
+        pytest.param({"KV_PEERS": None}, "KV_PEERS", "not set", id="missing-peers"),
+        pytest.param({"KV_NODE_ID": "node9"}, "KV_PEERS", "node9", id="node-not-in-peers"),
+        pytest.param({"KV_PEERS": "node1=a:5000,node2=b:5000,node1=c:5000"}, "KV_PEERS", "twice", id="duplicate-ids"),
+        pytest.param({"KV_PEERS": "node1=a:5000,node2"}, "KV_PEERS", "id=host:port", id="peer-without-address"),
+        pytest.param({"KV_PEERS": "node1=a:5000,node2=b:99999"}, "KV_PEERS", "port", id="peer-bad-port"),
+        pytest.param({"KV_W": "3"}, "KV_W", "KV_N=2", id="W-over-N"),
+        pytest.param({"KV_R": "3"}, "KV_R", "KV_N=2", id="R-over-N"),
+        pytest.param({"KV_N": "3", "KV_W": "1"}, "KV_N", "2 members", id="N-over-members"),
+        pytest.param({"KV_N": "0"}, "KV_N", "from 1", id="N-zero"),
+        pytest.param({"KV_PORT": "70000"}, "KV_PORT", "65535", id="port-too-high"),
+        pytest.param({"KV_HTTP_PORT": "-1"}, "KV_HTTP_PORT", "65535", id="http-port-negative"),
+        pytest.param({"KV_PORT": "6000", "KV_HTTP_PORT": "6000"}, "KV_HTTP_PORT", "6000", id="same-ports"),
+        pytest.param({"KV_PORT": "http"}, "KV_PORT", "whole number", id="port-not-a-number"),
+        pytest.param({"KV_MAX_VALUE_BYTES": "1MB"}, "KV_MAX_VALUE_BYTES", "whole number", id="value-not-a-number"),
+        pytest.param({"KV_REQUEST_TIMEOUT_MS": "1.5"}, "KV_REQUEST_TIMEOUT_MS", "whole number", id="timeout-float"),
+        pytest.param({"KV_MAX_KEY_BYTES": "70000"}, "KV_MAX_KEY_BYTES", "65535", id="key-over-u16"),
+        pytest.param({"KV_MAX_FRAME_BYTES": "1000"}, "KV_MAX_FRAME_BYTES", "at least 1050112", id="frame-too-small"),
+        pytest.param({"KV_LOG_COMMANDS": "maybe"}, "KV_LOG_COMMANDS", "true or false", id="bad-bool"),
+        pytest.param({"KV_LOG_LEVEL": "verbose"}, "KV_LOG_LEVEL", "debug, info", id="bad-log-level"),
+    ],
+)
+def test_wrong_setting_names_the_variable(overrides: dict[str, str | None], variable: str, detail: str) -> None:
+    problems = problems_for(**overrides)
+    named = [problem for problem in problems if variable in problem]
+    assert named, f"no problem names {variable}: {problems}"
+    assert any(detail in problem for problem in named), f"no problem about {variable} says {detail!r}: {problems}"
+
+
+def test_single_member_cluster_needs_n_of_one() -> None:
+    problems = problems_for(KV_PEERS="node1=a:5000")
+    assert any("KV_N=2" in problem and "1 members" in problem for problem in problems)
+    config = load_config({**MINIMAL, "KV_PEERS": "node1=a:5000", "KV_N": "1", "KV_W": "1"})
+    assert config.peers == ()
+
+
+def test_several_problems_are_reported_at_once() -> None:
+    problems = problems_for(KV_NODE_ID=None, KV_PORT="abc", KV_R="9", KV_LOG_LEVEL="loud", KV_LOG_COMMANDS="perhaps")
+    for variable in ("KV_NODE_ID", "KV_PORT", "KV_R", "KV_LOG_LEVEL", "KV_LOG_COMMANDS"):
+        assert any(variable in problem for problem in problems), f"{variable} missing from {problems}"
+    assert len(problems) >= 5
+
+
+def test_config_error_is_an_exception_listing_problems() -> None:
+    error = ConfigError(["a", "b"])
+    assert error.problems == ["a", "b"]
+    assert str(error) == "a\nb"

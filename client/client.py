@@ -1,0 +1,291 @@
+"""The Client API: ``get``, ``put``, ``delete`` and ``pipeline()``, routed straight to a key's replicas.
+
+On first use the client connects to its seed addresses, learns each seed's node id from HELLO, and
+fetches the ring with TOPOLOGY. Each request then goes to the first replica in the key's preference
+list (one hop, like a token-aware driver). If that node cannot be reached, the request moves on to the
+next replica and then to any other node, since every node can coordinate. A node that just failed is
+tried last for ``RETRY_AFTER`` seconds, so a dead node costs one failed connect, not one per request.
+
+Nodes advertise addresses valid inside their network (``node1:5000``); a client outside it reaches
+them by the seed addresses it was given, so a seed's address always wins over the advertised one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from client import protocol
+from client.connection import Connection, parse_address
+from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
+from client.protocol import Frame, HelloReply, Request, Status, TopologyReply, Version
+from client.ring import Ring
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
+UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
+DEFAULT_CONNECT_TIMEOUT = 1.0
+RETRY_AFTER = 1.0
+"""Seconds a node that failed is tried last, so requests do not queue behind its connect timeout."""
+PIPELINE_CONCURRENCY = 256
+"""Requests a pipeline keeps in flight at once; the rest wait, so a huge batch cannot exhaust sockets."""
+
+Key = bytes | str
+Value = bytes | str
+
+
+class NodeStatus(NamedTuple):
+    node_id: str
+    address: str
+    up: bool
+
+
+def to_bytes(data: Key) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def split_addresses(nodes: str | Sequence[str]) -> list[str]:
+    items = nodes.split(",") if isinstance(nodes, str) else list(nodes)
+    addresses = [item.strip() for item in items if item.strip()]
+    if not addresses:
+        raise ValueError("no node addresses given")
+    return addresses
+
+
+class Client:
+    """A cluster client. Cooperative under gevent; share one per program, not across OS threads."""
+
+    def __init__(
+        self,
+        nodes: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        client_name: str = "kv-client",
+        connection_factory: Callable[..., Connection] = Connection,
+    ) -> None:
+        self.seeds = [_join(*parse_address(address)) for address in split_addresses(nodes)]
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.client_name = client_name
+        self._connection_factory = connection_factory
+        self._connections: dict[str, Connection] = {}
+        self._connecting: dict[str, gevent.event.AsyncResult] = {}
+        self._failed_at: dict[str, float] = {}
+        self._topology: TopologyReply | None = None
+        self._ring: Ring | None = None
+        self._addresses: dict[str, str] = {}  # node id -> address reachable from here
+        self._limits: HelloReply | None = None
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def get(self, key: Key, *, r: int | None = None) -> bytes | None:
+        """The key's value, or ``None`` if it does not exist. ``r``: replies to wait for."""
+        frame = self._execute(protocol.Get(to_bytes(key), r or protocol.DEFAULT_QUORUM))
+        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)
+
+    def put(self, key: Key, value: Value, *, w: int | None = None) -> Version:
+        """Store ``value`` under ``key``; returns the version it was stored with. ``w``: acks to wait for."""
+        frame = self._execute(protocol.Put(to_bytes(key), to_bytes(value), w or protocol.DEFAULT_QUORUM))
+        return protocol.decode_version(frame.body)
+
+    def delete(self, key: Key, *, w: int | None = None) -> Version:
+        """Delete ``key`` (a versioned tombstone); returns the tombstone's version."""
+        frame = self._execute(protocol.Delete(to_bytes(key), w or protocol.DEFAULT_QUORUM))
+        return protocol.decode_version(frame.body)
+
+    def pipeline(self) -> Pipeline:
+        """A batch of commands sent together: ``with client.pipeline() as p: p.put(..); p.execute()``."""
+        return Pipeline(self)
+
+    def topology(self) -> TopologyReply:
+        """The cluster as the nodes describe it: N, R, W, partitions and every node's address."""
+        self._ensure_topology()
+        assert self._topology is not None
+        return self._topology
+
+    def where(self, key: Key) -> list[str]:
+        """The addresses of the key's replicas, primary first."""
+        return [self._addresses[node_id] for node_id in self._preference_list(to_bytes(key))]
+
+    def status(self) -> list[NodeStatus]:
+        """Every node, its address, and whether it answers PING now."""
+        nodes = self.topology().nodes
+        probes = [gevent.spawn(self._ping, self._addresses[node.node_id]) for node in nodes]
+        gevent.joinall(probes)
+        return [
+            NodeStatus(node.node_id, self._addresses[node.node_id], bool(probe.value))
+            for node, probe in zip(nodes, probes, strict=True)
+        ]
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def node_address(self, node_id: str) -> str:
+        """The address this client uses for ``node_id``."""
+        self._ensure_topology()
+        return self._addresses[node_id]
+
+    def call_node(self, address: str, request: Request) -> Frame:
+        """Send ``request`` to the node at ``address`` only, with no failover (admin and tests)."""
+        return self._connection(address).call(request, timeout=self.timeout)
+
+    def _execute(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:
+        self._ensure_topology()  # also learns the limits that _check_limits needs
+        self._check_limits(request)
+        failures: list[str] = []
+        for address in self._route(request.key):
+            try:
+                return self._connection(address).call(request, timeout=self.timeout)
+            except NodeUnreachableError as exc:
+                self._failed_at[address] = time.monotonic()
+                failures.append(exc.message)
+        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+
+    def _route(self, key: bytes) -> list[str]:
+        """Replicas first, then every other node; nodes that failed recently go last."""
+        self._ensure_topology()
+        assert self._ring is not None
+        preferred = self._preference_list(key)
+        others = [node_id for node_id in self._ring.node_ids if node_id not in preferred]
+        order = [self._addresses[node_id] for node_id in preferred + others]
+        now = time.monotonic()
+        return sorted(order, key=lambda address: now - self._failed_at.get(address, -RETRY_AFTER) < RETRY_AFTER)
+
+    def _preference_list(self, key: bytes) -> list[str]:
+        self._ensure_topology()
+        assert self._ring is not None and self._topology is not None
+        return self._ring.preference_list(key, self._topology.replicas)
+
+    def _check_limits(self, request: protocol.Get | protocol.Put | protocol.Delete) -> None:
+        """Refuse oversize keys and values here: sent, they would only come back as errors."""
+        limits = self._limits
+        if limits is None:
+            return
+        if len(request.key) > limits.max_key_bytes:
+            raise KeyTooLargeError(f"key of {len(request.key)} bytes exceeds the limit of {limits.max_key_bytes}")
+        if isinstance(request, protocol.Put) and len(request.value) > limits.max_value_bytes:
+            raise ValueTooLargeError(
+                f"value of {len(request.value)} bytes exceeds the limit of {limits.max_value_bytes}"
+            )
+
+    def _ensure_topology(self) -> None:
+        if self._ring is None:
+            self.refresh_topology()
+
+    def refresh_topology(self) -> None:
+        """Connect to the seeds, learn their node ids, and fetch the ring from the first that answers."""
+        probes = [gevent.spawn(_capture, (self._connection, (address,), {})) for address in self.seeds]
+        outcomes = [probe.get() for probe in probes]
+        failures = [outcome.message for outcome in outcomes if isinstance(outcome, KVError)]
+        reachable = [outcome for outcome in outcomes if isinstance(outcome, Connection)]
+        if not reachable:
+            raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+        topology = protocol.decode_topology_reply(reachable[0].call(protocol.Topology(), timeout=self.timeout).body)
+        addresses = {node.node_id: node.address for node in topology.nodes}
+        for connection in reachable:
+            assert connection.hello is not None
+            addresses[connection.hello.node_id] = connection.address
+        self._topology = topology
+        self._ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
+        self._addresses = addresses
+        self._limits = reachable[0].hello
+
+    def _connection(self, address: str) -> Connection:
+        """An open connection to ``address``, connecting once even when many greenlets ask at once."""
+        connection = self._connections.get(address)
+        if connection is not None and connection.is_open:
+            return connection
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            return waiting.get()
+        waiting = self._connecting[address] = gevent.event.AsyncResult()
+        try:
+            host, port = parse_address(address)
+            connection = self._connection_factory(
+                host, port, connect_timeout=self.connect_timeout, client_name=self.client_name
+            )
+            connection.connect()
+        except KVError as exc:
+            waiting.set_exception(exc)
+            raise
+        finally:
+            del self._connecting[address]
+        self._connections[address] = connection
+        waiting.set(connection)
+        return connection
+
+    def _ping(self, address: str) -> bool:
+        try:
+            self._connection(address).call(protocol.Ping(), timeout=self.connect_timeout)
+        except KVError:
+            return False
+        return True
+
+
+class Pipeline:
+    """Commands queued with ``get``/``put``/``delete`` and sent concurrently by ``execute``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._commands: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+
+    def get(self, key: Key, *, r: int | None = None) -> Pipeline:
+        self._commands.append((self._client.get, (key,), {"r": r}))
+        return self
+
+    def put(self, key: Key, value: Value, *, w: int | None = None) -> Pipeline:
+        self._commands.append((self._client.put, (key, value), {"w": w}))
+        return self
+
+    def delete(self, key: Key, *, w: int | None = None) -> Pipeline:
+        self._commands.append((self._client.delete, (key,), {"w": w}))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        """Each command's result in order. With ``raise_on_error=False`` failures are returned
+        as exception objects instead of raising the first one."""
+        commands, self._commands = self._commands, []
+        self._client._ensure_topology()
+        results = list(gevent.pool.Pool(PIPELINE_CONCURRENCY).imap(_capture, commands))
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, KVError):
+                    raise result
+        return results
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._commands.clear()
+
+
+def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+    function, args, kwargs = command
+    try:
+        return function(*args, **kwargs)
+    except KVError as exc:
+        return exc
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,210 @@
+"""One TCP connection to a node: HELLO on connect, then many requests in flight, matched by id.
+
+Only this module and the node's connection handler touch sockets. It uses gevent's cooperative
+sockets directly, so it works in programs that never monkey-patch: a request blocks only the
+greenlet that made it, and any number of greenlets can share one connection (pipelining).
+"""
+
+from __future__ import annotations
+
+import socket as stdlib_socket
+from itertools import count
+
+import gevent
+from gevent import socket
+from gevent.event import AsyncResult
+
+from client import protocol
+from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError, error_from_reply
+from client.protocol import Frame, FrameDecoder, HelloReply, Request, Status
+
+RECV_BYTES = 256 * 1024
+"""Bytes asked of each recv. Large enough that a pipelined burst of replies arrives in few calls."""
+
+
+def parse_address(address: str, default_port: int = 5000) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``, or a bare host) as ``(host, port)``."""
+    text = address.strip()
+    if not text:
+        raise ValueError("empty node address")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"node address {address!r} has no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"node address {address!r} has an invalid port {port_text!r}")
+    return host, int(port_text)
+
+
+class FrameWriter:
+    """Writes frames to a socket from many greenlets without interleaving them.
+
+    The first greenlet to write becomes the writer and keeps flushing until the outbox is empty;
+    frames queued meanwhile by others leave in the same ``sendall``. That coalesces a pipelined
+    burst into few syscalls without a lock or an extra greenlet.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._outbox: list[bytes] = []
+        self._writing = False
+
+    def write(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._outbox:
+                chunk = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+                self._outbox.clear()
+                self._sock.sendall(chunk)
+        finally:
+            self._writing = False
+
+
+class Connection:
+    """A connection to one node. ``call`` sends a request and waits for its reply."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 1.0,
+        client_name: str = "kv-client",
+        max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.client_name = client_name
+        self.hello: HelloReply | None = None
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._pending: dict[int, AsyncResult] = {}
+        self._ids = count(1)
+        self._sock: socket.socket | None = None
+        self._writer: FrameWriter | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._failure: KVError | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None and self._failure is None
+
+    def connect(self) -> HelloReply:
+        """Open the socket and negotiate the protocol version. Raises ``NodeUnreachableError``."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except (OSError, gevent.Timeout) as exc:
+            raise NodeUnreachableError(f"cannot connect to {self.address}: {_describe(exc)}") from None
+        sock.settimeout(None)
+        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._writer = FrameWriter(sock)
+        self._reader = gevent.spawn(self._read_replies)
+        try:
+            frame = self.call(protocol.Hello(client_name=self.client_name[:255]), timeout=self.connect_timeout)
+            self.hello = protocol.decode_hello_reply(frame.body)
+        except protocol.ProtocolError as exc:
+            self.close()
+            raise ProtocolViolationError(f"bad HELLO reply from {self.address}: {exc}") from None
+        except KVError:
+            self.close()
+            raise
+        return self.hello
+
+    def send(self, request: Request) -> AsyncResult:
+        """Send ``request`` without waiting; the result resolves to the reply frame or an exception."""
+        return self._send(request)[1]
+
+    def _send(self, request: Request) -> tuple[int, AsyncResult]:
+        if self._failure is not None:
+            raise self._failure
+        if self._writer is None:
+            raise NodeUnreachableError(f"connection to {self.address} is not open")
+        request_id = next(self._ids) & protocol.MAX_REQUEST_ID
+        done = AsyncResult()
+        self._pending[request_id] = done
+        try:
+            self._writer.write(protocol.encode_request(request_id, request))
+        except OSError as exc:
+            self._fail(NodeUnreachableError(f"connection to {self.address} lost: {_describe(exc)}"))
+        return request_id, done
+
+    def call(self, request: Request, timeout: float | None = None) -> Frame:
+        """Send ``request`` and return its reply frame (OK or NOT_FOUND); raise for error statuses."""
+        request_id, done = self._send(request)
+        try:
+            frame = done.get(timeout=timeout)
+        except gevent.Timeout:
+            self._pending.pop(request_id, None)
+            raise RequestTimeoutError(f"no reply from {self.address} within {timeout:g} s") from None
+        return check_reply(frame)
+
+    def close(self) -> None:
+        self._fail(NodeUnreachableError(f"connection to {self.address} closed"))
+
+    def _read_replies(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            while True:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    raise NodeUnreachableError(f"{self.address} closed the connection")
+                for frame in self._decoder.feed(data):
+                    done = self._pending.pop(frame.request_id, None)
+                    if done is not None:
+                        done.set(frame)
+        except KVError as exc:
+            self._fail(exc)
+        except protocol.ProtocolError as exc:
+            self._fail(ProtocolViolationError(f"bad reply from {self.address}: {exc}"))
+        except OSError as exc:
+            self._fail(NodeUnreachableError(f"connection to {self.address} lost: {_describe(exc)}"))
+
+    def _fail(self, error: KVError) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        if self._sock is not None:
+            self._sock.close()
+        pending, self._pending = self._pending, {}
+        for done in pending.values():
+            done.set_exception(error)
+        if self._reader is not None and self._reader is not gevent.getcurrent():
+            self._reader.kill(block=False)
+
+
+def check_reply(frame: Frame) -> Frame:
+    """``frame`` if it is OK or NOT_FOUND; otherwise the error it carries, raised."""
+    if frame.code in (Status.OK, Status.NOT_FOUND):
+        return frame
+    try:
+        status = Status(frame.code)
+        reply = protocol.decode_error(status, frame.body)
+    except (ValueError, protocol.ProtocolError):
+        raise ProtocolViolationError(f"unknown reply status 0x{frame.code:02x}") from None
+    raise error_from_reply(reply)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, gevent.Timeout | TimeoutError | stdlib_socket.timeout):
+        return "timed out"
+    if isinstance(exc, stdlib_socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

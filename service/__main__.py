@@ -1,0 +1,79 @@
+"""Entry point: ``python -m service`` runs one node configured by KV_* environment variables."""
+
+from gevent import monkey
+
+monkey.patch_all()  # first, before anything imports socket or threading
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+
+from service import logging as node_logging  # noqa: E402
+from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
+from service.storage import StorageError  # noqa: E402
+
+USAGE = """usage: python -m service
+
+Runs one key-value store node. All configuration comes from environment variables:
+"""
+
+
+def usage() -> str:
+    width = max(len(setting.name) for setting in SETTINGS)
+    rows = [
+        f"  {setting.name:<{width}}  {setting.help}"
+        + (f" (default: {setting.default})" if setting.default else " (required)" if setting.default is None else "")
+        for setting in SETTINGS
+    ]
+    return USAGE + "\n".join(rows) + "\n\nSIGTERM drains in-flight requests, then exits.\n"
+
+
+def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage(), end="")
+        return 0
+    if argv:
+        print(f"kv-node: unexpected arguments {' '.join(argv)!r}; configuration is by environment\n", file=sys.stderr)
+        print(usage(), end="", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print("kv-node: configuration error, nothing started:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print("Run `python -m service --help` for every setting.", file=sys.stderr)
+        return 2
+
+    node_logging.configure(config.node_id, config.log_level)
+    log = node_logging.get_logger()
+    from service.node import Node  # after logging is configured, so module loggers pick it up
+
+    try:
+        node = Node(config)
+        node.start()
+    except StorageError as exc:
+        log.error("startup_failed", error=str(exc), hint=f"check that {config.data_dir} exists and is writable")
+        return 1
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc), hint="is another process using KV_PORT or KV_HTTP_PORT?")
+        return 1
+
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    node.stop()
+    return 0
+
+
+def run() -> int:
+    """The ``kv-node`` console script."""
+    return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run())

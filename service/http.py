@@ -1,0 +1,60 @@
+"""The node's HTTP side: ``/metrics`` for Prometheus and ``/healthz`` for orchestrators.
+
+Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+
+def make_app(registry: CollectorRegistry, is_healthy: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            healthy = is_healthy()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n" if healthy else b"unavailable\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+    return app
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, app: Callable[..., Iterable[bytes]], error_log: Any) -> None:
+        # log=None: Prometheus scrapes every few seconds and access lines would drown the JSON log.
+        self._server = WSGIServer((host, port), app, log=None, error_log=error_log)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+
+
+class LogWriter:
+    """A file-like sink for pywsgi's error output that turns each write into a structured log line."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self._log.error("http_error", message=text.strip())
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,53 @@
+"""Structured logging: JSON lines on stdout with timestamp, level, event and node on every line.
+
+``configure`` runs once at start-up. Context that belongs to a connection (``peer``, ``conn_id``) is
+bound with ``structlog.contextvars`` at the top of each handler; a greenlet starts with an empty
+context, so code that spawns one passes a bound logger along instead of relying on contextvars.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+
+def configure(node_id: str, level: str = "info") -> None:
+    def add_node(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("node", node_id)
+        return event
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_node,
+            _leading_fields,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+LEADING_FIELDS = ("timestamp", "level", "node", "event")
+
+
+def _leading_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Put the fields every line has first, so a human scanning the log finds them at once."""
+    return {**{name: event[name] for name in LEADING_FIELDS if name in event}, **event}
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger().bind(**context)
+
+
+def printable_key(key: bytes, limit: int = 100) -> str:
+    """A key as log text: UTF-8 where it is, escapes where it is not, cut at ``limit`` characters."""
+    text = key.decode("utf-8", errors="backslashreplace")
+    return text if len(text) <= limit else text[:limit] + "..."

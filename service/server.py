@@ -1,0 +1,358 @@
+"""The protocol server: accepts connections, reads frames, runs requests, writes replies.
+
+Each connection is a ``Session``. It reads frames off the socket and runs each request in its own
+greenlet, so a slow PUT does not hold up the GETs pipelined behind it; replies go back in completion
+order, matched by request id. At most ``MAX_IN_FLIGHT_PER_CONNECTION`` requests run per connection;
+past that the session stops reading, which pushes back on the client through TCP.
+
+Input never crashes the node. A frame that cannot be parsed, or one over the frame limit, ends that
+connection (after a FRAME_TOO_LARGE reply, in the second case). A well-framed request with a bad body,
+an oversize key or value, or an impossible quorum gets an error reply and the connection goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from itertools import count
+from typing import Any
+
+import gevent
+import gevent.pool
+import structlog
+from gevent.server import StreamServer
+
+from client import protocol
+from client.connection import RECV_BYTES, FrameWriter
+from client.protocol import Frame, Op, ProtocolError, Status
+from service.coordinator import Coordinator
+from service.local_replica import LocalReplica
+from service.logging import printable_key
+from service.metrics import Metrics
+from service.quorum import QuorumError, resolve_quorum
+from service.storage import Storage, StorageError
+
+MAX_IN_FLIGHT_PER_CONNECTION = 256
+"""Requests one connection may have running. Bounds the memory a single client can pin."""
+
+CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
+"""Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
+
+INLINE_OPS = frozenset({Op.HELLO, Op.PING, Op.TOPOLOGY})
+"""Ops answered without a greenlet: they never block, and HELLO must finish before what follows."""
+
+
+LINGER_SECONDS = 1.0
+"""How long a closing connection keeps reading (and discarding) what the client still sends."""
+
+
+class _StopReading(Exception):
+    """Raised into a session's recv to make it stop taking requests."""
+
+
+class RequestError(Exception):
+    """A request the node refuses, with the status and message to send back."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RequestHandler:
+    """Turns one decoded request into its reply frame. Holds no connection state."""
+
+    def __init__(
+        self,
+        *,
+        coordinator: Coordinator,
+        local: LocalReplica,
+        storage: Storage,
+        hello: protocol.HelloReply,
+        topology: protocol.TopologyReply,
+        read_quorum: int,
+        write_quorum: int,
+    ) -> None:
+        self.coordinator = coordinator
+        self.local = local
+        self.storage = storage
+        self.hello = hello
+        self._hello_body = protocol.encode_hello_reply(hello)
+        self._topology_body = protocol.encode_topology_reply(topology)
+        self.read_quorum = read_quorum
+        self.write_quorum = write_quorum
+
+    def reply(self, request_id: int, request: protocol.Request) -> bytes:
+        """The encoded reply; every failure becomes an error reply, never an exception."""
+        try:
+            status, body = self._run(request)
+        except RequestError as exc:
+            return protocol.encode_error(request_id, exc.status, exc.message)
+        except QuorumError as exc:
+            return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
+        except StorageError as exc:
+            return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
+        return protocol.encode_response(request_id, status, body)
+
+    def _run(self, request: protocol.Request) -> tuple[Status, bytes]:
+        match request:
+            case protocol.Get(key, quorum):
+                self._check_key(key)
+                record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"))
+                if record is None or record.value is None:
+                    return Status.NOT_FOUND, b""
+                return Status.OK, protocol.encode_value(record.value)
+            case protocol.Put(key, value, quorum):
+                self._check_key(key)
+                self._check_value(value)
+                version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"))
+                return Status.OK, protocol.encode_version(version)
+            case protocol.Delete(key, quorum):
+                self._check_key(key)
+                version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"))
+                return Status.OK, protocol.encode_version(version)
+            case protocol.ReplicaGet(key):
+                self._check_key(key)
+                stored = self.local.read(key)
+                if stored is None:
+                    return Status.NOT_FOUND, b""
+                return Status.OK, protocol.encode_record(stored)
+            case protocol.ReplicaPut(key, record):
+                self._check_key(key)
+                if record.value is not None:
+                    self._check_value(record.value)
+                self.local.write(key, record)
+                return Status.OK, b""
+            case protocol.Ping():
+                return Status.OK, b""
+            case protocol.Topology():
+                return Status.OK, self._topology_body
+            case protocol.Hello():
+                return self.negotiate(request)
+        raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
+
+    def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
+        if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
+            return Status.OK, self._hello_body
+        raise RequestError(
+            Status.UNSUPPORTED_VERSION,
+            f"this node speaks protocol version {protocol.PROTOCOL_VERSION}; "
+            f"the client offered {hello.min_version}-{hello.max_version}",
+        )
+
+    def _quorum(self, requested: int, default: int, name: str) -> int:
+        try:
+            return resolve_quorum(requested, default, self.coordinator.n, name)
+        except ValueError as exc:
+            raise RequestError(Status.BAD_REQUEST, str(exc)) from None
+
+    def _check_key(self, key: bytes) -> None:
+        if len(key) > self.hello.max_key_bytes:
+            raise RequestError(
+                Status.KEY_TOO_LARGE, f"key of {len(key)} bytes exceeds the limit of {self.hello.max_key_bytes}"
+            )
+
+    def _check_value(self, value: bytes) -> None:
+        if len(value) > self.hello.max_value_bytes:
+            raise RequestError(
+                Status.VALUE_TOO_LARGE,
+                f"value of {len(value)} bytes exceeds the limit of {self.hello.max_value_bytes}",
+            )
+
+
+class Session:
+    """One client or peer connection."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: RequestHandler,
+        metrics: Metrics,
+        log: Any,
+        *,
+        max_frame_bytes: int,
+        log_commands: bool,
+    ) -> None:
+        self.sock = sock
+        self._handler = handler
+        self._metrics = metrics
+        self._log = log
+        self._log_commands = log_commands
+        self._decoder = protocol.FrameDecoder(max_frame_bytes)
+        self._writer = FrameWriter(sock)
+        self._in_flight = gevent.pool.Pool(MAX_IN_FLIGHT_PER_CONNECTION)
+        self._negotiated = False
+        self._stopping = False
+        self._receiving = False
+        self._greenlet: gevent.Greenlet | None = None
+
+    def run(self) -> None:
+        self._greenlet = gevent.getcurrent()
+        try:
+            self._read_frames()
+        except _StopReading:
+            pass
+        except OSError as exc:  # the peer reset the connection; nothing to answer
+            self._log.debug("connection_error", error=str(exc))
+        finally:
+            self._in_flight.join()
+            self._close()
+
+    def stop_reading(self) -> None:
+        """Stop taking new requests; those in flight still get their replies (graceful shutdown)."""
+        self._stopping = True
+        # Interrupt only a recv: a greenlet interrupted mid-sendall would leave half a frame behind.
+        if self._receiving and self._greenlet is not None:
+            self._greenlet.kill(_StopReading, block=False)
+
+    def _close(self) -> None:
+        """Close without losing replies: closing a socket that still has unread input makes Linux
+        send RST, which discards replies the client has not read yet. So end our side first, let
+        the client see EOF after its last reply, and read what it still sends until it closes."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(LINGER_SECONDS, False):
+                while self.sock.recv(RECV_BYTES):
+                    pass
+        self.sock.close()
+
+    def _read_frames(self) -> None:
+        while not self._stopping:
+            self._receiving = True
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            finally:
+                self._receiving = False
+            if not data:
+                return
+            try:
+                frames = self._decoder.feed(data)
+            except protocol.FrameTooLargeError as exc:
+                self._log.warning("frame_too_large", length=exc.length, limit=exc.limit)
+                self._writer.write(protocol.encode_error(exc.request_id, Status.FRAME_TOO_LARGE, str(exc)))
+                return
+            except ProtocolError as exc:
+                self._log.warning("malformed_frame", error=str(exc))
+                return
+            for frame in frames:
+                if not self._dispatch(frame):
+                    return
+
+    def _dispatch(self, frame: Frame) -> bool:
+        """Start ``frame``'s request; ``False`` ends the connection."""
+        if not self._negotiated:
+            return self._handshake(frame)
+        if frame.code in INLINE_OPS:
+            self._run_request(frame)
+        else:
+            self._in_flight.spawn(self._run_request, frame)
+        return True
+
+    def _handshake(self, frame: Frame) -> bool:
+        if frame.code != Op.HELLO:
+            self._log.warning("request_before_hello", op=protocol.op_name(frame.code))
+            self._writer.write(
+                protocol.encode_error(frame.request_id, Status.BAD_REQUEST, "send HELLO before any other request")
+            )
+            return False
+        reply = self._run_request(frame)
+        self._negotiated = protocol.frame_code(reply) == Status.OK
+        return True
+
+    def _run_request(self, frame: Frame) -> bytes:
+        started = time.perf_counter()
+        key = None
+        try:
+            request = protocol.decode_request(frame)
+            key = getattr(request, "key", None)
+            reply = self._handler.reply(frame.request_id, request)
+        except ProtocolError as exc:
+            reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(exc))
+        except Exception:  # a bug must cost one request, never the connection or the node
+            self._log.exception("request_failed", op=protocol.op_name(frame.code))
+            reply = protocol.encode_error(
+                frame.request_id, Status.INTERNAL_ERROR, "internal error; the node logged the details"
+            )
+        try:
+            self._writer.write(reply)
+        except OSError:
+            self.stop_reading()
+        elapsed = time.perf_counter() - started
+        status = Status(protocol.frame_code(reply)).name
+        op = protocol.op_name(frame.code)
+        self._metrics.observe_request(op, status, elapsed)
+        if self._log_commands and frame.code in CLIENT_COMMANDS:
+            self._log.info(
+                "command",
+                op=op,
+                key=printable_key(key) if key is not None else None,
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+            )
+        return reply
+
+
+class ProtocolServer:
+    """A gevent ``StreamServer`` whose Pool caps connections, with a draining ``stop``."""
+
+    def __init__(
+        self,
+        listener: socket.socket | tuple[str, int],
+        handler: RequestHandler,
+        metrics: Metrics,
+        log: Any,
+        *,
+        max_connections: int,
+        max_frame_bytes: int,
+        log_commands: bool,
+    ) -> None:
+        self._handler = handler
+        self._metrics = metrics
+        self._log = log
+        self._max_frame_bytes = max_frame_bytes
+        self._log_commands = log_commands
+        self._sessions: set[Session] = set()
+        self._stopping = False
+        self._connection_ids = count(1)
+        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(max_connections))
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, drain_timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``drain_timeout`` s, then close."""
+        self._stopping = True
+        self._server.close()
+        for session in list(self._sessions):
+            session.stop_reading()
+        self._server.stop(timeout=drain_timeout)
+
+    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        if self._stopping:  # accepted just before stop() and started after it: nothing to drain
+            sock.close()
+            return
+        peer = f"{address[0]}:{address[1]}"
+        conn_id = next(self._connection_ids)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(peer=peer, conn_id=conn_id)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(
+            sock,
+            self._handler,
+            self._metrics,
+            self._log.bind(peer=peer, conn_id=conn_id),
+            max_frame_bytes=self._max_frame_bytes,
+            log_commands=self._log_commands,
+        )
+        self._sessions.add(session)
+        self._metrics.connections.inc()
+        try:
+            session.run()
+        finally:
+            self._sessions.discard(session)
+            self._metrics.connections.dec()

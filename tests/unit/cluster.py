@@ -1,0 +1,247 @@
+"""In-process cluster for unit tests: real nodes on 127.0.0.1, no Docker, no monkey-patching.
+
+``start_cluster`` binds a listening gevent socket for every node first, so every port is known before
+any node is configured, then builds each node's ``Config`` with ``load_config`` and starts a real
+``Node`` on that socket. Node logs go to ``LOG_SINK`` (JSON lines, as in production), never to
+stdout, so tests that capture stdout (the CLI) see only what the code under test printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket as stdlib_socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent import socket
+
+from client.client import Client
+from client.ring import Ring
+from service import logging as node_logging
+from service.config import Config, load_config
+from service.node import Node
+
+LOCALHOST = "127.0.0.1"
+
+DEFAULT_SETTINGS = {
+    "KV_N": "2",
+    "KV_W": "2",
+    "KV_R": "1",
+    "KV_PARTITIONS": "256",
+    "KV_LOG_COMMANDS": "true",
+    "KV_REQUEST_TIMEOUT_MS": "1000",
+    "KV_CONNECT_TIMEOUT_MS": "200",
+    "KV_DRAIN_TIMEOUT_S": "2",
+    "KV_STORAGE_LIMIT_MB": "64",
+    "KV_LOG_LEVEL": "info",
+}
+
+
+class LogSink:
+    """A file-like object that keeps the last lines written to it (structlog's PrintLogger target)."""
+
+    def __init__(self, maxlen: int = 20_000) -> None:
+        self.lines: deque[str] = deque(maxlen=maxlen)
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        *complete, self._partial = data.split("\n")
+        self.lines.extend(line for line in complete if line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        self.lines.clear()
+        self._partial = ""
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        """Every logged line parsed as JSON, optionally only those whose ``event`` is ``event``."""
+        parsed = [json.loads(line) for line in list(self.lines)]
+        return [entry for entry in parsed if event is None or entry.get("event") == event]
+
+
+LOG_SINK = LogSink()
+
+
+def configure_logging() -> None:
+    """The production logging configuration, writing into ``LOG_SINK`` instead of stdout."""
+    with contextlib.redirect_stdout(LOG_SINK):  # type: ignore[type-var]
+        node_logging.configure("test", "info")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, message: str = "condition") -> Any:
+    """Poll ``predicate`` (yielding to the hub between tries) until it is truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        gevent.sleep(0.01)
+
+
+def listen_socket(port: int = 0) -> socket.socket:
+    """A listening gevent TCP socket on 127.0.0.1 (port 0: any free port), reusable after a stop."""
+    sock = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+    sock.bind((LOCALHOST, port))
+    sock.listen(128)
+    return sock
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bound, read, released)."""
+    sock = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class InProcessCluster:
+    def __init__(self, tmp_path: Path, node_ids: list[str], settings: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.node_ids = node_ids
+        self.settings = settings
+        self.listeners = {node_id: listen_socket() for node_id in node_ids}
+        self.ports = {node_id: sock.getsockname()[1] for node_id, sock in self.listeners.items()}
+        self.configs = {node_id: self._config(node_id) for node_id in node_ids}
+        self.nodes: dict[str, Node] = {}
+        self.running: set[str] = set()
+        self._clients: list[Client] = []
+
+    def _config(self, node_id: str) -> Config:
+        peers = ",".join(f"{other}={LOCALHOST}:{self.ports[other]}" for other in self.node_ids)
+        environ = {
+            **DEFAULT_SETTINGS,
+            **self.settings,
+            "KV_NODE_ID": node_id,
+            "KV_PEERS": peers,
+            "KV_HOST": LOCALHOST,
+            "KV_PORT": str(self.ports[node_id]),
+            "KV_HTTP_PORT": "0",
+            "KV_DATA_DIR": str(self.tmp_path / node_id),
+        }
+        return load_config(environ)
+
+    # --- membership -------------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every node's protocol address, in node id order."""
+        return [self.address(node_id) for node_id in self.node_ids]
+
+    def address(self, node_id: str) -> str:
+        return f"{LOCALHOST}:{self.ports[node_id]}"
+
+    @property
+    def config(self) -> Config:
+        return self.configs[self.node_ids[0]]
+
+    def node(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    def ring(self) -> Ring:
+        return Ring(self.node_ids, self.config.partitions)
+
+    def replicas_of(self, key: bytes | str) -> list[str]:
+        """The node ids holding ``key``, primary first."""
+        raw = key.encode() if isinstance(key, str) else key
+        return self.ring().preference_list(raw, self.config.replicas)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, node_id: str) -> Node:
+        listener = self.listeners.pop(node_id, None) or listen_socket(self.ports[node_id])
+        try:
+            node = Node(self.configs[node_id], listener=listener)
+            node.start()
+        except BaseException:
+            listener.close()
+            raise
+        self.nodes[node_id] = node
+        self.running.add(node_id)
+        return node
+
+    def stop(self, node_id: str) -> None:
+        if node_id in self.running:
+            self.running.discard(node_id)
+            node = self.nodes[node_id]
+            node.stop()
+
+    def restart(self, node_id: str) -> Node:
+        """Stop the node if it runs, then start a new ``Node`` on the same data directory and port."""
+        self.stop(node_id)
+        return self.start(node_id)
+
+    def stop_all(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        errors: list[BaseException] = []
+        for node_id in list(self.running):
+            try:
+                self.stop(node_id)
+            except Exception as exc:  # keep stopping the others; report afterwards
+                errors.append(exc)
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners.clear()
+        if errors:
+            raise errors[0]
+
+    # --- clients ----------------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> Client:
+        """A ``Client`` seeded with every node's address; closed by ``stop_all``."""
+        kwargs.setdefault("timeout", 3.0)
+        kwargs.setdefault("connect_timeout", 0.5)
+        client = Client(self.addresses, **kwargs)
+        self._clients.append(client)
+        return client
+
+    @contextlib.contextmanager
+    def running_client(self, **kwargs: Any) -> Iterator[Client]:
+        client = self.client(**kwargs)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def start_cluster(tmp_path: Path, n_nodes: int = 3, **settings: Any) -> InProcessCluster:
+    """Start ``n_nodes`` real nodes (``node1``..) on 127.0.0.1. ``settings``: KV_* overrides, e.g.
+    ``KV_N="1"``; a key without the ``KV_`` prefix is upper-cased and prefixed (``n=1`` is ``KV_N``)."""
+    configure_logging()
+    overrides = {_setting_name(name): str(value) for name, value in settings.items()}
+    if n_nodes < 2:  # N, W and R default to 2, 2, 1: a lone node can only hold one replica
+        overrides.setdefault("KV_N", "1")
+        overrides.setdefault("KV_W", "1")
+    overrides = {name: _lower_bool(value) for name, value in overrides.items()}
+    cluster = InProcessCluster(tmp_path, [f"node{i}" for i in range(1, n_nodes + 1)], overrides)
+    try:
+        for node_id in cluster.node_ids:
+            cluster.start(node_id)
+    except BaseException:
+        cluster.stop_all()
+        raise
+    return cluster
+
+
+def _setting_name(name: str) -> str:
+    upper = name.upper()
+    return upper if upper.startswith("KV_") else f"KV_{upper}"
+
+
+def _lower_bool(value: str) -> str:
+    return value.lower() if value in ("True", "False") else value

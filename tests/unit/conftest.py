@@ -1,0 +1,46 @@
+"""Fixtures for tests that run real in-process nodes (see ``cluster.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import LOG_SINK, InProcessCluster, LogSink, start_cluster
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., InProcessCluster]]:
+    """Starts clusters with chosen settings: ``make_cluster(1, KV_LOG_COMMANDS="false")``.
+
+    Every node of every cluster started is stopped at teardown, whatever the test did.
+    """
+    clusters: list[InProcessCluster] = []
+
+    def make(n_nodes: int = 3, **settings: Any) -> InProcessCluster:
+        directory = tmp_path / f"cluster{len(clusters)}"
+        directory.mkdir()
+        cluster = start_cluster(directory, n_nodes, **settings)
+        clusters.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.stop_all()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
+    """Three nodes with N=2, W=2, R=1 (the production defaults)."""
+    return make_cluster(3)
+
+
+@pytest.fixture
+def log_sink() -> Iterator[LogSink]:
+    """The node log lines written during this test (JSON, one dict per line via ``events()``)."""
+    LOG_SINK.clear()
+    yield LOG_SINK
+    LOG_SINK.clear()

@@ -1,0 +1,289 @@
+"""The Client against three in-process nodes: commands, routing, pipelines, status and failover."""
+
+from __future__ import annotations
+
+import pytest
+from cluster import InProcessCluster, free_port
+
+from client import protocol
+from client.client import Client
+from client.connection import Connection
+from client.errors import (
+    BadRequestError,
+    KeyTooLargeError,
+    NodeUnreachableError,
+    UnavailableError,
+    ValueTooLargeError,
+)
+from client.ring import Ring
+
+
+def key_with_primary(cluster: InProcessCluster, node_id: str, prefix: str = "key") -> str:
+    """A key whose primary replica is ``node_id``."""
+    for i in range(10_000):
+        key = f"{prefix}-{i}"
+        if cluster.replicas_of(key)[0] == node_id:
+            return key
+    raise AssertionError(f"no key with primary {node_id}")
+
+
+class CountingConnection(Connection):
+    """A Connection that records every request the client sends."""
+
+    sent: list[protocol.Request] = []
+
+    def _send(self, request: protocol.Request):
+        CountingConnection.sent.append(request)
+        return super()._send(request)
+
+
+@pytest.fixture
+def counting() -> type[CountingConnection]:
+    CountingConnection.sent = []
+    return CountingConnection
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def test_put_get_delete_round_trip(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    version = client.put("greeting", "hello")
+    assert version.node_id in cluster.node_ids
+    assert client.get("greeting") == b"hello"
+    assert client.get(b"greeting") == b"hello"
+
+    newer = client.put(b"greeting", b"bonjour")
+    assert newer > version
+    assert client.get("greeting") == b"bonjour"
+
+    deleted = client.delete("greeting")
+    assert deleted > newer
+    assert client.get("greeting") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("text", "naïve café ☕"),
+        (b"\x00\xff binary key", bytes(range(256))),
+        ("empty", b""),
+        ("newlines", b"line1\nline2\r\n"),
+    ],
+)
+def test_values_come_back_byte_for_byte(cluster: InProcessCluster, key: bytes | str, value: bytes | str) -> None:
+    client = cluster.client()
+    client.put(key, value)
+    expected = value.encode() if isinstance(value, str) else value
+    assert client.get(key) == expected
+    if expected == b"":
+        assert client.get(key) is not None  # an empty value exists; it is not a missing key
+
+
+def test_missing_key_is_none_and_deleting_it_is_fine(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    assert client.get("never-written") is None
+    client.delete("never-written")
+    assert client.get("never-written") is None
+
+
+def test_every_replica_holds_an_acknowledged_write(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    version = client.put("replicated", "v")  # W=2=N: both replicas acked
+    for node_id in cluster.replicas_of("replicated"):
+        assert cluster.node(node_id).storage.get(b"replicated") == protocol.Record(version, b"v"), node_id
+    for node_id in set(cluster.node_ids) - set(cluster.replicas_of("replicated")):
+        assert cluster.node(node_id).storage.get(b"replicated") is None, node_id
+
+
+# --- routing ---------------------------------------------------------------------------------------
+
+
+def test_where_lists_the_preference_list_primary_first(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    ring = Ring(cluster.node_ids, cluster.config.partitions)
+    primaries = set()
+    for i in range(30):
+        key = f"where-{i}"
+        owners = ring.preference_list(key.encode(), 2)
+        assert client.where(key) == [cluster.address(node_id) for node_id in owners]
+        primaries.add(owners[0])
+    assert primaries == set(cluster.node_ids)  # the keys spread over every node
+
+
+def requests_served(cluster: InProcessCluster, node_id: str, op: str) -> float:
+    registry = cluster.node(node_id).metrics.registry
+    return registry.get_sample_value("kv_requests_total", {"op": op, "status": "OK"}) or 0.0
+
+
+def test_requests_go_to_the_keys_primary(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    for primary in cluster.node_ids:
+        key = key_with_primary(cluster, primary)
+        before = {node_id: requests_served(cluster, node_id, "PUT") for node_id in cluster.node_ids}
+        client.put(key, "v")
+        client.get(key)
+        after = {node_id: requests_served(cluster, node_id, "PUT") for node_id in cluster.node_ids}
+        assert {node_id: after[node_id] - before[node_id] for node_id in cluster.node_ids} == {
+            node_id: 1.0 if node_id == primary else 0.0 for node_id in cluster.node_ids
+        }, key
+    assert [requests_served(cluster, node_id, "GET") for node_id in cluster.node_ids] == [1.0, 1.0, 1.0]
+
+
+def test_topology_matches_the_cluster(cluster: InProcessCluster) -> None:
+    topology = cluster.client().topology()
+    assert (topology.replicas, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
+    assert [node.node_id for node in topology.nodes] == cluster.node_ids
+
+
+def test_a_single_seed_is_enough(cluster: InProcessCluster) -> None:
+    client = Client([cluster.addresses[1]], timeout=3.0)
+    try:
+        client.put("one-seed", "v")
+        assert client.get("one-seed") == b"v"
+        assert client.where("one-seed") == [cluster.address(node_id) for node_id in cluster.replicas_of("one-seed")]
+    finally:
+        client.close()
+
+
+# --- pipelines -------------------------------------------------------------------------------------
+
+
+def test_pipeline_of_500_puts_then_500_gets_keeps_order(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    with client.pipeline() as pipe:
+        for i in range(500):
+            pipe.put(f"pipe-{i}", f"value-{i}")
+        assert len(pipe) == 500
+        versions = pipe.execute()
+    assert len(versions) == 500
+    assert all(isinstance(version, protocol.Version) for version in versions)
+
+    with client.pipeline() as pipe:
+        for i in range(500):
+            pipe.get(f"pipe-{i}")
+        values = pipe.execute()
+    assert values == [f"value-{i}".encode() for i in range(500)]
+
+
+def test_pipeline_returns_errors_in_place_when_asked(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.put("present", "here")
+    with client.pipeline() as pipe:
+        pipe.get("present").put("too-many", "v", w=3).get("absent")
+        results = pipe.execute(raise_on_error=False)
+    assert results[0] == b"here"
+    assert isinstance(results[1], BadRequestError)
+    assert results[2] is None
+
+    with client.pipeline() as pipe:
+        pipe.put("too-many", "v", w=3)
+        with pytest.raises(BadRequestError, match="exceeds N=2"):
+            pipe.execute()
+
+
+# --- status and failover ---------------------------------------------------------------------------
+
+
+def test_status_reports_all_up_then_one_down(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    assert [(node.node_id, node.address, node.up) for node in client.status()] == [
+        (node_id, cluster.address(node_id), True) for node_id in cluster.node_ids
+    ]
+    cluster.stop("node2")
+    assert {node.node_id: node.up for node in client.status()} == {"node1": True, "node2": False, "node3": True}
+
+
+def test_reads_survive_the_primary_being_down_but_quorum_writes_do_not(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    key = key_with_primary(cluster, "node1")
+    client.put(key, "before")
+    cluster.stop("node1")
+
+    assert client.get(key) == b"before"  # R=1: the other replica answers
+    with pytest.raises(UnavailableError) as caught:
+        client.put(key, "after")  # W=2 of N=2 with one replica down
+    # the quorum is lost as soon as node1 fails, whether or not the survivor's fsync is done yet
+    assert caught.value.required == 2
+    assert caught.value.acked in (0, 1)
+    assert f"{caught.value.acked} of 2 required replicas acked" in caught.value.message
+    assert "node1" in caught.value.message
+
+    version = client.put(key, "after", w=1)
+    assert client.get(key) == b"after"
+    [survivor] = [node_id for node_id in cluster.replicas_of(key) if node_id != "node1"]
+    assert cluster.node(survivor).storage.get(key.encode()).version == version
+
+
+def test_a_restarted_primary_serves_again(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    key = key_with_primary(cluster, "node2")
+    client.put(key, "v1")
+    cluster.restart("node2")
+    assert client.get(key) == b"v1"
+    assert {node.node_id: node.up for node in client.status()} == dict.fromkeys(cluster.node_ids, True)
+
+
+def test_unreachable_cluster_raises_a_one_line_error() -> None:
+    addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    client = Client(addresses, connect_timeout=0.5)
+    try:
+        with pytest.raises(NodeUnreachableError) as caught:
+            client.get("k")
+    finally:
+        client.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("no node reachable")
+    assert all(address in message for address in addresses)
+    assert caught.value.code == "UNREACHABLE"
+
+
+def test_bad_seed_addresses_are_rejected_up_front() -> None:
+    with pytest.raises(ValueError, match="no node addresses"):
+        Client(" , ")
+    with pytest.raises(ValueError, match="invalid port"):
+        Client("127.0.0.1:99999")
+
+
+# --- limits ----------------------------------------------------------------------------------------
+
+
+def test_oversize_key_and_value_are_refused_without_a_request(
+    cluster: InProcessCluster, counting: type[CountingConnection]
+) -> None:
+    client = Client(cluster.addresses, connection_factory=counting)
+    try:
+        client.get("warm-up")  # learns the limits from HELLO
+        counting.sent.clear()
+        with pytest.raises(KeyTooLargeError, match="1025 bytes exceeds the limit of 1024"):
+            client.get("k" * 1025)
+        with pytest.raises(KeyTooLargeError):
+            client.put("k" * 1025, "v")
+        with pytest.raises(KeyTooLargeError):
+            client.delete("k" * 70_000)
+        with pytest.raises(ValueTooLargeError, match="exceeds the limit of 1048576"):
+            client.put("k", b"v" * (1024 * 1024 + 1))
+        assert counting.sent == []
+        client.put("k" * 1024, b"v" * (1024 * 1024))  # exactly the limits is fine
+        assert client.get("k" * 1024) == b"v" * (1024 * 1024)
+    finally:
+        client.close()
+
+
+def test_a_fresh_client_refuses_a_key_too_long_for_the_protocol(cluster: InProcessCluster) -> None:
+    client = Client(cluster.addresses)
+    try:
+        with pytest.raises(KeyTooLargeError):
+            client.get("k" * 70_000)
+    finally:
+        client.close()
+
+
+def test_a_fresh_client_refuses_an_oversize_value_locally(cluster: InProcessCluster) -> None:
+    client = Client(cluster.addresses)
+    try:
+        with pytest.raises(ValueTooLargeError):
+            client.put("k", b"v" * (2 * 1024 * 1024))
+    finally:
+        client.close()

@@ -1,0 +1,526 @@
+"""The protocol server over raw gevent sockets: handshake, pipelining, bad input, shutdown, logging."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+import gevent
+import pytest
+from cluster import InProcessCluster, LogSink, wait_until
+from gevent import socket
+from gevent.event import Event
+
+from client import protocol
+from client.protocol import Frame, Op, Status
+from service.node import Node
+
+SMALL_LIMITS = {"KV_MAX_KEY_BYTES": "16", "KV_MAX_VALUE_BYTES": "64"}
+READ_TIMEOUT = 3.0
+
+
+class RawConnection:
+    """A bare socket speaking frames, with no client logic in the way."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=READ_TIMEOUT)
+        self.decoder = protocol.FrameDecoder(1 << 24)
+        self.frames: list[Frame] = []
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, request_id: int, request: protocol.Request) -> None:
+        self.send(protocol.encode_request(request_id, request))
+
+    def hello(self, request_id: int = 1) -> Frame:
+        self.request(request_id, protocol.Hello(client_name="raw-test"))
+        reply = self.read_frame()
+        assert (reply.request_id, reply.code) == (request_id, Status.OK)
+        return reply
+
+    def _fill(self, deadline: float) -> None:
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return
+        self.frames += self.decoder.feed(data)
+
+    def read_frame(self, timeout: float = READ_TIMEOUT) -> Frame:
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            assert not self.eof, "the node closed the connection"
+            self._fill(deadline)
+        return self.frames.pop(0)
+
+    def read_frames(self, count: int, timeout: float = READ_TIMEOUT) -> list[Frame]:
+        return [self.read_frame(timeout) for _ in range(count)]
+
+    def read_until_closed(self, timeout: float = READ_TIMEOUT) -> list[Frame]:
+        """Every frame the node sends until it closes the connection (fails if it does not)."""
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            self._fill(deadline)  # a recv timeout here means the node kept the connection open
+        frames, self.frames = self.frames, []
+        return frames
+
+    def call(self, request_id: int, request: protocol.Request) -> Frame:
+        self.request(request_id, request)
+        reply = self.read_frame()
+        assert reply.request_id == request_id
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connect() -> Callable[[str], RawConnection]:
+    opened: list[RawConnection] = []
+
+    def open_connection(address: str) -> RawConnection:
+        connection = RawConnection(address)
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        connection.close()
+
+
+@pytest.fixture
+def node1(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
+    """One node (N=W=R=1) with a 16-byte key limit and a 64-byte value limit."""
+    return make_cluster(1, **SMALL_LIMITS)
+
+
+def error_of(frame: Frame) -> protocol.ErrorReply:
+    return protocol.decode_error(Status(frame.code), frame.body)
+
+
+def assert_usable(connection: RawConnection, request_id: int = 999) -> None:
+    reply = connection.call(request_id, protocol.Ping())
+    assert reply.code == Status.OK
+
+
+def assert_node_serves(address: str) -> None:
+    """A fresh connection negotiates and stores and reads a key."""
+    connection = RawConnection(address)
+    try:
+        connection.hello()
+        assert connection.call(2, protocol.Put(b"alive", b"yes")).code == Status.OK
+        reply = connection.call(3, protocol.Get(b"alive"))
+        assert (reply.code, protocol.decode_value(reply.body)) == (Status.OK, b"yes")
+    finally:
+        connection.close()
+
+
+# --- handshake -------------------------------------------------------------------------------------
+
+
+def test_hello_reports_the_version_node_and_limits(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    reply = protocol.decode_hello_reply(connection.hello(request_id=42).body)
+    assert reply.version == protocol.PROTOCOL_VERSION
+    assert reply.node_id == "node1"
+    assert (reply.max_key_bytes, reply.max_value_bytes) == (16, 64)
+    assert reply.max_frame_bytes == 16 + 64 + protocol.FRAME_OVERHEAD
+
+
+def test_unsupported_version_range_is_refused_and_a_correct_hello_follows(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    future = protocol.PROTOCOL_VERSION + 1
+    reply = connection.call(7, protocol.Hello(min_version=future, max_version=future + 3))
+    assert reply.code == Status.UNSUPPORTED_VERSION
+    assert f"{future}-{future + 3}" in error_of(reply).message
+
+    # the connection stays open and unnegotiated until a HELLO it can accept
+    connection.hello(request_id=8)
+    assert connection.call(9, protocol.Put(b"k", b"v")).code == Status.OK
+
+
+def test_a_version_range_around_the_supported_one_is_accepted(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    reply = connection.call(1, protocol.Hello(min_version=0, max_version=200))
+    assert reply.code == Status.OK
+    assert protocol.decode_hello_reply(reply.body).version == protocol.PROTOCOL_VERSION
+
+
+def test_a_request_before_hello_is_refused_and_the_connection_closed(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.request(5, protocol.Get(b"k"))
+    connection.request(6, protocol.Ping())  # never answered: the node stops reading after the refusal
+    frames = connection.read_until_closed()
+    assert [(frame.request_id, frame.code) for frame in frames] == [(5, Status.BAD_REQUEST)]
+    assert "HELLO" in error_of(frames[0]).message
+    assert_node_serves(node1.addresses[0])
+
+
+# --- pipelining ------------------------------------------------------------------------------------
+
+
+def test_hundred_pipelined_requests_in_one_write_are_all_answered_by_id(cluster: InProcessCluster, connect) -> None:
+    with cluster.running_client() as client:
+        for i in range(50):
+            client.put(f"pre-{i}", f"value-{i}")
+    connection = connect(cluster.addresses[0])
+    burst = [protocol.encode_request(1, protocol.Hello())]  # HELLO in the same write as what follows
+    expected: dict[int, tuple[Status, bytes | None]] = {}
+    for i in range(50):
+        put_id, get_id = 1000 + 2 * i, 1001 + 2 * i
+        burst.append(protocol.encode_request(put_id, protocol.Put(f"new-{i}".encode(), f"new-value-{i}".encode())))
+        burst.append(protocol.encode_request(get_id, protocol.Get(f"pre-{i}".encode())))
+        expected[put_id] = (Status.OK, None)
+        expected[get_id] = (Status.OK, f"value-{i}".encode())
+    connection.send(b"".join(burst))
+
+    assert connection.read_frame().request_id == 1
+    replies = {frame.request_id: frame for frame in connection.read_frames(100)}
+    assert sorted(replies) == sorted(expected)
+    for request_id, (status, value) in expected.items():
+        frame = replies[request_id]
+        assert frame.code == status, (request_id, frame)
+        if value is not None:
+            assert protocol.decode_value(frame.body) == value
+        else:
+            assert protocol.decode_version(frame.body).node_id == "node1"
+    with cluster.running_client() as client:
+        assert [client.get(f"new-{i}") for i in range(50)] == [f"new-value-{i}".encode() for i in range(50)]
+
+
+def test_topology_reply_describes_the_cluster(cluster: InProcessCluster, connect) -> None:
+    connection = connect(cluster.addresses[1])
+    connection.hello()
+    reply = connection.call(2, protocol.Topology())
+    topology = protocol.decode_topology_reply(reply.body)
+    assert (topology.replicas, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
+    assert topology.partitions == cluster.config.partitions
+    assert [node.address for node in topology.nodes] == cluster.addresses
+    assert [node.node_id for node in topology.nodes] == cluster.node_ids
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "frame_too_large"),
+    [
+        ("http request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        ("all ones", b"\xff" * 32, True),
+        ("short length", struct.pack(">IIB", 2, 77, Op.PING), False),
+        ("zero length", b"\x00" * 16, False),
+        ("2 GiB length", struct.pack(">IIB", 1 << 31, 77, Op.PUT) + b"\x00" * 16, True),
+    ],
+)
+def test_bad_framing_closes_only_that_connection(
+    node1: InProcessCluster, connect, name: str, data: bytes, frame_too_large: bool
+) -> None:
+    address = node1.addresses[0]
+    bystander = connect(address)
+    bystander.hello()
+    victim = connect(address)
+    victim.hello()
+
+    victim.send(data)
+    frames = victim.read_until_closed()
+    if frame_too_large:
+        assert [frame.code for frame in frames] == [Status.FRAME_TOO_LARGE], name
+        assert "exceeds the limit" in error_of(frames[0]).message
+    else:
+        assert frames == [], name
+
+    assert_usable(bystander)
+    assert_node_serves(address)
+
+
+def test_bad_framing_before_hello_also_closes_only_that_connection(node1: InProcessCluster, connect) -> None:
+    victim = connect(node1.addresses[0])
+    victim.send(b"\x00\x00\x00\x01garbage")
+    assert victim.read_until_closed() == []
+    assert_node_serves(node1.addresses[0])
+
+
+def test_a_frame_split_across_writes_is_reassembled(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    encoded = protocol.encode_request(3, protocol.Put(b"split", b"in pieces"))
+    for i in range(len(encoded)):
+        connection.send(encoded[i : i + 1])
+        gevent.sleep(0)
+    assert connection.read_frame().code == Status.OK
+    assert protocol.decode_value(connection.call(4, protocol.Get(b"split")).body) == b"in pieces"
+
+
+def test_oversize_key_and_value_are_refused_and_the_connection_stays_usable(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    cases = [
+        (protocol.Get(b"k" * 17), Status.KEY_TOO_LARGE),
+        (protocol.Put(b"k" * 17, b"v"), Status.KEY_TOO_LARGE),
+        (protocol.Delete(b"k" * 17), Status.KEY_TOO_LARGE),
+        (protocol.Put(b"k", b"v" * 65), Status.VALUE_TOO_LARGE),
+    ]
+    for request_id, (request, status) in enumerate(cases, start=10):
+        reply = connection.call(request_id, request)
+        assert reply.code == status, request
+        assert "exceeds the limit" in error_of(reply).message
+    assert connection.call(20, protocol.Get(b"k")).code == Status.NOT_FOUND  # the refused PUT stored nothing
+    # exactly at the limits is fine
+    assert connection.call(21, protocol.Put(b"k" * 16, b"v" * 64)).code == Status.OK
+    assert protocol.decode_value(connection.call(22, protocol.Get(b"k" * 16)).body) == b"v" * 64
+
+
+@pytest.mark.parametrize(
+    ("code", "body"),
+    [
+        (Op.GET, b""),  # no quorum byte
+        (Op.GET, b"\x00\x00\x05ab"),  # key length 5, 2 bytes follow
+        (Op.PUT, b"\x00\x00\x01k"),  # no value length
+        (Op.PUT, b"\x00\x00\x01k\x00\x00\x00\x01vEXTRA"),  # trailing bytes
+        (Op.DELETE, b"\x00\x00\x01k\x00"),  # trailing byte
+        (Op.HELLO, b"\x01"),  # after HELLO, a second HELLO with a bad body
+        (0x7F, b""),  # unknown op
+        (Op.REPLICA_PUT, b"\x00\x01k\x04"),  # unknown record flags
+    ],
+)
+def test_a_malformed_body_gets_bad_request_and_the_connection_stays_usable(
+    node1: InProcessCluster, connect, code: int, body: bytes
+) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    connection.send(protocol.encode_frame(31, code, body))
+    reply = connection.read_frame()
+    assert (reply.request_id, reply.code) == (31, Status.BAD_REQUEST)
+    assert error_of(reply).message
+    assert_usable(connection)
+
+
+def test_a_malformed_hello_body_before_negotiation_gets_bad_request(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.send(protocol.encode_frame(1, Op.HELLO, b"\x01"))
+    assert connection.read_frame().code == Status.BAD_REQUEST
+    connection.hello(request_id=2)
+    assert_usable(connection)
+
+
+def test_a_quorum_above_n_is_a_bad_request(cluster: InProcessCluster, connect) -> None:
+    connection = connect(cluster.addresses[0])
+    connection.hello()
+    for request_id, request in enumerate(
+        [protocol.Get(b"k", quorum=3), protocol.Put(b"k", b"v", quorum=3), protocol.Delete(b"k", quorum=255)],
+        start=2,
+    ):
+        reply = connection.call(request_id, request)
+        assert reply.code == Status.BAD_REQUEST, request
+        assert "exceeds N=2" in error_of(reply).message
+    assert connection.call(9, protocol.Put(b"k", b"v", quorum=2)).code == Status.OK
+    assert connection.call(10, protocol.Get(b"k", quorum=2)).code == Status.OK
+
+
+# --- shutdown and restart --------------------------------------------------------------------------
+
+
+def put_burst(first: int, count: int) -> bytes:
+    return b"".join(
+        protocol.encode_request(100 + i, protocol.Put(f"drain-{i}".encode(), f"v{i}".encode()))
+        for i in range(first, first + count)
+    )
+
+
+class HeldCommits:
+    """Holds the node's group commits (its fsyncs) until ``release``: writes stay in flight."""
+
+    def __init__(self, node: Node) -> None:
+        self.gate = Event()
+        self.batches: list[int] = []
+        self._run_blocking = node.committer._run_blocking
+        node.committer._run_blocking = self._held
+
+    def _held(self, function, writes):
+        self.batches.append(len(writes))
+        self.gate.wait()
+        return self._run_blocking(function, writes)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def start_stop_with_writes_in_flight(cluster: InProcessCluster, connection: RawConnection, count: int):
+    """Send ``count`` PUTs, hold their commit, start stopping the node; returns the stopping greenlet."""
+    address = cluster.addresses[0]
+    held = HeldCommits(cluster.node("node1"))
+    connection.hello()
+    connection.send(put_burst(0, count))
+    wait_until(lambda: sum(held.batches) == count, message=f"all {count} writes to be committing")
+    stopper = gevent.spawn(cluster.stop, "node1")
+    wait_until(lambda: refuses_connections(address), message="the stopping node to refuse connections")
+    assert not stopper.ready(), "stop must wait for the requests in flight"
+    assert connection.frames == []
+    return stopper, held
+
+
+def test_graceful_stop_finishes_requests_in_flight(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    stopper, held = start_stop_with_writes_in_flight(node1, connection, 50)
+    held.release()
+
+    frames = connection.read_until_closed()
+    stopper.get(timeout=READ_TIMEOUT)
+    assert sorted(frame.request_id for frame in frames) == [100 + i for i in range(50)]
+    assert {frame.code for frame in frames} == {Status.OK}
+
+    restarted = node1.start("node1")
+    for i in range(50):
+        assert restarted.storage.get(f"drain-{i}".encode()).value == f"v{i}".encode(), i
+
+
+def test_graceful_stop_delivers_replies_while_the_client_keeps_sending(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    stopper, held = start_stop_with_writes_in_flight(node1, connection, 50)
+    connection.request(7, protocol.Ping())  # a pipelining client does not know the node is draining
+    held.release()
+    stopper.get(timeout=READ_TIMEOUT)
+
+    frames = connection.read_until_closed()
+    assert sorted(frame.request_id for frame in frames) == [100 + i for i in range(50)]
+
+
+def refuses_connections(address: str) -> bool:
+    try:
+        RawConnection(address).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_stop_during_a_pipelined_burst_keeps_every_acknowledged_write(node1: InProcessCluster, connect) -> None:
+    address = node1.addresses[0]
+    connection = connect(address)
+    connection.hello()
+    connection.send(put_burst(0, 100))
+    first = connection.read_frame()  # the first burst is being served
+    connection.send(put_burst(100, 100))  # the second may or may not be read before the stop
+    stopper = gevent.spawn(node1.stop, "node1")
+    frames = [first, *connection.read_until_closed()]
+    stopper.get(timeout=READ_TIMEOUT)
+
+    statuses = {frame.code for frame in frames}
+    assert statuses == {Status.OK}, f"a draining node must finish requests, not fail them: {statuses}"
+    acked = [frame.request_id - 100 for frame in frames]
+    assert len(set(acked)) == len(acked)
+
+    node = node1.start("node1")
+    for i in acked:
+        stored = node.storage.get(f"drain-{i}".encode())
+        assert stored is not None and stored.value == f"v{i}".encode(), i
+    assert_node_serves(address)
+
+
+def test_a_restarted_node_keeps_every_acknowledged_write(cluster: InProcessCluster) -> None:
+    with cluster.running_client() as client:
+        versions = {f"key-{i}": client.put(f"key-{i}", f"value-{i}") for i in range(60)}
+        client.delete("key-0")
+    cluster.stop("node2")
+    node = cluster.start("node2")
+
+    held = [key for key in versions if "node2" in cluster.replicas_of(key)]
+    assert held, "node2 holds some of the keys"
+    for key in held:
+        stored = node.storage.get(key.encode())
+        assert stored is not None, key
+        if key == "key-0":
+            assert stored.value is None  # the tombstone survived too
+        else:
+            assert stored == protocol.Record(versions[key], f"value-{key[4:]}".encode())
+    # the clock resumes above every stored version
+    assert node.clock.last >= max(versions[key].timestamp for key in held)
+    with cluster.running_client() as client:
+        assert client.get("key-1") == b"value-1"
+        assert client.get("key-0") is None
+
+
+def test_stop_does_not_wait_for_a_connection_accepted_just_before_it(node1: InProcessCluster, connect) -> None:
+    # The race, made deterministic: the handler of an accepted connection starts only once the stop
+    # has begun (in the cluster's teardown this happens by chance and costs KV_DRAIN_TIMEOUT_S).
+    node = node1.node("node1")
+    stream = node.server._server
+    serve = stream._handle
+    handler_may_start = Event()
+    accepted: list[object] = []
+
+    def late_serve(sock, address) -> None:
+        accepted.append(address)
+        handler_may_start.wait()
+        serve(sock, address)
+
+    stream._handle = late_serve
+    idle = connect(node1.addresses[0])  # an idle client, as a peer's monitor connection is
+    wait_until(lambda: accepted, message="the connection to be accepted")
+
+    node1.running.discard("node1")  # stopped here, not by the teardown
+    stopper = gevent.spawn(node.stop)
+    try:
+        wait_until(lambda: refuses_connections(node1.addresses[0]), message="the stop to begin")
+        handler_may_start.set()
+        stopper.join(timeout=0.5)  # the drain timeout is 2 s; nothing is in flight
+        assert stopper.ready(), "stop waited for an idle connection"
+    finally:
+        idle.close()
+        stopper.get(timeout=READ_TIMEOUT)
+
+
+def test_stop_refuses_new_connections(node1: InProcessCluster) -> None:
+    node1.stop("node1")
+    with pytest.raises(OSError):
+        RawConnection(node1.addresses[0])
+
+
+# --- command log -----------------------------------------------------------------------------------
+
+
+def test_every_client_command_is_logged_as_one_json_line(cluster: InProcessCluster, log_sink: LogSink) -> None:
+    with cluster.running_client() as client:
+        client.put("logged-key", "v")
+        client.get("logged-key")
+        client.get("absent-key")
+        client.delete("logged-key")
+    wait_until(lambda: len(log_sink.events("command")) >= 4, message="four command lines")
+
+    commands = [(entry["op"], entry["key"], entry["status"]) for entry in log_sink.events("command")]
+    assert commands == [
+        ("PUT", "logged-key", "OK"),
+        ("GET", "logged-key", "OK"),
+        ("GET", "absent-key", "NOT_FOUND"),
+        ("DELETE", "logged-key", "OK"),
+    ]  # replica traffic between nodes is not logged
+    for entry in log_sink.events("command"):
+        assert isinstance(entry["duration_ms"], int | float) and entry["duration_ms"] >= 0
+        assert entry["level"] == "info"
+        assert "timestamp" in entry and "conn_id" in entry
+    assert log_sink.events("request_failed") == []
+
+
+def test_a_binary_key_is_logged_escaped(node1: InProcessCluster, connect, log_sink: LogSink) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    connection.call(2, protocol.Put(b"\xff\nkey", b"v"))
+    entries = wait_until(lambda: log_sink.events("command"))
+    assert entries[0]["key"] == "\\xff\nkey"
+    assert "\n" not in next(line for line in log_sink.lines if '"command"' in line)
+
+
+def test_commands_are_not_logged_when_log_commands_is_off(make_cluster, log_sink: LogSink) -> None:
+    quiet = make_cluster(3, KV_LOG_COMMANDS="false")
+    with quiet.running_client() as client:
+        client.put("quiet", "v")
+        assert client.get("quiet") == b"v"
+        client.delete("quiet")
+    assert log_sink.events("node_started"), "the node log itself still works"
+    assert log_sink.events("command") == []

@@ -14,11 +14,13 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from client.client import Client
 from client.errors import KVError
+from client.protocol import PeerState
 
 DEFAULT_NODES = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002"
 """Where ``docker compose up`` publishes the three nodes, so ``kv`` works there with no flags."""
@@ -73,9 +75,55 @@ def _where(client: Client, args: list[str]) -> Outcome:
 
 
 def _status(client: Client, args: list[str]) -> Outcome:
-    nodes = client.status()
-    line = ", ".join(f"{node.node_id} {node.address} {'up' if node.up else 'down'}" for node in nodes)
-    return Outcome(line, EXIT_OK if all(node.up for node in nodes) else EXIT_ERROR)
+    viewer, members = client.members()
+    now_ms = int(time.time() * 1000)
+    parts = []
+    for member in members:
+        state = member.state.name.lower()
+        if member.state is not PeerState.UP and member.since_ms:
+            state += f" for {_duration((now_ms - member.since_ms) / 1000)}"
+        hints = f" ({member.hints} hints held for it)" if member.hints else ""
+        parts.append(f"{member.node_id} {client.node_address(member.node_id)} {state}{hints}")
+    all_up = all(member.state is PeerState.UP for member in members)
+    return Outcome(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_up else EXIT_ERROR)
+
+
+def _repair(client: Client, args: list[str]) -> Outcome:
+    total_partitions = total_differing = total_repaired = 0
+    unreached: list[str] = []
+    nodes = [node.node_id for node in client.topology().nodes]
+    for index, node_id in enumerate(nodes, 1):
+        try:
+            result = client.repair(node_id)
+        except KVError as exc:
+            unreached.append(node_id)
+            _progress(f"repair {index}/{len(nodes)} {node_id}: ERROR {exc.code} {exc.message}")
+            continue
+        total_partitions += result.partitions
+        total_differing += result.differing
+        total_repaired += result.repaired
+        unreached += [f"{node_id}->{peer}" for peer in result.failed_peers]
+        _progress(
+            f"repair {index}/{len(nodes)} {node_id}: {result.partitions} partitions compared, "
+            f"{result.differing} keys differed, {result.repaired} copied"
+        )
+    line = f"{total_partitions} partitions compared, {total_differing} keys differed, {total_repaired} copied"
+    if unreached:
+        return Outcome(f"ERROR UNREACHABLE {line}; not compared: {', '.join(unreached)}", EXIT_ERROR)
+    return Outcome(f"OK {line}")
+
+
+def _progress(line: str) -> None:
+    """Progress of long commands goes to stderr, so stdout keeps one line per command."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 COMMANDS: dict[str, Command] = {
@@ -83,7 +131,8 @@ COMMANDS: dict[str, Command] = {
     "PUT": Command("PUT key value...", "store the rest of the line as the key's value", _put, 2, None),
     "DELETE": Command("DELETE key", "delete the key", _delete, 1, 1),
     "WHERE": Command("WHERE key", "the key's replicas as host:port, primary first", _where, 1, 1),
-    "STATUS": Command("STATUS", "every node and whether it is up", _status, 0, 0),
+    "STATUS": Command("STATUS", "every node: up, suspect or down, as the cluster sees it", _status, 0, 0),
+    "REPAIR": Command("REPAIR", "run anti-entropy on every node now; report keys that differed", _repair, 0, 0),
 }
 SESSION_COMMANDS = {"HELP": "this list", "EXIT": "leave (also QUIT or Ctrl-D)"}
 
@@ -196,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated host:port of any cluster nodes (env KV_NODES; default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)")
-    parser.add_argument("command", nargs="?", help="GET, PUT, DELETE, WHERE or STATUS (case-insensitive)")
+    parser.add_argument("command", nargs="?", help="GET, PUT, DELETE, WHERE, STATUS or REPAIR (case-insensitive)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
     return parser
 

@@ -23,7 +23,7 @@ import gevent.pool
 from client import protocol
 from client.connection import Connection, parse_address
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
-from client.protocol import Frame, HelloReply, Request, Status, TopologyReply, Version
+from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
 
 DEFAULT_TIMEOUT = 5.0
@@ -32,6 +32,8 @@ UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
 DEFAULT_CONNECT_TIMEOUT = 1.0
 RETRY_AFTER = 1.0
 """Seconds a node that failed is tried last, so requests do not queue behind its connect timeout."""
+REPAIR_TIMEOUT = 600.0
+"""Seconds ``repair`` waits: a round compares every partition with every peer and may copy a lot."""
 PIPELINE_CONCURRENCY = 256
 """Requests a pipeline keeps in flight at once; the rest wait, so a huge batch cannot exhaust sockets."""
 
@@ -81,23 +83,35 @@ class Client:
         self._ring: Ring | None = None
         self._addresses: dict[str, str] = {}  # node id -> address reachable from here
         self._limits: HelloReply | None = None
+        self._seen_timestamp = 0
 
     # --- commands ---------------------------------------------------------------------------------
 
     def get(self, key: Key, *, r: int | None = None) -> bytes | None:
         """The key's value, or ``None`` if it does not exist. ``r``: replies to wait for."""
         frame = self._execute(protocol.Get(to_bytes(key), r or protocol.DEFAULT_QUORUM))
-        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)
+        if frame.code == Status.NOT_FOUND:
+            return None
+        version, value = protocol.decode_value(frame.body)
+        self._saw(version)
+        return value
 
     def put(self, key: Key, value: Value, *, w: int | None = None) -> Version:
         """Store ``value`` under ``key``; returns the version it was stored with. ``w``: acks to wait for."""
-        frame = self._execute(protocol.Put(to_bytes(key), to_bytes(value), w or protocol.DEFAULT_QUORUM))
-        return protocol.decode_version(frame.body)
+        request = protocol.Put(to_bytes(key), to_bytes(value), w or protocol.DEFAULT_QUORUM, self._seen_timestamp)
+        return self._saw(protocol.decode_version(self._execute(request).body))
 
     def delete(self, key: Key, *, w: int | None = None) -> Version:
         """Delete ``key`` (a versioned tombstone); returns the tombstone's version."""
-        frame = self._execute(protocol.Delete(to_bytes(key), w or protocol.DEFAULT_QUORUM))
-        return protocol.decode_version(frame.body)
+        request = protocol.Delete(to_bytes(key), w or protocol.DEFAULT_QUORUM, self._seen_timestamp)
+        return self._saw(protocol.decode_version(self._execute(request).body))
+
+    def _saw(self, version: Version) -> Version:
+        """Remember the highest timestamp seen. Every write carries it, and the coordinator stamps
+        the write above it, so this client's writes are ordered after everything it has read or
+        written, even when two of them go to different coordinators within one millisecond."""
+        self._seen_timestamp = max(self._seen_timestamp, version.timestamp)
+        return version
 
     def pipeline(self) -> Pipeline:
         """A batch of commands sent together: ``with client.pipeline() as p: p.put(..); p.execute()``."""
@@ -122,6 +136,27 @@ class Client:
             NodeStatus(node.node_id, self._addresses[node.node_id], bool(probe.value))
             for node, probe in zip(nodes, probes, strict=True)
         ]
+
+    def members(self) -> tuple[str, list[MemberView]]:
+        """The cluster as the first reachable node's failure detector sees it: that node's id, and
+        every member's state (up, suspect, down), since when, and the hints held for it."""
+        failures: list[str] = []
+        self._ensure_topology()
+        for address in dict.fromkeys([*self.seeds, *self._addresses.values()]):
+            try:
+                connection = self._connection(address)
+                frame = connection.call(protocol.Members(), timeout=self.timeout)
+            except NodeUnreachableError as exc:
+                failures.append(exc.message)
+                continue
+            assert connection.hello is not None
+            return connection.hello.node_id, protocol.decode_members_reply(frame.body)
+        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+
+    def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
+        """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
+        frame = self._connection(self.node_address(node_id)).call(protocol.Repair(), timeout=timeout)
+        return protocol.decode_repair_reply(frame.body)
 
     def close(self) -> None:
         for connection in self._connections.values():

@@ -37,7 +37,8 @@ MAX_KEY_FIELD = 0xFFFF  # keys carry a u16 length, so no configuration can allow
 
 
 class Op(IntEnum):
-    """Request codes. 0x01-0x0F are client operations, 0x10-0x1F node-to-node replica operations."""
+    """Request codes. 0x01-0x0F are client operations, 0x10-0x1F node-to-node replica operations,
+    0x20-0x2F administration."""
 
     HELLO = 0x01
     PING = 0x02
@@ -47,6 +48,11 @@ class Op(IntEnum):
     TOPOLOGY = 0x06
     REPLICA_GET = 0x10
     REPLICA_PUT = 0x11
+    HINTED_PUT = 0x12
+    DIGESTS = 0x13
+    PARTITION_KEYS = 0x14
+    REPAIR = 0x20
+    MEMBERS = 0x21
 
 
 class Status(IntEnum):
@@ -181,7 +187,7 @@ class BodyReader:
         self._data = data
         self._offset = 0
 
-    def _take(self, size: int) -> bytes:
+    def take(self, size: int) -> bytes:
         end = self._offset + size
         if end > len(self._data):
             raise ProtocolError(f"body ends after {len(self._data)} bytes, field needs {end}")
@@ -190,7 +196,7 @@ class BodyReader:
         return chunk
 
     def _unpack(self, fmt: struct.Struct) -> int:
-        return fmt.unpack(self._take(fmt.size))[0]
+        return fmt.unpack(self.take(fmt.size))[0]
 
     def u8(self) -> int:
         return self._unpack(_U8)
@@ -205,20 +211,20 @@ class BodyReader:
         return self._unpack(_U64)
 
     def bytes16(self) -> bytes:
-        return self._take(self.u16())
+        return self.take(self.u16())
 
     def bytes32(self) -> bytes:
-        return self._take(self.u32())
+        return self.take(self.u32())
 
     def str8(self) -> str:
-        raw = self._take(self.u8())
+        raw = self.take(self.u8())
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"text field is not UTF-8: {raw!r}") from exc
 
     def str16(self) -> str:
-        return self._take(self.u16()).decode("utf-8", errors="replace")
+        return self.take(self.u16()).decode("utf-8", errors="replace")
 
     def version(self) -> Version:
         return Version(self.u64(), self.str8())
@@ -278,12 +284,14 @@ class Put:
     key: bytes
     value: bytes
     quorum: int = DEFAULT_QUORUM
+    after: int = 0  # the highest timestamp the client has seen; the write is stamped above it
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     key: bytes
     quorum: int = DEFAULT_QUORUM
+    after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +310,42 @@ class ReplicaPut:
     record: Record
 
 
-Request = Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut
+@dataclass(frozen=True, slots=True)
+class HintedPut:
+    """A write for ``owner``, held by the receiving node until ``owner`` can take it."""
+
+    key: bytes
+    record: Record
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Digests:
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """One page of a partition's keys and versions, starting after ``cursor`` (empty: the start)."""
+
+    partition: int
+    cursor: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    pass
+
+
+Request = (
+    Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut | HintedPut
+    | Digests | PartitionKeys | Repair | Members
+)  # fmt: skip
 
 _TOMBSTONE_FLAG = 0x01
 
@@ -330,14 +373,24 @@ def request_body(request: Request) -> tuple[Op, bytes]:
     match request:
         case Get(key, quorum):
             return Op.GET, _U8.pack(quorum) + _bytes16(key)
-        case Put(key, value, quorum):
-            return Op.PUT, _U8.pack(quorum) + _bytes16(key) + _bytes32(value)
-        case Delete(key, quorum):
-            return Op.DELETE, _U8.pack(quorum) + _bytes16(key)
+        case Put(key, value, quorum, after):
+            return Op.PUT, _U8.pack(quorum) + _U64.pack(after) + _bytes16(key) + _bytes32(value)
+        case Delete(key, quorum, after):
+            return Op.DELETE, _U8.pack(quorum) + _U64.pack(after) + _bytes16(key)
         case ReplicaGet(key):
             return Op.REPLICA_GET, _bytes16(key)
         case ReplicaPut(key, record):
             return Op.REPLICA_PUT, _bytes16(key) + _record_body(record)
+        case HintedPut(key, record, owner):
+            return Op.HINTED_PUT, _bytes16(key) + _record_body(record) + _str8(owner)
+        case Digests(partitions):
+            return Op.DIGESTS, _U16.pack(len(partitions)) + b"".join(_U16.pack(p) for p in partitions)
+        case PartitionKeys(partition, cursor):
+            return Op.PARTITION_KEYS, _U16.pack(partition) + _bytes16(cursor)
+        case Repair():
+            return Op.REPAIR, b""
+        case Members():
+            return Op.MEMBERS, b""
         case Hello(min_version, max_version, client_name):
             return Op.HELLO, _U8.pack(min_version) + _U8.pack(max_version) + _str8(client_name)
         case Ping():
@@ -361,17 +414,30 @@ def decode_request(frame: Frame) -> Request:
         quorum = reader.u8()
         request = Get(reader.bytes16(), quorum)
     elif code == Op.PUT:
-        quorum = reader.u8()
+        quorum, after = reader.u8(), reader.u64()
         key = reader.bytes16()
-        request = Put(key, reader.bytes32(), quorum)
+        request = Put(key, reader.bytes32(), quorum, after)
     elif code == Op.DELETE:
-        quorum = reader.u8()
-        request = Delete(reader.bytes16(), quorum)
+        quorum, after = reader.u8(), reader.u64()
+        request = Delete(reader.bytes16(), quorum, after)
     elif code == Op.REPLICA_GET:
         request = ReplicaGet(reader.bytes16())
     elif code == Op.REPLICA_PUT:
         key = reader.bytes16()
         request = ReplicaPut(key, _read_record(reader))
+    elif code == Op.HINTED_PUT:
+        key = reader.bytes16()
+        record = _read_record(reader)
+        request = HintedPut(key, record, reader.str8())
+    elif code == Op.DIGESTS:
+        request = Digests(tuple(reader.u16() for _ in range(reader.u16())))
+    elif code == Op.PARTITION_KEYS:
+        partition = reader.u16()
+        request = PartitionKeys(partition, reader.bytes16())
+    elif code == Op.REPAIR:
+        request = Repair()
+    elif code == Op.MEMBERS:
+        request = Members()
     elif code == Op.HELLO:
         request = Hello(reader.u8(), reader.u8(), reader.str8())
     elif code == Op.PING:
@@ -506,16 +572,17 @@ def decode_version(body: bytes) -> Version:
     return version
 
 
-def encode_value(value: bytes) -> bytes:
-    """Body of an OK reply to GET."""
-    return _bytes32(value)
+def encode_value(version: Version, value: bytes) -> bytes:
+    """Body of an OK reply to GET: the value and the version it was written with."""
+    return _version(version) + _bytes32(value)
 
 
-def decode_value(body: bytes) -> bytes:
+def decode_value(body: bytes) -> tuple[Version, bytes]:
     reader = BodyReader(body)
+    version = reader.version()
     value = reader.bytes32()
     reader.end()
-    return value
+    return version, value
 
 
 def encode_record(record: Record) -> bytes:
@@ -528,3 +595,118 @@ def decode_record(body: bytes) -> Record:
     record = _read_record(reader)
     reader.end()
     return record
+
+
+# --- anti-entropy and administration replies ------------------------------------------------------
+
+DIGEST_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """A key as a partition listing shows it: its version, and whether the record is a tombstone."""
+
+    key: bytes
+    version: Version
+    tombstone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeysReply:
+    entries: tuple[KeyVersion, ...]
+    cursor: bytes  # pass back to get the next page; empty when this page is the last
+
+
+@dataclass(frozen=True, slots=True)
+class RepairReply:
+    partitions: int  # partitions compared with a peer
+    differing: int  # keys found to differ
+    repaired: int  # keys copied, in either direction
+    failed_peers: tuple[str, ...]  # peers that could not be compared
+
+
+class PeerState(IntEnum):
+    UP = 0
+    SUSPECT = 1
+    DOWN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    node_id: str
+    state: PeerState
+    since_ms: int  # wall-clock milliseconds when the node entered this state; 0 if never seen
+    hints: int  # writes held here for that node
+
+
+def encode_digests_reply(digests: list[bytes]) -> bytes:
+    return _U16.pack(len(digests)) + b"".join(digests)
+
+
+def decode_digests_reply(body: bytes) -> list[bytes]:
+    reader = BodyReader(body)
+    digests = [reader.take(DIGEST_SIZE) for _ in range(reader.u16())]
+    reader.end()
+    return digests
+
+
+def encode_partition_keys_reply(reply: PartitionKeysReply) -> bytes:
+    parts = [_U32.pack(len(reply.entries))]
+    for entry in reply.entries:
+        parts += [_bytes16(entry.key), _version(entry.version), _U8.pack(_TOMBSTONE_FLAG if entry.tombstone else 0)]
+    parts.append(_bytes16(reply.cursor))
+    return b"".join(parts)
+
+
+def decode_partition_keys_reply(body: bytes) -> PartitionKeysReply:
+    reader = BodyReader(body)
+    entries = []
+    for _ in range(reader.u32()):
+        key = reader.bytes16()
+        version = reader.version()
+        flags = reader.u8()
+        if flags & ~_TOMBSTONE_FLAG:
+            raise ProtocolError(f"unknown key flags 0x{flags:02x}")
+        entries.append(KeyVersion(key, version, bool(flags & _TOMBSTONE_FLAG)))
+    cursor = reader.bytes16()
+    reader.end()
+    return PartitionKeysReply(tuple(entries), cursor)
+
+
+def encode_repair_reply(reply: RepairReply) -> bytes:
+    return (
+        _U32.pack(reply.partitions)
+        + _U32.pack(reply.differing)
+        + _U32.pack(reply.repaired)
+        + _U8.pack(len(reply.failed_peers))
+        + b"".join(_str8(peer) for peer in reply.failed_peers)
+    )
+
+
+def decode_repair_reply(body: bytes) -> RepairReply:
+    reader = BodyReader(body)
+    partitions, differing, repaired = reader.u32(), reader.u32(), reader.u32()
+    failed = tuple(reader.str8() for _ in range(reader.u8()))
+    reader.end()
+    return RepairReply(partitions, differing, repaired, failed)
+
+
+def encode_members_reply(members: list[MemberView]) -> bytes:
+    parts = [_U16.pack(len(members))]
+    for member in members:
+        parts += [_str8(member.node_id), _U8.pack(member.state), _U64.pack(member.since_ms), _U32.pack(member.hints)]
+    return b"".join(parts)
+
+
+def decode_members_reply(body: bytes) -> list[MemberView]:
+    reader = BodyReader(body)
+    members = []
+    for _ in range(reader.u16()):
+        node_id, state = reader.str8(), reader.u8()
+        try:
+            peer_state = PeerState(state)
+        except ValueError:
+            raise ProtocolError(f"unknown peer state {state}") from None
+        members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32()))
+    reader.end()
+    return members

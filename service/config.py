@@ -49,6 +49,9 @@ class Config:
     connect_timeout: float
     drain_timeout: float
     storage_limit_bytes: int
+    hint_window: float
+    tombstone_grace: float
+    anti_entropy_interval: float
     log_commands: bool
     log_level: str
 
@@ -84,6 +87,9 @@ SETTINGS = [
     Setting("KV_CONNECT_TIMEOUT_MS", "500", "how long connecting to a peer may take"),
     Setting("KV_DRAIN_TIMEOUT_S", "10", "on SIGTERM, how long in-flight requests may take to finish"),
     Setting("KV_STORAGE_LIMIT_MB", "4096", "largest size the store may grow to"),
+    Setting("KV_HINT_WINDOW_S", "10800", "how long a hint for a down node is kept; then anti-entropy repairs"),
+    Setting("KV_TOMBSTONE_GRACE_S", "86400", "how long a delete's tombstone is kept at least"),
+    Setting("KV_ANTI_ENTROPY_INTERVAL_S", "30", "seconds between anti-entropy rounds (0: only on demand)"),
     Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
     Setting("KV_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
@@ -190,6 +196,14 @@ def load_config(environ: Mapping[str, str]) -> Config:
     else:
         max_frame = smallest_frame
 
+    hint_window = integer("KV_HINT_WINDOW_S", 1, 365 * 86400)
+    tombstone_grace = integer("KV_TOMBSTONE_GRACE_S", 1, 3650 * 86400)
+    if tombstone_grace <= hint_window and valid("KV_HINT_WINDOW_S", "KV_TOMBSTONE_GRACE_S"):
+        problems.append(
+            f"KV_TOMBSTONE_GRACE_S={tombstone_grace} must exceed KV_HINT_WINDOW_S={hint_window}: "
+            "a hint delivered after its delete's tombstone was purged would bring the key back"
+        )
+
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
@@ -214,6 +228,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         connect_timeout=integer("KV_CONNECT_TIMEOUT_MS", 1, 600_000) / 1000,
         drain_timeout=float(integer("KV_DRAIN_TIMEOUT_S", 0, 3600)),
         storage_limit_bytes=integer("KV_STORAGE_LIMIT_MB", 1, 1 << 24) * 1024 * 1024,
+        hint_window=float(hint_window),
+        tombstone_grace=float(tombstone_grace),
+        anti_entropy_interval=float(integer("KV_ANTI_ENTROPY_INTERVAL_S", 0, 86400)),
         log_commands=log_commands,
         log_level=log_level,
     )

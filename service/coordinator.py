@@ -1,20 +1,27 @@
 """The coordinator: runs one client GET, PUT or DELETE against the key's replicas.
 
-Any node coordinates any key. It stamps writes with a version from its hybrid logical clock, sends
-the request to all N replicas of the key in parallel, and answers once the quorum is decided: W
-durable acks for a write, R replies for a read (answered with the newest version among them). Calls
-still running when the quorum is decided are left to finish, so every reachable replica gets the
-write even though the client was answered after W.
+Any node coordinates any key. A write is stamped with a version from this node's hybrid logical
+clock (above any timestamp the client says it has seen) and sent to the key's N preferred replicas
+at once; the client is answered after W acks, and calls still running are left to finish.
 
-Replicas are anything with ``read`` and ``write``: the local store, a peer over the network, or a
-fake in tests, so the fan-out and its timeouts are tested without sockets.
+Sloppy quorum: when a preferred replica is down, or its write fails, the write goes instead to the
+next node in the partition's ranking that is not down, as a hint naming the replica it was meant
+for; that node hands it over when the owner is back (``handoff``). A hinted write counts toward W,
+so with N=2, W=2 and one node down, writes go on succeeding.
+
+A read goes to the preferred replicas that are not down and answers with the newest version among
+the first R replies. The remaining replies are still collected, in the background, and any replica
+that answered with an older version (or nothing) is sent the newest one: read repair.
+
+Replicas are anything with ``read``, ``write`` and ``write_hint``: the local store, a peer over the
+network, or a fake in tests, so fan-out, fallback and timeouts are tested without sockets.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import gevent
 from gevent.queue import Empty, Queue
@@ -22,9 +29,7 @@ from gevent.queue import Empty, Queue
 from client.protocol import Record, Status, Version
 from client.ring import Ring
 from service.quorum import Outcome, QuorumError, QuorumTracker
-from service.versioning import HybridLogicalClock, newest
-
-T = TypeVar("T")
+from service.versioning import HybridLogicalClock, newest, supersedes
 
 
 class Replica(Protocol):
@@ -34,9 +39,65 @@ class Replica(Protocol):
         """The replica's record for ``key``, or ``None``."""
         ...
 
-    def write(self, key: bytes, record: Record) -> None:
+    def write(self, key: bytes, record: Record) -> Any:
         """Store ``record`` durably (unless the replica holds a newer one); raise if it cannot."""
         ...
+
+    def write_hint(self, key: bytes, record: Record, owner: str) -> Any:
+        """Hold ``record`` durably for ``owner``, to hand over later; raise if it cannot."""
+        ...
+
+
+class CoordinatorEvents:
+    """What the coordinator reports as it works; the node turns these into metrics and logs."""
+
+    def replica_write(self, node_id: str, ok: bool) -> None:
+        pass
+
+    def hinted_write(self, owner: str, holder: str) -> None:
+        pass
+
+    def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
+        pass
+
+
+class FanOut:
+    """Calls running on several replicas at once, and the outcomes as they arrive."""
+
+    def __init__(self, targets: Sequence[str], call: Callable[[str], Any]) -> None:
+        self.targets = list(targets)
+        self.results: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self._outcomes: Queue = Queue()
+        for node_id in self.targets:
+            gevent.spawn(self._run, node_id, call)
+
+    def _run(self, node_id: str, call: Callable[[str], Any]) -> None:
+        try:
+            self._outcomes.put((node_id, True, call(node_id)))
+        except Exception as exc:  # one replica's failure is its vote, not the request's end
+            self._outcomes.put((node_id, False, str(exc) or type(exc).__name__))
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.targets) - len(self.results) - len(self.errors)
+
+    def next_outcome(self, deadline: float) -> bool | None:
+        """Wait for one more outcome: ``True`` success, ``False`` failure, ``None`` if the deadline
+        passed first."""
+        try:
+            node_id, ok, result = self._outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+        except Empty:
+            return None
+        if ok:
+            self.results[node_id] = result
+        else:
+            self.errors[node_id] = result
+        return ok
+
+    def wait_all(self, deadline: float) -> None:
+        while self.outstanding and self.next_outcome(deadline) is not None:
+            pass
 
 
 class Coordinator:
@@ -49,7 +110,8 @@ class Coordinator:
         n: int,
         clock: HybridLogicalClock,
         timeout: float,
-        on_replica_write: Callable[[str, bool], None] = lambda node_id, ok: None,
+        is_down: Callable[[str], bool] = lambda node_id: False,
+        events: CoordinatorEvents | None = None,
     ) -> None:
         self.node_id = node_id
         self.ring = ring
@@ -57,78 +119,123 @@ class Coordinator:
         self.n = n
         self.clock = clock
         self.timeout = timeout
-        self._on_replica_write = on_replica_write
+        self.is_down = is_down
+        self.events = events or CoordinatorEvents()
+
+    # --- reads ------------------------------------------------------------------------------------
 
     def get(self, key: bytes, r: int) -> Record | None:
         """The newest record among the first ``r`` replies (a tombstone means deleted)."""
-        replies = self._fan_out(key, r, lambda replica: replica.read(key))
-        winner = newest(replies)
+        preferred = self.ring.preference_list(key, self.n)
+        targets = [node_id for node_id in preferred if not self.is_down(node_id)]
+        if len(targets) < r:
+            raise QuorumError(
+                Status.UNAVAILABLE,
+                0,
+                r,
+                f"only {len(targets)} of the key's {len(preferred)} replicas are up; the read needs {r}",
+            )
+        deadline = time.monotonic() + self.timeout
+        fan = FanOut(targets, lambda node_id: self.replicas[node_id].read(key))
+        self._await_quorum(fan, r, deadline)
+        winner = newest(fan.results.values())
         if winner is not None:
             self.clock.observe(winner.version.timestamp)
+        if fan.outstanding or _disagree(fan.results.values()):
+            gevent.spawn(self._repair_after_read, key, fan, deadline)
         return winner
 
-    def put(self, key: bytes, value: bytes, w: int) -> Version:
-        return self._write(key, value, w)
+    def _repair_after_read(self, key: bytes, fan: FanOut, deadline: float) -> None:
+        fan.wait_all(deadline)
+        winner = newest(fan.results.values())
+        if winner is None:
+            return
+        for node_id, record in fan.results.items():
+            if supersedes(winner, record):
+                try:
+                    self.replicas[node_id].write(key, winner)
+                except Exception:  # the replica is unreachable now; anti-entropy will get there
+                    self.events.read_repair(key, node_id, False)
+                else:
+                    self.events.read_repair(key, node_id, True)
 
-    def delete(self, key: bytes, w: int) -> Version:
-        return self._write(key, None, w)
+    # --- writes -----------------------------------------------------------------------------------
 
-    def _write(self, key: bytes, value: bytes | None, w: int) -> Version:
+    def put(self, key: bytes, value: bytes, w: int, after: int = 0) -> Version:
+        return self._write(key, value, w, after)
+
+    def delete(self, key: bytes, w: int, after: int = 0) -> Version:
+        return self._write(key, None, w, after)
+
+    def _write(self, key: bytes, value: bytes | None, w: int, after: int) -> Version:
+        self.clock.observe(after)
         record = Record(Version(self.clock.now(), self.node_id), value)
+        owners = self.ring.partition_owners(self.ring.partition(key))
+        preferred, fallbacks = owners[: self.n], list(owners[self.n :])
 
-        def write(replica: Replica) -> None:
-            try:
-                replica.write(key, record)
-            except Exception:
-                self._on_replica_write(replica.node_id, False)
-                raise
-            self._on_replica_write(replica.node_id, True)
+        def next_fallback() -> str | None:
+            # Shared by every owner's greenlet: each fallback node is claimed by one owner only, so
+            # two hints for one write never land on the same node.
+            while fallbacks:
+                candidate = fallbacks.pop(0)
+                if not self.is_down(candidate):
+                    return candidate
+            return None
 
-        self._fan_out(key, w, write)
+        def write_to(owner: str) -> str:
+            failure = f"{owner} is down"
+            if not self.is_down(owner):
+                try:
+                    self.replicas[owner].write(key, record)
+                except Exception as exc:
+                    self.events.replica_write(owner, False)
+                    failure = str(exc) or type(exc).__name__
+                else:
+                    self.events.replica_write(owner, True)
+                    return owner
+            while (holder := next_fallback()) is not None:
+                try:
+                    self.replicas[holder].write_hint(key, record, owner)
+                except Exception as exc:
+                    failure += f"; hint to {holder} failed: {exc}"
+                    continue
+                self.events.hinted_write(owner, holder)
+                return holder
+            raise RuntimeError(f"{failure}; no fallback node took a hint")
+
+        deadline = time.monotonic() + self.timeout
+        self._await_quorum(FanOut(preferred, write_to), w, deadline)
         return record.version
 
-    def _fan_out(self, key: bytes, required: int, call: Callable[[Replica], T]) -> list[T]:
-        """Run ``call`` on every replica of ``key`` at once; return the results that made the quorum."""
-        owners = self.ring.preference_list(key, self.n)
-        tracker = QuorumTracker(required, len(owners))
-        outcomes: Queue = Queue()
-        for node_id in owners:
-            gevent.spawn(_report, outcomes, node_id, call, self.replicas[node_id])
+    # --- quorum -----------------------------------------------------------------------------------
 
-        results: list[T] = []
-        errors: dict[str, str] = {}
-        deadline = time.monotonic() + self.timeout
+    def _await_quorum(self, fan: FanOut, required: int, deadline: float) -> None:
+        """Return once ``required`` calls succeeded; raise UNAVAILABLE as soon as that is out of
+        reach, or TIMEOUT at the deadline."""
+        tracker = QuorumTracker(required, len(fan.targets))
         while True:
-            try:
-                node_id, ok, result = outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Empty:
+            ok = fan.next_outcome(deadline)
+            if ok is None:
                 raise QuorumError(
                     Status.TIMEOUT,
                     tracker.acked,
                     required,
                     f"{tracker.acked} of {required} required replicas answered within {self.timeout:g} s",
-                ) from None
-            if ok:
-                results.append(result)
-                outcome = tracker.succeed()
-            else:
-                errors[node_id] = result
-                outcome = tracker.fail()
+                )
+            outcome = tracker.succeed() if ok else tracker.fail()
             if outcome is Outcome.REACHED:
-                return results
+                return
             if outcome is Outcome.LOST:
-                reasons = "; ".join(f"{node}: {reason}" for node, reason in sorted(errors.items()))
+                reasons = "; ".join(f"{node}: {reason}" for node, reason in sorted(fan.errors.items()))
                 raise QuorumError(
                     Status.UNAVAILABLE,
                     tracker.acked,
                     required,
                     f"{tracker.acked} of {required} required replicas acked; "
-                    f"{tracker.failed} of {len(owners)} failed ({reasons})",
+                    f"{tracker.failed} of {len(fan.targets)} failed ({reasons})",
                 )
 
 
-def _report(outcomes: Queue, node_id: str, call: Callable[[Replica], T], replica: Replica) -> None:
-    try:
-        outcomes.put((node_id, True, call(replica)))
-    except Exception as exc:  # any failure of one replica is that replica's vote, not the request's end
-        outcomes.put((node_id, False, str(exc) or type(exc).__name__))
+def _disagree(records: Any) -> bool:
+    versions = {None if record is None else record.version for record in records}
+    return len(versions) > 1

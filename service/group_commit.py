@@ -1,6 +1,6 @@
 """Group commit: many concurrent writers share one durable transaction and one fsync.
 
-A writer greenlet calls ``write()`` and blocks until its record is on disk. Writes that arrive while
+A writer greenlet calls ``submit()`` and blocks until its operation is on disk. Writes that arrive while
 a commit is in progress wait for the next one, so under load each fsync carries many writes, and
 with a single writer the latency is one commit. The commit itself runs in a native thread
 (``run_blocking``) because an fsync would otherwise stall every greenlet on the node.
@@ -14,8 +14,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult
 
-from client.protocol import Record
-from service.storage import Storage
+from service.storage import Operation, Storage
 
 MAX_BATCH = 1024
 """Writes per transaction. Bounds the latency of one commit when a burst queues thousands of writes."""
@@ -29,14 +28,15 @@ class GroupCommitter:
     def __init__(self, storage: Storage, run_blocking: Callable[..., Any] = _run_in_threadpool) -> None:
         self._storage = storage
         self._run_blocking = run_blocking
-        self._pending: list[tuple[bytes, Record, AsyncResult]] = []
+        self._pending: list[tuple[Operation, AsyncResult]] = []
         self._flusher: gevent.Greenlet | None = None
         self.commits = 0  # transactions committed, for tests and metrics
 
-    def write(self, key: bytes, record: Record) -> bool:
-        """Store ``record`` durably if it supersedes the key's current one; return whether it did."""
+    def submit(self, operation: Operation) -> bool:
+        """Run ``operation`` in the next commit and wait until it is durable; return whether it
+        changed anything (see ``Storage.apply``)."""
         done = AsyncResult()
-        self._pending.append((key, record, done))
+        self._pending.append((operation, done))
         if self._flusher is None:
             self._flusher = gevent.spawn(self._flush_until_empty)
         return done.get()
@@ -47,14 +47,14 @@ class GroupCommitter:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
                 try:
-                    applied = self._run_blocking(self._storage.apply, [(key, record) for key, record, _ in batch])
+                    applied = self._run_blocking(self._storage.apply, [operation for operation, _ in batch])
                 except Exception as exc:  # every waiter learns the commit failed; none is acked
-                    for _, _, done in batch:
+                    for _, done in batch:
                         done.set_exception(exc)
                     continue
                 self.commits += 1
-                for (_, _, done), stored in zip(batch, applied, strict=True):
-                    done.set(stored)
+                for (_, done), changed in zip(batch, applied, strict=True):
+                    done.set(changed)
         finally:
             self._flusher = None
 

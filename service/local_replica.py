@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from client.protocol import Record
 from service.group_commit import GroupCommitter
-from service.storage import Storage
-from service.versioning import HybridLogicalClock
+from service.storage import PutHint, PutRecord, Storage
+from service.versioning import HybridLogicalClock, wall_clock_ms
 
 
 class LocalReplica:
-    def __init__(self, node_id: str, storage: Storage, committer: GroupCommitter, clock: HybridLogicalClock) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        storage: Storage,
+        committer: GroupCommitter,
+        clock: HybridLogicalClock,
+        on_hint_stored: Callable[[str, bytes], None] = lambda owner, key: None,
+    ) -> None:
         self.node_id = node_id
+        self._on_hint_stored = on_hint_stored
         self._storage = storage
         self._committer = committer
         self._clock = clock
@@ -23,4 +33,11 @@ class LocalReplica:
         # Observing every version written keeps this node's clock ahead of all data it holds, so its
         # own later writes to these keys are ordered after them.
         self._clock.observe(record.version.timestamp)
-        return self._committer.write(key, record)
+        return self._committer.submit(PutRecord(key, record))
+
+    def write_hint(self, key: bytes, record: Record, owner: str) -> bool:
+        """Hold ``record`` durably for ``owner`` until the handoff delivers it."""
+        self._clock.observe(record.version.timestamp)
+        stored = self._committer.submit(PutHint(owner, key, record, wall_clock_ms()))
+        self._on_hint_stored(owner, key)
+        return stored

@@ -37,7 +37,12 @@ class Metrics:
             registry=self.registry,
         )
         self.keys = Gauge("kv_keys", "Live keys (not tombstones) in this node's store", registry=self.registry)
-        self.peer_up = Gauge("kv_peer_up", "1 if the peer answers, 0 if not", ["peer"], registry=self.registry)
+        self.peer_up = Gauge(
+            "kv_peer_up",
+            "1 if the failure detector sees the peer up, 0 if suspect or down",
+            ["peer"],
+            registry=self.registry,
+        )
         self.replica_writes = Counter(
             "kv_replica_writes",
             "Writes this node sent to replicas as coordinator, by replica and outcome",
@@ -45,6 +50,30 @@ class Metrics:
             registry=self.registry,
         )
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
+        self.hints_pending = Gauge(
+            "kv_hints_pending", "Writes held here for other nodes, waiting for delivery", registry=self.registry
+        )
+        self.hints_stored = Counter(
+            "kv_hints_stored", "Hinted writes this node accepted for a down replica", ["owner"], registry=self.registry
+        )
+        self.hints_delivered = Counter(
+            "kv_hints_delivered", "Hints delivered to their owner", ["owner"], registry=self.registry
+        )
+        self.hints_expired = Counter(
+            "kv_hints_expired", "Hints dropped undelivered after the hint window", ["owner"], registry=self.registry
+        )
+        self.read_repairs = Counter(
+            "kv_read_repairs", "Stale replicas sent the newest version after a read", registry=self.registry
+        )
+        self.antientropy_rounds = Counter("kv_antientropy_rounds", "Anti-entropy rounds run", registry=self.registry)
+        self.antientropy_keys_repaired = Counter(
+            "kv_antientropy_keys_repaired",
+            "Keys copied between replicas by anti-entropy, either direction",
+            registry=self.registry,
+        )
+        self.tombstones_purged = Counter(
+            "kv_tombstones_purged", "Tombstones deleted after the grace period", registry=self.registry
+        )
         self._request_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
 
@@ -59,5 +88,6 @@ class Metrics:
             histogram = self._duration_children[op] = self.request_duration.labels(op)
         histogram.observe(seconds)
 
-    def track_keys(self, live_keys: Callable[[], int]) -> None:
+    def track_store(self, live_keys: Callable[[], int], pending_hints: Callable[[], int]) -> None:
         self.keys.set_function(live_keys)
+        self.hints_pending.set_function(pending_hints)

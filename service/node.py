@@ -2,38 +2,50 @@
 
 This is the only module that knows every component. It opens the store, resumes the clock above
 the highest stored timestamp, builds the ring and the replicas (this store, and a ``Peer`` per other
-member), and starts the protocol server, the HTTP server and the peer monitor.
+member), and runs the protocol server, the HTTP server, the heartbeat monitor, hinted handoff and
+anti-entropy. It also turns what those components report into metrics and log lines.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 
 from client import protocol
+from client.protocol import MemberView, PeerState
 from client.ring import Ring
+from service.anti_entropy import AntiEntropy, AntiEntropyEvents, RoundResult
 from service.config import Config
-from service.coordinator import Coordinator
+from service.coordinator import Coordinator, CoordinatorEvents
+from service.failure_detector import FailureDetector
 from service.group_commit import GroupCommitter
+from service.handoff import HandoffEvents, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_replica import LocalReplica
-from service.logging import get_logger
+from service.logging import get_logger, printable_key
 from service.metrics import Metrics
-from service.peers import Peer, PeerMonitor
+from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
 from service.server import ProtocolServer, RequestHandler
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
 
+FIRST_ANTI_ENTROPY_DELAY = 3 * HEARTBEAT_INTERVAL
+"""Seconds after start before the first anti-entropy round: time for heartbeats to find the peers
+up, so a node that lost its disk starts pulling its data back within seconds."""
 
-class Node:
+
+class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
     def __init__(self, config: Config, *, listener: socket.socket | None = None) -> None:
         self.config = config
         self.log = get_logger()
         self.metrics = Metrics()
-        self.storage = Storage(config.data_dir, config.storage_limit_bytes)
-        self.metrics.track_keys(lambda: self.storage.live_keys)
+        self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions)
+        self.metrics.track_store(lambda: self.storage.live_keys, self.storage.pending_hints)
         self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
         self.committer = GroupCommitter(self.storage)
-        self.local = LocalReplica(config.node_id, self.storage, self.committer, self.clock)
+        self.local = LocalReplica(config.node_id, self.storage, self.committer, self.clock, self.hint_stored)
+        self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
+
         self.peers = {
             node.node_id: Peer(
                 node,
@@ -41,13 +53,16 @@ class Node:
                 connect_timeout=config.connect_timeout,
                 request_timeout=config.request_timeout,
                 max_frame_bytes=config.max_frame_bytes,
-                on_state_change=self._peer_state_changed,
+                on_failure=self._peer_request_failed,
             )
             for node in config.peers
         }
+        self._started_wall = time.time()
+        self.detector = FailureDetector(self.peers, time.monotonic)
+        self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed)
         for peer_id in self.peers:
             self.metrics.peer_up.labels(peer_id).set(0)
-        self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
+
         self.coordinator = Coordinator(
             config.node_id,
             self.ring,
@@ -55,12 +70,36 @@ class Node:
             n=config.replicas,
             clock=self.clock,
             timeout=config.request_timeout,
-            on_replica_write=self._count_replica_write,
+            is_down=self.detector.is_down,
+            events=self,
+        )
+        self.handoff = HintedHandoff(
+            self.storage,
+            self.committer,
+            self.peers,
+            is_up=lambda node_id: self.detector.state(node_id) is PeerState.UP,
+            window_s=config.hint_window,
+            events=self,
+        )
+        self.anti_entropy = AntiEntropy(
+            config.node_id,
+            self.ring,
+            n=config.replicas,
+            storage=self.storage,
+            committer=self.committer,
+            local=self.local,
+            peers=self.peers,
+            is_down=self.detector.is_down,
+            grace_s=config.tombstone_grace,
+            interval_s=config.anti_entropy_interval,
+            events=self,
         )
         handler = RequestHandler(
             coordinator=self.coordinator,
             local=self.local,
             storage=self.storage,
+            anti_entropy=self.anti_entropy,
+            members=self.members,
             hello=protocol.HelloReply(
                 protocol.PROTOCOL_VERSION,
                 config.node_id,
@@ -86,7 +125,6 @@ class Node:
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
         )
-        self.monitor = PeerMonitor(self.peers.values())
         self._serving = False
 
     @property
@@ -104,6 +142,8 @@ class Node:
         self.server.start()
         self.http.start()
         self.monitor.start()
+        self.handoff.start()
+        self.anti_entropy.start(FIRST_ANTI_ENTROPY_DELAY)
         self._serving = True
         self.log.info(
             "node_started",
@@ -111,6 +151,7 @@ class Node:
             http_port=self.http_port,
             data_dir=self.config.data_dir,
             live_keys=self.storage.live_keys,
+            hints_pending=self.storage.pending_hints(),
             members=[node.node_id for node in self.config.cluster],
             n=self.config.replicas,
             r=self.config.read_quorum,
@@ -122,6 +163,8 @@ class Node:
         self._serving = False
         self.log.info("node_stopping", drain_timeout_s=self.config.drain_timeout)
         self.server.stop(self.config.drain_timeout)
+        self.anti_entropy.stop()
+        self.handoff.stop()
         self.monitor.stop()
         self.committer.flush()
         for peer in self.peers.values():
@@ -130,12 +173,70 @@ class Node:
         self.storage.close()
         self.log.info("node_stopped")
 
-    def _peer_state_changed(self, peer: Peer, up: bool, reason: str) -> None:
-        self.metrics.peer_up.labels(peer.node_id).set(1 if up else 0)
-        if up:
-            self.log.info("peer_up", peer=peer.node_id, address=peer.node.address)
-        else:
-            self.log.warning("peer_down", peer=peer.node_id, address=peer.node.address, reason=reason)
+    def members(self) -> list[MemberView]:
+        """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
+        hints = self.storage.hint_counts()
+        now_mono, now_wall = time.monotonic(), time.time()
+        view = [MemberView(self.config.node_id, PeerState.UP, int(self._started_wall * 1000), 0)]
+        for node_id, (state, since) in self.detector.view().items():
+            since_ms = int((now_wall - (now_mono - since)) * 1000)
+            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
+        return view
 
-    def _count_replica_write(self, node_id: str, ok: bool) -> None:
+    # --- what the components report -----------------------------------------------------------------
+
+    def _peer_request_failed(self, node_id: str) -> None:
+        self.monitor.request_failed(node_id)
+
+    def _peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
+        self.metrics.peer_up.labels(peer.node_id).set(1 if new is PeerState.UP else 0)
+        fields = {"peer": peer.node_id, "address": peer.node.address, "previous": old.name.lower()}
+        if new is PeerState.UP:
+            self.log.info("peer_up", **fields)
+            self.handoff.wake()
+        elif new is PeerState.SUSPECT:
+            self.log.warning("peer_suspect", reason=peer.last_error, **fields)
+        else:
+            self.log.warning("peer_down", reason=peer.last_error, **fields)
+
+    def replica_write(self, node_id: str, ok: bool) -> None:
         self.metrics.replica_writes.labels(node_id, "ok" if ok else "error").inc()
+
+    def hinted_write(self, owner: str, holder: str) -> None:
+        self.metrics.replica_writes.labels(owner, "hinted").inc()
+
+    def hint_stored(self, owner: str, key: bytes) -> None:
+        self.metrics.hints_stored.labels(owner).inc()
+        self.log.info("hint_stored", owner=owner, key=printable_key(key))
+
+    def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
+        if ok:
+            self.metrics.read_repairs.inc()
+        self.log.info("read_repair", key=printable_key(key), replica=node_id, ok=ok)
+
+    def delivered(self, owner: str, count: int) -> None:
+        self.metrics.hints_delivered.labels(owner).inc(count)
+        self.log.info("hints_delivered", owner=owner, count=count, pending=self.storage.pending_hints())
+
+    def expired(self, owner: str, count: int) -> None:
+        self.metrics.hints_expired.labels(owner).inc(count)
+        self.log.warning("hints_expired", owner=owner, count=count, window_s=self.config.hint_window)
+
+    def round_finished(self, result: RoundResult, seconds: float) -> None:
+        self.metrics.antientropy_rounds.inc()
+        log = self.log.info if result.differing or result.failed_peers else self.log.debug
+        log(
+            "anti_entropy_round",
+            partitions=result.partitions,
+            differing=result.differing,
+            repaired=result.repaired,
+            failed_peers=result.failed_peers,
+            duration_ms=round(seconds * 1000, 1),
+        )
+
+    def keys_repaired(self, peer: str, count: int) -> None:
+        self.metrics.antientropy_keys_repaired.inc(count)
+
+    def tombstones_purged(self, count: int) -> None:
+        self.metrics.tombstones_purged.inc(count)
+        self.log.info("tombstones_purged", count=count)

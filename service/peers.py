@@ -1,9 +1,11 @@
-"""Other nodes as this node sees them: one shared connection each, reconnection, and up/down state.
+"""Other nodes as this node reaches them: one shared connection each, and the heartbeat monitor.
 
 A ``Peer`` is a remote replica for the coordinator. Its connection is multiplexed, so every
 concurrent request to that peer shares one socket. When a connect fails, requests to the peer fail
-at once for ``RETRY_DELAY`` seconds instead of each paying a connect timeout; meanwhile the monitor
-pings every peer once a second, which reconnects a peer that came back and keeps ``kv_peer_up`` true.
+at once for ``RETRY_DELAY`` seconds instead of each paying a connect timeout.
+
+The ``PeerMonitor`` pings every peer once a second and feeds the answers, and every failed request,
+to the failure detector; it reports each change of a peer's state to the node.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from gevent.event import AsyncResult
 from client import protocol
 from client.connection import Connection
 from client.errors import KVError, NodeUnreachableError
-from client.protocol import Frame, NodeAddress, Record, Request, Status
+from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
+from service.failure_detector import FailureDetector
 
 RETRY_DELAY = 1.0
-"""Seconds a peer that refused a connection is treated as down before requests try it again."""
-MONITOR_INTERVAL = 1.0
-"""Seconds between pings of each peer: how fast a restarted peer is noticed."""
+"""Seconds a peer that refused a connection is not dialled again by requests (the monitor still is)."""
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
 
 
 class Peer:
@@ -34,20 +37,19 @@ class Peer:
         connect_timeout: float,
         request_timeout: float,
         max_frame_bytes: int,
-        on_state_change: Callable[[Peer, bool, str], None] = lambda peer, up, reason: None,
+        on_failure: Callable[[str], None] = lambda node_id: None,
     ) -> None:
         self.node = node
         self.node_id = node.node_id
-        self.up: bool | None = None  # None until the first attempt
+        self.last_error = ""
         self._local_node_id = local_node_id
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._max_frame_bytes = max_frame_bytes
-        self._on_state_change = on_state_change
+        self._on_failure = on_failure
         self._connection: Connection | None = None
         self._connecting: AsyncResult | None = None
         self._retry_at = 0.0
-        self._last_error = ""
 
     # --- the replica interface --------------------------------------------------------------------
 
@@ -58,21 +60,28 @@ class Peer:
     def write(self, key: bytes, record: Record) -> None:
         self.call(protocol.ReplicaPut(key, record))
 
+    def write_hint(self, key: bytes, record: Record, owner: str) -> None:
+        self.call(protocol.HintedPut(key, record, owner))
+
     # --- transport --------------------------------------------------------------------------------
 
-    def call(self, request: Request, *, retry_now: bool = False) -> Frame:
-        connection = self._open_connection(retry_now)
+    def call(self, request: Request, *, retry_now: bool = False, timeout: float | None = None) -> Frame:
+        """Send ``request`` and return the reply frame; connection failures raise
+        ``NodeUnreachableError`` and are reported to the failure detector."""
         try:
-            return connection.call(request, timeout=self._request_timeout)
+            connection = self._open_connection(retry_now)
+            return connection.call(request, timeout=timeout or self._request_timeout)
         except NodeUnreachableError as exc:
-            self._set_state(False, exc.message)
+            self.last_error = exc.message
+            self._on_failure(self.node_id)
             raise
 
     def ping(self) -> bool:
         """Whether the peer answers PING now, reconnecting if needed regardless of ``RETRY_DELAY``."""
         try:
-            self.call(protocol.Ping(), retry_now=True)
-        except KVError:
+            self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
+        except KVError as exc:
+            self.last_error = exc.message
             return False
         return True
 
@@ -87,8 +96,8 @@ class Peer:
         if self._connecting is not None:
             return self._connecting.get()
         if not retry_now and time.monotonic() < self._retry_at:
-            raise NodeUnreachableError(f"{self.node_id} is down ({self._last_error})")
-        self._connecting = AsyncResult()
+            raise NodeUnreachableError(f"{self.node_id} is unreachable ({self.last_error})")
+        connecting = self._connecting = AsyncResult()
         try:
             connection = Connection(
                 self.node.host,
@@ -100,29 +109,31 @@ class Peer:
             connection.connect()
         except KVError as exc:
             self._retry_at = time.monotonic() + RETRY_DELAY
-            self._set_state(False, exc.message)
-            self._connecting.set_exception(exc)
+            connecting.set_exception(exc)
             raise
         finally:
-            done, self._connecting = self._connecting, None
+            self._connecting = None
         self._connection = connection
-        self._set_state(True, "connected")
-        done.set(connection)
+        connecting.set(connection)
         return connection
-
-    def _set_state(self, up: bool, reason: str) -> None:
-        if not up:
-            self._last_error = reason
-        if self.up is not up:
-            self.up = up
-            self._on_state_change(self, up, reason)
 
 
 class PeerMonitor:
-    """Pings every peer each ``interval`` seconds so their up/down state stays current."""
+    """Heartbeats: pings every peer each ``interval`` seconds and keeps the failure detector current.
 
-    def __init__(self, peers: Iterable[Peer], interval: float = MONITOR_INTERVAL) -> None:
-        self._peers = list(peers)
+    ``on_change(peer, old, new)`` runs for every state change, whatever noticed it.
+    """
+
+    def __init__(
+        self,
+        peers: Iterable[Peer],
+        detector: FailureDetector,
+        on_change: Callable[[Peer, PeerState, PeerState], None],
+        interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self._peers = {peer.node_id: peer for peer in peers}
+        self._detector = detector
+        self._on_change = on_change
         self._interval = interval
         self._loop: gevent.Greenlet | None = None
 
@@ -133,7 +144,23 @@ class PeerMonitor:
         if self._loop is not None:
             self._loop.kill()
 
+    def request_failed(self, node_id: str) -> None:
+        """A request to ``node_id`` failed to reach it: evidence for the detector."""
+        self._report(self._detector.failure(node_id))
+
+    def beat(self) -> None:
+        """One heartbeat round: ping every peer at once, then update the detector."""
+        pings = {node_id: gevent.spawn(peer.ping) for node_id, peer in self._peers.items()}
+        gevent.joinall(list(pings.values()))
+        for node_id, ping in pings.items():
+            self._report(self._detector.heartbeat(node_id) if ping.value else self._detector.failure(node_id))
+        self._report(self._detector.evaluate())
+
     def _run(self) -> None:
         while True:
-            gevent.joinall([gevent.spawn(peer.ping) for peer in self._peers])
+            self.beat()
             gevent.sleep(self._interval)
+
+    def _report(self, changes: list[tuple[str, PeerState, PeerState]]) -> None:
+        for node_id, old, new in changes:
+            self._on_change(self._peers[node_id], old, new)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from itertools import count
 from typing import Any
 
@@ -26,6 +27,7 @@ from gevent.server import StreamServer
 from client import protocol
 from client.connection import RECV_BYTES, FrameWriter
 from client.protocol import Frame, Op, ProtocolError, Status
+from service.anti_entropy import AntiEntropy
 from service.coordinator import Coordinator
 from service.local_replica import LocalReplica
 from service.logging import printable_key
@@ -39,7 +41,7 @@ MAX_IN_FLIGHT_PER_CONNECTION = 256
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 """Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
 
-INLINE_OPS = frozenset({Op.HELLO, Op.PING, Op.TOPOLOGY})
+INLINE_OPS = frozenset({Op.HELLO, Op.PING, Op.TOPOLOGY, Op.MEMBERS})
 """Ops answered without a greenlet: they never block, and HELLO must finish before what follows."""
 
 
@@ -69,6 +71,8 @@ class RequestHandler:
         coordinator: Coordinator,
         local: LocalReplica,
         storage: Storage,
+        anti_entropy: AntiEntropy,
+        members: Callable[[], list[protocol.MemberView]],
         hello: protocol.HelloReply,
         topology: protocol.TopologyReply,
         read_quorum: int,
@@ -77,6 +81,8 @@ class RequestHandler:
         self.coordinator = coordinator
         self.local = local
         self.storage = storage
+        self.anti_entropy = anti_entropy
+        self.members = members
         self.hello = hello
         self._hello_body = protocol.encode_hello_reply(hello)
         self._topology_body = protocol.encode_topology_reply(topology)
@@ -102,15 +108,15 @@ class RequestHandler:
                 record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"))
                 if record is None or record.value is None:
                     return Status.NOT_FOUND, b""
-                return Status.OK, protocol.encode_value(record.value)
-            case protocol.Put(key, value, quorum):
+                return Status.OK, protocol.encode_value(record.version, record.value)
+            case protocol.Put(key, value, quorum, after):
                 self._check_key(key)
                 self._check_value(value)
-                version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"))
+                version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
-            case protocol.Delete(key, quorum):
+            case protocol.Delete(key, quorum, after):
                 self._check_key(key)
-                version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"))
+                version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
             case protocol.ReplicaGet(key):
                 self._check_key(key)
@@ -124,6 +130,26 @@ class RequestHandler:
                     self._check_value(record.value)
                 self.local.write(key, record)
                 return Status.OK, b""
+            case protocol.HintedPut(key, record, owner):
+                self._check_key(key)
+                if record.value is not None:
+                    self._check_value(record.value)
+                self.local.write_hint(key, record, owner)
+                return Status.OK, b""
+            case protocol.Digests(partitions):
+                self._check_partitions(partitions)
+                return Status.OK, protocol.encode_digests_reply(self.storage.digests(partitions))
+            case protocol.PartitionKeys(partition, cursor):
+                self._check_partitions((partition,))
+                page, next_cursor = self.storage.partition_records(partition, cursor)
+                entries = tuple(protocol.KeyVersion(key, r.version, r.value is None) for key, r in page)
+                return Status.OK, protocol.encode_partition_keys_reply(
+                    protocol.PartitionKeysReply(entries, next_cursor)
+                )
+            case protocol.Repair():
+                return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
+            case protocol.Members():
+                return Status.OK, protocol.encode_members_reply(self.members())
             case protocol.Ping():
                 return Status.OK, b""
             case protocol.Topology():
@@ -146,6 +172,11 @@ class RequestHandler:
             return resolve_quorum(requested, default, self.coordinator.n, name)
         except ValueError as exc:
             raise RequestError(Status.BAD_REQUEST, str(exc)) from None
+
+    def _check_partitions(self, partitions: tuple[int, ...]) -> None:
+        limit = self.storage.partitions
+        if any(partition >= limit for partition in partitions):
+            raise RequestError(Status.BAD_REQUEST, f"partitions are numbered 0 to {limit - 1}")
 
     def _check_key(self, key: bytes) -> None:
         if len(key) > self.hello.max_key_bytes:
@@ -184,11 +215,8 @@ class Session:
         self._in_flight = gevent.pool.Pool(MAX_IN_FLIGHT_PER_CONNECTION)
         self._negotiated = False
         self._stopping = False
-        self._receiving = False
-        self._greenlet: gevent.Greenlet | None = None
 
     def run(self) -> None:
-        self._greenlet = gevent.getcurrent()
         try:
             self._read_frames()
         except _StopReading:
@@ -202,9 +230,11 @@ class Session:
     def stop_reading(self) -> None:
         """Stop taking new requests; those in flight still get their replies (graceful shutdown)."""
         self._stopping = True
-        # Interrupt only a recv: a greenlet interrupted mid-sendall would leave half a frame behind.
-        if self._receiving and self._greenlet is not None:
-            self._greenlet.kill(_StopReading, block=False)
+        # Wake the session only if it waits in recv: an exception landing anywhere else could cut
+        # a reply in half. cancel_wait throws into whichever greenlet waits on the socket's read
+        # watcher when the callback runs, and does nothing if none does; the loop checks
+        # _stopping before its next recv. (_read_event is how gevent's own socket.close does this.)
+        self.sock.hub.cancel_wait(self.sock._read_event, _StopReading())
 
     def _close(self) -> None:
         """Close without losing replies: closing a socket that still has unread input makes Linux
@@ -219,11 +249,7 @@ class Session:
 
     def _read_frames(self) -> None:
         while not self._stopping:
-            self._receiving = True
-            try:
-                data = self.sock.recv(RECV_BYTES)
-            finally:
-                self._receiving = False
+            data = self.sock.recv(RECV_BYTES)
             if not data:
                 return
             try:

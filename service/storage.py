@@ -1,17 +1,24 @@
-"""The node's durable store: versioned records in LMDB, with last-writer-wins applied on write.
+"""The node's durable store: versioned records, hints for other nodes, and partition digests, in LMDB.
 
 Why LMDB: a committed transaction is on disk (``sync=True`` fsyncs on commit) and a crash needs no
-recovery step; reads are memory-mapped and need no copy through a cache; keys are ordered, so a hash
-range of the ring is one contiguous scan for anti-entropy and for streaming data to a new node.
+recovery step; reads are memory-mapped and need no copy through a cache; keys are ordered, so a
+partition of the ring is one contiguous scan for anti-entropy.
 
-Layout. The ``data`` database maps a storage key to an encoded record. The storage key is the key's
-8-byte ring position followed by the key itself, so records sort by ring position. LMDB keys stop at
-511 bytes, so a key longer than ``SHORT_KEY_MAX`` is stored as its first ``SHORT_KEY_MAX`` bytes plus
-its 32-byte BLAKE2b digest (a storage key of exactly ``LONG_STORAGE_KEY_SIZE`` bytes, a length no short
-key can have), and its record carries the full key. The ``meta`` database holds counters that change
-in the same transaction as the data: the live key count and the highest timestamp ever stored.
+Databases in the one LMDB environment, all changed together in one transaction per batch:
 
-This class is synchronous and knows nothing of gevent; ``group_commit`` decides when it runs.
+* ``data``: storage key -> record. The storage key is the key's 8-byte ring position followed by the
+  key itself, so records sort by ring position. LMDB keys stop at 511 bytes, so a key longer than
+  ``SHORT_KEY_MAX`` is stored as its first ``SHORT_KEY_MAX`` bytes plus its 32-byte BLAKE2b digest (a
+  storage key of exactly ``LONG_STORAGE_KEY_SIZE`` bytes, a length no short key can have), and its
+  record carries the full key.
+* ``hints``: owner id + storage key -> a write held for a node that could not take it (hinted
+  handoff). Kept apart from ``data``: hints are not served to reads and not counted in ``kv_keys``.
+* ``digests``: partition -> XOR of a 128-bit hash of every record (key, version, tombstone flag) in
+  that partition. XOR lets each write update it in O(1), and two replicas holding the same records in
+  a partition have the same digest, so anti-entropy compares 16 bytes instead of the partition.
+* ``meta``: the live key count and the highest timestamp ever stored.
+
+This class is synchronous and knows nothing of gevent; ``group_commit`` decides when ``apply`` runs.
 """
 
 from __future__ import annotations
@@ -19,18 +26,21 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import lmdb
 
-from client.protocol import Record, Version
-from client.ring import position
+from client.protocol import DIGEST_SIZE, Record, Version
+from client.ring import DEFAULT_PARTITIONS, position
 from service.versioning import supersedes
 
 SHORT_KEY_MAX = 470
 POSITION_SIZE = 8
-DIGEST_SIZE = 32
-LONG_STORAGE_KEY_SIZE = POSITION_SIZE + SHORT_KEY_MAX + DIGEST_SIZE  # 510, under LMDB's 511
+KEY_DIGEST_SIZE = 32
+LONG_STORAGE_KEY_SIZE = POSITION_SIZE + SHORT_KEY_MAX + KEY_DIGEST_SIZE  # 510, under LMDB's 511
+RING_BITS = 64
+EMPTY_DIGEST = bytes(DIGEST_SIZE)
 
 _TOMBSTONE = 0x01
 _FULL_KEY = 0x02
@@ -46,24 +56,69 @@ class StorageError(Exception):
     """The store cannot be opened or written; the message says why and what to do."""
 
 
+# --- what a batch can hold ----------------------------------------------------------------------
+
+
+class PutRecord(NamedTuple):
+    """Store ``record`` for ``key`` if it supersedes the key's current record."""
+
+    key: bytes
+    record: Record
+
+
+class PutHint(NamedTuple):
+    """Hold ``record`` for ``owner`` (keeping only the newest per owner and key)."""
+
+    owner: str
+    key: bytes
+    record: Record
+    created_ms: int
+
+
+class DropHint(NamedTuple):
+    """Forget a hint once delivered or expired, unless a newer one replaced it meanwhile."""
+
+    owner: str
+    key: bytes
+    version: Version
+
+
+class PurgeTombstone(NamedTuple):
+    """Delete the key's record if it is still this very tombstone."""
+
+    key: bytes
+    version: Version
+
+
+Operation = PutRecord | PutHint | DropHint | PurgeTombstone
+
+
+class Hint(NamedTuple):
+    owner: str
+    key: bytes
+    record: Record
+    created_ms: int
+
+
+# --- encodings -------------------------------------------------------------------------------------
+
+
 def storage_key(key: bytes) -> bytes:
     prefix = position(key).to_bytes(POSITION_SIZE, "big")
     if len(key) <= SHORT_KEY_MAX:
         return prefix + key
-    return prefix + key[:SHORT_KEY_MAX] + hashlib.blake2b(key, digest_size=DIGEST_SIZE).digest()
+    return prefix + key[:SHORT_KEY_MAX] + hashlib.blake2b(key, digest_size=KEY_DIGEST_SIZE).digest()
 
 
-def encode_record(key: bytes, record: Record) -> bytes:
+def encode_record(key: bytes, record: Record, *, full_key: bool = False) -> bytes:
     node_id = record.version.node_id.encode()
     flags = _TOMBSTONE if record.value is None else 0
-    parts = [b"", node_id]
-    if len(key) > SHORT_KEY_MAX:
+    key_part = b""
+    if full_key or len(key) > SHORT_KEY_MAX:
         flags |= _FULL_KEY
-        parts.append(_U16.pack(len(key)) + key)
-    parts[0] = _RECORD_HEAD.pack(flags, record.version.timestamp, len(node_id))
-    if record.value is not None:
-        parts.append(record.value)
-    return b"".join(parts)
+        key_part = _U16.pack(len(key)) + key
+    head = _RECORD_HEAD.pack(flags, record.version.timestamp, len(node_id))
+    return b"".join((head, node_id, key_part, record.value or b""))
 
 
 def decode_record(raw: bytes) -> tuple[Record, bytes | None]:
@@ -82,16 +137,45 @@ def decode_record(raw: bytes) -> tuple[Record, bytes | None]:
     return Record(Version(timestamp, node_id), value), full_key
 
 
+def record_hash(skey: bytes, record: Record) -> int:
+    """The record's contribution to its partition digest."""
+    hasher = hashlib.blake2b(skey, digest_size=DIGEST_SIZE)
+    hasher.update(_U64.pack(record.version.timestamp))
+    hasher.update(record.version.node_id.encode())
+    hasher.update(b"\x01" if record.value is None else b"\x00")
+    return int.from_bytes(hasher.digest(), "big")
+
+
+def partition_of(skey: bytes, partitions: int) -> int:
+    return (int.from_bytes(skey[:POSITION_SIZE], "big") * partitions) >> RING_BITS
+
+
+def partition_start(partition: int, partitions: int) -> bytes:
+    """The smallest storage key in ``partition``: the first ring position that maps to it."""
+    first_position = -(-(partition << RING_BITS) // partitions)
+    return first_position.to_bytes(POSITION_SIZE, "big")
+
+
+def _hint_key(owner: str, key: bytes) -> bytes:
+    raw = owner.encode()
+    return bytes([len(raw)]) + raw + storage_key(key)
+
+
+def _owner_prefix(owner: str) -> bytes:
+    raw = owner.encode()
+    return bytes([len(raw)]) + raw
+
+
 class Storage:
     """One node's records. Reads are direct; ``apply`` writes a batch in one durable transaction."""
 
-    def __init__(self, path: str, map_size: int) -> None:
+    def __init__(self, path: str, map_size: int, partitions: int = DEFAULT_PARTITIONS) -> None:
         try:
             os.makedirs(path, exist_ok=True)
             self._env = lmdb.open(
                 path,
                 map_size=map_size,
-                max_dbs=4,
+                max_dbs=8,
                 sync=True,  # a commit returns only after fsync: that is what an ack promises
                 metasync=True,
                 readahead=False,  # random point reads; readahead would only evict useful pages
@@ -99,7 +183,10 @@ class Storage:
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the data directory {path!r}: {exc}") from exc
         self._data = self._env.open_db(b"data")
+        self._hints = self._env.open_db(b"hints")
+        self._digests = self._env.open_db(b"digests")
         self._meta = self._env.open_db(b"meta")
+        self.partitions = partitions
         with self._env.begin(db=self._meta) as txn:
             self._live_keys = _read_u64(txn.get(_META_LIVE_KEYS))
             self._max_timestamp = _read_u64(txn.get(_META_MAX_TIMESTAMP))
@@ -120,43 +207,178 @@ class Storage:
             raw = txn.get(storage_key(key))
             return None if raw is None else decode_record(raw)[0]
 
-    def apply(self, writes: Sequence[tuple[bytes, Record]]) -> list[bool]:
-        """Store each record that supersedes what the key holds, all in one fsynced transaction.
+    # --- writing ----------------------------------------------------------------------------------
 
-        Returns, per write, whether it was stored (``False``: the key already held a newer version).
-        Writes to the same key within the batch are applied in order.
-        """
-        applied: list[bool] = []
-        live_delta = 0
-        max_timestamp = self._max_timestamp
+    def apply(self, operations: Sequence[Operation]) -> list[bool]:
+        """Run every operation in one fsynced transaction; return, per operation, whether it changed
+        anything (``False``: the key already held a newer version, or the hint was replaced)."""
+        batch = _Batch(self)
         try:
             with self._env.begin(write=True, db=self._data) as txn:
-                for key, record in writes:
-                    skey = storage_key(key)
-                    raw = txn.get(skey)
-                    current = None if raw is None else decode_record(raw)[0]
-                    if not supersedes(record, current):
-                        applied.append(False)
-                        continue
-                    txn.put(skey, encode_record(key, record))
-                    applied.append(True)
-                    live_delta += _is_live(record) - _is_live(current)
-                    max_timestamp = max(max_timestamp, record.version.timestamp)
-                live_keys = self._live_keys + live_delta
-                txn.put(_META_LIVE_KEYS, _U64.pack(live_keys), db=self._meta)
-                txn.put(_META_MAX_TIMESTAMP, _U64.pack(max_timestamp), db=self._meta)
+                results = [batch.run(txn, operation) for operation in operations]
+                batch.finish(txn)
         except lmdb.MapFullError as exc:
             raise StorageError(
                 f"the store is full ({self._env.info()['map_size']} bytes); raise KV_STORAGE_LIMIT_MB"
             ) from exc
         except lmdb.Error as exc:
             raise StorageError(f"write failed: {exc}") from exc
-        self._live_keys = live_keys
-        self._max_timestamp = max_timestamp
-        return applied
+        self._live_keys = batch.live_keys
+        self._max_timestamp = batch.max_timestamp
+        return results
+
+    # --- anti-entropy -----------------------------------------------------------------------------
+
+    def digests(self, partitions: Sequence[int]) -> list[bytes]:
+        with self._env.begin(db=self._digests) as txn:
+            return [txn.get(_U16.pack(partition)) or EMPTY_DIGEST for partition in partitions]
+
+    def partition_records(
+        self, partition: int, cursor: bytes = b"", limit_bytes: int = 256 * 1024
+    ) -> tuple[list[tuple[bytes, Record]], bytes]:
+        """Records of ``partition`` in storage-key order after ``cursor``, about ``limit_bytes`` of
+        them; and the cursor for the next page (empty when this page reaches the partition's end)."""
+        start = cursor or partition_start(partition, self.partitions)
+        end = partition_start(partition + 1, self.partitions) if partition + 1 < self.partitions else None
+        page: list[tuple[bytes, Record]] = []
+        size = 0
+        with self._env.begin(db=self._data) as txn:
+            db_cursor = txn.cursor()
+            if not db_cursor.set_range(start):
+                return page, b""
+            for skey, raw in db_cursor:
+                if end is not None and skey >= end:
+                    return page, b""
+                if cursor and skey == cursor:
+                    continue
+                record, full_key = decode_record(raw)
+                page.append((full_key if full_key is not None else skey[POSITION_SIZE:], record))
+                size += len(skey) + 32
+                if size >= limit_bytes:
+                    return page, skey
+        return page, b""
+
+    # --- hints ------------------------------------------------------------------------------------
+
+    def pending_hints(self) -> int:
+        with self._env.begin() as txn:
+            return txn.stat(self._hints)["entries"]
+
+    def hint_counts(self) -> dict[str, int]:
+        """Hints held per owner."""
+        counts: dict[str, int] = {}
+        with self._env.begin(db=self._hints) as txn:
+            for hkey in txn.cursor().iternext(keys=True, values=False):
+                owner = bytes(hkey[1 : 1 + hkey[0]]).decode()
+                counts[owner] = counts.get(owner, 0) + 1
+        return counts
+
+    def hints_for(self, owner: str, limit: int) -> list[Hint]:
+        """Up to ``limit`` hints held for ``owner``."""
+        prefix = _owner_prefix(owner)
+        hints: list[Hint] = []
+        with self._env.begin(db=self._hints) as txn:
+            db_cursor = txn.cursor()
+            if not db_cursor.set_range(prefix):
+                return hints
+            for hkey, raw in db_cursor:
+                if not hkey.startswith(prefix) or len(hints) >= limit:
+                    break
+                (created_ms,) = _U64.unpack_from(raw)
+                record, full_key = decode_record(raw[_U64.size :])
+                assert full_key is not None  # hints always carry their key
+                hints.append(Hint(owner, full_key, record, created_ms))
+        return hints
+
+    def records(self) -> Iterator[tuple[bytes, Record]]:
+        """Every record, in storage-key order (for tests and tools; a read transaction per call)."""
+        with self._env.begin(db=self._data) as txn:
+            for skey, raw in txn.cursor():
+                record, full_key = decode_record(raw)
+                yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
 
     def close(self) -> None:
         self._env.close()
+
+
+class _Batch:
+    """The state one ``apply`` carries across its operations: counters and digest changes."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.live_keys = storage.live_keys
+        self.max_timestamp = storage.max_timestamp
+        self.digest_changes: dict[int, int] = {}
+
+    def run(self, txn: lmdb.Transaction, operation: Operation) -> bool:
+        match operation:
+            case PutRecord(key, record):
+                return self._put_record(txn, key, record)
+            case PutHint(owner, key, record, created_ms):
+                return self._put_hint(txn, owner, key, record, created_ms)
+            case DropHint(owner, key, version):
+                return self._drop_hint(txn, owner, key, version)
+            case PurgeTombstone(key, version):
+                return self._purge(txn, key, version)
+        raise TypeError(f"not a storage operation: {operation!r}")
+
+    def _put_record(self, txn: lmdb.Transaction, key: bytes, record: Record) -> bool:
+        skey = storage_key(key)
+        raw = txn.get(skey)
+        current = None if raw is None else decode_record(raw)[0]
+        if not supersedes(record, current):
+            return False
+        txn.put(skey, encode_record(key, record))
+        self.live_keys += _is_live(record) - _is_live(current)
+        self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
+        self._change_digest(skey, current, record)
+        return True
+
+    def _put_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, record: Record, created_ms: int) -> bool:
+        hkey = _hint_key(owner, key)
+        raw = txn.get(hkey, db=self.storage._hints)
+        if raw is not None and not supersedes(record, decode_record(raw[_U64.size :])[0]):
+            return False
+        txn.put(hkey, _U64.pack(created_ms) + encode_record(key, record, full_key=True), db=self.storage._hints)
+        self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
+        return True
+
+    def _drop_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, version: Version) -> bool:
+        hkey = _hint_key(owner, key)
+        raw = txn.get(hkey, db=self.storage._hints)
+        if raw is None or decode_record(raw[_U64.size :])[0].version != version:
+            return False
+        return txn.delete(hkey, db=self.storage._hints)
+
+    def _purge(self, txn: lmdb.Transaction, key: bytes, version: Version) -> bool:
+        skey = storage_key(key)
+        raw = txn.get(skey)
+        if raw is None:
+            return False
+        current = decode_record(raw)[0]
+        if current.value is not None or current.version != version:
+            return False
+        txn.delete(skey)
+        self._change_digest(skey, current, None)
+        return True
+
+    def _change_digest(self, skey: bytes, old: Record | None, new: Record | None) -> None:
+        partition = partition_of(skey, self.storage.partitions)
+        change = self.digest_changes.get(partition, 0)
+        if old is not None:
+            change ^= record_hash(skey, old)
+        if new is not None:
+            change ^= record_hash(skey, new)
+        self.digest_changes[partition] = change
+
+    def finish(self, txn: lmdb.Transaction) -> None:
+        storage = self.storage
+        for partition, change in self.digest_changes.items():
+            pkey = _U16.pack(partition)
+            current = int.from_bytes(txn.get(pkey, db=storage._digests) or EMPTY_DIGEST, "big")
+            txn.put(pkey, (current ^ change).to_bytes(DIGEST_SIZE, "big"), db=storage._digests)
+        txn.put(_META_LIVE_KEYS, _U64.pack(self.live_keys), db=storage._meta)
+        txn.put(_META_MAX_TIMESTAMP, _U64.pack(self.max_timestamp), db=storage._meta)
 
 
 def _is_live(record: Record | None) -> int:

@@ -1,0 +1,261 @@
+"""Anti-entropy: replicas compare partition digests and exchange only the keys that differ.
+
+Each round, this node takes every peer in turn and the partitions they both replicate. It asks the
+peer for those partitions' digests (16 bytes each, kept current by every write, see ``storage``) and
+compares them with its own. For each partition that differs it lists the keys and versions on both
+sides, page by page, and sends what the peer lacks or holds older (REPLICA_PUT) and fetches what it
+lacks or holds older itself (REPLICA_GET, then a local write). That is a Merkle tree of depth two:
+4096 partition digests, then the partitions' key lists.
+
+After a round, partitions that were compared with every other replica are recorded as synced, and
+tombstones in them that ``reconcile.purgeable`` allows are purged.
+
+Rounds run every ``KV_ANTI_ENTROPY_INTERVAL_S`` seconds, and on demand (the REPAIR op, ``kv repair``).
+A node whose data directory was wiped starts with every digest empty, so its first round pulls its
+whole share of the data back from the other replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.lock
+import gevent.pool
+
+from client import protocol
+from client.errors import KVError
+from client.protocol import KeyVersion, Record, RepairReply, Status
+from client.ring import Ring
+from service.group_commit import GroupCommitter
+from service.local_replica import LocalReplica
+from service.peers import Peer
+from service.reconcile import differences, purgeable
+from service.storage import PurgeTombstone, Storage
+from service.versioning import wall_clock_ms
+
+PARTITION_CONCURRENCY = 8
+"""Differing partitions reconciled at once with one peer: enough to hide round trips, few enough
+not to crowd out client traffic on the shared peer connection."""
+TRANSFER_CONCURRENCY = 32
+"""Keys copied at once within one partition."""
+DIGESTS_PER_REQUEST = 4096
+"""Partitions whose digests one DIGESTS request asks for (its count field is a u16)."""
+
+
+@dataclass
+class RoundResult:
+    partitions: int = 0
+    differing: int = 0
+    repaired: int = 0
+    failed_peers: list[str] = field(default_factory=list)
+
+    def add(self, other: RoundResult) -> None:
+        self.partitions += other.partitions
+        self.differing += other.differing
+        self.repaired += other.repaired
+        self.failed_peers += other.failed_peers
+
+    def reply(self) -> RepairReply:
+        return RepairReply(self.partitions, self.differing, self.repaired, tuple(self.failed_peers))
+
+
+class AntiEntropyEvents:
+    def round_finished(self, result: RoundResult, seconds: float) -> None:
+        pass
+
+    def keys_repaired(self, peer: str, count: int) -> None:
+        pass
+
+    def tombstones_purged(self, count: int) -> None:
+        pass
+
+
+class AntiEntropy:
+    def __init__(
+        self,
+        node_id: str,
+        ring: Ring,
+        *,
+        n: int,
+        storage: Storage,
+        committer: GroupCommitter,
+        local: LocalReplica,
+        peers: Mapping[str, Peer],
+        is_down: Callable[[str], bool],
+        grace_s: float,
+        interval_s: float,
+        events: AntiEntropyEvents | None = None,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.node_id = node_id
+        self.ring = ring
+        self.n = n
+        self.storage = storage
+        self.committer = committer
+        self.local = local
+        self.peers = peers
+        self.is_down = is_down
+        self.grace_ms = int(grace_s * 1000)
+        self.interval_s = interval_s
+        self.events = events or AntiEntropyEvents()
+        self.now_ms = now_ms
+        self.synced_at: dict[int, int] = {}  # partition -> start of the last round that synced it fully
+        # Tombstones wait out the grace period, so looking for purgeable ones 24 times per grace
+        # period (hourly by default) is often enough, and bounds the cost of the scan.
+        self.purge_every_ms = max(int(interval_s * 1000), self.grace_ms // 24)
+        self._last_purge_ms = 0
+        self._shared = self._shared_partitions()
+        self._round_lock = gevent.lock.Semaphore()
+        self._loop: gevent.Greenlet | None = None
+
+    def _shared_partitions(self) -> dict[str, list[int]]:
+        """For each peer, the partitions both it and this node replicate."""
+        shared: dict[str, list[int]] = {peer: [] for peer in self.peers}
+        for partition in range(self.ring.partitions):
+            owners = self.ring.partition_owners(partition)[: self.n]
+            if self.node_id in owners:
+                for peer in owners:
+                    if peer != self.node_id:
+                        shared[peer].append(partition)
+        return shared
+
+    def start(self, first_delay_s: float) -> None:
+        if self.interval_s > 0:
+            self._loop = gevent.spawn_later(first_delay_s, self._run)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.kill()
+
+    def _run(self) -> None:
+        while True:
+            self.run_round()
+            gevent.sleep(self.interval_s)
+
+    def run_round(self) -> RoundResult:
+        """Reconcile with every peer that is not down, then purge what that made safe to purge."""
+        with self._round_lock:
+            started = time.monotonic()
+            round_start_ms = self.now_ms()
+            result = RoundResult()
+            synced_with: dict[int, int] = {}
+            for peer_id, partitions in self._shared.items():
+                if self.is_down(peer_id):
+                    result.failed_peers.append(peer_id)
+                    continue
+                try:
+                    peer_result = self.sync_with(peer_id, partitions)
+                except KVError:
+                    result.failed_peers.append(peer_id)
+                    continue
+                result.add(peer_result)
+                for partition in partitions:
+                    synced_with[partition] = synced_with.get(partition, 0) + 1
+            for partition, peers_synced in synced_with.items():
+                if peers_synced == len(self.ring.partition_owners(partition)[: self.n]) - 1:
+                    self.synced_at[partition] = round_start_ms
+            self._purge_tombstones()
+            self.events.round_finished(result, time.monotonic() - started)
+            return result
+
+    def sync_with(self, peer_id: str, partitions: list[int]) -> RoundResult:
+        """Compare ``partitions`` with one peer and copy every differing key both ways. Raises
+        ``KVError`` if the peer cannot be compared (partial copies made so far stay)."""
+        peer = self.peers[peer_id]
+        theirs: list[bytes] = []
+        for start in range(0, len(partitions), DIGESTS_PER_REQUEST):
+            chunk = tuple(partitions[start : start + DIGESTS_PER_REQUEST])
+            theirs += protocol.decode_digests_reply(peer.call(protocol.Digests(chunk)).body)
+        mine = self.storage.digests(partitions)
+        differing = [p for p, own, other in zip(partitions, mine, theirs, strict=True) if own != other]
+        result = RoundResult(partitions=len(partitions))
+        if not differing:
+            return result
+        pool = gevent.pool.Pool(PARTITION_CONCURRENCY)
+        outcomes = list(pool.imap_unordered(lambda p: _capture(self._reconcile_partition, peer, p), differing))
+        for outcome in outcomes:
+            if isinstance(outcome, KVError):
+                raise outcome
+            found, copied = outcome
+            result.differing += found
+            result.repaired += copied
+        if result.repaired:
+            self.events.keys_repaired(peer_id, result.repaired)
+        return result
+
+    def _reconcile_partition(self, peer: Peer, partition: int) -> tuple[int, int]:
+        mine = self._local_records(partition)
+        listing = [KeyVersion(key, record.version, record.value is None) for key, record in mine.items()]
+        theirs = self._remote_listing(peer, partition)
+        todo = differences(listing, theirs, now_ms=self.now_ms(), grace_ms=self.grace_ms)
+        transfers: list[Callable[[], Any]] = []
+        for key in todo.push:
+            transfers.append(lambda key=key: peer.write(key, mine[key]))
+        for key in todo.pull:
+            transfers.append(lambda key=key: self._pull(peer, key))
+        copied = sum(1 for ok in gevent.pool.Pool(TRANSFER_CONCURRENCY).imap_unordered(_succeeds, transfers) if ok)
+        return len(todo.push) + len(todo.pull), copied
+
+    def _pull(self, peer: Peer, key: bytes) -> None:
+        record = peer.read(key)
+        if record is not None:
+            self.local.write(key, record)
+
+    def _local_records(self, partition: int) -> dict[bytes, Record]:
+        records: dict[bytes, Record] = {}
+        cursor = b""
+        while True:
+            page, cursor = self.storage.partition_records(partition, cursor)
+            records.update(page)
+            if not cursor:
+                return records
+
+    def _remote_listing(self, peer: Peer, partition: int) -> list[KeyVersion]:
+        entries: list[KeyVersion] = []
+        cursor = b""
+        while True:
+            frame = peer.call(protocol.PartitionKeys(partition, cursor))
+            if frame.code != Status.OK:
+                return entries
+            reply = protocol.decode_partition_keys_reply(frame.body)
+            entries += reply.entries
+            cursor = reply.cursor
+            if not cursor:
+                return entries
+
+    def _purge_tombstones(self) -> None:
+        """Delete the tombstones ``reconcile.purgeable`` allows. This scans every synced partition, so
+        it runs at most every ``purge_every_s`` (a tombstone is not purgeable before the grace period
+        anyway)."""
+        now_ms = self.now_ms()
+        if now_ms - self._last_purge_ms < self.purge_every_ms:
+            return
+        self._last_purge_ms = now_ms
+        purged = 0
+        for partition, synced_at_ms in list(self.synced_at.items()):
+            for key, record in self._local_records(partition).items():
+                if record.value is None and purgeable(
+                    record.version, now_ms=now_ms, grace_ms=self.grace_ms, synced_at_ms=synced_at_ms
+                ):
+                    purged += self.committer.submit(PurgeTombstone(key, record.version))
+        if purged:
+            self.events.tombstones_purged(purged)
+
+
+def _capture(function: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return function(*args)
+    except KVError as exc:
+        return exc
+
+
+def _succeeds(transfer: Callable[[], Any]) -> bool:
+    try:
+        transfer()
+    except Exception:  # a key that fails to copy is retried by the next round
+        return False
+    return True

@@ -1,0 +1,85 @@
+"""The ``kv`` CLI as users run it: inside a node container, and through the real compose.yaml.
+
+(Named test_kv_cli.py, not test_cli.py: tests/unit/test_cli.py exists, and without __init__.py files
+pytest's default import mode needs every test file's basename to be unique.)
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from typing import TYPE_CHECKING
+
+from client.ring import DEFAULT_PARTITIONS, Ring
+
+if TYPE_CHECKING:
+    from conftest import Cluster, ComposeProject
+
+NODE_IDS = ("node1", "node2", "node3")
+SEED_SESSION = "PUT foo bar\nGET foo\nDELETE foo\nGET foo\nEXIT\n"
+SEED_OUTPUT = ["OK", "bar", "OK", "NOT_FOUND"]
+IN_NETWORK_NODES = "node1:5000,node2:5000,node3:5000"
+
+
+def lines_of(raw: bytes | None) -> list[str]:
+    return [line.rstrip("\r") for line in (raw or b"").decode("utf-8", errors="replace").splitlines()]
+
+
+# --- kv inside a node container -----------------------------------------------------------------------------
+
+
+def test_cli_session_inside_a_node_container(cluster: Cluster) -> None:
+    container = cluster.containers["node2"].get_wrapped_container()
+    script = f"printf {shlex.quote(SEED_SESSION)} | KV_NODES={IN_NETWORK_NODES} kv"
+    exit_code, (stdout, stderr) = container.exec_run(["sh", "-c", script], demux=True)
+    assert exit_code == 0, (exit_code, stdout, stderr)
+    assert lines_of(stdout) == SEED_OUTPUT, (stdout, stderr)
+
+
+def test_cli_one_shot_commands_and_exit_codes(cluster: Cluster) -> None:
+    container = cluster.containers["node3"].get_wrapped_container()
+    key = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def kv(*args: str) -> tuple[int, list[str]]:
+        exit_code, (stdout, _) = container.exec_run(["kv", "--nodes", IN_NETWORK_NODES, *args], demux=True)
+        return exit_code, lines_of(stdout)
+
+    assert kv("put", key, "hello", "world") == (0, ["OK"])
+    assert kv("get", key) == (0, ["hello world"])
+    exit_code, lines = kv("where", key)
+    assert exit_code == 0 and len(lines) == 1, lines
+    replicas = lines[0].split()
+    assert len(replicas) == 2 and set(replicas) <= {f"{node}:5000" for node in NODE_IDS}, lines
+    assert kv("delete", key) == (0, ["OK"])
+    assert kv("get", key) == (1, ["NOT_FOUND"])
+    exit_code, lines = kv("bogus")
+    assert exit_code == 2 and len(lines) == 1 and lines[0].startswith("ERROR BAD_REQUEST"), lines
+
+
+# --- the real compose.yaml ---------------------------------------------------------------------------------------
+
+
+def key_with_primary(node: str) -> str:
+    """A key whose first replica is ``node``, so killing that node forces the client to fail over."""
+    ring = Ring(NODE_IDS, DEFAULT_PARTITIONS)
+    for i in range(1000):
+        key = f"x{i}"
+        if ring.primary(key.encode()) == node:
+            return key
+    raise AssertionError(f"no key among 1000 has {node} as its primary")
+
+
+def test_compose_cluster_serves_the_cli_and_survives_killing_node1(compose: ComposeProject) -> None:
+    published = compose.check("port", "node1", "5000")
+    assert published == [f"127.0.0.1:{compose.env['KV_NODE1_PORT']}"], published
+
+    assert compose.client_session(SEED_SESSION) == SEED_OUTPUT
+
+    key = key_with_primary("node1")
+    assert compose.client_session(f"PUT {key} survives-node1\nGET {key}\n") == ["OK", "survives-node1"]
+
+    compose.check("kill", "node1")
+    running = compose.check("ps", "--services", "--status", "running")
+    assert sorted(running) == ["node2", "node3"], running
+
+    assert compose.client_session(f"GET {key}\n") == ["survives-node1"]

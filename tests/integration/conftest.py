@@ -28,6 +28,7 @@ import os
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 import contextlib
+import hashlib
 import json
 import math
 import socket
@@ -56,7 +57,10 @@ from client.connection import Connection
 from client.protocol import Record, ReplicaGet, Status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGE_TAG = "kvstore:test"
+CHECKOUT_ID = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]
+IMAGE_TAG = os.environ.get("KV_TEST_IMAGE", f"kvstore:test-{CHECKOUT_ID}")
+"""Per checkout, so two checkouts testing at once (a CI clone and a work tree) never swap images."""
+COMPOSE_IMAGE = f"kvstore:compose-{CHECKOUT_ID}"
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
 OFFLINE_BASE_IMAGE = "kv-base:bookworm"
 
@@ -608,7 +612,7 @@ class ComposeProject:
 
     def __init__(self, base: str) -> None:
         self.name = f"kvtest-{RUN_ID}-{uuid.uuid4().hex[:6]}"
-        self.env = {**os.environ, "BASE_IMAGE": base}
+        self.env = {**os.environ, "BASE_IMAGE": base, "KV_IMAGE": COMPOSE_IMAGE}
         for variable in ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES", "KV_BIND"):
             self.env.pop(variable, None)  # the file's own defaults, whatever the caller's shell has set
         chosen: set[int] = set()

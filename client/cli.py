@@ -224,11 +224,15 @@ Each command prints OK, the value, NOT_FOUND, or ERROR <CODE> <message>.
 
 exit status of a one-shot command: 0 done, 1 NOT_FOUND, 2 error.
 
+kv bench [options] measures throughput and latency of the cluster (and of
+Redis, for comparison); see kv bench --help.
+
 examples:
   kv put greeting hello world
   kv get greeting
   kv --nodes node1:5000,node2:5000 where greeting
   printf 'PUT a 1\\nGET a\\n' | kv
+  kv bench --cluster 127.0.0.1:5000 --duration 5
 """
 
 
@@ -251,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "bench":  # a tool of its own, with its own options
+        from client import bench
+
+        return bench.main(args[1:])
+    options = build_parser().parse_args(args)
     try:
         client = Client(options.nodes, timeout=options.timeout, client_name="kv-cli")
     except ValueError as exc:

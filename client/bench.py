@@ -734,7 +734,7 @@ class ClusterConnection:
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
         if op == "get":
             frame = self._call(protocol.Get(key, self._r), timeout)
-            return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)
+            return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
         if op == "put":
             assert value is not None
             self._call(protocol.Put(key, value, self._w), timeout)
@@ -744,7 +744,7 @@ class ClusterConnection:
 
     def read_back(self, key: bytes, timeout: float) -> bytes | None:
         frame = self._call(protocol.Get(key, self._cluster.replicas), timeout)
-        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)
+        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
 
     def close(self) -> None:
         for redial in self._nodes.values():

@@ -23,10 +23,11 @@ LENGTH_FIELD_SIZE = 4
 MIN_FRAME_LENGTH = HEADER.size - LENGTH_FIELD_SIZE  # request id + code: a frame with an empty body
 CODE_OFFSET = HEADER.size - 1
 
-FRAME_OVERHEAD = 512
+FRAME_OVERHEAD = 1024
 """Bytes a frame may need beyond its key and value: header, length prefixes, quorum and flag bytes,
-and node ids (up to 255 bytes each in a version or a hint). The default frame limit is max value +
-max key + this, so a maximum-size key and value fit in every op that carries them."""
+node ids (up to 255 bytes each in a version or a hint), and a PARTITION_KEYS page's envelope (its
+cursor is a storage key of up to 510 bytes). The default frame limit is max value + max key + this,
+so a maximum-size key and value fit in every op that carries them, one key per page at worst."""
 
 DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
@@ -648,6 +649,11 @@ def decode_digests_reply(body: bytes) -> list[bytes]:
     digests = [reader.take(DIGEST_SIZE) for _ in range(reader.u16())]
     reader.end()
     return digests
+
+
+def listing_size(key: bytes, version: Version) -> int:
+    """Bytes one key takes in a PARTITION_KEYS reply: key, version and flags."""
+    return _U16.size + len(key) + _U64.size + _U8.size + len(version.node_id.encode()) + _U8.size
 
 
 def encode_partition_keys_reply(reply: PartitionKeysReply) -> bytes:

@@ -43,7 +43,7 @@ not to crowd out client traffic on the shared peer connection."""
 TRANSFER_CONCURRENCY = 32
 """Keys copied at once within one partition."""
 DIGESTS_PER_REQUEST = 4096
-"""Partitions whose digests one DIGESTS request asks for (its count field is a u16)."""
+"""Most partitions one DIGESTS request asks for; fewer when 16 bytes each would not fit a frame."""
 
 
 @dataclass
@@ -88,6 +88,7 @@ class AntiEntropy:
         is_down: Callable[[str], bool],
         grace_s: float,
         interval_s: float,
+        max_frame_bytes: int,
         events: AntiEntropyEvents | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -101,6 +102,9 @@ class AntiEntropy:
         self.is_down = is_down
         self.grace_ms = int(grace_s * 1000)
         self.interval_s = interval_s
+        self.digests_per_request = max(
+            1, min(DIGESTS_PER_REQUEST, (max_frame_bytes - protocol.HEADER.size - 2) // protocol.DIGEST_SIZE)
+        )
         self.events = events or AntiEntropyEvents()
         self.now_ms = now_ms
         self.synced_at: dict[int, int] = {}  # partition -> start of the last round that synced it fully
@@ -148,13 +152,14 @@ class AntiEntropy:
                     result.failed_peers.append(peer_id)
                     continue
                 try:
-                    peer_result = self.sync_with(peer_id, partitions)
+                    peer_result, unsettled = self.sync_with(peer_id, partitions)
                 except KVError:
                     result.failed_peers.append(peer_id)
                     continue
                 result.add(peer_result)
                 for partition in partitions:
-                    synced_with[partition] = synced_with.get(partition, 0) + 1
+                    if partition not in unsettled:
+                        synced_with[partition] = synced_with.get(partition, 0) + 1
             for partition, peers_synced in synced_with.items():
                 if peers_synced == len(self.ring.partition_owners(partition)[: self.n]) - 1:
                     self.synced_at[partition] = round_start_ms
@@ -162,30 +167,32 @@ class AntiEntropy:
             self.events.round_finished(result, time.monotonic() - started)
             return result
 
-    def sync_with(self, peer_id: str, partitions: list[int]) -> RoundResult:
-        """Compare ``partitions`` with one peer and copy every differing key both ways. Raises
-        ``KVError`` if the peer cannot be compared (partial copies made so far stay)."""
+    def sync_with(self, peer_id: str, partitions: list[int]) -> tuple[RoundResult, set[int]]:
+        """Compare ``partitions`` with one peer and copy every differing key both ways. Returns the
+        counts and the partitions left unsettled (a key failed to copy). Raises ``KVError`` if the
+        peer cannot be compared at all (copies made so far stay)."""
         peer = self.peers[peer_id]
         theirs: list[bytes] = []
-        for start in range(0, len(partitions), DIGESTS_PER_REQUEST):
-            chunk = tuple(partitions[start : start + DIGESTS_PER_REQUEST])
+        for start in range(0, len(partitions), self.digests_per_request):
+            chunk = tuple(partitions[start : start + self.digests_per_request])
             theirs += protocol.decode_digests_reply(peer.call(protocol.Digests(chunk)).body)
         mine = self.storage.digests(partitions)
         differing = [p for p, own, other in zip(partitions, mine, theirs, strict=True) if own != other]
         result = RoundResult(partitions=len(partitions))
-        if not differing:
-            return result
+        unsettled: set[int] = set()
         pool = gevent.pool.Pool(PARTITION_CONCURRENCY)
-        outcomes = list(pool.imap_unordered(lambda p: _capture(self._reconcile_partition, peer, p), differing))
-        for outcome in outcomes:
+        outcomes = pool.imap_unordered(lambda p: (p, _capture(self._reconcile_partition, peer, p)), differing)
+        for partition, outcome in outcomes:
             if isinstance(outcome, KVError):
                 raise outcome
             found, copied = outcome
             result.differing += found
             result.repaired += copied
+            if copied < found:
+                unsettled.add(partition)
         if result.repaired:
             self.events.keys_repaired(peer_id, result.repaired)
-        return result
+        return result, unsettled
 
     def _reconcile_partition(self, peer: Peer, partition: int) -> tuple[int, int]:
         mine = self._local_records(partition)

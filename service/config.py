@@ -81,7 +81,7 @@ SETTINGS = [
     Setting("KV_PARTITIONS", str(DEFAULT_PARTITIONS), "ring partitions; identical on every node"),
     Setting("KV_MAX_KEY_BYTES", str(protocol.DEFAULT_MAX_KEY_BYTES), "largest key accepted"),
     Setting("KV_MAX_VALUE_BYTES", str(protocol.DEFAULT_MAX_VALUE_BYTES), "largest value accepted"),
-    Setting("KV_MAX_FRAME_BYTES", "", "largest frame; default: max value + max key + 512"),
+    Setting("KV_MAX_FRAME_BYTES", "", "largest frame; default: max value + max key + 1024"),
     Setting("KV_MAX_CONNECTIONS", "1024", "client connections served at once"),
     Setting("KV_REQUEST_TIMEOUT_MS", "2000", "how long a coordinator waits for replicas"),
     Setting("KV_CONNECT_TIMEOUT_MS", "500", "how long connecting to a peer may take"),

@@ -92,6 +92,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             is_down=self.detector.is_down,
             grace_s=config.tombstone_grace,
             interval_s=config.anti_entropy_interval,
+            max_frame_bytes=config.max_frame_bytes,
             events=self,
         )
         handler = RequestHandler(

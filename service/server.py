@@ -33,7 +33,7 @@ from service.local_replica import LocalReplica
 from service.logging import printable_key
 from service.metrics import Metrics
 from service.quorum import QuorumError, resolve_quorum
-from service.storage import Storage, StorageError
+from service.storage import LONG_STORAGE_KEY_SIZE, Storage, StorageError
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running. Bounds the memory a single client can pin."""
@@ -44,6 +44,11 @@ CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 INLINE_OPS = frozenset({Op.HELLO, Op.PING, Op.TOPOLOGY, Op.MEMBERS})
 """Ops answered without a greenlet: they never block, and HELLO must finish before what follows."""
 
+
+LISTING_PAGE_BYTES = 256 * 1024
+"""Largest PARTITION_KEYS page: large enough that a typical partition is one round trip."""
+LISTING_ENVELOPE_BYTES = protocol.HEADER.size + 4 + 2 + LONG_STORAGE_KEY_SIZE
+"""Frame header, entry count, cursor length and the longest cursor."""
 
 LINGER_SECONDS = 1.0
 """How long a closing connection keeps reading (and discarding) what the client still sends."""
@@ -85,6 +90,9 @@ class RequestHandler:
         self.members = members
         self.hello = hello
         self._hello_body = protocol.encode_hello_reply(hello)
+        # A PARTITION_KEYS page must fit one frame with its envelope, whose cursor can be a whole
+        # storage key.
+        self._listing_limit = min(LISTING_PAGE_BYTES, hello.max_frame_bytes - LISTING_ENVELOPE_BYTES)
         self._topology_body = protocol.encode_topology_reply(topology)
         self.read_quorum = read_quorum
         self.write_quorum = write_quorum
@@ -141,7 +149,7 @@ class RequestHandler:
                 return Status.OK, protocol.encode_digests_reply(self.storage.digests(partitions))
             case protocol.PartitionKeys(partition, cursor):
                 self._check_partitions((partition,))
-                page, next_cursor = self.storage.partition_records(partition, cursor)
+                page, next_cursor = self.storage.partition_records(partition, cursor, self._listing_limit)
                 entries = tuple(protocol.KeyVersion(key, r.version, r.value is None) for key, r in page)
                 return Status.OK, protocol.encode_partition_keys_reply(
                     protocol.PartitionKeysReply(entries, next_cursor)

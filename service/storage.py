@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import lmdb
 
-from client.protocol import DIGEST_SIZE, Record, Version
+from client.protocol import DIGEST_SIZE, Record, Version, listing_size
 from client.ring import DEFAULT_PARTITIONS, position
 from service.versioning import supersedes
 
@@ -157,8 +157,10 @@ def partition_start(partition: int, partitions: int) -> bytes:
 
 
 def _hint_key(owner: str, key: bytes) -> bytes:
-    raw = owner.encode()
-    return bytes([len(raw)]) + raw + storage_key(key)
+    """Owner, then the key's 32-byte BLAKE2b digest: at most 1 + 64 + 32 bytes whatever the key's
+    length (a storage key can be 510 bytes, which with the owner would pass LMDB's 511). The hint
+    itself carries the full key."""
+    return _owner_prefix(owner) + hashlib.blake2b(key, digest_size=KEY_DIGEST_SIZE).digest()
 
 
 def _owner_prefix(owner: str) -> bytes:
@@ -236,12 +238,14 @@ class Storage:
     def partition_records(
         self, partition: int, cursor: bytes = b"", limit_bytes: int = 256 * 1024
     ) -> tuple[list[tuple[bytes, Record]], bytes]:
-        """Records of ``partition`` in storage-key order after ``cursor``, about ``limit_bytes`` of
-        them; and the cursor for the next page (empty when this page reaches the partition's end)."""
+        """Records of ``partition`` in storage-key order after ``cursor``, as many as fit in
+        ``limit_bytes`` when listed (``listing_size``; always at least one), and the cursor for the
+        next page (empty when this page reaches the partition's end)."""
         start = cursor or partition_start(partition, self.partitions)
         end = partition_start(partition + 1, self.partitions) if partition + 1 < self.partitions else None
         page: list[tuple[bytes, Record]] = []
         size = 0
+        last = b""
         with self._env.begin(db=self._data) as txn:
             db_cursor = txn.cursor()
             if not db_cursor.set_range(start):
@@ -252,10 +256,13 @@ class Storage:
                 if cursor and skey == cursor:
                     continue
                 record, full_key = decode_record(raw)
-                page.append((full_key if full_key is not None else skey[POSITION_SIZE:], record))
-                size += len(skey) + 32
-                if size >= limit_bytes:
-                    return page, skey
+                key = full_key if full_key is not None else skey[POSITION_SIZE:]
+                entry_size = listing_size(key, record.version)
+                if page and size + entry_size > limit_bytes:
+                    return page, last
+                page.append((key, record))
+                size += entry_size
+                last = skey
         return page, b""
 
     # --- hints ------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@
 any node is configured, then builds each node's ``Config`` with ``load_config`` and starts a real
 ``Node`` on that socket. Node logs go to ``LOG_SINK`` (JSON lines, as in production), never to
 stdout, so tests that capture stdout (the CLI) see only what the code under test printed.
+
+Each node runs its heartbeat monitor and hinted handoff as in production. Periodic anti-entropy is
+off (``KV_ANTI_ENTROPY_INTERVAL_S=0``) so it never races a test; tests run rounds on demand with
+``node.anti_entropy.run_round()`` or the REPAIR op. ``settle()`` makes every node's failure detector
+current at once (one heartbeat round each) instead of waiting for the next one-second beat.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import gevent
 from gevent import socket
 
 from client.client import Client
+from client.protocol import PeerState
 from client.ring import Ring
 from service import logging as node_logging
 from service.config import Config, load_config
@@ -39,6 +45,7 @@ DEFAULT_SETTINGS = {
     "KV_DRAIN_TIMEOUT_S": "2",
     "KV_STORAGE_LIMIT_MB": "64",
     "KV_LOG_LEVEL": "info",
+    "KV_ANTI_ENTROPY_INTERVAL_S": "0",
 }
 
 
@@ -184,6 +191,32 @@ class InProcessCluster:
         self.stop(node_id)
         return self.start(node_id)
 
+    # --- failure detection ------------------------------------------------------------------------
+
+    def views(self) -> dict[str, dict[str, PeerState]]:
+        """Every running node's failure-detector view of its peers."""
+        return {
+            node_id: {peer: state for peer, (state, _) in self.nodes[node_id].detector.view().items()}
+            for node_id in sorted(self.running)
+        }
+
+    def settle(self, timeout: float = 3.0) -> None:
+        """Run a heartbeat round on every running node until each sees the running nodes up and the
+        stopped ones as not up."""
+
+        def settled() -> bool:
+            for node_id in sorted(self.running):
+                self.nodes[node_id].monitor.beat()
+            views = self.views()
+            return all(
+                (views[node_id][peer] is PeerState.UP) == (peer in self.running)
+                for node_id in views
+                for peer in self.node_ids
+                if peer != node_id
+            )
+
+        wait_until(settled, timeout, "every failure detector to see the running nodes up and the others not")
+
     def stop_all(self) -> None:
         for client in self._clients:
             client.close()
@@ -232,6 +265,7 @@ def start_cluster(tmp_path: Path, n_nodes: int = 3, **settings: Any) -> InProces
     try:
         for node_id in cluster.node_ids:
             cluster.start(node_id)
+        cluster.settle()
     except BaseException:
         cluster.stop_all()
         raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import time
 
 import pytest
 from cluster import InProcessCluster, free_port
@@ -10,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client import cli
+from client.protocol import MemberView, PeerState, Record, Version
 
 
 @pytest.fixture
@@ -58,17 +61,129 @@ def test_where_prints_the_replica_addresses_on_one_line(kv, cluster: InProcessCl
     assert lines == [" ".join(cluster.address(node_id) for node_id in cluster.replicas_of("k"))]
 
 
-def test_status_prints_every_node_and_fails_when_one_is_down(kv, cluster: InProcessCluster) -> None:
-    code, lines, _ = kv("status")
-    assert code == 0
-    assert lines == [", ".join(f"{node_id} {cluster.address(node_id)} up" for node_id in cluster.node_ids)]
+def test_status_prints_every_node_as_the_first_node_sees_it(kv, cluster: InProcessCluster) -> None:
+    code, lines, err = kv("status")
+    assert (code, err) == (0, "")
+    everyone_up = ", ".join(f"{node_id} {cluster.address(node_id)} up" for node_id in cluster.node_ids)
+    assert lines == [f"{everyone_up} [as seen by node1]"]
 
     cluster.stop("node3")
+    cluster.settle()  # node1's failure detector has noticed
     code, lines, _ = kv("status")
     assert code == 2
     assert len(lines) == 1
-    assert f"node3 {cluster.address('node3')} down" in lines[0]
-    assert f"node1 {cluster.address('node1')} up" in lines[0]
+    assert re.fullmatch(
+        rf"node1 {cluster.address('node1')} up, node2 {cluster.address('node2')} up, "
+        rf"node3 {cluster.address('node3')} suspect for [0-9]+s \[as seen by node1\]",
+        lines[0],
+    ), lines[0]
+
+
+def test_status_counts_the_hints_the_viewer_holds(kv, cluster: InProcessCluster) -> None:
+    ring = cluster.ring()
+    key = next(
+        f"hinted-{i}"
+        for i in range(10_000)
+        if ring.partition_owners(ring.partition(f"hinted-{i}".encode()))[1:] == ("node3", "node1")
+    )  # node1 is the fallback that holds node3's writes for this key
+    cluster.stop("node3")
+    cluster.settle()
+    assert kv("put", key, "held") == (0, ["OK"], "")
+    code, lines, _ = kv("status")
+    assert code == 2
+    assert re.search(
+        rf"node3 {cluster.address('node3')} suspect for [0-9]+s \(1 hints held for it\) \[as seen", lines[0]
+    )
+    assert f"node2 {cluster.address('node2')} up, " in lines[0]  # no hints are held for node2
+
+
+class StubClient:
+    """Just what STATUS asks of a client: ``members()`` and ``node_address()``."""
+
+    def __init__(self, viewer: str, members: list[MemberView]) -> None:
+        self._viewer = viewer
+        self._members = members
+
+    def members(self) -> tuple[str, list[MemberView]]:
+        return self._viewer, self._members
+
+    def node_address(self, node_id: str) -> str:
+        return f"{node_id}.example:5000"
+
+
+@pytest.mark.parametrize(
+    ("state", "seconds", "shown"),
+    [
+        (PeerState.DOWN, 5, "down for 5s"),
+        (PeerState.DOWN, 600, "down for 10m"),
+        (PeerState.SUSPECT, 3 * 3600, "suspect for 3.0h"),
+        (PeerState.DOWN, None, "down"),  # never seen up: no duration
+    ],
+)
+def test_status_shows_how_long_a_node_has_been_down(state: PeerState, seconds: int | None, shown: str) -> None:
+    since_ms = 0 if seconds is None else int(time.time() * 1000) - seconds * 1000 - 400
+    members = [MemberView("a", PeerState.UP, 1, 0), MemberView("b", state, since_ms, 7)]
+    outcome = cli.run_command(StubClient("a", members), "STATUS", [])  # type: ignore[arg-type]
+    assert outcome.exit_code == 2
+    assert outcome.line == f"a a.example:5000 up, b b.example:5000 {shown} (7 hints held for it) [as seen by a]"
+
+
+def test_status_of_an_unreachable_cluster_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = f"127.0.0.1:{free_port()}"
+    assert cli.main(["--nodes", nodes, "status"]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("ERROR UNREACHABLE ")
+
+
+REPAIR_LINE = re.compile(r"OK (\d+) partitions compared, (\d+) keys differed, (\d+) copied")
+
+
+def comparisons(cluster: InProcessCluster, nodes: list[str] | None = None) -> int:
+    """Partition comparisons one round on every node makes: per partition, each replica in ``nodes``
+    with each other replica in ``nodes``."""
+    ring = cluster.ring()
+    members = set(nodes or cluster.node_ids)
+    total = 0
+    for partition in range(ring.partitions):
+        owners = [
+            node_id for node_id in ring.partition_owners(partition)[: cluster.config.replicas] if node_id in members
+        ]
+        total += len(owners) * (len(owners) - 1)
+    return total
+
+
+def test_repair_reports_what_every_node_compared_and_copied(kv, cluster: InProcessCluster) -> None:
+    kv("put", "in-sync", "v")
+    key = "out-of-sync"
+    first, second = cluster.replicas_of(key)
+    node = cluster.node(first)
+    record = Record(Version(node.clock.now(), first), b"only on one replica")
+    node.local.write(key.encode(), record)  # as if the write to the second replica was lost
+
+    code, lines, err = kv("repair")
+    assert code == 0
+    assert lines == [f"OK {comparisons(cluster)} partitions compared, 1 keys differed, 1 copied"]
+    progress = err.splitlines()
+    assert [line.split(":")[0] for line in progress] == [
+        f"repair {i}/3 {node_id}" for i, node_id in enumerate(cluster.node_ids, 1)
+    ]
+    assert all(REPAIR_LINE.search("OK" + line.split(":", 1)[1]) for line in progress), progress
+    assert cluster.node(second).storage.get(key.encode()) == record
+
+    code, lines, _ = kv("repair")
+    assert (code, lines) == (0, [f"OK {comparisons(cluster)} partitions compared, 0 keys differed, 0 copied"])
+
+
+def test_repair_with_a_node_down_names_what_was_not_compared(kv, cluster: InProcessCluster) -> None:
+    cluster.stop("node3")
+    code, lines, err = kv("repair")
+    assert code == 2
+    assert lines == [
+        f"ERROR UNREACHABLE {comparisons(cluster, ['node1', 'node2'])} partitions compared, 0 keys differed, "
+        "0 copied; not compared: node1->node3, node2->node3, node3"
+    ]
+    assert "repair 3/3 node3: ERROR UNREACHABLE" in err
 
 
 def test_a_value_with_a_newline_prints_on_one_line(kv) -> None:
@@ -84,6 +199,7 @@ def test_a_value_with_a_newline_prints_on_one_line(kv) -> None:
         (["get", "a", "b"], "ERROR BAD_REQUEST usage: GET key"),
         (["put", "k"], "ERROR BAD_REQUEST usage: PUT key value"),
         (["status", "extra"], "ERROR BAD_REQUEST usage: STATUS"),
+        (["repair", "node1"], "ERROR BAD_REQUEST usage: REPAIR"),
     ],
 )
 def test_bad_one_shot_input_is_one_error_line(kv, args: list[str], expected: str) -> None:
@@ -172,7 +288,7 @@ def test_line_mode_prints_one_error_line_per_bad_command(
     assert lines[3] == "ERROR BAD_REQUEST usage: DELETE key"
     assert lines[4] == "ERROR BAD_REQUEST empty command"
     assert lines[5] == "NOT_FOUND"
-    assert all(name in lines[6] for name in ("GET", "PUT", "DELETE", "WHERE", "STATUS"))
+    assert all(name in lines[6] for name in ("GET", "PUT", "DELETE", "WHERE", "STATUS", "REPAIR"))
 
 
 def test_line_mode_against_an_unreachable_cluster(
@@ -194,7 +310,7 @@ def test_help_exits_0_and_documents_kv_nodes_and_every_command(capsys: pytest.Ca
     assert caught.value.code == 0
     out = capsys.readouterr().out
     assert "KV_NODES" in out
-    for usage in ("GET key", "PUT key value...", "DELETE key", "WHERE key", "STATUS", "EXIT"):
+    for usage in ("GET key", "PUT key value...", "DELETE key", "WHERE key", "STATUS", "REPAIR", "EXIT"):
         assert usage in out, usage
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cluster import InProcessCluster, free_port
+from cluster import InProcessCluster, free_port, wait_until
 
 from client import protocol
 from client.client import Client
@@ -194,25 +194,136 @@ def test_status_reports_all_up_then_one_down(cluster: InProcessCluster) -> None:
     assert {node.node_id: node.up for node in client.status()} == {"node1": True, "node2": False, "node3": True}
 
 
-def test_reads_survive_the_primary_being_down_but_quorum_writes_do_not(cluster: InProcessCluster) -> None:
+def fallback_of(cluster: InProcessCluster, key: str) -> str:
+    """The node after the key's N replicas in its partition's ranking: where its hints go."""
+    ring = cluster.ring()
+    return ring.partition_owners(ring.partition(key.encode()))[cluster.config.replicas]
+
+
+def test_with_a_replica_down_reads_and_quorum_writes_go_on_through_a_hint(cluster: InProcessCluster) -> None:
     client = cluster.client()
     key = key_with_primary(cluster, "node1")
     client.put(key, "before")
     cluster.stop("node1")
+    cluster.settle()  # every node has seen node1 fail: its return will be a change, and wake the handoff
+    [survivor] = [node_id for node_id in cluster.replicas_of(key) if node_id != "node1"]
+    holder = fallback_of(cluster, key)
+    assert holder not in ("node1", survivor)
 
     assert client.get(key) == b"before"  # R=1: the other replica answers
+    version = client.put(key, "after")  # W=2 of N=2 with one replica down: the hint is the second ack
+    assert client.get(key) == b"after"
+    assert cluster.node(survivor).storage.get(key.encode()) == protocol.Record(version, b"after")
+
+    holding = cluster.node(holder).storage
+    assert holding.get(key.encode()) is None  # held for node1, not served as the holder's own data
+    assert holding.pending_hints() == 1
+    assert holding.hint_counts() == {"node1": 1}
+    [hint] = holding.hints_for("node1", 10)
+    assert (hint.key, hint.record) == (key.encode(), protocol.Record(version, b"after"))
+
+    # node1 comes back: the holder sees it up and hands the write over, then forgets the hint
+    restarted = cluster.start("node1")
+    cluster.settle()
+    wait_until(
+        lambda: (
+            restarted.storage.get(key.encode()) == protocol.Record(version, b"after") and holding.pending_hints() == 0
+        ),
+        timeout=5.0,
+        message="the hint to be delivered to node1 and dropped",
+    )
+
+
+def test_a_quorum_write_is_unavailable_when_no_fallback_is_left(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    key = key_with_primary(cluster, "node1")
+    client.put(key, "before")
+    holder = fallback_of(cluster, key)
+    cluster.stop("node1")
+    cluster.stop(holder)
+
     with pytest.raises(UnavailableError) as caught:
-        client.put(key, "after")  # W=2 of N=2 with one replica down
-    # the quorum is lost as soon as node1 fails, whether or not the survivor's fsync is done yet
+        client.put(key, "after")  # W=2: node1 is down and its only fallback too
+    # the quorum is lost as soon as node1's write and hint fail, whether or not the survivor's fsync is done
     assert caught.value.required == 2
     assert caught.value.acked in (0, 1)
     assert f"{caught.value.acked} of 2 required replicas acked" in caught.value.message
     assert "node1" in caught.value.message
+    assert "no fallback node took a hint" in caught.value.message
 
     version = client.put(key, "after", w=1)
     assert client.get(key) == b"after"
     [survivor] = [node_id for node_id in cluster.replicas_of(key) if node_id != "node1"]
     assert cluster.node(survivor).storage.get(key.encode()).version == version
+
+
+def test_a_long_key_is_written_through_a_hint_too(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    key = key_with_primary(cluster, "node1", prefix="k" * 500)
+    cluster.stop("node1")
+    version = client.put(key, "v")
+    assert cluster.node(fallback_of(cluster, key)).storage.hint_counts() == {"node1": 1}
+    assert version.timestamp > 0
+
+
+def test_writes_carry_the_highest_timestamp_the_client_has_seen(
+    cluster: InProcessCluster, counting: type[CountingConnection]
+) -> None:
+    client = Client(cluster.addresses, connection_factory=counting)
+    try:
+        first = client.put("a", "1")
+        second = client.put("b", "2")  # another key, maybe another coordinator
+        client.delete("c")
+        client.get("a")
+        sent = [request for request in counting.sent if isinstance(request, protocol.Put | protocol.Delete)]
+        assert [request.after for request in sent] == [0, first.timestamp, second.timestamp]
+        assert second > first
+    finally:
+        client.close()
+
+
+def test_a_read_moves_the_clients_timestamp_forward(
+    cluster: InProcessCluster, counting: type[CountingConnection]
+) -> None:
+    writer = cluster.client()
+    version = writer.put("seen", "by the reader")
+    reader = Client(cluster.addresses, connection_factory=counting)
+    try:
+        assert reader.get("seen") == b"by the reader"
+        later = reader.put("other", "v")
+        [put] = [request for request in counting.sent if isinstance(request, protocol.Put)]
+        assert put.after == version.timestamp
+        assert later.timestamp > version.timestamp
+    finally:
+        reader.close()
+
+
+def test_members_is_the_first_reachable_nodes_view(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    viewer, members = client.members()
+    assert viewer == "node1"
+    assert [(member.node_id, member.state, member.hints) for member in members] == [
+        (node_id, protocol.PeerState.UP, 0) for node_id in cluster.node_ids
+    ]
+    cluster.stop("node1")
+    cluster.settle()
+    viewer, members = client.members()
+    assert viewer == "node2"  # node1 is unreachable: the next seed answers
+    states = {member.node_id: member.state for member in members}
+    assert states["node1"] is not protocol.PeerState.UP
+    assert states["node3"] is protocol.PeerState.UP
+
+
+def test_repair_runs_a_round_on_the_named_node(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.put("repaired", "v")
+    owner = cluster.replicas_of("repaired")[0]
+    result = client.repair(owner)
+    ring = cluster.ring()
+    shared = sum(
+        1 for p in range(ring.partitions) if owner in ring.partition_owners(p)[: cluster.config.replicas]
+    )  # each shared with the one other replica (N=2)
+    assert result == protocol.RepairReply(shared, 0, 0, ())
 
 
 def test_a_restarted_primary_serves_again(cluster: InProcessCluster) -> None:

@@ -32,7 +32,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.partitions == 4096
     assert config.max_key_bytes == 1024
     assert config.max_value_bytes == 1024 * 1024
-    assert config.max_frame_bytes == 1024 * 1024 + 1024 + 512
+    assert config.max_frame_bytes == 1024 * 1024 + 1024 + 1024
     assert config.max_connections == 1024
     assert config.request_timeout == 2.0
     assert config.connect_timeout == 0.5
@@ -40,6 +40,16 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.storage_limit_bytes == 4096 * 1024 * 1024
     assert config.log_commands is True
     assert config.log_level == "info"
+    assert config.hint_window == 10800.0
+    assert config.tombstone_grace == 86400.0
+    assert config.anti_entropy_interval == 30.0
+
+
+def test_hint_window_grace_and_anti_entropy_interval_are_read() -> None:
+    config = load_config(
+        {**MINIMAL, "KV_HINT_WINDOW_S": "1", "KV_TOMBSTONE_GRACE_S": "2", "KV_ANTI_ENTROPY_INTERVAL_S": "0"}
+    )
+    assert (config.hint_window, config.tombstone_grace, config.anti_entropy_interval) == (1.0, 2.0, 0.0)
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -71,7 +81,7 @@ def test_settings_are_read() -> None:
     assert config.cluster[2] == NodeAddress("node3", "::1", 5003)
     assert (config.port, config.http_port) == (6000, 0)
     assert (config.replicas, config.write_quorum, config.read_quorum) == (3, 1, 3)
-    assert config.max_frame_bytes == 10 + 100 + 512
+    assert config.max_frame_bytes == 10 + 100 + 1024
     assert config.request_timeout == 0.25
     assert config.storage_limit_bytes == 1024 * 1024
     assert config.log_commands is False
@@ -116,9 +126,26 @@ def test_booleans(text: str, expected: bool) -> None:
         pytest.param({"KV_MAX_VALUE_BYTES": "1MB"}, "KV_MAX_VALUE_BYTES", "whole number", id="value-not-a-number"),
         pytest.param({"KV_REQUEST_TIMEOUT_MS": "1.5"}, "KV_REQUEST_TIMEOUT_MS", "whole number", id="timeout-float"),
         pytest.param({"KV_MAX_KEY_BYTES": "70000"}, "KV_MAX_KEY_BYTES", "65535", id="key-over-u16"),
-        pytest.param({"KV_MAX_FRAME_BYTES": "1000"}, "KV_MAX_FRAME_BYTES", "at least 1050112", id="frame-too-small"),
+        pytest.param({"KV_MAX_FRAME_BYTES": "1000"}, "KV_MAX_FRAME_BYTES", "at least 1050624", id="frame-too-small"),
         pytest.param({"KV_LOG_COMMANDS": "maybe"}, "KV_LOG_COMMANDS", "true or false", id="bad-bool"),
         pytest.param({"KV_LOG_LEVEL": "verbose"}, "KV_LOG_LEVEL", "debug, info", id="bad-log-level"),
+        pytest.param(
+            {"KV_HINT_WINDOW_S": "100", "KV_TOMBSTONE_GRACE_S": "100"},
+            "KV_TOMBSTONE_GRACE_S",
+            "must exceed KV_HINT_WINDOW_S=100",
+            id="grace-equal-to-hint-window",
+        ),
+        pytest.param(
+            {"KV_TOMBSTONE_GRACE_S": "3600"},
+            "KV_TOMBSTONE_GRACE_S",
+            "KV_HINT_WINDOW_S=10800",
+            id="grace-below-default-window",
+        ),
+        pytest.param({"KV_HINT_WINDOW_S": "0"}, "KV_HINT_WINDOW_S", "from 1", id="hint-window-zero"),
+        pytest.param({"KV_TOMBSTONE_GRACE_S": "soon"}, "KV_TOMBSTONE_GRACE_S", "whole number", id="grace-not-a-number"),
+        pytest.param(
+            {"KV_ANTI_ENTROPY_INTERVAL_S": "-1"}, "KV_ANTI_ENTROPY_INTERVAL_S", "from 0", id="interval-negative"
+        ),
     ],
 )
 def test_wrong_setting_names_the_variable(overrides: dict[str, str | None], variable: str, detail: str) -> None:
@@ -146,3 +173,8 @@ def test_config_error_is_an_exception_listing_problems() -> None:
     error = ConfigError(["a", "b"])
     assert error.problems == ["a", "b"]
     assert str(error) == "a\nb"
+
+
+def test_an_unparsable_grace_does_not_also_report_a_comparison_with_the_hint_window() -> None:
+    problems = problems_for(KV_TOMBSTONE_GRACE_S="soon")
+    assert len([problem for problem in problems if "KV_TOMBSTONE_GRACE_S" in problem]) == 1

@@ -1,4 +1,5 @@
-"""The coordinator's fan-out against fake replicas: quorum, early failure, timeouts and versions."""
+"""The coordinator against fake replicas: fan-out and quorum, early failure, timeouts, versions, sloppy
+quorum with hinted writes to fallback nodes, skipping down replicas, and read repair."""
 
 from __future__ import annotations
 
@@ -11,25 +12,36 @@ from gevent.event import Event
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring
-from service.coordinator import Coordinator
+from service.coordinator import Coordinator, CoordinatorEvents
 from service.quorum import QuorumError
 from service.versioning import LOGICAL_BITS, HybridLogicalClock
 
 NODES = ["a", "b", "c"]
+"""Three nodes and N=3 by default: every node is a preferred replica, so there is no fallback node."""
 KEY = b"some-key"
 GUARD = 1.0
 """Seconds a call that should return at once may take before the test fails (timeouts are 5 s)."""
 
 
 class FakeReplica:
-    """A replica in memory. ``gate``: reads and writes wait for it; ``error``: they raise it."""
+    """A replica in memory. ``gate``: every call waits for it; ``error``: every call raises it;
+    ``write_error``: only ``write`` raises it (reads still work, as for a full disk)."""
 
-    def __init__(self, node_id: str, *, gate: Event | None = None, error: Exception | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        gate: Event | None = None,
+        error: Exception | None = None,
+        write_error: Exception | None = None,
+    ) -> None:
         self.node_id = node_id
         self.gate = gate
         self.error = error
+        self.write_error = write_error
         self.records: dict[bytes, Record] = {}
         self.writes: list[tuple[bytes, Record]] = []
+        self.hints: list[tuple[bytes, Record, str]] = []
         self.reads = 0
         self.before_failing: Event | None = None  # a failing replica waits for this before raising
 
@@ -48,18 +60,53 @@ class FakeReplica:
 
     def write(self, key: bytes, record: Record) -> None:
         self._wait()
+        if self.write_error is not None:
+            raise self.write_error
         self.writes.append((key, record))
         current = self.records.get(key)
         if current is None or record.version > current.version:
             self.records[key] = record
 
+    def write_hint(self, key: bytes, record: Record, owner: str) -> None:
+        self._wait()
+        self.hints.append((key, record, owner))
+
+    @property
+    def calls(self) -> int:
+        return self.reads + len(self.writes) + len(self.hints)
+
+
+class RecordingEvents(CoordinatorEvents):
+    def __init__(self) -> None:
+        self.replica_writes: list[tuple[str, bool]] = []
+        self.hinted_writes: list[tuple[str, str]] = []
+        self.read_repairs: list[tuple[bytes, str, bool]] = []
+
+    def replica_write(self, node_id: str, ok: bool) -> None:
+        self.replica_writes.append((node_id, ok))
+
+    def hinted_write(self, owner: str, holder: str) -> None:
+        self.hinted_writes.append((owner, holder))
+
+    def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
+        self.read_repairs.append((key, node_id, ok))
+
 
 class Harness:
-    def __init__(self, replicas: list[FakeReplica], *, n: int = 3, timeout: float = 5.0, now_ms: int | None = None):
-        self.ring = Ring(NODES, partitions=16)
+    def __init__(
+        self,
+        replicas: list[FakeReplica],
+        *,
+        n: int = 3,
+        timeout: float = 5.0,
+        now_ms: int | None = None,
+        down: set[str] | None = None,
+    ):
+        self.ring = Ring([replica.node_id for replica in replicas], partitions=16)
         self.replicas = {replica.node_id: replica for replica in replicas}
         self.clock = HybridLogicalClock(now_ms=lambda: now_ms) if now_ms is not None else HybridLogicalClock()
-        self.reports: list[tuple[str, bool]] = []
+        self.events = RecordingEvents()
+        self.down = down if down is not None else set()
         self.coordinator = Coordinator(
             "a",
             self.ring,
@@ -67,11 +114,20 @@ class Harness:
             n=n,
             clock=self.clock,
             timeout=timeout,
-            on_replica_write=lambda node_id, ok: self.reports.append((node_id, ok)),
+            is_down=lambda node_id: node_id in self.down,
+            events=self.events,
         )
+
+    @property
+    def reports(self) -> list[tuple[str, bool]]:
+        return self.events.replica_writes
 
     def owners(self, key: bytes = KEY) -> list[str]:
         return self.ring.preference_list(key, self.coordinator.n)
+
+    def ranking(self, key: bytes = KEY) -> list[str]:
+        """Every node ranked for the key's partition: the N preferred replicas, then the fallbacks."""
+        return list(self.ring.partition_owners(self.ring.partition(key)))
 
 
 @pytest.fixture
@@ -279,3 +335,271 @@ def test_a_read_moves_the_clock_past_the_version_it_returns() -> None:
     harness = Harness(replicas, now_ms=1_700_000_000_000)
     assert harness.coordinator.get(KEY, 3).version.timestamp == future
     assert harness.coordinator.put(KEY, b"later", 3).timestamp > future
+
+
+def test_after_stamps_the_write_above_a_timestamp_the_client_has_seen() -> None:
+    frozen_ms = 1_700_000_000_000
+    harness = Harness([FakeReplica(node_id) for node_id in NODES], now_ms=frozen_ms)
+    seen = (frozen_ms + 60_000) << LOGICAL_BITS  # from a coordinator whose clock runs a minute ahead
+    version = harness.coordinator.put(KEY, b"v", 3, after=seen)
+    assert version.timestamp > seen
+    deleted = harness.coordinator.delete(KEY, 3, after=seen)  # an older `after` changes nothing
+    assert deleted.timestamp == version.timestamp + 1
+    assert harness.coordinator.delete(KEY, 3, after=deleted.timestamp + 10).timestamp > deleted.timestamp + 10
+    # without `after` the clock still never goes back below what it observed
+    assert harness.coordinator.put(KEY, b"w", 3).timestamp > deleted.timestamp + 10
+
+
+def test_after_below_the_clock_does_not_move_it() -> None:
+    frozen_ms = 1_700_000_000_000
+    harness = Harness([FakeReplica(node_id) for node_id in NODES], now_ms=frozen_ms)
+    assert harness.coordinator.put(KEY, b"v", 3, after=5).timestamp == frozen_ms << LOGICAL_BITS
+
+
+# --- sloppy quorum: hinted writes to fallback nodes ------------------------------------------------
+
+FIVE = ["a", "b", "c", "d", "e"]
+
+
+def five_nodes(**overrides: FakeReplica) -> list[FakeReplica]:
+    return [overrides.get(node_id, FakeReplica(node_id)) for node_id in FIVE]
+
+
+def test_a_write_for_a_down_replica_goes_to_the_first_fallback_as_a_hint() -> None:
+    harness = Harness(five_nodes(), n=2)
+    first, second, fallback, *later = harness.ranking()
+    harness.down.add(second)
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)  # W=2 of N=2 with one replica down
+
+    record = Record(version, b"v")
+    assert harness.replicas[first].records == {KEY: record}
+    assert harness.replicas[second].calls == 0  # nothing is sent to a down node
+    assert harness.replicas[fallback].hints == [(KEY, record, second)]
+    assert harness.replicas[fallback].records == {}  # held for its owner, not stored as its own
+    assert all(harness.replicas[node_id].calls == 0 for node_id in later)
+    assert harness.events.hinted_writes == [(second, fallback)]
+    wait_until(lambda: harness.reports == [(first, True)], message="the one real replica write to be counted")
+
+
+def test_a_failed_replica_write_falls_back_to_a_hint() -> None:
+    harness = Harness(five_nodes(), n=2)
+    first, second, fallback, *_ = harness.ranking()
+    harness.replicas[second].error = OSError("connection refused")  # not known to be down: it is tried
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)
+
+    assert harness.replicas[first].records == {KEY: Record(version, b"v")}
+    assert harness.replicas[fallback].hints == [(KEY, Record(version, b"v"), second)]
+    assert harness.events.hinted_writes == [(second, fallback)]
+    assert (second, False) in harness.reports
+
+
+def test_a_down_or_failing_fallback_is_passed_over_for_the_next() -> None:
+    harness = Harness(five_nodes(), n=2)
+    first, second, fallback1, fallback2, fallback3 = harness.ranking()
+    harness.down.update({second, fallback1})
+    harness.replicas[fallback2].error = OSError("disk full")
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)
+
+    assert harness.replicas[first].records == {KEY: Record(version, b"v")}
+    assert harness.replicas[fallback1].calls == 0
+    assert harness.replicas[fallback3].hints == [(KEY, Record(version, b"v"), second)]
+    assert harness.events.hinted_writes == [(second, fallback3)]
+
+
+def test_two_down_replicas_get_two_different_fallbacks() -> None:
+    harness = Harness(five_nodes(), n=3)
+    first, second, third, fallback1, fallback2 = harness.ranking()
+    harness.down.update({second, third})
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 3)
+
+    record = Record(version, b"v")
+    assert harness.replicas[first].records == {KEY: record}
+    holders = {
+        owner: [
+            node_id for node_id in (fallback1, fallback2) if (KEY, record, owner) in harness.replicas[node_id].hints
+        ]
+        for owner in (second, third)
+    }
+    assert sorted(holders[second] + holders[third]) == sorted([fallback1, fallback2])  # one hint on each
+    assert sorted(harness.events.hinted_writes) == sorted([(second, holders[second][0]), (third, holders[third][0])])
+
+
+def test_a_write_is_unavailable_when_no_fallback_can_take_the_hint() -> None:
+    # Three nodes, N=2: one fallback only, and it fails too.
+    harness = Harness([FakeReplica("a"), FakeReplica("b"), FakeReplica("c")], n=2)
+    first, second, fallback = harness.ranking()
+    harness.down.add(second)
+    harness.replicas[fallback].error = OSError("disk full")
+
+    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+        harness.coordinator.put(KEY, b"v", 2)
+    assert caught.value.status == Status.UNAVAILABLE
+    assert (caught.value.acked, caught.value.required) == (1, 2)
+    assert f"{second} is down" in caught.value.message
+    assert "disk full" in caught.value.message
+    assert "no fallback node took a hint" in caught.value.message
+    assert harness.events.hinted_writes == []
+
+    version = harness.coordinator.put(KEY, b"w", 1)  # W=1 is still reachable
+    assert harness.replicas[first].records[KEY] == Record(version, b"w")
+
+
+def test_a_write_with_every_node_down_fails_at_once_without_sending_anything() -> None:
+    harness = Harness(five_nodes(), n=2, down=set(FIVE))
+    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+        harness.coordinator.put(KEY, b"v", 1)
+    assert caught.value.status == Status.UNAVAILABLE
+    assert (caught.value.acked, caught.value.required) == (0, 1)
+    assert all(replica.calls == 0 for replica in harness.replicas.values())
+
+
+def test_in_a_ring_of_exactly_n_nodes_a_down_replica_has_no_fallback() -> None:
+    harness = Harness([FakeReplica(node_id) for node_id in NODES], n=3, down={"b"})
+    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+        harness.coordinator.put(KEY, b"v", 3)
+    assert caught.value.status == Status.UNAVAILABLE
+    assert caught.value.required == 3
+    assert caught.value.acked <= 2  # fails as soon as b's write is known lost, whatever acked before
+    assert "b: b is down; no fallback node took a hint" in caught.value.message
+    assert harness.replicas["b"].calls == 0
+    assert harness.events.hinted_writes == []
+
+
+# --- reads skip down replicas ----------------------------------------------------------------------
+
+
+def test_a_read_skips_down_replicas() -> None:
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    replicas[0].records[KEY] = record(100, "a", b"old")
+    replicas[1].records[KEY] = record(300, "b", b"newest, but b is down")
+    replicas[2].records[KEY] = record(200, "c", b"middle")
+    harness = Harness(replicas, down={"b"})
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 2) == record(200, "c", b"middle")
+    assert harness.replicas["b"].reads == 0
+
+
+def test_a_read_fails_at_once_when_fewer_than_r_replicas_are_up(gates: list[Event]) -> None:
+    gate = new_gate(gates)  # a read actually sent would hang here
+    harness = Harness([FakeReplica(node_id, gate=gate) for node_id in NODES], down={"b", "c"})
+    started = time.monotonic()
+    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+        harness.coordinator.get(KEY, 2)
+    assert time.monotonic() - started < GUARD
+    assert caught.value.status == Status.UNAVAILABLE
+    assert (caught.value.acked, caught.value.required) == (0, 2)
+    assert "only 1 of the key's 3 replicas are up" in caught.value.message
+    assert all(replica.reads == 0 for replica in harness.replicas.values())
+
+
+# --- read repair -----------------------------------------------------------------------------------
+
+
+def test_read_repair_sends_the_newest_version_to_every_stale_replica() -> None:
+    newest = record(300, "a", b"newest")
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    replicas[0].records[KEY] = newest
+    replicas[1].records[KEY] = record(100, "b", b"old")  # c holds nothing
+    harness = Harness(replicas)
+
+    assert harness.coordinator.get(KEY, 3) == newest
+    wait_until(
+        lambda: all(replica.records.get(KEY) == newest for replica in replicas), message="both stale replicas repaired"
+    )
+    assert replicas[0].writes == []  # the replica that had the newest is left alone
+    assert replicas[1].writes == [(KEY, newest)]
+    assert replicas[2].writes == [(KEY, newest)]
+    wait_until(lambda: len(harness.events.read_repairs) == 2, message="two repairs reported")
+    assert sorted(harness.events.read_repairs) == [(KEY, "b", True), (KEY, "c", True)]
+
+
+def test_read_repair_reaches_a_stale_replica_that_answers_after_the_client_was(gates: list[Event]) -> None:
+    newest = record(300, "a", b"newest")
+    late = new_gate(gates)
+    replicas = [FakeReplica("a"), FakeReplica("b", gate=late), FakeReplica("c", gate=late)]
+    replicas[0].records[KEY] = newest
+    replicas[1].records[KEY] = record(100, "b", b"old")
+    harness = Harness(replicas)
+
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == newest  # answered with R=1 before b and c replied
+    assert replicas[1].records[KEY] == record(100, "b", b"old")
+    late.set()
+    wait_until(lambda: replicas[1].records[KEY] == newest, message="the late stale replica to be repaired")
+    wait_until(lambda: replicas[2].records.get(KEY) == newest, message="the late empty replica to be repaired")
+    assert replicas[0].writes == []
+
+
+def test_read_repair_also_fixes_the_replica_whose_stale_answer_was_returned(gates: list[Event]) -> None:
+    newest = record(300, "b", b"newest")
+    late = new_gate(gates)
+    replicas = [FakeReplica("a"), FakeReplica("b", gate=late), FakeReplica("c", gate=late)]
+    replicas[0].records[KEY] = record(100, "a", b"stale")
+    replicas[1].records[KEY] = newest
+    replicas[2].records[KEY] = newest
+    harness = Harness(replicas)
+
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == record(100, "a", b"stale")  # R=1: the first answer wins
+    late.set()
+    wait_until(lambda: replicas[0].records[KEY] == newest, message="the stale replica to be repaired")
+    assert replicas[1].writes == replicas[2].writes == []
+
+
+def test_read_repair_spreads_a_tombstone() -> None:
+    deleted = record(300, "c", None)
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    replicas[0].records[KEY] = record(100, "a", b"resurrect me")
+    replicas[2].records[KEY] = deleted
+    harness = Harness(replicas)
+    assert harness.coordinator.get(KEY, 3) == deleted
+    wait_until(lambda: replicas[0].records[KEY] == deleted and replicas[1].records.get(KEY) == deleted)
+
+
+def test_a_failed_read_repair_is_reported_and_harmless() -> None:
+    newest = record(300, "a", b"newest")
+    replicas = [FakeReplica("a"), FakeReplica("b", write_error=OSError("read-only")), FakeReplica("c")]
+    replicas[0].records[KEY] = newest
+    replicas[1].records[KEY] = record(100, "b", b"old")
+    harness = Harness(replicas)
+    assert harness.coordinator.get(KEY, 3) == newest
+    wait_until(lambda: len(harness.events.read_repairs) == 2, message="both repairs reported")
+    assert sorted(harness.events.read_repairs) == [(KEY, "b", False), (KEY, "c", True)]
+    assert replicas[1].records[KEY] == record(100, "b", b"old")
+
+
+def test_replicas_that_agree_get_no_repair() -> None:
+    same = record(200, "b", b"same")
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    for replica in replicas:
+        replica.records[KEY] = same
+    harness = Harness(replicas)
+    assert harness.coordinator.get(KEY, 3) == same
+    assert harness.coordinator.get(b"absent", 3) is None  # agreeing on nothing is agreement too
+    gevent.sleep(0)  # a repair greenlet, had one been spawned, would run now
+    gevent.sleep(0)
+    assert [replica.writes for replica in replicas] == [[], [], []]
+    assert harness.events.read_repairs == []
+
+
+def test_read_repair_skips_replicas_that_failed_or_are_down() -> None:
+    newest = record(300, "a", b"newest")
+    replicas = [FakeReplica(node_id) for node_id in FIVE]
+    harness = Harness(replicas, n=3)
+    first, second, third, *_ = harness.ranking()
+    harness.replicas[first].records[KEY] = newest
+    harness.replicas[second].error = OSError("unreachable")
+    harness.down.add(third)
+    assert harness.coordinator.get(KEY, 1) == newest
+    gevent.sleep(0)
+    gevent.sleep(0)
+    assert all(replica.writes == [] for replica in replicas)
+    assert harness.events.read_repairs == []

@@ -14,10 +14,12 @@ from client.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
+    DIGEST_SIZE,
     HEADER,
     MAX_REQUEST_ID,
     QUORUM_STATUSES,
     Delete,
+    Digests,
     ErrorReply,
     Frame,
     FrameDecoder,
@@ -25,12 +27,21 @@ from client.protocol import (
     Get,
     Hello,
     HelloReply,
+    HintedPut,
+    KeyVersion,
+    Members,
+    MemberView,
     NodeAddress,
     Op,
+    PartitionKeys,
+    PartitionKeysReply,
+    PeerState,
     Ping,
     ProtocolError,
     Put,
     Record,
+    Repair,
+    RepairReply,
     ReplicaGet,
     ReplicaPut,
     Request,
@@ -45,12 +56,13 @@ from client.protocol import (
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
+u64 = st.integers(0, 2**64 - 1)
 request_ids = st.integers(0, MAX_REQUEST_ID)
 keys = st.binary(max_size=300)
 values = st.binary(max_size=2000)
 # At most 60 characters of at most 4 UTF-8 bytes each: always fits a str8 field (255 bytes).
 short_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
-versions = st.builds(Version, st.integers(0, 2**64 - 1), short_text)
+versions = st.builds(Version, u64, short_text)
 records = st.builds(Record, versions, st.none() | values)
 tombstones = st.builds(Record, versions, st.none())
 
@@ -58,13 +70,19 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Hello, u8, u8, short_text),
     st.just(Ping()),
     st.builds(Get, keys, u8),
-    st.builds(Put, keys, values, u8),
-    st.builds(Delete, keys, u8),
+    st.builds(Put, keys, values, u8, u64),
+    st.builds(Delete, keys, u8, u64),
     st.just(Topology()),
     st.builds(ReplicaGet, keys),
     st.builds(ReplicaPut, keys, records),
     st.builds(ReplicaPut, keys, tombstones),
+    st.builds(HintedPut, keys, records, short_text),
+    st.builds(Digests, st.lists(u16, max_size=40).map(tuple)),
+    st.builds(PartitionKeys, u16, keys),
+    st.just(Repair()),
+    st.just(Members()),
 )
+EMPTY_BODY_REQUESTS = (Ping, Topology, Repair, Members)
 
 OP_CODES = {op.value for op in Op}
 
@@ -172,6 +190,128 @@ def test_unavailable_error_bytes_are_pinned() -> None:
     assert encoded == bytes.fromhex("0000000b 00000003 20 01 02 0002 6e6f")
 
 
+def test_put_with_after_bytes_are_pinned() -> None:
+    encoded = protocol.encode_request(7, Put(b"k", b"v", 2, after=0x0102030405060708))
+    expected = bytes.fromhex(
+        "00000016 00000007 04"  # length 22 | request id 7 | PUT
+        "02"  # quorum 2
+        "0102030405060708"  # after: the highest timestamp the client has seen
+        "0001 6b"  # key "k"
+        "00000001 76"  # value "v"
+    )
+    assert encoded == expected
+    assert protocol.decode_request(FrameDecoder().feed(expected)[0]) == Put(b"k", b"v", 2, 0x0102030405060708)
+
+
+def test_delete_with_after_bytes_are_pinned() -> None:
+    encoded = protocol.encode_request(7, Delete(b"k", 1, after=0xFFFFFFFFFFFFFFFF))
+    # length 17 | request id 7 | DELETE | quorum 1 | after 2^64-1 | key "k"
+    assert encoded == bytes.fromhex("00000011 00000007 05 01 ffffffffffffffff 0001 6b")
+
+
+def test_get_reply_with_version_bytes_are_pinned() -> None:
+    encoded = protocol.encode_response(4, Status.OK, protocol.encode_value(Version(0x0102, "n"), b"v"))
+    expected = bytes.fromhex(
+        "00000014 00000004 00"  # length 20 | request id 4 | OK
+        "0000000000000102 01 6e"  # version: timestamp 0x102, node id "n"
+        "00000001 76"  # value "v"
+    )
+    assert encoded == expected
+    frame = FrameDecoder().feed(expected)[0]
+    assert protocol.decode_value(frame.body) == (Version(0x0102, "n"), b"v")
+
+
+def test_hinted_put_bytes_are_pinned() -> None:
+    request = HintedPut(b"a", Record(Version(1, "n"), b"v"), "own")
+    expected = bytes.fromhex(
+        "0000001c 00000102 12"  # length 28 | request id 0x102 | HINTED_PUT
+        "0001 61"  # key "a"
+        "00"  # flags: a value
+        "0000000000000001 01 6e"  # version: timestamp 1, node id "n"
+        "00000001 76"  # value "v"
+        "03 6f776e"  # owner "own"
+    )
+    assert protocol.encode_request(0x0102, request) == expected
+    assert protocol.decode_request(FrameDecoder().feed(expected)[0]) == request
+
+
+DOC_TIMESTAMP = 0x01A2B3C4D5E60000
+
+
+@pytest.mark.parametrize(
+    ("encoded", "documented"),
+    [
+        (
+            protocol.encode_request(3, Put(b"foo", b"bar", 0, DOC_TIMESTAMP)),
+            "00 00 00 1a  00 00 00 03  04  00  01 a2 b3 c4 d5 e6 00 00  00 03 66 6f 6f  00 00 00 03 62 61 72",
+        ),
+        (
+            protocol.encode_response(4, Status.OK, protocol.encode_value(Version(DOC_TIMESTAMP, "node2"), b"bar")),
+            "00 00 00 1a  00 00 00 04  00  01 a2 b3 c4 d5 e6 00 00  05 6e 6f 64 65 32  00 00 00 03 62 61 72",
+        ),
+        (
+            protocol.encode_request(5, Delete(b"foo", 1, 0)),
+            "00 00 00 13  00 00 00 05  05  01  00 00 00 00 00 00 00 00  00 03 66 6f 6f",
+        ),
+        (
+            protocol.encode_request(9, HintedPut(b"foo", Record(Version(DOC_TIMESTAMP + 2, "node1"), b"baz"), "node2")),
+            "00 00 00 26  00 00 00 09  12  00 03 66 6f 6f  00  01 a2 b3 c4 d5 e6 00 02  05 6e 6f 64 65 31"
+            "00 00 00 03 62 61 7a  05 6e 6f 64 65 32",
+        ),
+        (
+            protocol.encode_request(10, Digests((7, 4095))),
+            "00 00 00 0b  00 00 00 0a  13  00 02  00 07  0f ff",
+        ),
+        (
+            protocol.encode_response(10, Status.OK, protocol.encode_digests_reply([bytes(16), bytes(range(16))])),
+            "00 00 00 27  00 00 00 0a  00  00 02  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+            "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f",
+        ),
+        (
+            protocol.encode_request(11, PartitionKeys(7)),
+            "00 00 00 09  00 00 00 0b  14  00 07  00 00",
+        ),
+        (
+            protocol.encode_response(
+                11,
+                Status.OK,
+                protocol.encode_partition_keys_reply(
+                    PartitionKeysReply((KeyVersion(b"foo", Version(DOC_TIMESTAMP, "node2"), True),), b"")
+                ),
+            ),
+            "00 00 00 1f  00 00 00 0b  00  00 00 00 01  00 03 66 6f 6f  01 a2 b3 c4 d5 e6 00 00"
+            "05 6e 6f 64 65 32  01  00 00",
+        ),
+        (
+            protocol.encode_response(12, Status.OK, protocol.encode_repair_reply(RepairReply(1365, 3, 3, ()))),
+            "00 00 00 12  00 00 00 0c  00  00 00 05 55  00 00 00 03  00 00 00 03  00",
+        ),
+        (
+            protocol.encode_response(
+                13,
+                Status.OK,
+                protocol.encode_members_reply([MemberView("node2", PeerState.DOWN, 0x019AC1E2F3A0, 12)]),
+            ),
+            "00 00 00 1a  00 00 00 0d  00  00 01  05 6e 6f 64 65 32  02  00 00 01 9a c1 e2 f3 a0  00 00 00 0c",
+        ),
+    ],
+    ids=[
+        "put",
+        "get-reply",
+        "delete",
+        "hinted-put",
+        "digests",
+        "digests-reply",
+        "partition-keys",
+        "partition-keys-reply",
+        "repair-reply",
+        "members-reply",
+    ],
+)
+def test_the_byte_examples_in_protocol_md_are_what_the_code_sends(encoded: bytes, documented: str) -> None:
+    assert encoded == bytes.fromhex(documented)
+
+
 def test_op_and_status_codes_are_pinned() -> None:
     assert {op.name: op.value for op in Op} == {
         "HELLO": 0x01,
@@ -182,7 +322,13 @@ def test_op_and_status_codes_are_pinned() -> None:
         "TOPOLOGY": 0x06,
         "REPLICA_GET": 0x10,
         "REPLICA_PUT": 0x11,
+        "HINTED_PUT": 0x12,
+        "DIGESTS": 0x13,
+        "PARTITION_KEYS": 0x14,
+        "REPAIR": 0x20,
+        "MEMBERS": 0x21,
     }
+    assert {state.name: state.value for state in PeerState} == {"UP": 0, "SUSPECT": 1, "DOWN": 2}
     assert {status.name: status.value for status in Status} == {
         "OK": 0x00,
         "NOT_FOUND": 0x01,
@@ -219,9 +365,9 @@ def test_version_reply_round_trips(version: Version) -> None:
     assert protocol.decode_version(protocol.encode_version(version)) == version
 
 
-@given(values)
-def test_value_reply_round_trips(value: bytes) -> None:
-    assert protocol.decode_value(protocol.encode_value(value)) == value
+@given(versions, values)
+def test_value_reply_round_trips(version: Version, value: bytes) -> None:
+    assert protocol.decode_value(protocol.encode_value(version, value)) == (version, value)
 
 
 @given(records)
@@ -229,6 +375,54 @@ def test_record_reply_round_trips(record: Record) -> None:
     decoded = protocol.decode_record(protocol.encode_record(record))
     assert decoded == record
     assert decoded.is_tombstone == (record.value is None)
+
+
+digests = st.binary(min_size=DIGEST_SIZE, max_size=DIGEST_SIZE)
+key_versions = st.builds(KeyVersion, keys, versions, st.booleans())
+
+
+@settings(max_examples=50)
+@given(st.lists(digests, max_size=50))
+def test_digests_reply_round_trips(reply: list[bytes]) -> None:
+    assert protocol.decode_digests_reply(protocol.encode_digests_reply(reply)) == reply
+
+
+@settings(max_examples=50)
+@given(st.builds(PartitionKeysReply, st.lists(key_versions, max_size=20).map(tuple), keys))
+def test_partition_keys_reply_round_trips(reply: PartitionKeysReply) -> None:
+    assert protocol.decode_partition_keys_reply(protocol.encode_partition_keys_reply(reply)) == reply
+
+
+@settings(max_examples=50)
+@given(st.builds(RepairReply, u32, u32, u32, st.lists(short_text, max_size=20).map(tuple)))
+def test_repair_reply_round_trips(reply: RepairReply) -> None:
+    assert protocol.decode_repair_reply(protocol.encode_repair_reply(reply)) == reply
+
+
+member_views = st.builds(MemberView, short_text, st.sampled_from(PeerState), u64, u32)
+
+
+@settings(max_examples=50)
+@given(st.lists(member_views, max_size=20))
+def test_members_reply_round_trips(reply: list[MemberView]) -> None:
+    decoded = protocol.decode_members_reply(protocol.encode_members_reply(reply))
+    assert decoded == reply
+    assert all(type(member.state) is PeerState for member in decoded)
+
+
+def test_unknown_peer_state_is_a_protocol_error() -> None:
+    body = protocol.encode_members_reply([MemberView("n", PeerState.UP, 0, 0)])
+    bad = body.replace(b"\x01n\x00", b"\x01n\x03")
+    assert bad != body
+    with pytest.raises(ProtocolError, match="peer state 3"):
+        protocol.decode_members_reply(bad)
+
+
+def test_unknown_key_flags_in_a_listing_are_a_protocol_error() -> None:
+    body = protocol.encode_partition_keys_reply(PartitionKeysReply((KeyVersion(b"k", Version(1, "n"), False),), b""))
+    assert body[-3] == 0  # the entry's flags, before the empty cursor
+    with pytest.raises(ProtocolError, match="flags"):
+        protocol.decode_partition_keys_reply(body[:-3] + b"\x02" + body[-2:])
 
 
 error_statuses = st.sampled_from([status for status in Status if status.is_error])
@@ -395,6 +589,10 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
         protocol.decode_version,
         protocol.decode_value,
         protocol.decode_record,
+        protocol.decode_digests_reply,
+        protocol.decode_partition_keys_reply,
+        protocol.decode_repair_reply,
+        protocol.decode_members_reply,
         lambda raw: protocol.decode_error(status, raw),
     ]
     for decode in decoders:
@@ -402,7 +600,7 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
             decode(body)
 
 
-@given(request_ids, requests.filter(lambda r: not isinstance(r, Ping | Topology)), st.data())
+@given(request_ids, requests.filter(lambda r: not isinstance(r, EMPTY_BODY_REQUESTS)), st.data())
 def test_truncated_bodies_are_protocol_errors(request_id: int, request: Request, data: st.DataObject) -> None:
     op, body = protocol.request_body(request)
     cut = data.draw(st.integers(0, len(body) - 1))

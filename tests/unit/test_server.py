@@ -115,9 +115,13 @@ def assert_node_serves(address: str) -> None:
     connection = RawConnection(address)
     try:
         connection.hello()
-        assert connection.call(2, protocol.Put(b"alive", b"yes")).code == Status.OK
+        written = connection.call(2, protocol.Put(b"alive", b"yes"))
+        assert written.code == Status.OK
         reply = connection.call(3, protocol.Get(b"alive"))
-        assert (reply.code, protocol.decode_value(reply.body)) == (Status.OK, b"yes")
+        assert (reply.code, protocol.decode_value(reply.body)) == (
+            Status.OK,
+            (protocol.decode_version(written.body), b"yes"),
+        )
     finally:
         connection.close()
 
@@ -188,7 +192,9 @@ def test_hundred_pipelined_requests_in_one_write_are_all_answered_by_id(cluster:
         frame = replies[request_id]
         assert frame.code == status, (request_id, frame)
         if value is not None:
-            assert protocol.decode_value(frame.body) == value
+            version, stored = protocol.decode_value(frame.body)
+            assert stored == value
+            assert version.node_id in cluster.node_ids
         else:
             assert protocol.decode_version(frame.body).node_id == "node1"
     with cluster.running_client() as client:
@@ -255,7 +261,7 @@ def test_a_frame_split_across_writes_is_reassembled(node1: InProcessCluster, con
         connection.send(encoded[i : i + 1])
         gevent.sleep(0)
     assert connection.read_frame().code == Status.OK
-    assert protocol.decode_value(connection.call(4, protocol.Get(b"split")).body) == b"in pieces"
+    assert protocol.decode_value(connection.call(4, protocol.Get(b"split")).body)[1] == b"in pieces"
 
 
 def test_oversize_key_and_value_are_refused_and_the_connection_stays_usable(node1: InProcessCluster, connect) -> None:
@@ -274,7 +280,7 @@ def test_oversize_key_and_value_are_refused_and_the_connection_stays_usable(node
     assert connection.call(20, protocol.Get(b"k")).code == Status.NOT_FOUND  # the refused PUT stored nothing
     # exactly at the limits is fine
     assert connection.call(21, protocol.Put(b"k" * 16, b"v" * 64)).code == Status.OK
-    assert protocol.decode_value(connection.call(22, protocol.Get(b"k" * 16)).body) == b"v" * 64
+    assert protocol.decode_value(connection.call(22, protocol.Get(b"k" * 16)).body)[1] == b"v" * 64
 
 
 @pytest.mark.parametrize(
@@ -282,9 +288,16 @@ def test_oversize_key_and_value_are_refused_and_the_connection_stays_usable(node
     [
         (Op.GET, b""),  # no quorum byte
         (Op.GET, b"\x00\x00\x05ab"),  # key length 5, 2 bytes follow
-        (Op.PUT, b"\x00\x00\x01k"),  # no value length
-        (Op.PUT, b"\x00\x00\x01k\x00\x00\x00\x01vEXTRA"),  # trailing bytes
-        (Op.DELETE, b"\x00\x00\x01k\x00"),  # trailing byte
+        (Op.PUT, b"\x00\x00\x01k\x00\x00\x00\x01v"),  # the old layout: no `after` field
+        (Op.PUT, b"\x00" + bytes(8) + b"\x00\x01k"),  # no value length
+        (Op.PUT, b"\x00" + bytes(8) + b"\x00\x01k\x00\x00\x00\x01vEXTRA"),  # trailing bytes
+        (Op.DELETE, b"\x00" + bytes(8) + b"\x00\x01k\x00"),  # trailing byte
+        (Op.DELETE, b"\x00\x00\x01k"),  # the old layout: no `after` field
+        (Op.HINTED_PUT, b"\x00\x01k\x00" + bytes(8) + b"\x01n\x00\x00\x00\x00"),  # no owner
+        (Op.DIGESTS, b"\x00\x02\x00\x07"),  # two partitions announced, one sent
+        (Op.PARTITION_KEYS, b"\x00\x07"),  # no cursor
+        (Op.REPAIR, b"\x00"),  # REPAIR has an empty body
+        (Op.MEMBERS, b"\x00"),  # MEMBERS has an empty body
         (Op.HELLO, b"\x01"),  # after HELLO, a second HELLO with a bad body
         (0x7F, b""),  # unknown op
         (Op.REPLICA_PUT, b"\x00\x01k\x04"),  # unknown record flags
@@ -524,3 +537,159 @@ def test_commands_are_not_logged_when_log_commands_is_off(make_cluster, log_sink
         client.delete("quiet")
     assert log_sink.events("node_started"), "the node log itself still works"
     assert log_sink.events("command") == []
+
+
+# --- anti-entropy and administration ops -----------------------------------------------------------
+
+
+def ok_body(connection: RawConnection, request_id: int, request: protocol.Request) -> bytes:
+    reply = connection.call(request_id, request)
+    assert reply.code == Status.OK, (request, error_of(reply) if reply.code >= Status.BAD_REQUEST else reply)
+    return reply.body
+
+
+def shared_partitions(cluster: InProcessCluster, a: str, b: str) -> list[int]:
+    ring = cluster.ring()
+    return [p for p in range(ring.partitions) if {a, b} <= set(ring.partition_owners(p)[: cluster.config.replicas])]
+
+
+def test_digests_over_the_wire_are_the_stores_and_agree_between_replicas(cluster: InProcessCluster, connect) -> None:
+    with cluster.running_client() as client:
+        for i in range(40):
+            client.put(f"digest-{i}", f"v{i}")
+        client.delete("digest-0")
+    everything = tuple(range(cluster.config.partitions))
+    replies = {}
+    for node_id in cluster.node_ids:
+        connection = connect(cluster.address(node_id))
+        connection.hello()
+        replies[node_id] = protocol.decode_digests_reply(ok_body(connection, 2, protocol.Digests(everything)))
+        assert replies[node_id] == cluster.node(node_id).storage.digests(everything)
+        assert protocol.decode_digests_reply(ok_body(connection, 3, protocol.Digests(()))) == []
+        picked = (5, 0, 5)
+        assert protocol.decode_digests_reply(ok_body(connection, 4, protocol.Digests(picked))) == [
+            replies[node_id][p] for p in picked
+        ]
+    shared = shared_partitions(cluster, "node1", "node2")
+    assert [replies["node1"][p] for p in shared] == [replies["node2"][p] for p in shared]
+    assert any(replies["node1"][p] != bytes(protocol.DIGEST_SIZE) for p in shared)
+
+
+def test_partition_keys_lists_keys_versions_and_tombstones_page_by_page(cluster: InProcessCluster, connect) -> None:
+    with cluster.running_client() as client:
+        versions = {f"listed-{i}".encode(): client.put(f"listed-{i}", "v") for i in range(60)}
+        deleted = client.delete("listed-0")
+    versions[b"listed-0"] = deleted
+    node = cluster.node("node1")
+    ring = cluster.ring()
+    partition = ring.partition(next(key for key in versions if "node1" in cluster.replicas_of(key)))
+    expected_keys = {key for key in versions if ring.partition(key) == partition}
+
+    connection = connect(cluster.address("node1"))
+    connection.hello()
+    reply = protocol.decode_partition_keys_reply(ok_body(connection, 2, protocol.PartitionKeys(partition)))
+    assert reply.cursor == b""  # one page holds them all
+    assert {entry.key for entry in reply.entries} == expected_keys
+    for entry in reply.entries:
+        assert entry.version == versions[entry.key]
+        assert entry.tombstone == (entry.key == b"listed-0")
+
+    # a cursor from the store continues after its key; an empty one means the page was the last
+    page, cursor = node.storage.partition_records(partition, b"", limit_bytes=1)
+    assert len(page) == 1
+    rest = []
+    if cursor:
+        rest = protocol.decode_partition_keys_reply(
+            ok_body(connection, 3, protocol.PartitionKeys(partition, cursor))
+        ).entries
+    assert [page[0][0], *(entry.key for entry in rest)] == [entry.key for entry in reply.entries]
+
+
+def test_partition_numbers_out_of_range_are_bad_requests(cluster: InProcessCluster, connect) -> None:
+    partitions = cluster.config.partitions
+    connection = connect(cluster.addresses[0])
+    connection.hello()
+    for request_id, request in enumerate(
+        [
+            protocol.Digests((0, partitions)),
+            protocol.Digests((0xFFFF,)),
+            protocol.PartitionKeys(partitions),
+            protocol.PartitionKeys(0xFFFF, b"cursor"),
+        ],
+        start=2,
+    ):
+        reply = connection.call(request_id, request)
+        assert reply.code == Status.BAD_REQUEST, request
+        assert error_of(reply).message == f"partitions are numbered 0 to {partitions - 1}"
+    assert ok_body(connection, 9, protocol.PartitionKeys(partitions - 1)) is not None  # the last one is fine
+    assert_usable(connection)
+
+
+def test_members_is_the_nodes_failure_detector_view(cluster: InProcessCluster, connect) -> None:
+    before_stop_ms = int(time.time() * 1000)
+    connection = connect(cluster.address("node1"))
+    connection.hello()
+    members = protocol.decode_members_reply(ok_body(connection, 2, protocol.Members()))
+    assert [(m.node_id, m.state, m.hints) for m in members] == [(n, protocol.PeerState.UP, 0) for n in cluster.node_ids]
+    assert all(0 < m.since_ms <= before_stop_ms + 1 for m in members)
+
+    cluster.stop("node3")
+    cluster.settle()
+    members = protocol.decode_members_reply(ok_body(connection, 3, protocol.Members()))
+    node3 = next(m for m in members if m.node_id == "node3")
+    assert node3.state is protocol.PeerState.SUSPECT
+    assert before_stop_ms - 50 <= node3.since_ms <= int(time.time() * 1000) + 50  # it changed just now
+
+
+def test_repair_runs_a_round_and_reports_it(cluster: InProcessCluster, connect) -> None:
+    connection = connect(cluster.address("node2"))
+    connection.hello()
+    reply = protocol.decode_repair_reply(ok_body(connection, 2, protocol.Repair()))
+    expected = len(shared_partitions(cluster, "node2", "node1")) + len(shared_partitions(cluster, "node2", "node3"))
+    assert reply == protocol.RepairReply(expected, 0, 0, ())
+
+
+def test_a_lone_node_has_nothing_to_repair_and_only_itself_as_member(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    assert protocol.decode_repair_reply(ok_body(connection, 2, protocol.Repair())) == protocol.RepairReply(0, 0, 0, ())
+    [member] = protocol.decode_members_reply(ok_body(connection, 3, protocol.Members()))
+    assert (member.node_id, member.state, member.hints) == ("node1", protocol.PeerState.UP, 0)
+
+
+def test_a_hinted_put_is_held_then_handed_to_its_owner(cluster: InProcessCluster, connect) -> None:
+    cluster.stop("node3")
+    cluster.settle()
+    holder = cluster.node("node1")
+    record = protocol.Record(protocol.Version(holder.clock.now(), "node2"), b"for node3")
+    connection = connect(cluster.address("node1"))
+    connection.hello()
+    assert ok_body(connection, 2, protocol.HintedPut(b"hinted", record, "node3")) == b""
+
+    assert holder.storage.get(b"hinted") is None
+    assert [(hint.key, hint.record) for hint in holder.storage.hints_for("node3", 10)] == [(b"hinted", record)]
+    members = protocol.decode_members_reply(ok_body(connection, 3, protocol.Members()))
+    assert {m.node_id: m.hints for m in members} == {"node1": 0, "node2": 0, "node3": 1}
+
+    owner = cluster.start("node3")
+    cluster.settle()
+    wait_until(
+        lambda: owner.storage.get(b"hinted") == record and holder.storage.pending_hints() == 0,
+        message="the hint to be delivered and dropped",
+    )
+
+
+def test_hinted_put_checks_key_and_value_limits(node1: InProcessCluster, connect) -> None:
+    connection = connect(node1.addresses[0])
+    connection.hello()
+    version = protocol.Version(1, "node9")
+    cases = [
+        (protocol.HintedPut(b"k" * 17, protocol.Record(version, b"v"), "node9"), Status.KEY_TOO_LARGE),
+        (protocol.HintedPut(b"k" * 17, protocol.Record(version, None), "node9"), Status.KEY_TOO_LARGE),
+        (protocol.HintedPut(b"k", protocol.Record(version, b"v" * 65), "node9"), Status.VALUE_TOO_LARGE),
+    ]
+    for request_id, (request, status) in enumerate(cases, start=2):
+        assert connection.call(request_id, request).code == status, request
+    assert node1.node("node1").storage.pending_hints() == 0
+    assert ok_body(connection, 9, protocol.HintedPut(b"k" * 16, protocol.Record(version, b"v" * 64), "node9")) == b""
+    assert node1.node("node1").storage.hint_counts() == {"node9": 1}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-import pytest
 from cluster import InProcessCluster
 
 from client import protocol

@@ -15,6 +15,10 @@ Rules the helpers follow, because this machine has no registry and a slow storag
 * A restarted container gets a new host port, so ports are read again after every start.
 * Every wait polls a condition with a deadline (``wait_until``); there are no fixed sleeps.
 
+A module configures its ``cluster`` by overriding the ``cluster_env`` fixture (extra environment for
+every node), and ``cluster_factory(label, env)`` starts further clusters configured otherwise.
+``Cluster.replace_disk`` loses a node's volume and starts the same node id on a new, empty one.
+
 Test modules reach all of this through fixtures (``cluster``, ``kv``, ``compose``, ``wait_until``) and
 the methods of the objects they return; they import this file only for type annotations, so the suite
 works under any pytest import mode and next to ``tests/unit/conftest.py``.
@@ -37,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,7 +58,7 @@ from testcontainers.core.network import Network
 from client import protocol
 from client.client import Client
 from client.connection import Connection
-from client.protocol import Record, ReplicaGet, Status
+from client.protocol import MemberView, Record, ReplicaGet, Status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT_ID = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]
@@ -210,10 +214,13 @@ def kv_image(docker_client: docker.DockerClient) -> str:
 class Cluster:
     """Three nodes on one network, each with its own volume; kill and restart them for real."""
 
-    def __init__(self, docker_client: docker.DockerClient, image: str, name: str) -> None:
+    def __init__(
+        self, docker_client: docker.DockerClient, image: str, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.docker = docker_client
         self.image = image
         self.name = name
+        self.env = dict(env or {})  # extra environment for every node, e.g. KV_ANTI_ENTROPY_INTERVAL_S
         self.labels = {RUN_LABEL: RUN_ID, "kvtest.cluster": name}
         self.network = Network()
         self.network.name = f"{name}-net"
@@ -231,26 +238,41 @@ class Cluster:
         self.network.create()
         self._network_created = True
         for node in NODE_IDS:
-            volume = f"{self.name}-{node}-data"
-            self.docker.volumes.create(name=volume, labels=self.labels)
-            self.volumes[node] = volume
-            container = (
-                DockerContainer(self.image)
-                .with_name(f"{self.name}-{node}")
-                .with_network(self.network)
-                .with_network_aliases(node)
-                .with_envs(KV_NODE_ID=node, KV_PEERS=PEERS, KV_PORT=str(PROTOCOL_PORT), KV_HTTP_PORT=str(HTTP_PORT))
-                .with_volume_mapping(volume, "/data", "rw")
-                .with_kwargs(labels=self.labels, hostname=node)
-            )
-            # Published on 127.0.0.1 only, each on a random free host port (docker SDK port syntax).
-            container.ports[f"{PROTOCOL_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
-            container.ports[f"{HTTP_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
-            self.containers[node] = container
-            container.start()
+            self._create_volume(node)
+            self._run_container(node)
         for node in NODE_IDS:
             self._wait_serving(node)
         self.wait_peers_up()
+
+    def _create_volume(self, node: str) -> None:
+        volume = f"{self.name}-{node}-data"
+        self.docker.volumes.create(name=volume, labels=self.labels)
+        self.volumes[node] = volume
+
+    def _run_container(self, node: str) -> None:
+        """Create and start the node's container: its name, alias, environment and volume never vary."""
+        container = (
+            DockerContainer(self.image)
+            .with_name(f"{self.name}-{node}")
+            .with_network(self.network)
+            .with_network_aliases(node)
+            .with_envs(
+                **{
+                    **self.env,
+                    "KV_NODE_ID": node,
+                    "KV_PEERS": PEERS,
+                    "KV_PORT": str(PROTOCOL_PORT),
+                    "KV_HTTP_PORT": str(HTTP_PORT),
+                }
+            )
+            .with_volume_mapping(self.volumes[node], "/data", "rw")
+            .with_kwargs(labels=self.labels, hostname=node)
+        )
+        # Published on 127.0.0.1 only, each on a random free host port (docker SDK port syntax).
+        container.ports[f"{PROTOCOL_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
+        container.ports[f"{HTTP_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
+        self.containers[node] = container
+        container.start()
 
     def close(self) -> None:
         """Remove containers, volumes and the network; try every step, report every failure at the end."""
@@ -296,9 +318,25 @@ class Cluster:
         assert exit_code == 137, f"{node} exited with {exit_code}, not 137 (128 + SIGKILL)"
         self._reset_admin()
 
-    def start(self, node: str) -> None:
-        """Start the same container again (same volume), read its new ports, wait until it serves."""
+    def start(self, node: str, *, wait_peers: bool = True) -> None:
+        """Start the same container again (same volume), read its new ports, wait until it serves and
+        (unless ``wait_peers`` is false) until every running node sees every other one up."""
         self.containers[node].get_wrapped_container().start()
+        self._wait_serving(node)
+        if wait_peers:
+            self.wait_peers_up()
+        self._reset_admin()
+
+    def replace_disk(self, node: str) -> None:
+        """Lose the node's disk: SIGKILL and remove its container, remove its volume and create it again
+        empty, then run a new container with the same name, alias, environment and volume name (the
+        same node id, nothing stored) and wait until it serves and every node sees every peer up."""
+        self.containers[node].get_wrapped_container().remove(force=True, v=True)  # force: SIGKILL
+        self._reset_admin()
+        volume = self.volumes[node]
+        self.docker.volumes.get(volume).remove(force=True)
+        self._create_volume(node)  # same name, new and empty
+        self._run_container(node)
         self._wait_serving(node)
         self.wait_peers_up()
         self._reset_admin()
@@ -355,6 +393,18 @@ class Cluster:
         # The node's own 127.0.0.1 address, never one the admin client learned from TOPOLOGY.
         frame = admin.call_node(self.address(node), ReplicaGet(raw_key))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
+
+    def members(self, node: str) -> dict[str, MemberView]:
+        """``{member id: view}`` as ``node``'s failure detector sees the cluster (MEMBERS sent to it alone)."""
+        frame = self.admin().call_node(self.address(node), protocol.Members())
+        return {member.node_id: member for member in protocol.decode_members_reply(frame.body)}
+
+    def total(self, sample_name: str, nodes: Iterable[str] | None = None, **labels: str) -> float:
+        """The sum over ``nodes`` (default: the running ones) of every sample of ``sample_name`` matching
+        ``labels``, e.g. ``total("kv_hints_delivered_total")`` sums over every owner label too. Counters
+        restart from 0 when a node restarts."""
+        chosen = [node for node in NODE_IDS if self.is_running(node)] if nodes is None else list(nodes)
+        return sum(sample.value for node in chosen for sample in samples(self.metrics(node), sample_name, **labels))
 
     def sample(self, node: str, sample_name: str, default: float | None = None, **labels: str) -> float | None:
         """One sample of the node's /metrics right now, e.g. ``sample("node1", "kv_peer_up", peer="node2")``."""
@@ -472,9 +522,14 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(docker_client: docker.DockerClient, image: str, label: str) -> Iterator[Cluster]:
-    """A started cluster, removed with its network and volumes however the block ends."""
-    cluster = Cluster(docker_client, image, f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}")
+def running_cluster(
+    docker_client: docker.DockerClient, image: str, label: str, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """A started cluster, removed with its network and volumes however the block ends.
+
+    ``env``: extra environment for every node, e.g. ``{"KV_ANTI_ENTROPY_INTERVAL_S": "3"}``.
+    """
+    cluster = Cluster(docker_client, image, f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}", env)
     try:
         cluster.start_all()
         yield cluster
@@ -483,11 +538,31 @@ def running_cluster(docker_client: docker.DockerClient, image: str, label: str) 
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest, docker_client: docker.DockerClient, kv_image: str) -> Iterator[Cluster]:
+def cluster_env() -> dict[str, str]:
+    """Extra environment for the nodes of the module's ``cluster``: none. A module overrides this
+    fixture to configure its cluster, e.g. a shorter anti-entropy interval."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    request: pytest.FixtureRequest, docker_client: docker.DockerClient, kv_image: str, cluster_env: dict[str, str]
+) -> Iterator[Cluster]:
     """A fresh three-node cluster for each test module."""
     label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:12].replace("_", "-")
-    with running_cluster(docker_client, kv_image, label) as started:
+    with running_cluster(docker_client, kv_image, label, cluster_env) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def cluster_factory(docker_client: docker.DockerClient, kv_image: str) -> Callable[..., Any]:
+    """``cluster_factory(label, env)``: a context manager for one more cluster, configured with ``env``,
+    for modules that need clusters configured in different ways."""
+
+    def make(label: str, env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[Cluster]:
+        return running_cluster(docker_client, kv_image, label, env)
+
+    return make
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from client import protocol
-from client.protocol import Status
+from client.protocol import PeerState, Status
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -121,29 +119,28 @@ def test_every_log_line_is_json_with_the_common_fields(
                 assert not missing, f"{node} command line lacks {missing}: {line}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG service/peers.py: a peer that hangs (TCP open, no replies) stays kv_peer_up=1 forever. "
-        "Peer.call marks a peer down only on NodeUnreachableError; the monitor's PING to a hung peer "
-        "raises RequestTimeoutError instead, so ping() returns False without calling _set_state(False), "
-        "and the stuck connection is kept and reused, so the peer never reconnects either."
-    ),
-)
 def test_hung_peer_is_reported_down(cluster: Cluster, wait_until: Callable[..., Any]) -> None:
     victim, observer = "node3", "node1"
     cluster.pause(victim)  # frozen: its connections stay open, but PINGs get no reply
     try:
-        # Peers are pinged every second with a 2 s request timeout: 8 s is ample to notice.
+        # Peers are pinged every second with a 1 s ping timeout; silence makes a peer suspect after
+        # 2 s (kv_peer_up 0) and down after 5 s: 8 s is ample to notice.
         wait_until(
             lambda: cluster.sample(observer, "kv_peer_up", peer=victim) == 0,
             8,
             interval=0.2,
             message=f"{observer} to report kv_peer_up{{peer={victim}}} = 0 while {victim} is frozen",
         )
+        # And after 5 s of silence the failure detector declares it down, so writes stop waiting on it.
+        wait_until(
+            lambda: cluster.members(observer)[victim].state == PeerState.DOWN,
+            12,
+            interval=0.2,
+            message=f"{observer}'s MEMBERS to show {victim} DOWN while it is frozen",
+        )
     finally:
-        cluster.unpause(victim)
+        cluster.unpause(victim)  # waits until every node sees every peer up again
+    assert cluster.members(observer)[victim].state == PeerState.UP
 
 
 def test_killed_peer_is_reported_down_then_up_again(cluster: Cluster, wait_until: Callable[..., Any]) -> None:

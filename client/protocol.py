@@ -406,10 +406,44 @@ def encode_request(request_id: int, request: Request) -> bytes:
     return encode_frame(request_id, op, body)
 
 
+_GET_HEAD = struct.Struct(">BH")  # quorum, key length
+_PUT_HEAD = struct.Struct(">BQH")  # quorum, after, key length
+
+
+def _decode_get(body: bytes) -> Get | None:
+    """GET without ``BodyReader``: the commonest request gets the cheapest path. ``None`` if the
+    body is malformed, for the general decoder to describe."""
+    if len(body) >= _GET_HEAD.size:
+        quorum, key_length = _GET_HEAD.unpack_from(body)
+        if _GET_HEAD.size + key_length == len(body):
+            return Get(body[_GET_HEAD.size :], quorum)
+    return None
+
+
+def _decode_put(body: bytes) -> Put | None:
+    """PUT without ``BodyReader``; ``None`` if malformed."""
+    if len(body) >= _PUT_HEAD.size + _U32.size:
+        quorum, after, key_length = _PUT_HEAD.unpack_from(body)
+        value_at = _PUT_HEAD.size + key_length + _U32.size
+        if value_at <= len(body):
+            (value_length,) = _U32.unpack_from(body, value_at - _U32.size)
+            if value_at + value_length == len(body):
+                return Put(body[_PUT_HEAD.size : value_at - _U32.size], body[value_at:], quorum, after)
+    return None
+
+
 def decode_request(frame: Frame) -> Request:
     """The typed request in ``frame``. Raises ``ProtocolError`` for an unknown op or a bad body."""
-    reader = BodyReader(frame.body)
     code = frame.code
+    if code == Op.GET:
+        fast: Request | None = _decode_get(frame.body)
+        if fast is not None:
+            return fast
+    elif code == Op.PUT:
+        fast = _decode_put(frame.body)
+        if fast is not None:
+            return fast
+    reader = BodyReader(frame.body)
     request: Request
     if code == Op.GET:
         quorum = reader.u8()
@@ -451,11 +485,17 @@ def decode_request(frame: Frame) -> Request:
     return request
 
 
+_OP_NAMES = {op.value: op.name for op in Op}
+_STATUS_NAMES = {status.value: status.name for status in Status}
+
+
 def op_name(code: int) -> str:
-    try:
-        return Op(code).name
-    except ValueError:
-        return f"0x{code:02x}"
+    """The op's name, or its code in hex if unknown (a dict lookup: this runs on every request)."""
+    return _OP_NAMES.get(code) or f"0x{code:02x}"
+
+
+def status_name(code: int) -> str:
+    return _STATUS_NAMES.get(code) or f"0x{code:02x}"
 
 
 # --- responses -------------------------------------------------------------------------------------

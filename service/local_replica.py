@@ -11,6 +11,9 @@ from service.versioning import HybridLogicalClock, wall_clock_ms
 
 
 class LocalReplica:
+    reads_block = False
+    """A read is one LMDB lookup in memory-mapped pages: the coordinator needs no timeout around it."""
+
     def __init__(
         self,
         node_id: str,

@@ -201,10 +201,10 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             self.log.warning("peer_down", reason=peer.last_error, **fields)
 
     def replica_write(self, node_id: str, ok: bool) -> None:
-        self.metrics.replica_writes.labels(node_id, "ok" if ok else "error").inc()
+        self.metrics.count_replica_write(node_id, "ok" if ok else "error")
 
     def hinted_write(self, owner: str, holder: str) -> None:
-        self.metrics.replica_writes.labels(owner, "hinted").inc()
+        self.metrics.count_replica_write(owner, "hinted")
 
     def hint_stored(self, owner: str, key: bytes) -> None:
         self.metrics.hints_stored.labels(owner).inc()

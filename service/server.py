@@ -41,8 +41,9 @@ MAX_IN_FLIGHT_PER_CONNECTION = 256
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 """Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
 
-INLINE_OPS = frozenset({Op.HELLO, Op.PING, Op.TOPOLOGY, Op.MEMBERS})
-"""Ops answered without a greenlet: they never block, and HELLO must finish before what follows."""
+NON_BLOCKING_REQUESTS = (protocol.Hello, protocol.Ping, protocol.Topology, protocol.Members, protocol.ReplicaGet)
+"""Requests answered in the reading greenlet: they never wait (a ReplicaGet is one LMDB read), so a
+greenlet of their own would cost more than the request; and HELLO must finish before what follows."""
 
 
 LISTING_PAGE_BYTES = 256 * 1024
@@ -166,6 +167,12 @@ class RequestHandler:
                 return self.negotiate(request)
         raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
 
+    def never_blocks(self, request: protocol.Request) -> bool:
+        """Whether ``request`` completes without waiting on a disk commit or another node."""
+        if isinstance(request, NON_BLOCKING_REQUESTS):
+            return True
+        return isinstance(request, protocol.Get) and self.coordinator.is_local_read(request.key)
+
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
         if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
             return Status.OK, self._hello_body
@@ -277,10 +284,14 @@ class Session:
         """Start ``frame``'s request; ``False`` ends the connection."""
         if not self._negotiated:
             return self._handshake(frame)
-        if frame.code in INLINE_OPS:
-            self._run_request(frame)
+        try:
+            request: protocol.Request | ProtocolError = protocol.decode_request(frame)
+        except ProtocolError as exc:
+            request = exc
+        if isinstance(request, ProtocolError) or self._handler.never_blocks(request):
+            self._run_request(frame, request)
         else:
-            self._in_flight.spawn(self._run_request, frame)
+            self._in_flight.spawn(self._run_request, frame, request)
         return True
 
     def _handshake(self, frame: Frame) -> bool:
@@ -290,19 +301,23 @@ class Session:
                 protocol.encode_error(frame.request_id, Status.BAD_REQUEST, "send HELLO before any other request")
             )
             return False
-        reply = self._run_request(frame)
+        try:
+            request: protocol.Request | ProtocolError = protocol.decode_request(frame)
+        except ProtocolError as exc:
+            request = exc
+        reply = self._run_request(frame, request)
         self._negotiated = protocol.frame_code(reply) == Status.OK
         return True
 
-    def _run_request(self, frame: Frame) -> bytes:
+    def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError) -> bytes:
+        """Run a decoded request (or answer the error that decoding it raised) and send the reply."""
         started = time.perf_counter()
-        key = None
+        key = getattr(request, "key", None)
         try:
-            request = protocol.decode_request(frame)
-            key = getattr(request, "key", None)
-            reply = self._handler.reply(frame.request_id, request)
-        except ProtocolError as exc:
-            reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(exc))
+            if isinstance(request, ProtocolError):
+                reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(request))
+            else:
+                reply = self._handler.reply(frame.request_id, request)
         except Exception:  # a bug must cost one request, never the connection or the node
             self._log.exception("request_failed", op=protocol.op_name(frame.code))
             reply = protocol.encode_error(
@@ -313,7 +328,7 @@ class Session:
         except OSError:
             self.stop_reading()
         elapsed = time.perf_counter() - started
-        status = Status(protocol.frame_code(reply)).name
+        status = protocol.status_name(protocol.frame_code(reply))
         op = protocol.op_name(frame.code)
         self._metrics.observe_request(op, status, elapsed)
         if self._log_commands and frame.code in CLIENT_COMMANDS:

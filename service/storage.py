@@ -33,7 +33,6 @@ import lmdb
 
 from client.protocol import DIGEST_SIZE, Record, Version, listing_size
 from client.ring import DEFAULT_PARTITIONS, position
-from service.versioning import supersedes
 
 SHORT_KEY_MAX = 470
 POSITION_SIZE = 8
@@ -137,12 +136,20 @@ def decode_record(raw: bytes) -> tuple[Record, bytes | None]:
     return Record(Version(timestamp, node_id), value), full_key
 
 
-def record_hash(skey: bytes, record: Record) -> int:
-    """The record's contribution to its partition digest."""
+def decode_version(raw: bytes) -> tuple[Version, bool]:
+    """Only the version and tombstone flag of an encoded record: all a write needs to compare, and
+    cheaper than ``decode_record``, which copies the value out."""
+    flags, timestamp, id_length = _RECORD_HEAD.unpack_from(raw)
+    node_id = bytes(raw[_RECORD_HEAD.size : _RECORD_HEAD.size + id_length]).decode()
+    return Version(timestamp, node_id), bool(flags & _TOMBSTONE)
+
+
+def record_hash(skey: bytes, version: Version, tombstone: bool) -> int:
+    """A record's contribution to its partition digest: its key, version and tombstone flag."""
     hasher = hashlib.blake2b(skey, digest_size=DIGEST_SIZE)
-    hasher.update(_U64.pack(record.version.timestamp))
-    hasher.update(record.version.node_id.encode())
-    hasher.update(b"\x01" if record.value is None else b"\x00")
+    hasher.update(_U64.pack(version.timestamp))
+    hasher.update(version.node_id.encode())
+    hasher.update(b"\x01" if tombstone else b"\x00")
     return int.from_bytes(hasher.digest(), "big")
 
 
@@ -332,19 +339,20 @@ class _Batch:
     def _put_record(self, txn: lmdb.Transaction, key: bytes, record: Record) -> bool:
         skey = storage_key(key)
         raw = txn.get(skey)
-        current = None if raw is None else decode_record(raw)[0]
-        if not supersedes(record, current):
+        current = None if raw is None else decode_version(raw)
+        if current is not None and record.version <= current[0]:
             return False
         txn.put(skey, encode_record(key, record))
-        self.live_keys += _is_live(record) - _is_live(current)
+        tombstone = record.value is None
+        self.live_keys += (not tombstone) - (current is not None and not current[1])
         self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
-        self._change_digest(skey, current, record)
+        self._change_digest(skey, current, (record.version, tombstone))
         return True
 
     def _put_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, record: Record, created_ms: int) -> bool:
         hkey = _hint_key(owner, key)
         raw = txn.get(hkey, db=self.storage._hints)
-        if raw is not None and not supersedes(record, decode_record(raw[_U64.size :])[0]):
+        if raw is not None and record.version <= decode_version(raw[_U64.size :])[0]:
             return False
         txn.put(hkey, _U64.pack(created_ms) + encode_record(key, record, full_key=True), db=self.storage._hints)
         self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
@@ -353,7 +361,7 @@ class _Batch:
     def _drop_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, version: Version) -> bool:
         hkey = _hint_key(owner, key)
         raw = txn.get(hkey, db=self.storage._hints)
-        if raw is None or decode_record(raw[_U64.size :])[0].version != version:
+        if raw is None or decode_version(raw[_U64.size :])[0] != version:
             return False
         return txn.delete(hkey, db=self.storage._hints)
 
@@ -362,20 +370,22 @@ class _Batch:
         raw = txn.get(skey)
         if raw is None:
             return False
-        current = decode_record(raw)[0]
-        if current.value is not None or current.version != version:
+        current = decode_version(raw)
+        if not current[1] or current[0] != version:
             return False
         txn.delete(skey)
         self._change_digest(skey, current, None)
         return True
 
-    def _change_digest(self, skey: bytes, old: Record | None, new: Record | None) -> None:
+    def _change_digest(self, skey: bytes, old: tuple[Version, bool] | None, new: tuple[Version, bool] | None) -> None:
+        """Fold a record's replacement into its partition's digest change: XOR out the old record's
+        hash, XOR in the new one's."""
         partition = partition_of(skey, self.storage.partitions)
         change = self.digest_changes.get(partition, 0)
         if old is not None:
-            change ^= record_hash(skey, old)
+            change ^= record_hash(skey, *old)
         if new is not None:
-            change ^= record_hash(skey, new)
+            change ^= record_hash(skey, *new)
         self.digest_changes[partition] = change
 
     def finish(self, txn: lmdb.Transaction) -> None:
@@ -386,10 +396,6 @@ class _Batch:
             txn.put(pkey, (current ^ change).to_bytes(DIGEST_SIZE, "big"), db=storage._digests)
         txn.put(_META_LIVE_KEYS, _U64.pack(self.live_keys), db=storage._meta)
         txn.put(_META_MAX_TIMESTAMP, _U64.pack(self.max_timestamp), db=storage._meta)
-
-
-def _is_live(record: Record | None) -> int:
-    return int(record is not None and record.value is not None)
 
 
 def _read_u64(raw: bytes | None) -> int:

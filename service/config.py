@@ -49,6 +49,7 @@ class Config:
     connect_timeout: float
     drain_timeout: float
     storage_limit_bytes: int
+    fsync_always: bool
     hint_window: float
     tombstone_grace: float
     anti_entropy_interval: float
@@ -87,6 +88,12 @@ SETTINGS = [
     Setting("KV_CONNECT_TIMEOUT_MS", "500", "how long connecting to a peer may take"),
     Setting("KV_DRAIN_TIMEOUT_S", "10", "on SIGTERM, how long in-flight requests may take to finish"),
     Setting("KV_STORAGE_LIMIT_MB", "4096", "largest size the store may grow to"),
+    Setting(
+        "KV_FSYNC",
+        "always",
+        "always: ack a write once fsynced; periodic: once in the OS page cache, fsync every second "
+        "(a node crash loses nothing, a machine crash up to a second, like Redis appendfsync everysec)",
+    ),
     Setting("KV_HINT_WINDOW_S", "10800", "how long a hint for a down node is kept; then anti-entropy repairs"),
     Setting("KV_TOMBSTONE_GRACE_S", "86400", "how long a delete's tombstone is kept at least"),
     Setting("KV_ANTI_ENTROPY_INTERVAL_S", "30", "seconds between anti-entropy rounds (0: only on demand)"),
@@ -204,6 +211,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
             "a hint delivered after its delete's tombstone was purged would bring the key back"
         )
 
+    fsync = raw("KV_FSYNC").lower()
+    if fsync not in {"always", "periodic"}:
+        problems.append(f"KV_FSYNC={fsync!r}: must be always or periodic")
+
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
@@ -228,6 +239,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         connect_timeout=integer("KV_CONNECT_TIMEOUT_MS", 1, 600_000) / 1000,
         drain_timeout=float(integer("KV_DRAIN_TIMEOUT_S", 0, 3600)),
         storage_limit_bytes=integer("KV_STORAGE_LIMIT_MB", 1, 1 << 24) * 1024 * 1024,
+        fsync_always=fsync != "periodic",
         hint_window=float(hint_window),
         tombstone_grace=float(tombstone_grace),
         anti_entropy_interval=float(integer("KV_ANTI_ENTROPY_INTERVAL_S", 0, 86400)),

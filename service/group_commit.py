@@ -1,35 +1,62 @@
 """Group commit: many concurrent writers share one durable transaction and one fsync.
 
-A writer greenlet calls ``submit()`` and blocks until its operation is on disk. Writes that arrive while
-a commit is in progress wait for the next one, so under load each fsync carries many writes, and
-with a single writer the latency is one commit. The commit itself runs in a native thread
-(``run_blocking``) because an fsync would otherwise stall every greenlet on the node.
+A writer greenlet calls ``submit()`` and blocks until its operation is on disk. Writes that arrive
+while a commit is in progress wait for the next one, so under load each fsync carries many writes,
+and with a single writer the latency is one commit. The commit itself runs in a native thread
+(``start_in_threadpool``) because an fsync would otherwise stall every greenlet on the node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from service.storage import Operation, Storage
 
 MAX_BATCH = 1024
 """Writes per transaction. Bounds the latency of one commit when a burst queues thousands of writes."""
 
+Starter = Callable[[Callable[..., Any], Sequence[Any]], AsyncResult]
+"""Starts ``function(*args)`` and returns an AsyncResult that resolves to its result or exception."""
 
-def _run_in_threadpool(function: Callable[..., Any], *args: Any) -> Any:
-    return gevent.get_hub().threadpool.apply(function, args)
+
+def start_in_threadpool(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:
+    """For a store that fsyncs on commit: the commit runs in a native thread, so the event loop
+    keeps serving while the disk syncs."""
+    return gevent.get_hub().threadpool.spawn(function, *args)
+
+
+def start_inline(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:
+    """For a store that does not fsync on commit: a commit is then tens of microseconds of CPU, less
+    than handing it to a thread costs."""
+    job = AsyncResult()
+    try:
+        job.set(function(*args))
+    except Exception as exc:
+        job.set_exception(exc)
+    return job
 
 
 class GroupCommitter:
-    def __init__(self, storage: Storage, run_blocking: Callable[..., Any] = _run_in_threadpool) -> None:
+    """Commits submitted operations in batches, one transaction (and one fsync) per batch.
+
+    Event-driven, with no greenlet of its own: the first write submitted while no commit is running
+    schedules one for the end of the current turn of the event loop, so every write that the turn's
+    requests submit joins that batch. While a commit runs, new writes queue; when it ends, the
+    queue becomes the next batch. A commit's outcome reaches every waiter of its batch, whatever
+    happens to the greenlet that submitted first.
+    """
+
+    def __init__(self, storage: Storage, start: Starter = start_in_threadpool) -> None:
         self._storage = storage
-        self._run_blocking = run_blocking
+        self._start = start
         self._pending: list[tuple[Operation, AsyncResult]] = []
-        self._flusher: gevent.Greenlet | None = None
+        self._busy = False  # a commit is scheduled or running
+        self._idle = Event()
+        self._idle.set()
         self.commits = 0  # transactions committed, for tests and metrics
 
     def submit(self, operation: Operation) -> bool:
@@ -37,28 +64,45 @@ class GroupCommitter:
         changed anything (see ``Storage.apply``)."""
         done = AsyncResult()
         self._pending.append((operation, done))
-        if self._flusher is None:
-            self._flusher = gevent.spawn(self._flush_until_empty)
+        if not self._busy:
+            self._schedule()
         return done.get()
 
-    def _flush_until_empty(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                try:
-                    applied = self._run_blocking(self._storage.apply, [operation for operation, _ in batch])
-                except Exception as exc:  # every waiter learns the commit failed; none is acked
-                    for _, done in batch:
-                        done.set_exception(exc)
-                    continue
-                self.commits += 1
-                for (_, done), changed in zip(batch, applied, strict=True):
-                    done.set(changed)
-        finally:
-            self._flusher = None
+    @property
+    def pending(self) -> int:
+        """Operations waiting for a commit to start (not counting those in the running one)."""
+        return len(self._pending)
 
-    def flush(self) -> None:
-        """Wait until every write handed in so far is committed (used at shutdown)."""
-        while self._flusher is not None:
-            self._flusher.join()
+    def _schedule(self) -> None:
+        self._busy = True
+        self._idle.clear()
+        gevent.get_hub().loop.run_callback(self._commit_batch)
+
+    def _commit_batch(self) -> None:
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        try:
+            job = self._start(self._storage.apply, ([operation for operation, _ in batch],))
+        except Exception as exc:  # could not even start: the batch fails rather than waits forever
+            job = AsyncResult()
+            job.set_exception(exc)
+        job.rawlink(lambda finished: self._finish(batch, finished))
+
+    def _finish(self, batch: list[tuple[Operation, AsyncResult]], job: AsyncResult) -> None:
+        if job.successful():
+            self.commits += 1
+            for (_, done), changed in zip(batch, job.value, strict=True):
+                done.set(changed)
+        else:  # every waiter learns the commit failed; none is acked
+            for _, done in batch:
+                done.set_exception(job.exception)
+        if self._pending:
+            self._commit_batch()
+        else:
+            self._busy = False
+            self._idle.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write handed in so far is committed (used at shutdown); ``False`` if
+        ``timeout`` seconds passed first (a stalled disk must not hang a shutdown forever)."""
+        return self._idle.wait(timeout)

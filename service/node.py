@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 import time
 
+import gevent
+
 from client import protocol
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
@@ -18,7 +20,7 @@ from service.anti_entropy import AntiEntropy, AntiEntropyEvents, RoundResult
 from service.config import Config
 from service.coordinator import Coordinator, CoordinatorEvents
 from service.failure_detector import FailureDetector
-from service.group_commit import GroupCommitter
+from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
 from service.handoff import HandoffEvents, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_replica import LocalReplica
@@ -29,6 +31,9 @@ from service.server import ProtocolServer, RequestHandler
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
 
+FLUSH_INTERVAL = 1.0
+"""Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
+appendfsync everysec."""
 FIRST_ANTI_ENTROPY_DELAY = 3 * HEARTBEAT_INTERVAL
 """Seconds after start before the first anti-entropy round: time for heartbeats to find the peers
 up, so a node that lost its disk starts pulling its data back within seconds."""
@@ -39,10 +44,11 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.config = config
         self.log = get_logger()
         self.metrics = Metrics()
-        self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions)
+        self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
         self.metrics.track_store(lambda: self.storage.live_keys, self.storage.pending_hints)
         self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
-        self.committer = GroupCommitter(self.storage)
+        self.committer = GroupCommitter(self.storage, start_in_threadpool if config.fsync_always else start_inline)
+        self._flusher: gevent.Greenlet | None = None
         self.local = LocalReplica(config.node_id, self.storage, self.committer, self.clock, self.hint_stored)
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
@@ -145,6 +151,8 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.monitor.start()
         self.handoff.start()
         self.anti_entropy.start(FIRST_ANTI_ENTROPY_DELAY)
+        if not self.config.fsync_always:
+            self._flusher = gevent.spawn(self._flush_every_second)
         self._serving = True
         self.log.info(
             "node_started",
@@ -167,12 +175,23 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.anti_entropy.stop()
         self.handoff.stop()
         self.monitor.stop()
-        self.committer.flush()
+        if not self.committer.flush(self.config.drain_timeout):
+            self.log.error("commits_unfinished_at_stop", pending=self.committer.pending)
+        if self._flusher is not None:
+            self._flusher.kill()
+        self.storage.flush()
         for peer in self.peers.values():
             peer.close()
         self.http.stop()
         self.storage.close()
         self.log.info("node_stopped")
+
+    def _flush_every_second(self) -> None:
+        """KV_FSYNC=periodic: what was acknowledged from the page cache reaches the disk within
+        FLUSH_INTERVAL seconds."""
+        while True:
+            gevent.sleep(FLUSH_INTERVAL)
+            start_in_threadpool(self.storage.flush, ()).get()
 
     def members(self) -> list[MemberView]:
         """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""

@@ -178,15 +178,17 @@ def _owner_prefix(owner: str) -> bytes:
 class Storage:
     """One node's records. Reads are direct; ``apply`` writes a batch in one durable transaction."""
 
-    def __init__(self, path: str, map_size: int, partitions: int = DEFAULT_PARTITIONS) -> None:
+    def __init__(self, path: str, map_size: int, partitions: int = DEFAULT_PARTITIONS, *, sync: bool = True) -> None:
         try:
             os.makedirs(path, exist_ok=True)
             self._env = lmdb.open(
                 path,
                 map_size=map_size,
                 max_dbs=8,
-                sync=True,  # a commit returns only after fsync: that is what an ack promises
-                metasync=True,
+                # sync: a commit returns only after fsync, which is what an ack promises. Without it a
+                # commit is in the OS page cache (safe from a process crash) and flush() syncs it.
+                sync=sync,
+                metasync=sync,
                 readahead=False,  # random point reads; readahead would only evict useful pages
             )
         except (OSError, lmdb.Error) as exc:
@@ -196,6 +198,7 @@ class Storage:
         self._digests = self._env.open_db(b"digests")
         self._meta = self._env.open_db(b"meta")
         self.partitions = partitions
+        self.syncs_on_commit = sync
         with self._env.begin(db=self._meta) as txn:
             self._live_keys = _read_u64(txn.get(_META_LIVE_KEYS))
             self._max_timestamp = _read_u64(txn.get(_META_MAX_TIMESTAMP))
@@ -310,6 +313,10 @@ class Storage:
             for skey, raw in txn.cursor():
                 record, full_key = decode_record(raw)
                 yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
+
+    def flush(self) -> None:
+        """fsync everything committed so far (for a store opened with ``sync=False``)."""
+        self._env.sync(True)
 
     def close(self) -> None:
         self._env.close()

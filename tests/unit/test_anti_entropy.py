@@ -12,6 +12,7 @@ from cluster import InProcessCluster
 from client import protocol
 from client.protocol import Record, Version
 from service.anti_entropy import RoundResult
+from service.group_commit import start_inline
 from service.node import Node
 from service.storage import EMPTY_DIGEST, StorageError
 from service.versioning import physical_ms, wall_clock_ms
@@ -273,14 +274,18 @@ class FailingCommits:
 
     def __init__(self, node: Node) -> None:
         self.committer = node.committer
-        self.original = node.committer._run_blocking
-        self.committer._run_blocking = self._fail
+        self.original = node.committer._start
+        self.committer._start = self._fail
 
-    def _fail(self, function, operations):
-        raise StorageError("the store is full")
+    def _fail(self, function, args):
+        return start_inline(_raise, (StorageError("the store is full"),))
 
     def heal(self) -> None:
-        self.committer._run_blocking = self.original
+        self.committer._start = self.original
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def test_a_tombstone_the_peer_could_not_take_is_not_purged(make_cluster: MakeCluster) -> None:

@@ -109,6 +109,7 @@ def test_booleans(text: str, expected: bool) -> None:
     ("overrides", "variable", "detail"),
     [
         pytest.param({"KV_NODE_ID": None}, "KV_NODE_ID", "not set", id="missing-node-id"),
+        pytest.param({"KV_FSYNC": "sometimes"}, "KV_FSYNC", "always or periodic", id="bad-fsync"),
         pytest.param({"KV_NODE_ID": "-node"}, "KV_NODE_ID", "letters", id="bad-node-id"),
         pytest.param({"KV_PEERS": None}, "KV_PEERS", "not set", id="missing-peers"),
         pytest.param({"KV_NODE_ID": "node9"}, "KV_PEERS", "node9", id="node-not-in-peers"),
@@ -178,3 +179,9 @@ def test_config_error_is_an_exception_listing_problems() -> None:
 def test_an_unparsable_grace_does_not_also_report_a_comparison_with_the_hint_window() -> None:
     problems = problems_for(KV_TOMBSTONE_GRACE_S="soon")
     assert len([problem for problem in problems if "KV_TOMBSTONE_GRACE_S" in problem]) == 1
+
+
+def test_fsync_defaults_to_always_and_accepts_periodic() -> None:
+    assert load_config(MINIMAL).fsync_always is True
+    assert load_config({**MINIMAL, "KV_FSYNC": "periodic"}).fsync_always is False
+    assert load_config({**MINIMAL, "KV_FSYNC": "ALWAYS"}).fsync_always is True

@@ -10,7 +10,7 @@ import gevent
 import pytest
 from cluster import InProcessCluster, LogSink, wait_until
 from gevent import socket
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
 from client import protocol
 from client.protocol import Frame, Op, Status
@@ -353,13 +353,19 @@ class HeldCommits:
     def __init__(self, node: Node) -> None:
         self.gate = Event()
         self.batches: list[int] = []
-        self._run_blocking = node.committer._run_blocking
-        node.committer._run_blocking = self._held
+        self._start = node.committer._start
+        node.committer._start = self._held
 
-    def _held(self, function, writes):
-        self.batches.append(len(writes))
-        self.gate.wait()
-        return self._run_blocking(function, writes)
+    def _held(self, function, args):
+        self.batches.append(len(args[0]))
+        job = AsyncResult()
+
+        def commit_when_released() -> None:
+            self.gate.wait()
+            self._start(function, args).rawlink(lambda done: job.set(done.get()))
+
+        gevent.spawn(commit_when_released)
+        return job
 
     def release(self) -> None:
         self.gate.set()
@@ -371,7 +377,8 @@ def start_stop_with_writes_in_flight(cluster: InProcessCluster, connection: RawC
     held = HeldCommits(cluster.node("node1"))
     connection.hello()
     connection.send(put_burst(0, count))
-    wait_until(lambda: sum(held.batches) == count, message=f"all {count} writes to be committing")
+    committer = cluster.node("node1").committer
+    wait_until(lambda: sum(held.batches) + committer.pending == count, message=f"all {count} writes in flight")
     stopper = gevent.spawn(cluster.stop, "node1")
     wait_until(lambda: refuses_connections(address), message="the stopping node to refuse connections")
     assert not stopper.ready(), "stop must wait for the requests in flight"
@@ -693,3 +700,16 @@ def test_hinted_put_checks_key_and_value_limits(node1: InProcessCluster, connect
     assert node1.node("node1").storage.pending_hints() == 0
     assert ok_body(connection, 9, protocol.HintedPut(b"k" * 16, protocol.Record(version, b"v" * 64), "node9")) == b""
     assert node1.node("node1").storage.hint_counts() == {"node9": 1}
+
+
+def test_a_node_that_fsyncs_periodically_keeps_acknowledged_writes_across_a_restart(
+    make_cluster: Callable[..., InProcessCluster],
+) -> None:
+    cluster = make_cluster(1, KV_FSYNC="periodic")
+    assert cluster.node("node1").storage.syncs_on_commit is False
+    with cluster.running_client() as client:
+        for i in range(100):
+            client.put(f"periodic-{i}", f"v{i}")
+    restarted = cluster.restart("node1")
+    for i in range(100):
+        assert restarted.storage.get(f"periodic-{i}".encode()).value == f"v{i}".encode(), i

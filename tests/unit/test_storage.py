@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
+from gevent.event import AsyncResult
 
 from client.protocol import Record, Version
 from client.ring import Ring
@@ -262,7 +264,7 @@ def test_unopenable_path_raises_storage_error(tmp_path: Path) -> None:
 
 
 def test_concurrent_writers_share_commits(storage: Storage) -> None:
-    committer = GroupCommitter(storage)  # default run_blocking: the gevent threadpool
+    committer = GroupCommitter(storage)  # default: commits in the gevent threadpool
     writers = [
         gevent.spawn(committer.submit, PutRecord(f"key{i}".encode(), value(i + 1, f"v{i}".encode()))) for i in range(50)
     ]
@@ -289,12 +291,15 @@ def test_storage_failure_reaches_every_waiter_of_the_batch(storage: Storage) -> 
     failure = StorageError("disk on fire")
     fail = [True]
 
-    def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
+    def start(function: Callable[..., Any], args: Any) -> AsyncResult:
+        job = AsyncResult()
         if fail[0]:
-            raise failure
-        return function(*args)
+            job.set_exception(failure)
+        else:
+            job.set(function(*args))
+        return job
 
-    committer = GroupCommitter(storage, run_blocking=run_blocking)
+    committer = GroupCommitter(storage, start=start)
     writers = [gevent.spawn(committer.submit, PutRecord(f"key{i}".encode(), value(1, b"v"))) for i in range(10)]
     gevent.joinall(writers, timeout=10)
     assert all(writer.ready() for writer in writers)
@@ -322,7 +327,7 @@ def test_group_commit_runs_every_kind_of_operation(storage: Storage) -> None:
     results = [gevent.spawn(committer.submit, operation) for operation in operations]
     gevent.joinall(results, timeout=10, raise_error=True)
     assert [result.value for result in results] == [True, True, True, True, True, False]
-    assert committer.commits == 1  # submitted together, committed together, in order
+    assert committer.commits == 1  # submitted in one turn of the event loop: one commit, in order
     assert storage.get(b"live") == value(1, b"v")
     assert storage.get(b"deleted") is None
     assert storage.pending_hints() == 0
@@ -681,3 +686,31 @@ def test_purge_of_a_long_key_tombstone(storage: Storage) -> None:
     assert storage.apply([PurgeTombstone(key, Version(3, "node1"))]) == [True]
     assert storage.get(key) is None
     assert list(storage.records()) == []
+
+
+def test_a_writer_that_times_out_does_not_strand_the_writes_behind_it(storage: Storage) -> None:
+    gate = gevent.event.Event()
+
+    def start_when_released(function: Callable[..., Any], args: Any) -> AsyncResult:
+        job = AsyncResult()
+        gevent.spawn(lambda: (gate.wait(), job.set(function(*args))))
+        return job
+
+    committer = GroupCommitter(storage, start=start_when_released)
+    leader = gevent.spawn(lambda: gevent.with_timeout(0.05, committer.submit, PutRecord(b"first", value(1, b"a"))))
+    wait_until_true(leader.ready)
+    assert isinstance(leader.exception, gevent.Timeout)  # the first writer gave up...
+    follower = gevent.spawn(committer.submit, PutRecord(b"second", value(2, b"b")))
+    gevent.sleep(0)
+    assert committer.pending == 1  # ...but its commit still runs, and the next write waits for it
+    gate.set()
+    assert follower.get(timeout=5) is True
+    assert storage.get(b"first") == value(1, b"a")  # the timed-out write landed all the same
+    assert storage.get(b"second") == value(2, b"b")
+    assert committer.commits == 2
+
+
+def wait_until_true(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with gevent.Timeout(timeout, AssertionError("condition not met in time")):
+        while not predicate():
+            gevent.sleep(0.001)

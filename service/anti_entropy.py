@@ -114,7 +114,6 @@ class AntiEntropy:
         self._last_purge_ms = 0
         self._shared = self._shared_partitions()
         self._round_lock = gevent.lock.Semaphore()
-        self._loop: gevent.Greenlet | None = None
 
     def _shared_partitions(self) -> dict[str, list[int]]:
         """For each peer, the partitions both it and this node replicate."""
@@ -126,19 +125,6 @@ class AntiEntropy:
                     if peer != self.node_id:
                         shared[peer].append(partition)
         return shared
-
-    def start(self, first_delay_s: float) -> None:
-        if self.interval_s > 0:
-            self._loop = gevent.spawn_later(first_delay_s, self._run)
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.kill()
-
-    def _run(self) -> None:
-        while True:
-            self.run_round()
-            gevent.sleep(self.interval_s)
 
     def run_round(self) -> RoundResult:
         """Reconcile with every peer that is not down, then purge what that made safe to purge."""

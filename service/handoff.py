@@ -7,7 +7,7 @@ owner has acknowledged it. A failed send stops that owner's pass; the next pass 
 
 Hints older than the hint window (``KV_HINT_WINDOW_S``) are dropped undelivered: a node down that
 long has missed too much for hints to be the way back, and anti-entropy brings it up to date.
-Passes run every second and at once when a peer comes back up.
+The node runs a pass every ``PASS_INTERVAL`` seconds, and at once when a peer comes back up.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import gevent
-import gevent.event
 import gevent.pool
 
 from service.group_commit import GroupCommitter
@@ -60,25 +59,6 @@ class HintedHandoff:
         self.window_ms = int(window_s * 1000)
         self.events = events or HandoffEvents()
         self.now_ms = now_ms
-        self._wake = gevent.event.Event()
-        self._loop: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        self._loop = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.kill()
-
-    def wake(self) -> None:
-        """Run a pass now (a peer just came up)."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(PASS_INTERVAL)
-            self._wake.clear()
-            self.run_pass()
 
     def run_pass(self) -> None:
         for owner, count in self.storage.hint_counts().items():

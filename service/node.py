@@ -11,8 +11,6 @@ from __future__ import annotations
 import socket
 import time
 
-import gevent
-
 from client import protocol
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
@@ -21,12 +19,14 @@ from service.config import Config
 from service.coordinator import Coordinator, CoordinatorEvents
 from service.failure_detector import FailureDetector
 from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
+from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffEvents, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_replica import LocalReplica
 from service.logging import get_logger, printable_key
 from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
+from service.periodic import Periodic
 from service.server import ProtocolServer, RequestHandler
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
@@ -48,7 +48,6 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.metrics.track_store(lambda: self.storage.live_keys, self.storage.pending_hints)
         self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
         self.committer = GroupCommitter(self.storage, start_in_threadpool if config.fsync_always else start_inline)
-        self._flusher: gevent.Greenlet | None = None
         self.local = LocalReplica(config.node_id, self.storage, self.committer, self.clock, self.hint_stored)
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
@@ -132,6 +131,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
         )
+        self.tasks = self._background_tasks()
         self._serving = False
 
     @property
@@ -148,11 +148,8 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
     def start(self) -> None:
         self.server.start()
         self.http.start()
-        self.monitor.start()
-        self.handoff.start()
-        self.anti_entropy.start(FIRST_ANTI_ENTROPY_DELAY)
-        if not self.config.fsync_always:
-            self._flusher = gevent.spawn(self._flush_every_second)
+        for task in self.tasks.values():
+            task.start()
         self._serving = True
         self.log.info(
             "node_started",
@@ -172,13 +169,10 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self._serving = False
         self.log.info("node_stopping", drain_timeout_s=self.config.drain_timeout)
         self.server.stop(self.config.drain_timeout)
-        self.anti_entropy.stop()
-        self.handoff.stop()
-        self.monitor.stop()
+        for task in self.tasks.values():
+            task.stop()
         if not self.committer.flush(self.config.drain_timeout):
             self.log.error("commits_unfinished_at_stop", pending=self.committer.pending)
-        if self._flusher is not None:
-            self._flusher.kill()
         self.storage.flush()
         for peer in self.peers.values():
             peer.close()
@@ -186,12 +180,38 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.storage.close()
         self.log.info("node_stopped")
 
-    def _flush_every_second(self) -> None:
-        """KV_FSYNC=periodic: what was acknowledged from the page cache reaches the disk within
-        FLUSH_INTERVAL seconds."""
-        while True:
-            gevent.sleep(FLUSH_INTERVAL)
-            start_in_threadpool(self.storage.flush, ()).get()
+    def _background_tasks(self) -> dict[str, Periodic]:
+        """The node's repeating work; ``start`` and ``stop`` run and end them all."""
+        config = self.config
+        tasks = [
+            Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self._task_failed),
+            Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self._task_failed),
+        ]
+        if config.anti_entropy_interval > 0:
+            tasks.append(
+                Periodic(
+                    "anti_entropy",
+                    self.anti_entropy.run_round,
+                    config.anti_entropy_interval,
+                    first_delay=FIRST_ANTI_ENTROPY_DELAY,
+                    on_error=self._task_failed,
+                )
+            )
+        if not config.fsync_always:
+            # What was acknowledged from the page cache reaches the disk within FLUSH_INTERVAL.
+            tasks.append(
+                Periodic(
+                    "fsync",
+                    lambda: start_in_threadpool(self.storage.flush, ()).get(),
+                    FLUSH_INTERVAL,
+                    first_delay=FLUSH_INTERVAL,
+                    on_error=self._task_failed,
+                )
+            )
+        return {task.name: task for task in tasks}
+
+    def _task_failed(self, name: str, error: Exception) -> None:
+        self.log.error("background_task_failed", task=name, error=str(error) or type(error).__name__)
 
     def members(self) -> list[MemberView]:
         """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
@@ -213,7 +233,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         fields = {"peer": peer.node_id, "address": peer.node.address, "previous": old.name.lower()}
         if new is PeerState.UP:
             self.log.info("peer_up", **fields)
-            self.handoff.wake()
+            self.tasks["hinted_handoff"].wake()
         elif new is PeerState.SUSPECT:
             self.log.warning("peer_suspect", reason=peer.last_error, **fields)
         else:

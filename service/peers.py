@@ -4,8 +4,8 @@ A ``Peer`` is a remote replica for the coordinator. Its connection is multiplexe
 concurrent request to that peer shares one socket. When a connect fails, requests to the peer fail
 at once for ``RETRY_DELAY`` seconds instead of each paying a connect timeout.
 
-The ``PeerMonitor`` pings every peer once a second and feeds the answers, and every failed request,
-to the failure detector; it reports each change of a peer's state to the node.
+The ``PeerMonitor`` pings every peer (the node does it once a second) and feeds the answers, and every
+failed request, to the failure detector; it reports each change of a peer's state to the node.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Peer:
 
 
 class PeerMonitor:
-    """Heartbeats: pings every peer each ``interval`` seconds and keeps the failure detector current.
+    """Heartbeats: ``beat`` pings every peer at once and keeps the failure detector current.
 
     ``on_change(peer, old, new)`` runs for every state change, whatever noticed it.
     """
@@ -129,20 +129,10 @@ class PeerMonitor:
         peers: Iterable[Peer],
         detector: FailureDetector,
         on_change: Callable[[Peer, PeerState, PeerState], None],
-        interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self._peers = {peer.node_id: peer for peer in peers}
         self._detector = detector
         self._on_change = on_change
-        self._interval = interval
-        self._loop: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        self._loop = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.kill()
 
     def request_failed(self, node_id: str) -> None:
         """A request to ``node_id`` failed to reach it: evidence for the detector."""
@@ -155,11 +145,6 @@ class PeerMonitor:
         for node_id, ping in pings.items():
             self._report(self._detector.heartbeat(node_id) if ping.value else self._detector.failure(node_id))
         self._report(self._detector.evaluate())
-
-    def _run(self) -> None:
-        while True:
-            self.beat()
-            gevent.sleep(self._interval)
 
     def _report(self, changes: list[tuple[str, PeerState, PeerState]]) -> None:
         for node_id, old, new in changes:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import gevent
 import pytest
-from cluster import wait_until
 from gevent.event import Event
 
 from client.protocol import Record, Version
@@ -87,7 +86,6 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     storage = Storage(str(tmp_path / "store"), 64 * 1024 * 1024)
     made = Harness(storage)
     yield made
-    made.handoff.stop()
     made.committer.flush()
     storage.close()
 
@@ -210,12 +208,3 @@ def test_one_pass_delivers_more_than_one_batch(harness: Harness) -> None:
     assert len(harness.peers["b"].received) == count
     assert harness.storage.pending_hints() == 0
     assert harness.events.delivered_counts == [("b", count)]
-
-
-def test_the_running_loop_delivers_when_woken(harness: Harness) -> None:
-    record = harness.hold("b", b"k", 10)
-    harness.handoff.start()
-    harness.up.add("b")
-    harness.handoff.wake()  # as the node does when the detector sees b come up
-    wait_until(lambda: harness.storage.pending_hints() == 0, message="the woken loop to deliver")
-    assert harness.peers["b"].received == [(b"k", record)]

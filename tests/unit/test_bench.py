@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import socket as stdlib_socket
@@ -22,25 +23,34 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client import bench, cli
-from client.bench import (
-    KeyChooser,
-    Mix,
-    OpError,
+from client.bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
+from client.bench.report import (
+    PHASE_CHECK,
+    PHASE_MEASURE,
     Stats,
-    TargetSpec,
-    Worker,
-    WorkerSpec,
-    WriteLedger,
-    Zipfian,
+    check_passed,
+    combine_progress,
     compare,
+    empty_check,
     format_report,
-    make_value,
-    owned_index,
-    parse_mix,
-    parse_options,
     progress_line,
     ratio,
     summarize_target,
+)
+from client.bench.runner import worker_specs
+from client.bench.targets import OpError
+from client.bench.worker import TargetSpec, Worker, WorkerSpec
+from client.bench.workload import (
+    MAX_REJECTIONS,
+    MAX_THETA,
+    OPS,
+    KeyChooser,
+    Mix,
+    WriteLedger,
+    Zipfian,
+    make_value,
+    owned_index,
+    parse_mix,
 )
 from client.histogram import Histogram
 
@@ -72,7 +82,7 @@ def test_a_bad_mix_is_refused_with_the_reason(text: str) -> None:
 def test_op_choice_follows_the_ratios_exactly_over_a_grid(text: str) -> None:
     mix = parse_mix(text)
     counts = Counter(mix.choose(u) for u in grid())
-    for op in bench.OPS:
+    for op in OPS:
         assert counts[op] / GRID == pytest.approx(getattr(mix, op), abs=1 / GRID)
 
 
@@ -113,13 +123,13 @@ def test_zipfian_ranks_stay_in_bounds(n: int, theta: float) -> None:
 
 @given(
     st.integers(min_value=1, max_value=10**9),
-    st.floats(min_value=0, max_value=bench.MAX_THETA),
+    st.floats(min_value=0, max_value=MAX_THETA),
     st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=8),
 )
 def test_every_zipfian_rank_is_a_valid_key_whatever_the_random_numbers(
     n: int, theta: float, uniforms: list[float]
 ) -> None:
-    source = iter(uniforms * bench.MAX_REJECTIONS)
+    source = iter(uniforms * MAX_REJECTIONS)
     assert 0 <= Zipfian(n, theta).index(lambda: next(source)) < n
 
 
@@ -152,7 +162,7 @@ def test_zipfian_theta_zero_is_uniform() -> None:
     assert all(abs(count - 1000) < 5 * math.sqrt(1000) for count in counts.values())
 
 
-@pytest.mark.parametrize(("n", "theta"), [(0, 0.5), (10, -0.1), (10, bench.MAX_THETA + 1)])
+@pytest.mark.parametrize(("n", "theta"), [(0, 0.5), (10, -0.1), (10, MAX_THETA + 1)])
 def test_zipfian_refuses_bad_parameters(n: int, theta: float) -> None:
     with pytest.raises(ValueError):
         Zipfian(n, theta)
@@ -239,7 +249,7 @@ def test_ratio_is_ours_over_theirs_and_none_without_a_denominator() -> None:
 
 
 def stats_with(latencies_ms: list[float], **fields: Any) -> Stats:
-    stats = Stats(check=bench.empty_check(), **fields)
+    stats = Stats(check=empty_check(), **fields)
     for i, latency in enumerate(latencies_ms):
         op = "get" if i % 2 else "put"
         stats.histograms[op].record(latency / 1e3)
@@ -276,13 +286,13 @@ def test_the_text_report_shows_configuration_targets_and_ratios() -> None:
     theirs = summarize_target("redis", "redis", "127.0.0.1:2", stats_with([1.0, 1.0, 1.0, 1.0], elapsed=1.0))
     report = {
         "started_at": "now",
-        "config": bench.run_config(options),
+        "config": run_config(options),
         "targets": [ours, theirs],
         "comparison": compare([ours, theirs]),
     }
     text = format_report(report)
     assert "duration=3s warmup=2s connections=50 pipeline=1 processes=1" in text
-    assert f"{bench.os.cpu_count()} CPUs" in text
+    assert f"{os.cpu_count()} CPUs" in text
     assert "Python 3." in text
     assert "kv cluster 127.0.0.1:1" in text and "redis 127.0.0.1:2" in text
     assert "throughput  2 ops/s" in text
@@ -292,17 +302,17 @@ def test_the_text_report_shows_configuration_targets_and_ratios() -> None:
 
 def test_worker_progress_combines_into_the_slowest_phase() -> None:
     rows = [
-        [bench.PHASE_MEASURE, 100, 1, 2.0],
-        [bench.PHASE_MEASURE, 50, 0, 2.5],
-        [bench.PHASE_CHECK, 7, 0, 0.1],
+        [PHASE_MEASURE, 100, 1, 2.0],
+        [PHASE_MEASURE, 50, 0, 2.5],
+        [PHASE_CHECK, 7, 0, 0.1],
     ]
-    assert bench.combine_progress(rows) == (bench.PHASE_MEASURE, 2.5, 150, 1)
+    assert combine_progress(rows) == (PHASE_MEASURE, 2.5, 150, 1)
 
 
 def test_the_progress_line_shows_phase_rate_and_errors() -> None:
-    line = progress_line("kv", bench.PHASE_MEASURE, elapsed=2.0, planned=10, ops=5000, errors=3)
+    line = progress_line("kv", PHASE_MEASURE, elapsed=2.0, planned=10, ops=5000, errors=3)
     assert line == "kv: measuring 2.0/10s  5,000 ops  2,500 ops/s  3 errors"
-    assert "check 1.0s " in progress_line("kv", bench.PHASE_CHECK, elapsed=1.0, planned=0, ops=1, errors=0)
+    assert "check 1.0s " in progress_line("kv", PHASE_CHECK, elapsed=1.0, planned=0, ops=1, errors=0)
 
 
 # --- options ---------------------------------------------------------------------------------------
@@ -331,7 +341,7 @@ def test_bad_options_exit_2_with_a_message(argv: list[str], capsys: pytest.Captu
 
 def test_ops_turn_the_duration_into_a_cap() -> None:
     assert parse_options(["--redis", "h:1"]).duration == 10.0
-    assert parse_options(["--redis", "h:1", "--ops", "5"]).duration == bench.OPS_MODE_TIME_CAP
+    assert parse_options(["--redis", "h:1", "--ops", "5"]).duration == OPS_MODE_TIME_CAP
     assert parse_options(["--redis", "h:1", "--ops", "5", "--duration", "2"]).duration == 2.0
 
 
@@ -351,7 +361,7 @@ def test_kv_bench_dispatches_from_the_kv_cli(capsys: pytest.CaptureFixture[str])
 
 def test_split_of_connections_and_ops_over_processes() -> None:
     options = parse_options(["--redis", "h:1", "--connections", "7", "--processes", "3", "--ops", "10"])
-    specs = bench.worker_specs(TargetSpec("redis", "redis", "h:1"), options)
+    specs = worker_specs(TargetSpec("redis", "redis", "h:1"), options)
     assert [spec.connections for spec in specs] == [3, 2, 2]
     assert [spec.first_connection for spec in specs] == [0, 3, 5]
     assert [spec.ops for spec in specs] == [4, 3, 3]
@@ -445,14 +455,14 @@ def test_the_read_back_check_passes_on_a_store_that_keeps_every_write() -> None:
     check = stats.check
     assert stats.total_ops > 0 and stats.warmup_ops > 0
     assert check["keys_checked"] > 0 and check["expected_absent"] > 0
-    assert check["mismatches"] == 0 and bench.check_passed(check)
+    assert check["mismatches"] == 0 and check_passed(check)
     assert check["keys_checked"] + check["skipped_uncertain"] <= 40
 
 
 def test_the_read_back_check_catches_a_store_that_loses_writes() -> None:
     stats = run_worker(make_spec(mix="put=1", pipeline=1), FakeStore(lose_every=5))
     assert stats.check["mismatches"] > 0
-    assert not bench.check_passed(stats.check)
+    assert not check_passed(stats.check)
     example = stats.check["mismatch_examples"][0]
     assert example.startswith("bench:") and ": expected '" in example and ", read " in example
 
@@ -504,7 +514,7 @@ PERCENTILE_KEYS = ("p50", "p90", "p99", "p99.9", "max")
 def assert_report_shape(report: dict[str, Any], kinds: list[str]) -> None:
     assert set(report) >= {"config", "targets", "comparison", "started_at"}
     config = report["config"]
-    assert config["host"]["cpu_count"] == bench.os.cpu_count()
+    assert config["host"]["cpu_count"] == os.cpu_count()
     assert config["host"]["python"]
     assert [target["kind"] for target in report["targets"]] == kinds
     for target in report["targets"]:
@@ -534,7 +544,7 @@ def test_smoke_run_against_an_in_process_node(
 ) -> None:
     cluster = make_cluster(1, KV_LOG_COMMANDS="false")
     code, report, out = run_bench(["--cluster", cluster.addresses[0], *SHORT], tmp_path, capsys)
-    assert code == bench.EXIT_OK
+    assert code == EXIT_OK
     assert_report_shape(report, ["cluster"])
     assert report["comparison"] is None
     assert "kv cluster" in out and "read-back   PASSED" in out
@@ -547,7 +557,7 @@ def test_requests_go_to_the_node_that_holds_the_key(
     cluster = make_cluster(3, KV_N="1", KV_W="1", KV_R="1", KV_LOG_COMMANDS="false")
     code = bench.main(["--cluster", ",".join(cluster.addresses), *SHORT, "--pipeline", "2", "--json", "-"])
     captured = capsys.readouterr()
-    assert code == bench.EXIT_OK
+    assert code == EXIT_OK
     report = json.loads(captured.out)  # with --json -, stdout is the JSON alone
     assert "read-back   PASSED" in captured.err
     assert_report_shape(report, ["cluster"])
@@ -566,7 +576,7 @@ def test_smoke_run_against_a_replicated_cluster_with_worker_processes(
     cluster = make_cluster(3, KV_LOG_COMMANDS="false")  # N=2, W=2, R=1
     argv = ["--cluster", ",".join(cluster.addresses), "--duration", "0.5", "--warmup", "0", "--connections", "4"]
     code, report, _ = run_bench([*argv, "--processes", "2", "--mix", "get=50,put=40,delete=10"], tmp_path, capsys)
-    assert code == bench.EXIT_OK
+    assert code == EXIT_OK
     assert_report_shape(report, ["cluster"])
     assert report["config"]["processes"] == 2
 
@@ -575,13 +585,13 @@ def test_a_quorum_above_the_replica_count_is_refused_before_any_load(
     make_cluster: Callable[..., InProcessCluster], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster = make_cluster(1, KV_LOG_COMMANDS="false")
-    assert bench.main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == bench.EXIT_ERROR
+    assert bench.main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == EXIT_ERROR
     assert "--w 2 exceeds the cluster's 1 replicas" in capsys.readouterr().err
 
 
 def test_an_unreachable_target_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
     code = bench.main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
-    assert code == bench.EXIT_ERROR
+    assert code == EXIT_ERROR
     assert "cannot connect to redis" in capsys.readouterr().err
 
 
@@ -620,7 +630,7 @@ def redis_server(tmp_path: Path) -> Iterator[str]:
 
 def test_smoke_run_against_redis(redis_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, report, out = run_bench(["--redis", redis_server, *SHORT, "--pipeline", "4"], tmp_path, capsys)
-    assert code == bench.EXIT_OK
+    assert code == EXIT_OK
     assert_report_shape(report, ["redis"])
     assert f"redis {redis_server}" in out
 
@@ -636,7 +646,7 @@ def test_both_targets_in_one_run_report_the_ratio(
     if not _has_matplotlib():
         argv = argv[:-2]
     code, report, out = run_bench(argv, tmp_path, capsys)
-    assert code == bench.EXIT_OK
+    assert code == EXIT_OK
     assert_report_shape(report, ["cluster", "redis"])
     comparison = report["comparison"]
     assert comparison["throughput_ratio"] == pytest.approx(

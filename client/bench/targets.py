@@ -1,0 +1,313 @@
+"""The targets of ``kv bench``: one bench connection to the cluster or to Redis; the I/O shell.
+
+What one "connection" is. A bench connection is one logical client that keeps ``--pipeline``
+requests in flight: it runs that many greenlets ("lanes"), each sending one request and waiting for
+its reply before sending the next. Against Redis a connection is one socket. Against our store it is
+a small token-aware client: one multiplexed ``client.connection.Connection`` to each node, and every
+request goes to the primary replica of its key (the first node of the key's preference list, from
+``client.ring``), as ``Client`` routes it, so the cluster is measured as users drive it. With a
+single-node cluster (the like-for-like comparison with one Redis) that is exactly one socket, too.
+There is no failover: a request for a node that is down counts as an error, and the connection to
+it is re-dialled at most once a second. ``Client`` itself is used only to discover the topology;
+its per-request failover and routing bookkeeping would be work that the Redis side does not do.
+"""
+
+from __future__ import annotations
+
+import math
+import socket as stdlib_socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gevent
+from gevent import socket
+from gevent.event import AsyncResult
+
+from client import protocol, resp
+from client.client import Client
+from client.connection import Connection, FrameWriter, parse_address
+from client.errors import KVError
+from client.protocol import Status
+from client.ring import Ring
+
+CONNECT_TIMEOUT = 2.0
+"""Seconds to open a connection (and, for our store, finish HELLO): generous, as a loaded host's
+accept queue can be slow, and it is paid only at start and on a re-dial."""
+RECONNECT_INTERVAL = 1.0
+"""A lost connection is re-dialled at most once a second, so a dead node costs one connect a second."""
+
+
+class BenchError(Exception):
+    """The benchmark cannot run (bad option, unreachable target); the message says why."""
+
+
+class OpError(Exception):
+    """An operation failed; ``kind`` is the error's code (TIMEOUT, UNAVAILABLE, ERR...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class BenchConnection(Protocol):
+    def connect(self) -> None: ...
+
+    def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
+        """Run one op; a GET returns the value or None. Raises ``OpError``."""
+        ...
+
+    def read_back(self, key: bytes, timeout: float) -> bytes | None:
+        """The key's value by the strongest read the target offers. Raises ``OpError``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Redial:
+    """Holds one open connection made by ``dial``; after a failure dials again at most once a second."""
+
+    def __init__(self, dial: Callable[[], Any], describe: str) -> None:
+        self._dial = dial
+        self._describe = describe
+        self._current: Any = None
+        self._dialled_at = -math.inf
+
+    def open(self) -> Any:
+        """The open connection, re-dialled if allowed; raises ``OpError`` UNREACHABLE otherwise."""
+        current = self._current
+        if current is not None and current.is_open:
+            return current
+        now = time.monotonic()
+        if now - self._dialled_at < RECONNECT_INTERVAL:
+            raise OpError("UNREACHABLE", f"{self._describe} is down; next re-dial within {RECONNECT_INTERVAL:g} s")
+        self._dialled_at = now  # before dialling, which yields: other lanes do not dial too
+        if current is not None:
+            current.close()
+        self._current = self._dial()
+        return self._current
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+
+@dataclass(frozen=True)
+class ClusterMap:
+    """What a bench connection needs to route: the ring, each node's address, N and the limits."""
+
+    ring: Ring
+    addresses: dict[str, str]
+    replicas: int
+    max_value_bytes: int
+
+
+def discover_cluster(seeds: str, timeout: float) -> ClusterMap:
+    """The ring and node addresses, learnt through ``Client`` from the seed addresses, and the
+    value size limit from a HELLO to the first node."""
+    with Client(seeds, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench") as client:
+        try:
+            topology = client.topology()
+            addresses = {node.node_id: client.node_address(node.node_id) for node in topology.nodes}
+        except KVError as exc:
+            raise BenchError(f"cannot reach the cluster at {seeds}: {exc.message}") from None
+    host, port = parse_address(addresses[topology.nodes[0].node_id])
+    probe = Connection(host, port, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
+    try:
+        hello = probe.connect()
+    except KVError as exc:
+        raise BenchError(f"cannot reach {host}:{port}: {exc.message}") from None
+    finally:
+        probe.close()
+    ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
+    return ClusterMap(ring, addresses, topology.replicas, hello.max_value_bytes)
+
+
+class ClusterConnection:
+    """A token-aware bench connection: one multiplexed ``Connection`` per node, requests to primaries."""
+
+    def __init__(self, cluster: ClusterMap, r: int | None, w: int | None) -> None:
+        self._cluster = cluster
+        self._r = r or protocol.DEFAULT_QUORUM
+        self._w = w or protocol.DEFAULT_QUORUM
+        self._nodes = {
+            node_id: Redial(self._dialler(address), address) for node_id, address in cluster.addresses.items()
+        }
+
+    def _dialler(self, address: str) -> Callable[[], Connection]:
+        host, port = parse_address(address)
+
+        def dial() -> Connection:
+            connection = Connection(host, port, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
+            try:
+                connection.connect()
+            except KVError as exc:
+                raise OpError(exc.code, exc.message) from None
+            return connection
+
+        return dial
+
+    def connect(self) -> None:
+        for redial in self._nodes.values():
+            redial.open()
+
+    def _call(self, request: protocol.Get | protocol.Put | protocol.Delete, timeout: float) -> protocol.Frame:
+        node_id = self._cluster.ring.primary(request.key)
+        connection = self._nodes[node_id].open()
+        try:
+            return connection.call(request, timeout=timeout)
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
+
+    def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
+        if op == "get":
+            frame = self._call(protocol.Get(key, self._r), timeout)
+            return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
+        if op == "put":
+            assert value is not None
+            self._call(protocol.Put(key, value, self._w), timeout)
+        else:
+            self._call(protocol.Delete(key, self._w), timeout)
+        return None
+
+    def read_back(self, key: bytes, timeout: float) -> bytes | None:
+        frame = self._call(protocol.Get(key, self._cluster.replicas), timeout)
+        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
+
+    def close(self) -> None:
+        for redial in self._nodes.values():
+            redial.close()
+
+
+class RedisSocket:
+    """One RESP2 socket to Redis with pipelining: replies come back in command order."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._sock: socket.socket | None = None
+        self._writer: FrameWriter | None = None
+        self._waiting: list[AsyncResult] = []
+        self._first = 0  # index in _waiting of the oldest command still without a reply
+        self._parser = resp.ReplyParser()
+        self._reader: gevent.Greenlet | None = None
+        self._failure: OpError | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None and self._failure is None
+
+    def connect(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
+        except (OSError, gevent.Timeout) as exc:
+            raise OpError("UNREACHABLE", f"cannot connect to redis at {self.address}: {exc}") from None
+        sock.settimeout(None)
+        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._writer = FrameWriter(sock)  # the same coalescing writer our own connections use
+        self._reader = gevent.spawn(self._read_replies)
+        reply = self.call(resp.encode_command("PING"), CONNECT_TIMEOUT)
+        if reply != "PONG":
+            self.close()
+            raise OpError("PROTOCOL", f"{self.address} answered PING with {reply!r}: is it Redis?")
+
+    def call(self, command: bytes, timeout: float) -> resp.Reply:
+        """Send an encoded command and wait for its reply (an ``ErrorReply`` is returned, not raised)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._writer is None:
+            raise OpError("UNREACHABLE", f"connection to {self.address} is not open")
+        done = AsyncResult()
+        self._waiting.append(done)  # no yield between this and the write: order matches the wire
+        try:
+            self._writer.write(command)
+        except OSError as exc:
+            self._fail(OpError("UNREACHABLE", f"connection to {self.address} lost: {exc}"))
+        try:
+            return done.get(timeout=timeout)
+        except gevent.Timeout:
+            # The reply will still come, in order, and resolve this abandoned result.
+            raise OpError("TIMEOUT", f"no reply from {self.address} within {timeout:g} s") from None
+
+    def close(self) -> None:
+        self._fail(OpError("UNREACHABLE", f"connection to {self.address} closed"))
+
+    def _read_replies(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            while True:
+                data = sock.recv(256 * 1024)
+                if not data:
+                    raise OpError("UNREACHABLE", f"{self.address} closed the connection")
+                for reply in self._parser.feed(data):
+                    if self._first >= len(self._waiting):
+                        raise OpError("PROTOCOL", f"{self.address} sent a reply to no command")
+                    self._waiting[self._first].set(reply)
+                    self._first += 1
+                if self._first > 1024 and self._first * 2 > len(self._waiting):  # amortised trim
+                    del self._waiting[: self._first]
+                    self._first = 0
+        except OpError as exc:
+            self._fail(exc)
+        except resp.RespProtocolError as exc:
+            self._fail(OpError("PROTOCOL", f"bad reply from {self.address}: {exc}"))
+        except OSError as exc:
+            self._fail(OpError("UNREACHABLE", f"connection to {self.address} lost: {exc}"))
+
+    def _fail(self, error: OpError) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        if self._sock is not None:
+            self._sock.close()
+        waiting, self._waiting, self._first = self._waiting[self._first :], [], 0
+        for done in waiting:
+            done.set_exception(error)
+        if self._reader is not None and self._reader is not gevent.getcurrent():
+            self._reader.kill(block=False)
+
+
+class RedisConnection:
+    """A bench connection to Redis: GET, SET and DEL over one pipelined ``RedisSocket``."""
+
+    COMMANDS = {"get": b"GET", "put": b"SET", "delete": b"DEL"}
+
+    def __init__(self, address: str) -> None:
+        host, port = parse_address(address, default_port=6379)
+
+        def dial() -> RedisSocket:
+            connection = RedisSocket(host, port)
+            connection.connect()
+            return connection
+
+        self._redial = Redial(dial, f"redis at {host}:{port}")
+
+    def connect(self) -> None:
+        self._redial.open()
+
+    def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
+        name = self.COMMANDS[op]
+        args = (name, key) if value is None else (name, key, value)
+        command = resp.encode_command(*args)
+        reply = self._redial.open().call(command, timeout)
+        if isinstance(reply, resp.ErrorReply):
+            raise OpError(reply.kind, reply.message)
+        if op == "get":
+            if reply is not None and not isinstance(reply, bytes):
+                raise OpError("PROTOCOL", f"GET answered with {type(reply).__name__}")
+            return reply
+        return None
+
+    def read_back(self, key: bytes, timeout: float) -> bytes | None:
+        return self.execute("get", key, None, timeout)
+
+    def close(self) -> None:
+        self._redial.close()

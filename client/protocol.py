@@ -271,7 +271,7 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    pass
+    """Are you there? An OK reply says the node serves requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +297,7 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    pass
+    """Asks for the ring: N, R, W, the partition count and every member's address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,12 +335,12 @@ class PartitionKeys:
 
 @dataclass(frozen=True, slots=True)
 class Repair:
-    pass
+    """Asks the node to run one anti-entropy round with all its peers now."""
 
 
 @dataclass(frozen=True, slots=True)
 class Members:
-    pass
+    """Asks for the node's failure-detector view of the cluster."""
 
 
 Request = (

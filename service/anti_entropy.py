@@ -64,14 +64,16 @@ class RoundResult:
 
 
 class AntiEntropyEvents:
+    """What anti-entropy reports; the node turns these into metrics and logs. Ignored by default."""
+
     def round_finished(self, result: RoundResult, seconds: float) -> None:
-        pass
+        """A round ended, with what it compared, found and copied."""
 
     def keys_repaired(self, peer: str, count: int) -> None:
-        pass
+        """``count`` keys were copied between this node and ``peer``."""
 
     def tombstones_purged(self, count: int) -> None:
-        pass
+        """``count`` tombstones were deleted after their grace period."""
 
 
 class AntiEntropy:

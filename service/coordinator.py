@@ -52,13 +52,13 @@ class CoordinatorEvents:
     """What the coordinator reports as it works; the node turns these into metrics and logs."""
 
     def replica_write(self, node_id: str, ok: bool) -> None:
-        pass
+        """A write to a preferred replica succeeded or failed."""
 
     def hinted_write(self, owner: str, holder: str) -> None:
-        pass
+        """``holder`` took a write meant for ``owner``, as a hint."""
 
     def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
-        pass
+        """A stale replica was (or could not be) sent the newest version after a read."""
 
 
 class FanOut:
@@ -118,8 +118,10 @@ class FanOut:
         return ok
 
     def wait_all(self, deadline: float) -> None:
-        while self.outstanding and self.next_outcome(deadline) is not None:
-            pass
+        """Collect every outstanding outcome, or as many as arrive before ``deadline``."""
+        while self.outstanding:
+            if self.next_outcome(deadline) is None:
+                return
 
 
 class Coordinator:

@@ -33,11 +33,13 @@ PASS_INTERVAL = 1.0
 
 
 class HandoffEvents:
+    """What hinted handoff reports; the node turns these into metrics and logs. Ignored by default."""
+
     def delivered(self, owner: str, count: int) -> None:
-        pass
+        """``count`` hints reached ``owner`` and were dropped."""
 
     def expired(self, owner: str, count: int) -> None:
-        pass
+        """``count`` hints for ``owner`` outlived the hint window and were dropped undelivered."""
 
 
 class HintedHandoff:

@@ -57,4 +57,4 @@ class LogWriter:
             self._log.error("http_error", message=text.strip())
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush: every write is already a log line."""

@@ -38,23 +38,23 @@ def differences(mine: Iterable[KeyVersion], theirs: Iterable[KeyVersion], *, now
     """What to send each way so both sides end with the newest version of every key."""
     my_versions = {entry.key: entry for entry in mine}
     their_versions = {entry.key: entry for entry in theirs}
-    push: list[bytes] = []
-    pull: list[bytes] = []
-    for key, entry in my_versions.items():
-        other = their_versions.get(key)
-        if other is None:
+    return Differences(
+        _newer_on(my_versions, their_versions, now_ms, grace_ms),
+        _newer_on(their_versions, my_versions, now_ms, grace_ms),
+    )
+
+
+def _newer_on(side: dict[bytes, KeyVersion], other: dict[bytes, KeyVersion], now_ms: int, grace_ms: int) -> list[bytes]:
+    """Keys ``side`` must send to ``other``: missing there (unless an expired tombstone), or older."""
+    keys = []
+    for key, entry in side.items():
+        counterpart = other.get(key)
+        if counterpart is None:
             if not is_expired_tombstone(entry, now_ms, grace_ms):
-                push.append(key)
-        elif entry.version > other.version:
-            push.append(key)
-    for key, entry in their_versions.items():
-        own = my_versions.get(key)
-        if own is None:
-            if not is_expired_tombstone(entry, now_ms, grace_ms):
-                pull.append(key)
-        elif entry.version > own.version:
-            pull.append(key)
-    return Differences(push, pull)
+                keys.append(key)
+        elif entry.version > counterpart.version:
+            keys.append(key)
+    return keys
 
 
 def purgeable(version: Version, *, now_ms: int, grace_ms: int, synced_at_ms: int | None) -> bool:

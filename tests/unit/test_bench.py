@@ -536,7 +536,7 @@ def run_bench(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str
     return code, json.loads(path.read_text()), out
 
 
-SHORT = ["--duration", "1", "--warmup", "0.2", "--connections", "4"]
+SHORT = ["--duration", "0.4", "--warmup", "0.1", "--connections", "4"]  # a smoke run: shape, not speed
 
 
 def test_smoke_run_against_an_in_process_node(

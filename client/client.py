@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import gevent
-import gevent.event
 import gevent.pool
 
 from client import protocol
-from client.connection import Connection, parse_address
+from client.connection import Connection, ConnectionSlot, parse_address
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
 from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
@@ -76,8 +75,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.client_name = client_name
         self._connection_factory = connection_factory
-        self._connections: dict[str, Connection] = {}
-        self._connecting: dict[str, gevent.event.AsyncResult] = {}
+        self._slots: dict[str, ConnectionSlot] = {}
         self._failed_at: dict[str, float] = {}
         self._topology: TopologyReply | None = None
         self._ring: Ring | None = None
@@ -159,9 +157,9 @@ class Client:
         return protocol.decode_repair_reply(frame.body)
 
     def close(self) -> None:
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
+        for slot in self._slots.values():
+            slot.close()
+        self._slots.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -243,26 +241,17 @@ class Client:
 
     def _connection(self, address: str) -> Connection:
         """An open connection to ``address``, connecting once even when many greenlets ask at once."""
-        connection = self._connections.get(address)
-        if connection is not None and connection.is_open:
-            return connection
-        waiting = self._connecting.get(address)
-        if waiting is not None:
-            return waiting.get()
-        waiting = self._connecting[address] = gevent.event.AsyncResult()
-        try:
-            host, port = parse_address(address)
-            connection = self._connection_factory(
-                host, port, connect_timeout=self.connect_timeout, client_name=self.client_name
-            )
-            connection.connect()
-        except KVError as exc:
-            waiting.set_exception(exc)
-            raise
-        finally:
-            del self._connecting[address]
-        self._connections[address] = connection
-        waiting.set(connection)
+        slot = self._slots.get(address)
+        if slot is None:
+            slot = self._slots[address] = ConnectionSlot(lambda: self._dial(address))
+        return slot.get()
+
+    def _dial(self, address: str) -> Connection:
+        host, port = parse_address(address)
+        connection = self._connection_factory(
+            host, port, connect_timeout=self.connect_timeout, client_name=self.client_name
+        )
+        connection.connect()
         return connection
 
     def _ping(self, address: str) -> bool:

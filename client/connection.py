@@ -8,6 +8,7 @@ greenlet that made it, and any number of greenlets can share one connection (pip
 from __future__ import annotations
 
 import socket as stdlib_socket
+from collections.abc import Callable
 from itertools import count
 
 import gevent
@@ -186,6 +187,43 @@ class Connection:
             done.set_exception(error)
         if self._reader is not None and self._reader is not gevent.getcurrent():
             self._reader.kill(block=False)
+
+
+class ConnectionSlot:
+    """One reusable connection: kept while open, dialled again when needed, and dialled once even
+    when many greenlets ask at the same moment (the others wait for that dial's outcome)."""
+
+    def __init__(self, dial: Callable[[], Connection]) -> None:
+        self._dial = dial
+        self._connection: Connection | None = None
+        self._dialing: AsyncResult | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether ``get`` would return without starting a new dial."""
+        return self._dialing is not None or (self._connection is not None and self._connection.is_open)
+
+    def get(self) -> Connection:
+        """An open connection; raises what the dial raised (``NodeUnreachableError``) if it fails."""
+        if self._connection is not None and self._connection.is_open:
+            return self._connection
+        if self._dialing is not None:
+            return self._dialing.get()
+        dialing = self._dialing = AsyncResult()
+        try:
+            connection = self._dial()
+        except Exception as exc:  # whatever the dial raised, the greenlets waiting on it see it too
+            dialing.set_exception(exc)
+            raise
+        finally:
+            self._dialing = None
+        self._connection = connection
+        dialing.set(connection)
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
 
 
 def check_reply(frame: Frame) -> Frame:

@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Iterable
 
 import gevent
-from gevent.event import AsyncResult
 
 from client import protocol
-from client.connection import Connection
+from client.connection import Connection, ConnectionSlot
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
 from service.failure_detector import FailureDetector
@@ -47,8 +46,7 @@ class Peer:
         self._request_timeout = request_timeout
         self._max_frame_bytes = max_frame_bytes
         self._on_failure = on_failure
-        self._connection: Connection | None = None
-        self._connecting: AsyncResult | None = None
+        self._slot = ConnectionSlot(self._dial)
         self._retry_at = 0.0
 
     # --- the replica interface --------------------------------------------------------------------
@@ -86,35 +84,26 @@ class Peer:
         return True
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
+        self._slot.close()
 
     def _open_connection(self, retry_now: bool) -> Connection:
-        connection = self._connection
-        if connection is not None and connection.is_open:
-            return connection
-        if self._connecting is not None:
-            return self._connecting.get()
-        if not retry_now and time.monotonic() < self._retry_at:
+        if not retry_now and not self._slot.usable and time.monotonic() < self._retry_at:
             raise NodeUnreachableError(f"{self.node_id} is unreachable ({self.last_error})")
-        connecting = self._connecting = AsyncResult()
+        return self._slot.get()
+
+    def _dial(self) -> Connection:
+        connection = Connection(
+            self.node.host,
+            self.node.port,
+            connect_timeout=self._connect_timeout,
+            client_name=f"node:{self._local_node_id}",
+            max_frame_bytes=self._max_frame_bytes,
+        )
         try:
-            connection = Connection(
-                self.node.host,
-                self.node.port,
-                connect_timeout=self._connect_timeout,
-                client_name=f"node:{self._local_node_id}",
-                max_frame_bytes=self._max_frame_bytes,
-            )
             connection.connect()
-        except KVError as exc:
+        except KVError:
             self._retry_at = time.monotonic() + RETRY_DELAY
-            connecting.set_exception(exc)
             raise
-        finally:
-            self._connecting = None
-        self._connection = connection
-        connecting.set(connection)
         return connection
 
 

@@ -48,27 +48,49 @@ class FrameWriter:
     """Writes frames to a socket from many greenlets without interleaving them.
 
     The first greenlet to write becomes the writer and keeps flushing until the outbox is empty;
-    frames queued meanwhile by others leave in the same ``sendall``. That coalesces a pipelined
-    burst into few syscalls without a lock or an extra greenlet.
+    frames queued meanwhile by others leave in the same ``sendall``. Two ways to get more frames
+    into one send, since each send on loopback costs about as much as handling a small request:
+
+    * ``write(frame, wait_for_more=True)``: when other requests on the connection are in flight,
+      the writer first lets the rest of this turn of the event loop run, so the replies (or
+      requests) those greenlets produce in the same turn join its send;
+    * ``hold()`` ... ``release()``: frames written in between are queued, and leave together at
+      ``release`` (a session answering a burst of pipelined requests that need no waiting).
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._outbox: list[bytes] = []
         self._writing = False
+        self._held = False
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes, *, wait_for_more: bool = False) -> None:
         self._outbox.append(frame)
-        if self._writing:
-            return
+        if not self._writing and not self._held:
+            self._send_outbox(wait_for_more)
+
+    def hold(self) -> None:
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+        if self._outbox and not self._writing:
+            self._send_outbox(False)
+
+    def _send_outbox(self, wait_for_more: bool) -> None:
         self._writing = True
         try:
-            while self._outbox:
-                chunk = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
-                self._outbox.clear()
-                self._sock.sendall(chunk)
+            if wait_for_more:
+                gevent.sleep(0)  # to the back of this turn's run queue
         finally:
-            self._writing = False
+            # Even if the sleep was interrupted, the frames already queued must still go out.
+            try:
+                while self._outbox:
+                    chunk = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+                    self._outbox.clear()
+                    self._sock.sendall(chunk)
+            finally:
+                self._writing = False
 
 
 class Connection:
@@ -82,7 +104,11 @@ class Connection:
         connect_timeout: float = 1.0,
         client_name: str = "kv-client",
         max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
+        coalesce: bool = False,
     ) -> None:
+        """``coalesce``: for a connection many greenlets share (a node's link to a peer), requests
+        sent while others are in flight wait for the end of the event loop's turn and leave in one
+        send with the others sent in that turn."""
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
@@ -95,6 +121,7 @@ class Connection:
         self._writer: FrameWriter | None = None
         self._reader: gevent.Greenlet | None = None
         self._failure: KVError | None = None
+        self._coalesce = coalesce
 
     @property
     def address(self) -> str:
@@ -139,7 +166,9 @@ class Connection:
         done = AsyncResult()
         self._pending[request_id] = done
         try:
-            self._writer.write(protocol.encode_request(request_id, request))
+            self._writer.write(
+                protocol.encode_request(request_id, request), wait_for_more=self._coalesce and len(self._pending) > 1
+            )
         except OSError as exc:
             self._fail(NodeUnreachableError(f"connection to {self.address} lost: {_describe(exc)}"))
         return request_id, done

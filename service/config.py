@@ -53,6 +53,7 @@ class Config:
     hint_window: float
     tombstone_grace: float
     anti_entropy_interval: float
+    read_repair_chance: float  # 0..1
     log_commands: bool
     log_level: str
 
@@ -97,6 +98,11 @@ SETTINGS = [
     Setting("KV_HINT_WINDOW_S", "10800", "how long a hint for a down node is kept; then anti-entropy repairs"),
     Setting("KV_TOMBSTONE_GRACE_S", "86400", "how long a delete's tombstone is kept at least"),
     Setting("KV_ANTI_ENTROPY_INTERVAL_S", "30", "seconds between anti-entropy rounds (0: only on demand)"),
+    Setting(
+        "KV_READ_REPAIR_PERCENT",
+        "10",
+        "% of reads with R below the replicas up that also ask the rest and repair stale ones",
+    ),
     Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
     Setting("KV_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
@@ -243,6 +249,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         hint_window=float(hint_window),
         tombstone_grace=float(tombstone_grace),
         anti_entropy_interval=float(integer("KV_ANTI_ENTROPY_INTERVAL_S", 0, 86400)),
+        read_repair_chance=integer("KV_READ_REPAIR_PERCENT", 0, 100) / 100,
         log_commands=log_commands,
         log_level=log_level,
     )

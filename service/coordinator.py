@@ -9,9 +9,14 @@ next node in the partition's ranking that is not down, as a hint naming the repl
 for; that node hands it over when the owner is back (``handoff``). A hinted write counts toward W,
 so with N=2, W=2 and one node down, writes go on succeeding.
 
-A read goes to the preferred replicas that are not down and answers with the newest version among
-the first R replies. The remaining replies are still collected, in the background, and any replica
-that answered with an older version (or nothing) is sent the newest one: read repair.
+A read asks R of the preferred replicas that are up, this node first when it is one of them (its
+answer costs no round trip), and answers with the newest version among their replies; a replica
+that fails is replaced by the next one up. Any replica that answered with an older version (or
+nothing) is then sent the newest one, in the background: read repair. Asking only R replicas
+means a stale replica outside them goes unseen, so a read also asks all of them, and repairs
+what it finds, with probability ``read_repair_chance`` (always when R is every replica up); hints
+and anti-entropy repair the rest. Asking every replica on every read would double the
+cross-node work of an R=1 read for the sake of replicas that are almost always current.
 
 Replicas are anything with ``read``, ``write`` and ``write_hint``: the local store, a peer over the
 network, or a fake in tests, so fan-out, fallback and timeouts are tested without sockets.
@@ -19,6 +24,7 @@ network, or a fake in tests, so fan-out, fallback and timeouts are tested withou
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -79,6 +85,7 @@ class FanOut:
         inline_timeout: float | None = None,
     ) -> None:
         self.targets = list(targets)
+        self._call = call
         self.results: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self._outcomes: Queue | None = None
@@ -90,6 +97,13 @@ class FanOut:
                 gevent.spawn(self._run, node_id, call)
         if inline is not None and inline in self.targets:
             self._ready.append(_outcome_of(call, inline, inline_timeout))
+
+    def add(self, node_id: str) -> None:
+        """Call one more target (a spare replacing one that failed), in a greenlet of its own."""
+        self.targets.append(node_id)
+        if self._outcomes is None:
+            self._outcomes = Queue()
+        gevent.spawn(self._run, node_id, self._call)
 
     def _run(self, node_id: str, call: Callable[[str], Any]) -> None:
         assert self._outcomes is not None
@@ -136,6 +150,8 @@ class Coordinator:
         timeout: float,
         is_down: Callable[[str], bool] = lambda node_id: False,
         events: CoordinatorEvents | None = None,
+        read_repair_chance: float = 1.0,
+        chance: Callable[[], float] = random.random,
     ) -> None:
         self.node_id = node_id
         self.ring = ring
@@ -145,12 +161,15 @@ class Coordinator:
         self.timeout = timeout
         self.is_down = is_down
         self.events = events or CoordinatorEvents()
+        self.read_repair_chance = read_repair_chance
+        self._chance = chance
 
-    def is_local_read(self, key: bytes) -> bool:
-        """Whether a read of ``key`` touches only this node's store, and so never blocks."""
-        if self.n != 1 or getattr(self.replicas.get(self.node_id), "reads_block", True):
+    def is_local_read(self, key: bytes, r: int) -> bool:
+        """Whether a read of ``key`` with quorum ``r`` is answered by this node's store alone, without
+        waiting on another node (other replicas may still be asked, for read repair, in the background)."""
+        if r != 1 or getattr(self.replicas.get(self.node_id), "reads_block", True):
             return False
-        return len(self.ring) == 1 or self.ring.primary(key) == self.node_id
+        return self.node_id in self.ring.preference_list(key, self.n) and not self.is_down(self.node_id)
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -165,15 +184,20 @@ class Coordinator:
                 r,
                 f"only {len(targets)} of the key's {len(preferred)} replicas are up; the read needs {r}",
             )
+        if self.node_id in targets:
+            targets.remove(self.node_id)
+            targets.insert(0, self.node_id)
+        ask_all = r == len(targets) or self._chance() < self.read_repair_chance
+        asked, spares = (targets, []) if ask_all else (targets[:r], targets[r:])
         deadline = time.monotonic() + self.timeout
         local = self.replicas.get(self.node_id)
         fan = FanOut(
-            targets,
+            asked,
             lambda node_id: self.replicas[node_id].read(key),
             inline=self.node_id,
             inline_timeout=self.timeout if getattr(local, "reads_block", True) else None,
         )
-        self._await_quorum(fan, r, deadline)
+        self._await_quorum(fan, r, deadline, spares, total=len(targets))
         winner = newest(fan.results.values())
         if winner is not None:
             self.clock.observe(winner.version.timestamp)
@@ -245,12 +269,17 @@ class Coordinator:
 
     # --- quorum -----------------------------------------------------------------------------------
 
-    def _await_quorum(self, fan: FanOut, required: int, deadline: float) -> None:
+    def _await_quorum(
+        self, fan: FanOut, required: int, deadline: float, spares: list[str] | None = None, total: int = 0
+    ) -> None:
         """Return once ``required`` calls succeeded; raise UNAVAILABLE as soon as that is out of
-        reach, or TIMEOUT at the deadline."""
-        tracker = QuorumTracker(required, len(fan.targets))
+        reach, or TIMEOUT at the deadline. Each failed call is replaced by a call to the next of
+        ``spares``; ``total`` counts the targets and the spares."""
+        tracker = QuorumTracker(required, total or len(fan.targets))
         while True:
             ok = fan.next_outcome(deadline)
+            if ok is False and spares:
+                fan.add(spares.pop(0))
             if ok is None:
                 raise QuorumError(
                     Status.TIMEOUT,

@@ -77,6 +77,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             timeout=config.request_timeout,
             is_down=self.detector.is_down,
             events=self,
+            read_repair_chance=config.read_repair_chance,
         )
         self.handoff = HintedHandoff(
             self.storage,

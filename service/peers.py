@@ -98,6 +98,7 @@ class Peer:
             connect_timeout=self._connect_timeout,
             client_name=f"node:{self._local_node_id}",
             max_frame_bytes=self._max_frame_bytes,
+            coalesce=True,
         )
         try:
             connection.connect()

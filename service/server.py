@@ -171,7 +171,9 @@ class RequestHandler:
         """Whether ``request`` completes without waiting on a disk commit or another node."""
         if isinstance(request, NON_BLOCKING_REQUESTS):
             return True
-        return isinstance(request, protocol.Get) and self.coordinator.is_local_read(request.key)
+        return isinstance(request, protocol.Get) and self.coordinator.is_local_read(
+            request.key, request.quorum or self.read_quorum
+        )
 
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
         if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
@@ -276,9 +278,14 @@ class Session:
             except ProtocolError as exc:
                 self._log.warning("malformed_frame", error=str(exc))
                 return
-            for frame in frames:
-                if not self._dispatch(frame):
-                    return
+            # Replies to requests answered right here leave together after the burst (one send).
+            self._writer.hold()
+            try:
+                for frame in frames:
+                    if not self._dispatch(frame):
+                        return
+            finally:
+                self._writer.release()
 
     def _dispatch(self, frame: Frame) -> bool:
         """Start ``frame``'s request; ``False`` ends the connection."""
@@ -324,7 +331,7 @@ class Session:
                 frame.request_id, Status.INTERNAL_ERROR, "internal error; the node logged the details"
             )
         try:
-            self._writer.write(reply)
+            self._writer.write(reply, wait_for_more=len(self._in_flight) > 1)
         except OSError:
             self.stop_reading()
         elapsed = time.perf_counter() - started

@@ -101,6 +101,8 @@ class Harness:
         timeout: float = 5.0,
         now_ms: int | None = None,
         down: set[str] | None = None,
+        read_repair_chance: float = 1.0,
+        chance: float = 0.5,
     ):
         self.ring = Ring([replica.node_id for replica in replicas], partitions=16)
         self.replicas = {replica.node_id: replica for replica in replicas}
@@ -116,6 +118,8 @@ class Harness:
             timeout=timeout,
             is_down=lambda node_id: node_id in self.down,
             events=self.events,
+            read_repair_chance=read_repair_chance,
+            chance=lambda: chance,
         )
 
     @property
@@ -498,6 +502,86 @@ def test_a_read_fails_at_once_when_fewer_than_r_replicas_are_up(gates: list[Even
     assert (caught.value.acked, caught.value.required) == (0, 2)
     assert "only 1 of the key's 3 replicas are up" in caught.value.message
     assert all(replica.reads == 0 for replica in harness.replicas.values())
+
+
+# --- reads ask R replicas --------------------------------------------------------------------------
+
+
+def test_a_read_asks_only_r_replicas_this_node_first() -> None:
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    for replica in replicas:
+        replica.records[KEY] = record(100, replica.node_id, replica.node_id.encode())
+    harness = Harness(replicas, read_repair_chance=0.0)
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == record(100, "a", b"a")
+    gevent.sleep(0)
+    assert [replica.reads for replica in replicas] == [1, 0, 0]
+
+    with gevent.Timeout(GUARD):
+        harness.coordinator.get(KEY, 2)
+    assert replicas[0].reads == 2
+    assert replicas[1].reads + replicas[2].reads == 1
+
+
+def test_a_failed_read_is_replaced_by_the_next_replica_up() -> None:
+    replicas = [FakeReplica("a", error=OSError("bad sector")), FakeReplica("b"), FakeReplica("c")]
+    replicas[1].records[KEY] = replicas[2].records[KEY] = record(100, "b", b"v")
+    harness = Harness(replicas, read_repair_chance=0.0)
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == record(100, "b", b"v")
+    assert replicas[0].reads == 1
+    assert replicas[1].reads + replicas[2].reads == 1  # one spare was enough
+
+
+def test_a_read_is_unavailable_once_every_spare_failed_too() -> None:
+    harness = Harness([FakeReplica(node_id, error=OSError("gone")) for node_id in NODES], read_repair_chance=0.0)
+    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+        harness.coordinator.get(KEY, 2)
+    assert caught.value.status == Status.UNAVAILABLE
+    assert (caught.value.acked, caught.value.required) == (0, 2)
+    assert [replica.reads for replica in harness.replicas.values()] == [1, 1, 1]
+
+
+def test_disagreeing_replies_among_the_r_asked_are_repaired_and_the_rest_left_alone() -> None:
+    newest = record(300, "a", b"newest")
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    harness = Harness(replicas, read_repair_chance=0.0)
+    second, third = [node_id for node_id in harness.owners() if node_id != "a"]  # asked after "a", in ring order
+    harness.replicas["a"].records[KEY] = newest
+    harness.replicas[second].records[KEY] = record(100, second, b"old")
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 2) == newest
+    wait_until(lambda: harness.replicas[second].records[KEY] == newest, message="the stale one repaired")
+    assert harness.replicas[third].reads == 0
+    assert harness.replicas[third].writes == []
+
+
+@pytest.mark.parametrize(("chance", "asked"), [(0.05, [1, 1, 1]), (0.5, [1, 0, 0])])
+def test_read_repair_chance_decides_whether_the_other_replicas_are_asked(chance: float, asked: list[int]) -> None:
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    harness = Harness(replicas, read_repair_chance=0.1, chance=chance)
+    with gevent.Timeout(GUARD):
+        harness.coordinator.get(KEY, 1)
+    wait_until(lambda: [replica.reads for replica in replicas] == asked, message=f"reads {asked}")
+
+
+def test_a_read_with_r_equal_to_the_replicas_up_asks_them_all_whatever_the_chance() -> None:
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    harness = Harness(replicas, read_repair_chance=0.0, down={"c"})
+    with gevent.Timeout(GUARD):
+        harness.coordinator.get(KEY, 2)
+    assert [replica.reads for replica in replicas] == [1, 1, 0]
+
+
+def test_a_read_is_local_only_when_r_is_1_and_this_node_holds_the_key() -> None:
+    local = FakeReplica("a")
+    local.reads_block = False  # like LocalReplica: the coordinator may read it without a timeout
+    harness = Harness([local, *(FakeReplica(node_id) for node_id in FIVE[1:])], n=2)
+    held = next(key for key in (b"k%d" % i for i in range(1000)) if "a" in harness.owners(key))
+    elsewhere = next(key for key in (b"k%d" % i for i in range(1000)) if "a" not in harness.owners(key))
+    assert harness.coordinator.is_local_read(held, 1)
+    assert not harness.coordinator.is_local_read(held, 2)
+    assert not harness.coordinator.is_local_read(elsewhere, 1)
 
 
 # --- read repair -----------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""FrameWriter: frames from many greenlets leave whole, in order, and in as few sends as it can."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from client.connection import FrameWriter
+
+
+class RecordingSocket:
+    """Stands in for a socket: records each ``sendall``."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+
+
+def test_a_plain_write_is_sent_at_once() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writer.write(b"one")
+    writer.write(b"two")
+    assert sock.sends == [b"one", b"two"]
+
+
+def test_frames_written_in_one_turn_with_wait_for_more_leave_in_one_send() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writers = [gevent.spawn(writer.write, frame, wait_for_more=True) for frame in (b"a", b"b", b"c")]
+    gevent.joinall(writers, timeout=5, raise_error=True)
+    assert sock.sends == [b"abc"]
+
+
+def test_held_frames_leave_together_at_release() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writer.hold()
+    writer.write(b"1")
+    writer.write(b"2", wait_for_more=True)  # held: does not wait, does not send
+    assert sock.sends == []
+    writer.release()
+    assert sock.sends == [b"12"]
+    writer.release()  # nothing queued: nothing sent
+    assert sock.sends == [b"12"]
+
+
+def test_a_waiting_writer_that_is_interrupted_still_sends_what_was_queued() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    waiting = gevent.spawn(writer.write, b"first", wait_for_more=True)
+    gevent.sleep(0)  # it is now waiting for the turn to end
+    writer.write(b"second")  # queued behind the waiting writer
+    waiting.kill(TimeoutError("interrupted"), block=True)
+    assert sock.sends == [b"firstsecond"]
+    writer.write(b"third")  # and the writer is usable afterwards
+    assert sock.sends[-1] == b"third"
+
+
+def test_a_failed_send_reaches_the_writer_and_leaves_the_writer_reusable() -> None:
+    class FailingSocket(RecordingSocket):
+        def sendall(self, data: bytes) -> None:
+            raise ConnectionResetError("reset by peer")
+
+    writer = FrameWriter(FailingSocket())
+    with pytest.raises(ConnectionResetError):
+        writer.write(b"x")
+    with pytest.raises(ConnectionResetError):  # not stuck believing another greenlet is writing
+        writer.write(b"y")

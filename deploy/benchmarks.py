@@ -9,7 +9,10 @@ Starts everything itself on 127.0.0.1, in temporary directories, and stops it al
   always`` (an fsync before each reply, like our acknowledged writes);
 * a single node with N=1; the same node with ``KV_FSYNC=periodic`` (fsync once a second, the
   counterpart of Redis's default); and, for the cost of command logging, the node with logging on;
-* a three-node cluster with N=2, W=2, R=1, as local processes.
+* a three-node cluster with N=2, W=2, R=1, as local processes;
+* the protocol floor (``deploy/protocol_floor.py``): our protocol served from a dict in memory by
+  a bare gevent server, the most any node on this stack could do here; the yardstick that splits
+  the gap to Redis into the runtime's share and the node's.
 
 Every node runs with ``KV_LOG_COMMANDS=false`` unless stated. Each repetition runs every target once,
 in turn, with the same ``kv bench`` settings, so the targets share the machine's state; the report
@@ -101,6 +104,22 @@ def _accepts(port: int) -> bool:
 
 
 @contextlib.contextmanager
+def protocol_floor(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    log = open(workdir / "floor.log", "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [PYTHON, str(REPO / "deploy" / "protocol_floor.py"), "--port", str(port)], stdout=log, stderr=log
+    )
+    try:
+        wait_for(lambda: _accepts(port), START_TIMEOUT, "the protocol floor")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@contextlib.contextmanager
 def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> Iterator[str]:
     ports = [free_port() for _ in range(size)]
     ids = [f"{name}-{index + 1}" for index in range(size)]
@@ -182,6 +201,7 @@ def main() -> int:
                 "redis",
                 stack.enter_context(redis(workdir, "redis-always", ["--appendonly", "yes", "--appendfsync", "always"])),
             ),
+            "protocol floor (in memory)": ("kv", stack.enter_context(protocol_floor(workdir))),
             "kv single N=1": (
                 "kv",
                 stack.enter_context(cluster(workdir, "single", 1, {"KV_N": "1", "KV_W": "1", "KV_R": "1"})),

@@ -189,13 +189,25 @@ class Coordinator:
             targets.insert(0, self.node_id)
         ask_all = r == len(targets) or self._chance() < self.read_repair_chance
         asked, spares = (targets, []) if ask_all else (targets[:r], targets[r:])
-        deadline = time.monotonic() + self.timeout
         local = self.replicas.get(self.node_id)
+        reads_block = getattr(local, "reads_block", True)
+        if asked == [self.node_id] and not reads_block:
+            # Only this node's store to ask, and it answers at once: the common read, without the
+            # fan-out machinery. If it fails, the general path below retries it and then the spares.
+            try:
+                record = local.read(key)
+            except Exception:  # the general path below tries it again, then the spares
+                pass
+            else:
+                if record is not None:
+                    self.clock.observe(record.version.timestamp)
+                return record
+        deadline = time.monotonic() + self.timeout
         fan = FanOut(
             asked,
             lambda node_id: self.replicas[node_id].read(key),
             inline=self.node_id,
-            inline_timeout=self.timeout if getattr(local, "reads_block", True) else None,
+            inline_timeout=self.timeout if reads_block else None,
         )
         self._await_quorum(fan, r, deadline, spares, total=len(targets))
         winner = newest(fan.results.values())

@@ -24,23 +24,42 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class RequestStats(Collector):
-    """``kv_requests_total`` and ``kv_request_duration_seconds``, counted with plain dicts and lists.
+class HotCounter(Collector):
+    """A labelled counter for the request path: an update is one dict increment.
 
-    Every request updates both, so they are the hot path: prometheus-client's own Counter and
-    Histogram take a lock and walk label objects on each update, several microseconds a request.
-    Here an update is a dict lookup, a bisect and two additions; the exposition is built on scrape.
-    A node's requests all run on one event loop, so no lock is needed.
+    prometheus-client's own Counter takes a lock and walks label objects on each update, several
+    microseconds that every request would pay. A node's requests all run on one event loop, so no
+    lock is needed; the exposition is built on scrape.
     """
 
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *label_values: str) -> None:
+        self._counts[label_values] = self._counts.get(label_values, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for label_values, count in sorted(self._counts.items()):
+            family.add_metric(list(label_values), count)
+        yield family
+
+
+class RequestStats(Collector):
+    """``kv_requests_total`` and ``kv_request_duration_seconds``: every request updates both, so
+    like ``HotCounter`` they are plain dicts and lists (an update is a lookup, a bisect and two
+    additions)."""
+
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
+        self._requests = HotCounter("kv_requests", "Requests handled, by op and status", ["op", "status"])
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
 
     def observe(self, op: str, status: str, seconds: float) -> None:
-        key = (op, status)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self._requests.inc(op, status)
         buckets = self._buckets.get(op)
         if buckets is None:
             buckets = self._buckets[op] = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -49,10 +68,7 @@ class RequestStats(Collector):
         self._sums[op] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("kv_requests", "Requests handled, by op and status", labels=["op", "status"])
-        for (op, status), count in sorted(self._counts.items()):
-            requests.add_metric([op, status], count)
-        yield requests
+        yield from self._requests.collect()
         durations = HistogramMetricFamily(
             "kv_request_duration_seconds", "Time from a request's arrival to its reply, by op", labels=["op"]
         )
@@ -77,7 +93,6 @@ class Metrics:
         self.request_stats = RequestStats()
         self.registry.register(self.request_stats)
         self.observe_request = self.request_stats.observe
-        self._replica_write_children: dict[tuple[str, str], Counter] = {}
         self.keys = Gauge("kv_keys", "Live keys (not tombstones) in this node's store", registry=self.registry)
         self.peer_up = Gauge(
             "kv_peer_up",
@@ -85,12 +100,12 @@ class Metrics:
             ["peer"],
             registry=self.registry,
         )
-        self.replica_writes = Counter(
+        self.replica_writes = HotCounter(
             "kv_replica_writes",
             "Writes this node sent to replicas as coordinator, by replica and outcome",
             ["peer", "status"],
-            registry=self.registry,
         )
+        self.registry.register(self.replica_writes)
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
         self.hints_pending = Gauge(
             "kv_hints_pending", "Writes held here for other nodes, waiting for delivery", registry=self.registry
@@ -118,11 +133,8 @@ class Metrics:
         )
 
     def count_replica_write(self, peer: str, status: str) -> None:
-        """One write sent to a replica; the labelled child is cached because every write lands here."""
-        child = self._replica_write_children.get((peer, status))
-        if child is None:
-            child = self._replica_write_children[(peer, status)] = self.replica_writes.labels(peer, status)
-        child.inc()
+        """One write sent to a replica (every write lands here, hence ``HotCounter``)."""
+        self.replica_writes.inc(peer, status)
 
     def track_store(self, live_keys: Callable[[], int], pending_hints: Callable[[], int]) -> None:
         self.keys.set_function(live_keys)

@@ -146,11 +146,9 @@ def decode_version(raw: bytes) -> tuple[Version, bool]:
 
 def record_hash(skey: bytes, version: Version, tombstone: bool) -> int:
     """A record's contribution to its partition digest: its key, version and tombstone flag."""
-    hasher = hashlib.blake2b(skey, digest_size=DIGEST_SIZE)
-    hasher.update(_U64.pack(version.timestamp))
-    hasher.update(version.node_id.encode())
-    hasher.update(b"\x01" if tombstone else b"\x00")
-    return int.from_bytes(hasher.digest(), "big")
+    flag = b"\x01" if tombstone else b"\x00"
+    data = b"".join((skey, _U64.pack(version.timestamp), version.node_id.encode(), flag))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest(), "big")
 
 
 def partition_of(skey: bytes, partitions: int) -> int:

@@ -10,6 +10,7 @@ import random
 import shutil
 import socket as stdlib_socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -595,6 +596,18 @@ def test_an_unreachable_target_exits_2_with_the_reason(capsys: pytest.CaptureFix
     assert "cannot connect to redis" in capsys.readouterr().err
 
 
+def wait_until_listening(port: int, process: subprocess.Popen, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:  # bounded by the deadline
+        try:
+            stdlib_socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[str]:
     """A throw-away redis-server on 127.0.0.1 with no persistence; skipped where none is installed."""
@@ -609,15 +622,7 @@ def redis_server(tmp_path: Path) -> Iterator[str]:
         [*command, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:  # bounded by the deadline
-            try:
-                stdlib_socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
+        wait_until_listening(port, process, "redis-server")
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -664,3 +669,22 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_the_protocol_floor_serves_a_run_that_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The yardstick in deploy/benchmarks.py must be a correct store, or its figure means nothing."""
+    port = free_port()
+    floor = Path(__file__).resolve().parents[2] / "deploy" / "protocol_floor.py"
+    process = subprocess.Popen(
+        [sys.executable, str(floor), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until_listening(port, process, "the protocol floor")
+        argv = ["--cluster", f"127.0.0.1:{port}", *SHORT, "--mix", "get=50,put=40,delete=10", "--pipeline", "4"]
+        code, report, out = run_bench(argv, tmp_path, capsys)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert code == EXIT_OK
+    assert_report_shape(report, ["cluster"])
+    assert "read-back   PASSED" in out

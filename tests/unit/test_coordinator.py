@@ -533,6 +533,25 @@ def test_a_failed_read_is_replaced_by_the_next_replica_up() -> None:
     assert replicas[1].reads + replicas[2].reads == 1  # one spare was enough
 
 
+@pytest.mark.parametrize("local_fails", [False, True])
+def test_a_read_of_this_nodes_own_store_alone_takes_the_direct_path_and_falls_back(local_fails: bool) -> None:
+    local = FakeReplica("a", error=OSError("bad sector") if local_fails else None)
+    local.reads_block = False  # like LocalReplica: the direct path applies
+    replicas = [local, FakeReplica("b"), FakeReplica("c")]
+    for replica in replicas:
+        replica.records[KEY] = record(100 + len(replica.node_id), replica.node_id, replica.node_id.encode())
+    harness = Harness(replicas, read_repair_chance=0.0)
+    with gevent.Timeout(GUARD):
+        answer = harness.coordinator.get(KEY, 1)
+    if local_fails:  # tried directly, then once more by the general path, which then asks a spare
+        assert local.reads == 2 and answer in (replicas[1].records[KEY], replicas[2].records[KEY])
+        assert replicas[1].reads + replicas[2].reads == 1
+    else:
+        assert answer == local.records[KEY]
+        assert [replica.reads for replica in replicas] == [1, 0, 0]
+        assert harness.clock.last >= 101  # the clock observed what it read
+
+
 def test_a_read_is_unavailable_once_every_spare_failed_too() -> None:
     harness = Harness([FakeReplica(node_id, error=OSError("gone")) for node_id in NODES], read_repair_chance=0.0)
     with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:

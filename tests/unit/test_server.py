@@ -15,6 +15,7 @@ from gevent.event import AsyncResult, Event
 from client import protocol
 from client.protocol import Frame, Op, Status
 from service.node import Node
+from service.server import InFlight
 
 SMALL_LIMITS = {"KV_MAX_KEY_BYTES": "16", "KV_MAX_VALUE_BYTES": "64"}
 READ_TIMEOUT = 3.0
@@ -713,3 +714,47 @@ def test_a_node_that_fsyncs_periodically_keeps_acknowledged_writes_across_a_rest
     restarted = cluster.restart("node1")
     for i in range(100):
         assert restarted.storage.get(f"periodic-{i}".encode()).value == f"v{i}".encode(), i
+
+
+# --- requests in flight on one connection -----------------------------------------------------------
+
+
+def test_in_flight_runs_at_most_its_limit_and_join_waits_for_all() -> None:
+    in_flight = InFlight(2)
+    gates = [Event() for _ in range(3)]
+    finished: list[int] = []
+
+    def request(index: int) -> None:
+        gates[index].wait()
+        finished.append(index)
+
+    in_flight.spawn(request, 0)
+    in_flight.spawn(request, 1)
+    assert len(in_flight) == 2
+    third = gevent.spawn(in_flight.spawn, request, 2)  # the reader, blocked: the limit is reached
+    gevent.sleep(0.01)
+    assert not third.dead and len(in_flight) == 2
+    gates[1].set()
+    third.join(timeout=1)
+    assert third.dead and finished == [1]  # a slot freed, so the third started
+    joiner = gevent.spawn(in_flight.join)
+    gevent.sleep(0.01)
+    assert not joiner.dead  # two still running
+    gates[0].set()
+    gates[2].set()
+    joiner.join(timeout=1)
+    assert joiner.dead and sorted(finished) == [0, 1, 2] and len(in_flight) == 0
+
+
+def test_a_request_that_raises_still_frees_its_slot() -> None:
+    in_flight = InFlight(1)
+
+    def failing() -> None:
+        raise RuntimeError("a bug the hub reports")
+
+    in_flight.spawn(failing)
+    with gevent.Timeout(1):
+        in_flight.join()  # the failed request counts as finished
+        in_flight.spawn(lambda: None)  # and its slot is free again
+        in_flight.join()
+    assert len(in_flight) == 0

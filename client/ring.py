@@ -60,11 +60,17 @@ class Ring:
         return position(key) * self.partitions // _RING_SIZE
 
     def primary(self, key: bytes) -> str:
-        return self._owners[self.partition(key)][0]
+        return self.owners(key)[0]
 
     def preference_list(self, key: bytes, n: int) -> list[str]:
         """The ``n`` distinct nodes that hold ``key``, primary first (fewer if the ring is smaller)."""
-        return list(self._owners[self.partition(key)][:n])
+        return list(self.owners(key)[:n])
+
+    def owners(self, key: bytes) -> tuple[str, ...]:
+        """Every node ranked for ``key``'s partition, best first."""
+        if len(self.node_ids) == 1:  # one node owns every key: no need to hash it
+            return self.node_ids
+        return self._owners[self.partition(key)]
 
     def partition_owners(self, partition: int) -> tuple[str, ...]:
         """Every node ranked for ``partition``, best first."""

@@ -70,7 +70,8 @@ class CoordinatorEvents:
 class FanOut:
     """Calls running on several replicas at once, and the outcomes as they arrive.
 
-    Each call runs in a greenlet of its own, except the ``inline`` target's (this node's store):
+    Each call runs in a raw greenlet of its own (``_outcome_of`` catches what a call raises, so none
+    needs the Greenlet object that ``gevent.spawn`` builds), except the ``inline`` target's (this node's store):
     that one runs in the caller's greenlet once the others are under way, which saves a greenlet
     and a queue round trip on every request, and on a single-replica key saves all of them.
     ``inline_timeout`` bounds it (a write waiting on a stalled disk); ``None`` leaves it unbounded.
@@ -94,7 +95,7 @@ class FanOut:
             if node_id != inline:
                 if self._outcomes is None:
                     self._outcomes = Queue()
-                gevent.spawn(self._run, node_id, call)
+                gevent.spawn_raw(self._run, node_id, call)
         if inline is not None and inline in self.targets:
             self._ready.append(_outcome_of(call, inline, inline_timeout))
 
@@ -103,7 +104,7 @@ class FanOut:
         self.targets.append(node_id)
         if self._outcomes is None:
             self._outcomes = Queue()
-        gevent.spawn(self._run, node_id, self._call)
+        gevent.spawn_raw(self._run, node_id, self._call)
 
     def _run(self, node_id: str, call: Callable[[str], Any]) -> None:
         assert self._outcomes is not None
@@ -242,7 +243,7 @@ class Coordinator:
     def _write(self, key: bytes, value: bytes | None, w: int, after: int) -> Version:
         self.clock.observe(after)
         record = Record(Version(self.clock.now(), self.node_id), value)
-        owners = self.ring.partition_owners(self.ring.partition(key))
+        owners = self.ring.owners(key)
         preferred, fallbacks = owners[: self.n], list(owners[self.n :])
 
         def next_fallback() -> str | None:

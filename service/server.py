@@ -27,7 +27,7 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from client import protocol
-from client.connection import RECV_BYTES, FrameWriter
+from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
 from service.anti_entropy import AntiEntropy
 from service.coordinator import Coordinator
@@ -306,7 +306,7 @@ class Session:
 
     def _read_frames(self) -> None:
         while not self._stopping:
-            data = self.sock.recv(RECV_BYTES)
+            data = receive(self.sock)
             if not data:
                 return
             try:
@@ -359,7 +359,6 @@ class Session:
     def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError) -> bytes:
         """Run a decoded request (or answer the error that decoding it raised) and send the reply."""
         started = time.perf_counter()
-        key = getattr(request, "key", None)
         try:
             if isinstance(request, ProtocolError):
                 reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(request))
@@ -379,6 +378,7 @@ class Session:
         op = protocol.op_name(frame.code)
         self._metrics.observe_request(op, status, elapsed)
         if self._log_commands and frame.code in CLIENT_COMMANDS:
+            key = getattr(request, "key", None)
             self._log.info(
                 "command",
                 op=op,

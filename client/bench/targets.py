@@ -27,7 +27,7 @@ from gevent.event import AsyncResult
 
 from client import protocol, resp
 from client.client import Client
-from client.connection import Connection, FrameWriter, parse_address
+from client.connection import Connection, FrameWriter, parse_address, receive
 from client.errors import KVError
 from client.protocol import Status
 from client.ring import Ring
@@ -244,7 +244,7 @@ class RedisSocket:
         assert sock is not None
         try:
             while True:
-                data = sock.recv(256 * 1024)
+                data = receive(sock)
                 if not data:
                     raise OpError("UNREACHABLE", f"{self.address} closed the connection")
                 for reply in self._parser.feed(data):

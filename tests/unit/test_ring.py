@@ -169,6 +169,8 @@ def test_preference_list_properties(node_ids: set[str], key: bytes, n: int, part
     longer = ring.preference_list(key, n + 1)
     assert longer[: len(nodes)] == nodes
     assert ring.preference_list(key, 2) == ring.preference_list(key, 3)[:2]
+    # owners() is the key's partition's ranking, with or without the one-node shortcut
+    assert ring.owners(key) == ring.partition_owners(ring.partition(key))
 
 
 @settings(max_examples=40, deadline=None)

@@ -45,6 +45,9 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.log = get_logger()
         self.metrics = Metrics()
         self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
+        if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
+            records, seconds = self.storage.digests_rebuilt
+            self.log.info("partition_digests_rebuilt", records=records, seconds=round(seconds, 3))
         self.metrics.track_store(lambda: self.storage.live_keys, self.storage.pending_hints)
         self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
         self.committer = GroupCommitter(self.storage, start_in_threadpool if config.fsync_always else start_inline)

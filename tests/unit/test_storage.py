@@ -4,6 +4,7 @@ purges) and group commit over it."""
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -446,8 +447,28 @@ def test_digests_survive_close_and_reopen(path: str) -> None:
     reopened = Storage(path, MAP_SIZE, PARTITIONS)
     try:
         assert all_digests(reopened) == before
+        assert reopened.digests_rebuilt is None  # a clean close saved them: loaded, not rebuilt
     finally:
         reopened.close()
+
+
+def test_after_a_crash_the_digests_are_rebuilt_from_the_records(path: str, tmp_path: Path) -> None:
+    store = Storage(path, MAP_SIZE, PARTITIONS)
+    store.apply(sample_writes(30, seed=5))
+    store.close()  # saved once...
+    store = Storage(path, MAP_SIZE, PARTITIONS)
+    store.apply(sample_writes(40, seed=6))  # ...then changed: the saved digests are stale now
+    records = len(list(store.records()))
+    expected = all_digests(store)
+    crashed = tmp_path / "crashed"  # the files as a crash would leave them: committed, never closed
+    shutil.copytree(path, crashed)
+    store.close()
+    recovered = Storage(str(crashed), MAP_SIZE, PARTITIONS)
+    try:
+        assert recovered.digests_rebuilt is not None and recovered.digests_rebuilt[0] == records
+        assert all_digests(recovered) == expected
+    finally:
+        recovered.close()
 
 
 # --- partition listings ----------------------------------------------------------------------------

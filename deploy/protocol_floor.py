@@ -2,10 +2,11 @@
 
 A gevent ``StreamServer`` that speaks the node's protocol with the node's own codec and keeps values
 in a dict in memory: no durability, no replication, no quorum, no clock, no metrics, no logs, and
-every reply to one read's worth of requests in one ``send``. No store built on gevent, Python and
-this protocol can serve more than this does on the same machine, so ``deploy/benchmarks.py`` runs
-it beside Redis and the node: the gap between Redis and the floor is the runtime's, the gap
-between the floor and the node is the node's own work.
+every reply to one read's worth of requests in one ``send``. It reads and writes sockets the way
+the node does (``receive``, one ``sendall``), so a store built on gevent, Python and this protocol
+can hardly serve more than this does on the same machine; ``deploy/benchmarks.py`` runs it beside
+Redis and the node: the gap between Redis and the floor is the runtime's, the gap between the floor
+and the node is the node's own work.
 
 It is a measuring instrument, not a server to run: nothing it holds survives it.
 
@@ -24,6 +25,7 @@ from gevent.server import StreamServer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client import protocol
+from client.connection import receive
 from client.protocol import NodeAddress, Status, Version
 
 NODE_ID = "floor"
@@ -74,7 +76,7 @@ def serve(port: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         decoder = protocol.FrameDecoder(protocol.DEFAULT_MAX_FRAME_BYTES)
         try:
-            while data := sock.recv(256 * 1024):
+            while data := receive(sock):
                 sock.sendall(b"".join(answer(frame) for frame in decoder.feed(data)))
         except (OSError, protocol.ProtocolError):
             pass

@@ -37,6 +37,15 @@ from client.ring import Ring
 from service.quorum import Outcome, QuorumError, QuorumTracker
 from service.versioning import HybridLogicalClock, newest, supersedes
 
+HEDGE_FRACTION = 0.1
+"""A read still short of R replies after this fraction of the request timeout (200 ms by default)
+also asks the next replica up: a hung replica is not marked down for seconds, and its silence
+must not cost every read of its keys the whole timeout."""
+
+
+class MustWait(Exception):
+    """A read asked not to wait (``get(wait=False)``) cannot be answered without waiting."""
+
 
 class Replica(Protocol):
     node_id: str
@@ -98,6 +107,11 @@ class FanOut:
                 gevent.spawn_raw(self._run, node_id, call)
         if inline is not None and inline in self.targets:
             self._ready.append(_outcome_of(call, inline, inline_timeout))
+
+    def known(self, node_id: str, result: Any) -> None:
+        """Count an outcome obtained elsewhere (this node's own read) as a successful call."""
+        self.targets.append(node_id)
+        self.results[node_id] = result
 
     def add(self, node_id: str) -> None:
         """Call one more target (a spare replacing one that failed), in a greenlet of its own."""
@@ -174,8 +188,12 @@ class Coordinator:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def get(self, key: bytes, r: int) -> Record | None:
-        """The newest record among the first ``r`` replies (a tombstone means deleted)."""
+    def get(self, key: bytes, r: int, *, wait: bool = True) -> Record | None:
+        """The newest record among the first ``r`` replies (a tombstone means deleted).
+
+        ``wait=False`` (a session answering a request without a greenlet of its own) raises
+        ``MustWait`` instead of waiting on another node, before anything is sent.
+        """
         preferred = self.ring.preference_list(key, self.n)
         targets = [node_id for node_id in preferred if not self.is_down(node_id)]
         if len(targets) < r:
@@ -189,20 +207,27 @@ class Coordinator:
             targets.remove(self.node_id)
             targets.insert(0, self.node_id)
         ask_all = r == len(targets) or self._chance() < self.read_repair_chance
-        asked, spares = (targets, []) if ask_all else (targets[:r], targets[r:])
         local = self.replicas.get(self.node_id)
         reads_block = getattr(local, "reads_block", True)
-        if asked == [self.node_id] and not reads_block:
-            # Only this node's store to ask, and it answers at once: the common read, without the
-            # fan-out machinery. If it fails, the general path below retries it and then the spares.
+        if r == 1 and targets[0] == self.node_id and not reads_block:
+            # This node's store answers alone, and at once: the common read, without the fan-out
+            # machinery. The other replicas, if read repair asks them, are asked in the background.
             try:
                 record = local.read(key)
-            except Exception:  # the general path below tries it again, then the spares
-                pass
+            except Exception:  # the general path below tries it again, then the other replicas
+                if not wait:
+                    raise MustWait from None
             else:
                 if record is not None:
                     self.clock.observe(record.version.timestamp)
+                if ask_all and len(targets) > 1:
+                    fan = FanOut(targets[1:], lambda node_id: self.replicas[node_id].read(key))
+                    fan.known(self.node_id, record)
+                    gevent.spawn(self._repair_after_read, key, fan, time.monotonic() + self.timeout)
                 return record
+        if not wait:
+            raise MustWait
+        asked, spares = (targets, []) if ask_all else (targets[:r], targets[r:])
         deadline = time.monotonic() + self.timeout
         fan = FanOut(
             asked,
@@ -210,7 +235,7 @@ class Coordinator:
             inline=self.node_id,
             inline_timeout=self.timeout if reads_block else None,
         )
-        self._await_quorum(fan, r, deadline, spares, total=len(targets))
+        self._await_quorum(fan, r, deadline, spares, total=len(targets), hedge_after=self.timeout * HEDGE_FRACTION)
         winner = newest(fan.results.values())
         if winner is not None:
             self.clock.observe(winner.version.timestamp)
@@ -283,16 +308,27 @@ class Coordinator:
     # --- quorum -----------------------------------------------------------------------------------
 
     def _await_quorum(
-        self, fan: FanOut, required: int, deadline: float, spares: list[str] | None = None, total: int = 0
+        self,
+        fan: FanOut,
+        required: int,
+        deadline: float,
+        spares: list[str] | None = None,
+        *,
+        total: int = 0,
+        hedge_after: float | None = None,
     ) -> None:
         """Return once ``required`` calls succeeded; raise UNAVAILABLE as soon as that is out of
-        reach, or TIMEOUT at the deadline. Each failed call is replaced by a call to the next of
-        ``spares``; ``total`` counts the targets and the spares."""
+        reach, or TIMEOUT at the deadline. ``spares`` are called in turn in place of a call that
+        failed, or, with ``hedge_after``, alongside calls still silent after that many seconds (a
+        hung replica the failure detector has not caught yet); ``total`` counts targets and spares."""
         tracker = QuorumTracker(required, total or len(fan.targets))
+        hedge_at = time.monotonic() + hedge_after if hedge_after is not None else deadline
         while True:
-            ok = fan.next_outcome(deadline)
-            if ok is False and spares:
-                fan.add(spares.pop(0))
+            ok = fan.next_outcome(min(deadline, hedge_at) if spares else deadline)
+            if ok is None and spares and time.monotonic() < deadline:
+                fan.add(spares.pop(0))  # speculative: the silent call still counts if it answers
+                hedge_at = time.monotonic() + (hedge_after or 0.0)
+                continue
             if ok is None:
                 raise QuorumError(
                     Status.TIMEOUT,
@@ -300,6 +336,8 @@ class Coordinator:
                     required,
                     f"{tracker.acked} of {required} required replicas answered within {self.timeout:g} s",
                 )
+            if ok is False and spares:
+                fan.add(spares.pop(0))
             outcome = tracker.succeed() if ok else tracker.fail()
             if outcome is Outcome.REACHED:
                 return

@@ -30,7 +30,7 @@ from client import protocol
 from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
 from service.anti_entropy import AntiEntropy
-from service.coordinator import Coordinator
+from service.coordinator import Coordinator, MustWait
 from service.local_replica import LocalReplica
 from service.logging import printable_key
 from service.metrics import Metrics
@@ -138,10 +138,12 @@ class RequestHandler:
         self.read_quorum = read_quorum
         self.write_quorum = write_quorum
 
-    def reply(self, request_id: int, request: protocol.Request) -> bytes:
-        """The encoded reply; every failure becomes an error reply, never an exception."""
+    def reply(self, request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
+        """The encoded reply; every failure becomes an error reply, never an exception, except
+        ``MustWait``: with ``inline`` (the session's reading greenlet, which must not block) a read
+        that turns out to need another node raises it, and the session runs it in a greenlet."""
         try:
-            status, body = self._run(request)
+            status, body = self._run(request, inline)
         except RequestError as exc:
             return protocol.encode_error(request_id, exc.status, exc.message)
         except QuorumError as exc:
@@ -150,11 +152,11 @@ class RequestHandler:
             return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
         return protocol.encode_response(request_id, status, body)
 
-    def _run(self, request: protocol.Request) -> tuple[Status, bytes]:
+    def _run(self, request: protocol.Request, inline: bool) -> tuple[Status, bytes]:
         match request:
             case protocol.Get(key, quorum):
                 self._check_key(key)
-                record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"))
+                record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"), wait=not inline)
                 if record is None or record.value is None:
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_value(record.version, record.value)
@@ -336,7 +338,10 @@ class Session:
         except ProtocolError as exc:
             request = exc
         if isinstance(request, ProtocolError) or self._handler.never_blocks(request):
-            self._run_request(frame, request)
+            try:
+                self._run_request(frame, request, inline=True)
+            except MustWait:  # it needs another node after all (this node's read failed)
+                self._in_flight.spawn(self._run_request, frame, request)
         else:
             self._in_flight.spawn(self._run_request, frame, request)
         return True
@@ -356,14 +361,17 @@ class Session:
         self._negotiated = protocol.frame_code(reply) == Status.OK
         return True
 
-    def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError) -> bytes:
-        """Run a decoded request (or answer the error that decoding it raised) and send the reply."""
+    def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError, *, inline: bool = False) -> bytes:
+        """Run a decoded request (or answer the error that decoding it raised) and send the reply.
+        ``inline``: in the reading greenlet, so ``MustWait`` is raised rather than waited out."""
         started = time.perf_counter()
         try:
             if isinstance(request, ProtocolError):
                 reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(request))
             else:
-                reply = self._handler.reply(frame.request_id, request)
+                reply = self._handler.reply(frame.request_id, request, inline=inline)
+        except MustWait:
+            raise
         except Exception:  # a bug must cost one request, never the connection or the node
             self._log.exception("request_failed", op=protocol.op_name(frame.code))
             reply = protocol.encode_error(

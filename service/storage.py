@@ -1,10 +1,11 @@
 """The node's durable store: versioned records, hints for other nodes, and partition digests, in LMDB.
 
 Why LMDB: a committed transaction is on disk (``sync=True`` fsyncs on commit) and a crash needs no
-recovery step; reads are memory-mapped and need no copy through a cache; keys are ordered, so a
+log replay; reads are memory-mapped and need no copy through a cache; keys are ordered, so a
 partition of the ring is one contiguous scan for anti-entropy.
 
-Databases in the one LMDB environment, all changed together in one transaction per batch:
+Databases in the one LMDB environment (``data``, ``hints`` and ``meta`` change together, in one
+transaction per batch):
 
 * ``data``: storage key -> record. The storage key is the key's 8-byte ring position followed by the
   key itself, so records sort by ring position. LMDB keys stop at 511 bytes, so a key longer than
@@ -16,7 +17,7 @@ Databases in the one LMDB environment, all changed together in one transaction p
 * ``digests``: partition -> XOR of a 128-bit hash of every record (key, version, tombstone flag) in
   that partition. XOR lets each write update it in O(1), and two replicas holding the same records in
   a partition have the same digest, so anti-entropy compares 16 bytes instead of the partition.
-  The digests live in memory and are updated after each commit; this database holds them only
+  The digests live in memory and are updated with each commit; this database holds them only
   between a clean ``close`` and the next open. Writing them in every commit dirtied a dozen more
   pages per fsync (a quarter of a commit's time), and they can always be rebuilt from ``data``:
   after a crash (the ``meta`` flag says they were not saved), opening the store rebuilds them with
@@ -232,9 +233,13 @@ class Storage:
             self._digests = self._load_digests()
             # From here until close() saves them again, the saved digests fall behind; a crash in
             # between must leave the flag saying so, on disk, whatever KV_FSYNC says.
-            with self._env.begin(write=True, db=self._meta) as txn:
-                txn.put(_META_DIGESTS_SAVED, b"\x00")
-            self._env.sync(True)
+            try:
+                with self._env.begin(write=True, db=self._meta) as txn:
+                    txn.put(_META_DIGESTS_SAVED, b"\x00")
+                self._env.sync(True)
+            except lmdb.Error as exc:
+                self._env.close()
+                raise StorageError(f"cannot write to the data directory {path!r}: {exc}") from exc
         else:
             started = time.monotonic()
             self._digests, records = self._rebuild_digests()
@@ -261,22 +266,31 @@ class Storage:
         """Run every operation in one fsynced transaction; return, per operation, whether it changed
         anything (``False``: the key already held a newer version, or the hint was replaced)."""
         batch = _Batch(self)
+        folded = False
         try:
             with self._env.begin(write=True, db=self._data) as txn:
                 results = [batch.run(txn, operation) for operation in operations]
                 batch.finish(txn)
-        except lmdb.MapFullError as exc:
-            raise StorageError(
-                f"the store is full ({self._env.info()['map_size']} bytes); raise KV_STORAGE_LIMIT_MB"
-            ) from exc
+                # Folded in while this transaction holds LMDB's write lock, which _save_digests
+                # needs too: a save sees every committed batch's changes or none of a batch's.
+                self._fold_digests(batch.digest_changes)
+                folded = True
         except lmdb.Error as exc:
+            if folded:  # the commit itself failed: XOR the changes out again
+                self._fold_digests(batch.digest_changes)
+            if isinstance(exc, lmdb.MapFullError):
+                raise StorageError(
+                    f"the store is full ({self._env.info()['map_size']} bytes); raise KV_STORAGE_LIMIT_MB"
+                ) from exc
             raise StorageError(f"write failed: {exc}") from exc
         self._live_keys = batch.live_keys
         self._max_timestamp = batch.max_timestamp
-        digests = self._digests
-        for partition, change in batch.digest_changes.items():
-            digests[partition] = digests.get(partition, 0) ^ change
         return results
+
+    def _fold_digests(self, changes: dict[int, int]) -> None:
+        digests = self._digests
+        for partition, change in changes.items():
+            digests[partition] = digests.get(partition, 0) ^ change
 
     # --- anti-entropy -----------------------------------------------------------------------------
 
@@ -302,7 +316,7 @@ class Storage:
         """Write the digests and mark them current, in one transaction (at close)."""
         with self._env.begin(write=True, db=self._saved_digests) as txn:
             txn.drop(self._saved_digests, delete=False)
-            for partition, digest in self._digests.items():
+            for partition, digest in list(self._digests.items()):
                 if digest:
                     txn.put(_U16.pack(partition), digest.to_bytes(DIGEST_SIZE, "big"))
             txn.put(_META_DIGESTS_SAVED, b"\x01", db=self._meta)
@@ -381,9 +395,12 @@ class Storage:
         self._env.sync(True)
 
     def close(self) -> None:
-        # If the digests cannot be saved (a full disk), the flag still says so: the next open rebuilds them.
-        with contextlib.suppress(lmdb.Error):
+        # If the digests cannot be saved (a full disk), the flag still says so: the next open
+        # rebuilds them. Whatever happened, the environment must still be closed.
+        with contextlib.suppress(Exception):
             self._save_digests()
+            if not self.syncs_on_commit:
+                self._env.sync(True)
         self._env.close()
 
 

@@ -12,7 +12,7 @@ from gevent.event import Event
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring
-from service.coordinator import Coordinator, CoordinatorEvents
+from service.coordinator import HEDGE_FRACTION, Coordinator, CoordinatorEvents, MustWait
 from service.quorum import QuorumError
 from service.versioning import LOGICAL_BITS, HybridLogicalClock
 
@@ -552,6 +552,47 @@ def test_a_read_of_this_nodes_own_store_alone_takes_the_direct_path_and_falls_ba
         assert harness.clock.last >= 101  # the clock observed what it read
 
 
+def test_a_read_stuck_on_a_hung_replica_also_asks_the_next_one(gates: list[Event]) -> None:
+    hung = new_gate(gates)  # never opened during the test: a paused process the detector has not caught
+    harness = Harness(five_nodes(), n=2, timeout=1.0, read_repair_chance=0.0)
+    key = next(key for key in (b"k%d" % i for i in range(1000)) if "a" not in harness.owners(key))
+    first, second = harness.owners(key)
+    harness.replicas[first].gate = hung
+    harness.replicas[second].records[key] = record(100, second, b"from the live replica")
+    started = time.monotonic()
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(key, 1) == record(100, second, b"from the live replica")
+    elapsed = time.monotonic() - started
+    assert HEDGE_FRACTION * 1.0 <= elapsed < 0.5, elapsed  # after the hedge delay, long before the timeout
+    assert harness.replicas[first].reads == harness.replicas[second].reads == 1
+
+
+def test_a_read_that_must_not_wait_says_so_before_sending_anything() -> None:
+    local = FakeReplica("a", error=OSError("bad sector"))
+    local.reads_block = False
+    harness = Harness([local, FakeReplica("b"), FakeReplica("c")], read_repair_chance=0.0)
+    with pytest.raises(MustWait):
+        harness.coordinator.get(KEY, 1, wait=False)  # the local read failed: only other nodes are left
+    with pytest.raises(MustWait):
+        harness.coordinator.get(KEY, 2, wait=False)  # R=2 needs another node anyway
+    gevent.sleep(0.01)
+    assert harness.replicas["b"].reads == harness.replicas["c"].reads == 0
+
+
+def test_a_direct_local_read_drawn_for_read_repair_repairs_the_others_in_the_background() -> None:
+    newest = record(300, "a", b"newest")
+    local = FakeReplica("a")
+    local.reads_block = False
+    local.records[KEY] = newest
+    replicas = [local, FakeReplica("b"), FakeReplica("c")]
+    replicas[1].records[KEY] = record(100, "b", b"old")  # c holds nothing
+    harness = Harness(replicas, read_repair_chance=1.0)
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1, wait=False) == newest  # answered at once, locally
+    wait_until(lambda: replicas[1].records[KEY] == newest and replicas[2].records.get(KEY) == newest)
+    assert local.reads == 1 and local.writes == []
+
+
 def test_a_read_is_unavailable_once_every_spare_failed_too() -> None:
     harness = Harness([FakeReplica(node_id, error=OSError("gone")) for node_id in NODES], read_repair_chance=0.0)
     with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
@@ -581,7 +622,8 @@ def test_read_repair_chance_decides_whether_the_other_replicas_are_asked(chance:
     harness = Harness(replicas, read_repair_chance=0.1, chance=chance)
     with gevent.Timeout(GUARD):
         harness.coordinator.get(KEY, 1)
-    wait_until(lambda: [replica.reads for replica in replicas] == asked, message=f"reads {asked}")
+    gevent.sleep(0.01)  # reads sent in the background have run by now
+    assert [replica.reads for replica in replicas] == asked
 
 
 def test_a_read_with_r_equal_to_the_replicas_up_asks_them_all_whatever_the_chance() -> None:

@@ -1,11 +1,12 @@
-"""FrameWriter: frames from many greenlets leave whole, in order, and in as few sends as it can."""
+"""FrameWriter (frames from many greenlets leave whole, in order, in as few sends as it can) and receive."""
 
 from __future__ import annotations
 
 import gevent
 import pytest
+from gevent import socket
 
-from client.connection import FrameWriter
+from client.connection import FrameWriter, receive
 
 
 class RecordingSocket:
@@ -69,3 +70,13 @@ def test_a_failed_send_reaches_the_writer_and_leaves_the_writer_reusable() -> No
         writer.write(b"x")
     with pytest.raises(ConnectionResetError):  # not stuck believing another greenlet is writing
         writer.write(b"y")
+
+
+def test_receive_on_a_closed_socket_raises_an_os_error_as_recv_does() -> None:
+    left, right = socket.socketpair()
+    right.sendall(b"ping")
+    assert receive(left) == b"ping"
+    left.close()
+    with pytest.raises(OSError):
+        receive(left)
+    right.close()

@@ -758,3 +758,29 @@ def test_a_request_that_raises_still_frees_its_slot() -> None:
         in_flight.spawn(lambda: None)  # and its slot is free again
         in_flight.join()
     assert len(in_flight) == 0
+
+
+def test_a_local_read_that_fails_moves_off_the_reading_greenlet_and_holds_up_nothing(
+    cluster: InProcessCluster, connect
+) -> None:
+    """A GET answered from this node's store runs in the greenlet reading the connection; if that
+    read fails, the GET must wait on another replica, in a greenlet of its own, while the requests
+    behind it on the connection are answered."""
+    key = next(f"k{i}" for i in range(1000) if "node1" in cluster.replicas_of(f"k{i}"))
+    with cluster.running_client() as client:
+        client.put(key, "from both replicas")
+    local = cluster.node("node1").local
+
+    def failing_read(read_key: bytes):
+        raise OSError("bad sector")
+
+    local.read = failing_read
+    connection = connect(cluster.address("node1"))
+    connection.hello()
+    connection.send(
+        protocol.encode_request(2, protocol.Get(key.encode())) + protocol.encode_request(3, protocol.Ping())
+    )
+    first, second = connection.read_frames(2)
+    assert (first.request_id, first.code) == (3, Status.OK)  # the PING behind it did not wait
+    assert second.request_id == 2 and second.code == Status.OK
+    assert protocol.decode_value(second.body)[1] == b"from both replicas"  # from the other replica

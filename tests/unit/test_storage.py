@@ -248,6 +248,7 @@ def test_full_store_raises_storage_error_naming_the_setting(path: str) -> None:
         assert store.get(b"big") is None
         assert store.live_keys == 0
         assert store.max_timestamp == 0
+        assert set(all_digests(store)) == {EMPTY_DIGEST}  # the failed batch left no trace in the digests
         assert store.apply([PutRecord(b"small", value(2, b"fits"))]) == [True]  # the store still works afterwards
         assert store.live_keys == 1
     finally:
@@ -448,6 +449,19 @@ def test_digests_survive_close_and_reopen(path: str) -> None:
     try:
         assert all_digests(reopened) == before
         assert reopened.digests_rebuilt is None  # a clean close saved them: loaded, not rebuilt
+    finally:
+        reopened.close()
+
+
+def test_a_store_that_syncs_periodically_also_saves_its_digests_at_close(path: str) -> None:
+    store = Storage(path, MAP_SIZE, PARTITIONS, sync=False)
+    store.apply(sample_writes(20, seed=7))
+    before = all_digests(store)
+    store.close()
+    reopened = Storage(path, MAP_SIZE, PARTITIONS, sync=False)
+    try:
+        assert reopened.digests_rebuilt is None
+        assert all_digests(reopened) == before
     finally:
         reopened.close()
 

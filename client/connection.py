@@ -57,6 +57,33 @@ def parse_address(address: str, default_port: int = 5000) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> socket.socket:
+    """A TCP connection to ``host:port`` with Nagle off and no timeout, or ``NodeUnreachableError``.
+
+    A connection to itself counts as unreachable. When nothing listens on a port in the kernel's
+    ephemeral range (Docker publishes ports there, so a node that just died leaves one free), the
+    kernel may pick that very port as the connection's source, and TCP then connects the socket to
+    itself: the HELLO comes back as its own reply. Seen as a garbled HELLO reply in the chaos test.
+    ``what`` names the server in messages (``"redis at "``).
+    """
+    address = what + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, gevent.Timeout) as exc:
+        raise NodeUnreachableError(f"cannot connect to {address}: {_describe(exc)}") from None
+    try:
+        connected_to_itself = sock.getsockname() == sock.getpeername()
+    except OSError as exc:  # reset already
+        sock.close()
+        raise NodeUnreachableError(f"cannot connect to {address}: {_describe(exc)}") from None
+    if connected_to_itself:
+        sock.close()
+        raise NodeUnreachableError(f"cannot connect to {address}: nothing listens there")
+    sock.settimeout(None)
+    sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    return sock
+
+
 class FrameWriter:
     """Writes frames to a socket from many greenlets without interleaving them.
 
@@ -146,12 +173,7 @@ class Connection:
 
     def connect(self) -> HelloReply:
         """Open the socket and negotiate the protocol version. Raises ``NodeUnreachableError``."""
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except (OSError, gevent.Timeout) as exc:
-            raise NodeUnreachableError(f"cannot connect to {self.address}: {_describe(exc)}") from None
-        sock.settimeout(None)
-        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        sock = open_socket(self.host, self.port, self.connect_timeout)
         self._sock = sock
         self._writer = FrameWriter(sock)
         self._reader = gevent.spawn(self._read_replies)

@@ -15,7 +15,6 @@ its per-request failover and routing bookkeeping would be work that the Redis si
 from __future__ import annotations
 
 import math
-import socket as stdlib_socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from gevent.event import AsyncResult
 
 from client import protocol, resp
 from client.client import Client
-from client.connection import Connection, FrameWriter, parse_address, receive
-from client.errors import KVError
+from client.connection import Connection, FrameWriter, open_socket, parse_address, receive
+from client.errors import KVError, NodeUnreachableError
 from client.protocol import Status
 from client.ring import Ring
 
@@ -205,11 +204,9 @@ class RedisSocket:
 
     def connect(self) -> None:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
-        except (OSError, gevent.Timeout) as exc:
-            raise OpError("UNREACHABLE", f"cannot connect to redis at {self.address}: {exc}") from None
-        sock.settimeout(None)
-        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            sock = open_socket(self.host, self.port, CONNECT_TIMEOUT, what="redis at ")
+        except NodeUnreachableError as exc:
+            raise OpError("UNREACHABLE", exc.message) from None
         self._sock = sock
         self._writer = FrameWriter(sock)  # the same coalescing writer our own connections use
         self._reader = gevent.spawn(self._read_replies)

@@ -92,6 +92,7 @@ class Stats:
     reads: int = 0
     reads_failed: int = 0
     errors: collections.Counter = field(default_factory=collections.Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)  # the first message of each kind
 
     @property
     def acked(self) -> int:
@@ -152,6 +153,7 @@ class Workload:
             except KVError as exc:
                 self.history.setdefault(key, []).append(Op(value, acked=False))
                 self.stats.errors[type(exc).__name__] += 1
+                self.stats.error_examples.setdefault(type(exc).__name__, str(exc))
                 if value is None:
                     self.stats.deletes_failed += 1
                 else:
@@ -291,7 +293,8 @@ def test_acknowledged_writes_survive_repeated_sigkills(cluster: Cluster, wait_un
         f"\nchaos (seed {SEED}): {chaos_seconds:.1f} s, {cycles} kill cycles ({', '.join(victims)}); "
         f"{len(keys)} keys; puts acknowledged {stats.puts_acked}, puts failed {stats.puts_failed}, "
         f"deletes acknowledged {stats.deletes_acked}, deletes failed {stats.deletes_failed}, "
-        f"errors {dict(stats.errors)}; reads {stats.reads} ({stats.reads_failed} failed); "
+        f"errors {dict(stats.errors)} (first of each: {stats.error_examples}); "
+        f"reads {stats.reads} ({stats.reads_failed} failed); "
         f"hints stored {totals['kv_hints_stored_total']:.0f}, "
         f"hints delivered {totals['kv_hints_delivered_total']:.0f}, "
         f"keys repaired by anti-entropy {totals['kv_antientropy_keys_repaired_total']:.0f}, "

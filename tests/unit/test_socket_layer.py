@@ -1,4 +1,5 @@
-"""FrameWriter (frames from many greenlets leave whole, in order, in as few sends as it can) and receive."""
+"""The socket layer under Connection: FrameWriter (frames from many greenlets leave whole, in order,
+in as few sends as it can), receive, and opening a connection."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import gevent
 import pytest
 from gevent import socket
 
-from client.connection import FrameWriter, receive
+from client import connection as connection_module
+from client.connection import Connection, FrameWriter, receive
+from client.errors import NodeUnreachableError
 
 
 class RecordingSocket:
@@ -80,3 +83,23 @@ def test_receive_on_a_closed_socket_raises_an_os_error_as_recv_does() -> None:
     with pytest.raises(OSError):
         receive(left)
     right.close()
+
+
+def test_a_connection_to_itself_is_unreachable_not_a_garbled_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing listening on a port in the ephemeral range, the kernel can pick that port as
+    the source and connect the socket to itself; its HELLO then comes back as the "reply"."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    def self_connecting(address: tuple[str, int], timeout: float | None = None) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)  # what the kernel may choose on its own: the destination port as source
+        sock.connect(address)
+        return sock
+
+    monkeypatch.setattr(connection_module.socket, "create_connection", self_connecting)
+    with pytest.raises(NodeUnreachableError, match="nothing listens there"):
+        Connection("127.0.0.1", port).connect()

@@ -43,6 +43,20 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.hint_window == 10800.0
     assert config.tombstone_grace == 86400.0
     assert config.anti_entropy_interval == 30.0
+    assert config.read_repair_chance == 0.10
+
+
+@pytest.mark.parametrize(("text", "chance"), [("0", 0.0), ("25", 0.25), ("100", 1.0)])
+def test_read_repair_percent_becomes_a_chance(text: str, chance: float) -> None:
+    assert load_config({**MINIMAL, "KV_READ_REPAIR_PERCENT": text}).read_repair_chance == chance
+
+
+@pytest.mark.parametrize("text", ["150", "-1", "ten", "12.5"])
+def test_a_read_repair_percent_outside_0_to_100_is_refused(text: str) -> None:
+    assert problems_for(KV_READ_REPAIR_PERCENT=text) == [
+        f"KV_READ_REPAIR_PERCENT={text!r}: must be "
+        + ("from 0 to 100" if text.lstrip("-").isdigit() else "a whole number from 0 to 100")
+    ]
 
 
 def test_hint_window_grace_and_anti_entropy_interval_are_read() -> None:

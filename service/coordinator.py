@@ -179,13 +179,6 @@ class Coordinator:
         self.read_repair_chance = read_repair_chance
         self._chance = chance
 
-    def is_local_read(self, key: bytes, r: int) -> bool:
-        """Whether a read of ``key`` with quorum ``r`` is answered by this node's store alone, without
-        waiting on another node (other replicas may still be asked, for read repair, in the background)."""
-        if r != 1 or getattr(self.replicas.get(self.node_id), "reads_block", True):
-            return False
-        return self.node_id in self.ring.preference_list(key, self.n) and not self.is_down(self.node_id)
-
     # --- reads ------------------------------------------------------------------------------------
 
     def get(self, key: bytes, r: int, *, wait: bool = True) -> Record | None:

@@ -43,9 +43,18 @@ MAX_IN_FLIGHT_PER_CONNECTION = 256
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 """Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
 
-NON_BLOCKING_REQUESTS = (protocol.Hello, protocol.Ping, protocol.Topology, protocol.Members, protocol.ReplicaGet)
-"""Requests answered in the reading greenlet: they never wait (a ReplicaGet is one LMDB read), so a
-greenlet of their own would cost more than the request; and HELLO must finish before what follows."""
+INLINE_REQUESTS = (
+    protocol.Hello,
+    protocol.Ping,
+    protocol.Topology,
+    protocol.Members,
+    protocol.ReplicaGet,
+    protocol.Get,
+)
+"""Requests tried in the reading greenlet, because a greenlet of their own would cost more than the
+request: they do not wait (a ReplicaGet is one LMDB read), and HELLO must finish before what follows.
+A GET qualifies when this node's store answers it alone; when it needs another node after all, the
+coordinator raises ``MustWait`` before sending anything and the session gives it a greenlet."""
 
 
 LISTING_PAGE_BYTES = 256 * 1024
@@ -209,14 +218,6 @@ class RequestHandler:
                 return self.negotiate(request)
         raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
 
-    def never_blocks(self, request: protocol.Request) -> bool:
-        """Whether ``request`` completes without waiting on a disk commit or another node."""
-        if isinstance(request, NON_BLOCKING_REQUESTS):
-            return True
-        return isinstance(request, protocol.Get) and self.coordinator.is_local_read(
-            request.key, request.quorum or self.read_quorum
-        )
-
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
         if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
             return Status.OK, self._hello_body
@@ -337,10 +338,10 @@ class Session:
             request: protocol.Request | ProtocolError = protocol.decode_request(frame)
         except ProtocolError as exc:
             request = exc
-        if isinstance(request, ProtocolError) or self._handler.never_blocks(request):
+        if isinstance(request, (ProtocolError, *INLINE_REQUESTS)):
             try:
                 self._run_request(frame, request, inline=True)
-            except MustWait:  # it needs another node after all (this node's read failed)
+            except MustWait:  # a GET that needs another node: this one holds no copy, R > 1, or its read failed
                 self._in_flight.spawn(self._run_request, frame, request)
         else:
             self._in_flight.spawn(self._run_request, frame, request)

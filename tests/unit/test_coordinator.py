@@ -634,15 +634,18 @@ def test_a_read_with_r_equal_to_the_replicas_up_asks_them_all_whatever_the_chanc
     assert [replica.reads for replica in replicas] == [1, 1, 0]
 
 
-def test_a_read_is_local_only_when_r_is_1_and_this_node_holds_the_key() -> None:
+def test_a_read_needs_no_wait_only_when_r_is_1_and_this_node_holds_the_key() -> None:
     local = FakeReplica("a")
     local.reads_block = False  # like LocalReplica: the coordinator may read it without a timeout
     harness = Harness([local, *(FakeReplica(node_id) for node_id in FIVE[1:])], n=2)
     held = next(key for key in (b"k%d" % i for i in range(1000)) if "a" in harness.owners(key))
     elsewhere = next(key for key in (b"k%d" % i for i in range(1000)) if "a" not in harness.owners(key))
-    assert harness.coordinator.is_local_read(held, 1)
-    assert not harness.coordinator.is_local_read(held, 2)
-    assert not harness.coordinator.is_local_read(elsewhere, 1)
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(held, 1, wait=False) is None  # answered, no MustWait
+    with pytest.raises(MustWait):
+        harness.coordinator.get(held, 2, wait=False)
+    with pytest.raises(MustWait):
+        harness.coordinator.get(elsewhere, 1, wait=False)
 
 
 # --- read repair -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ It is a measuring instrument, not a server to run: nothing it holds survives it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -75,11 +76,11 @@ def serve(port: int) -> None:
     def session(sock: socket.socket, _address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         decoder = protocol.FrameDecoder(protocol.DEFAULT_MAX_FRAME_BYTES)
+        # A client that went away or sent garbage ends its own session, nothing more.
         try:
-            while data := receive(sock):
-                sock.sendall(b"".join(answer(frame) for frame in decoder.feed(data)))
-        except (OSError, protocol.ProtocolError):
-            pass
+            with contextlib.suppress(OSError, protocol.ProtocolError):
+                while data := receive(sock):
+                    sock.sendall(b"".join(answer(frame) for frame in decoder.feed(data)))
         finally:
             sock.close()
 

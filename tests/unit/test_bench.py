@@ -391,7 +391,7 @@ class FakeConnection:
         self.store = store
 
     def connect(self) -> None:
-        pass
+        """Nothing to open: the store is in memory."""
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
         store = self.store
@@ -414,7 +414,7 @@ class FakeConnection:
         return self.store.data.get(key)
 
     def close(self) -> None:
-        pass
+        """Nothing to close."""
 
 
 def make_spec(**overrides: Any) -> WorkerSpec:

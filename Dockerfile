@@ -9,12 +9,13 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 
-# Dependencies first, from pyproject.toml alone, so editing code does not reinstall them.
+# Dependencies first, from pyproject.toml and the pinned versions in requirements.lock alone, so
+# editing code does not reinstall them.
 WORKDIR /app
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 RUN python3 -m venv /opt/venv \
  && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+ && /opt/venv/bin/pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt
 
 COPY README.md ./
 COPY client ./client

@@ -12,17 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=.venv
-if [[ ! -x "$venv/bin/python" ]]; then
-    python3 -m venv "$venv"
-fi
-stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
-if [[ ! -f "$stamp" ]]; then
-    echo "tests/run.sh: installing the project and test dependencies into $venv" >&2
-    "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet -e ".[test]"
-    touch "$stamp"
-fi
+tests/venv.sh
 
 if ! docker compose version >/dev/null 2>&1; then
     deploy/install-compose-plugin.sh
@@ -30,4 +20,4 @@ fi
 
 # The reaper (Ryuk) image cannot be pulled without a registry; fixtures clean up instead.
 export TESTCONTAINERS_RYUK_DISABLED=true
-exec "$venv/bin/python" -m pytest "$@"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The check command: lint, format, types, then the unit tests. CI runs it before the integration
+# tests, and the pre-commit hook (.githooks/pre-commit) runs it before every commit.
+#
+#   tests/check.sh                 everything
+#   tests/check.sh --fix           let ruff fix and format what it can first
+#   tests/check.sh --install-hook  make git run this before each commit in this checkout
+#
+# Uses the virtualenv in .venv (tests/venv.sh creates it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+    --install-hook)
+        git config core.hooksPath .githooks
+        echo "check: git now runs tests/check.sh before each commit (undo: git config --unset core.hooksPath)"
+        exit 0 ;;
+    -h|--help)
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0 ;;
+esac
+
+tests/venv.sh
+bin=.venv/bin
+
+step() { printf '\n== %s\n' "$*" >&2; }
+if [[ "${1:-}" == "--fix" ]]; then
+    "$bin/ruff" check --fix --quiet . || true
+    "$bin/ruff" format --quiet .
+fi
+step "ruff check"
+"$bin/ruff" check .
+step "ruff format --check"
+"$bin/ruff" format --check .
+step "mypy"
+"$bin/mypy"
+step "unit tests"
+"$bin/python" -m pytest -m unit -q

@@ -203,7 +203,7 @@ class Client:
     def _preference_list(self, key: bytes) -> list[str]:
         self._ensure_topology()
         assert self._ring is not None and self._topology is not None
-        return self._ring.preference_list(key, self._topology.replicas)
+        return self._ring.preference_list(key, self._topology.n)
 
     def _check_limits(self, request: protocol.Get | protocol.Put | protocol.Delete) -> None:
         """Refuse oversize keys and values here: sent, they would only come back as errors."""

@@ -83,7 +83,7 @@ class ProtocolError(Exception):
     """Bytes that do not follow the protocol."""
 
 
-class FrameTooLargeError(ProtocolError):
+class OversizeFrameError(ProtocolError):
     """A frame announced a length over the limit. The stream cannot be trusted past this point."""
 
     def __init__(self, request_id: int, length: int, limit: int) -> None:
@@ -142,7 +142,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         """Append ``data`` and return every frame now complete; keep any partial frame buffered.
 
-        Raises ``FrameTooLargeError`` for a frame over the limit and ``ProtocolError`` for a length
+        Raises ``OversizeFrameError`` for a frame over the limit and ``ProtocolError`` for a length
         too short to hold a header. Either way the stream is unusable afterwards.
         """
         buffer = self._buffer
@@ -155,7 +155,7 @@ class FrameDecoder:
             if length < MIN_FRAME_LENGTH:
                 raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
             if length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
-                raise FrameTooLargeError(request_id, length + LENGTH_FIELD_SIZE, self.max_frame_bytes)
+                raise OversizeFrameError(request_id, length + LENGTH_FIELD_SIZE, self.max_frame_bytes)
             end = offset + LENGTH_FIELD_SIZE + length
             if end > available:
                 break
@@ -523,7 +523,7 @@ class NodeAddress:
 
 @dataclass(frozen=True, slots=True)
 class TopologyReply:
-    replicas: int  # N
+    n: int  # replicas per key (N)
     read_quorum: int  # R
     write_quorum: int  # W
     partitions: int
@@ -582,7 +582,7 @@ def decode_hello_reply(body: bytes) -> HelloReply:
 
 def encode_topology_reply(reply: TopologyReply) -> bytes:
     parts = [
-        _U8.pack(reply.replicas),
+        _U8.pack(reply.n),
         _U8.pack(reply.read_quorum),
         _U8.pack(reply.write_quorum),
         _U16.pack(reply.partitions),
@@ -595,10 +595,10 @@ def encode_topology_reply(reply: TopologyReply) -> bytes:
 
 def decode_topology_reply(body: bytes) -> TopologyReply:
     reader = BodyReader(body)
-    replicas, read_quorum, write_quorum, partitions = reader.u8(), reader.u8(), reader.u8(), reader.u16()
+    n, read_quorum, write_quorum, partitions = reader.u8(), reader.u8(), reader.u8(), reader.u16()
     nodes = tuple(NodeAddress(reader.str8(), reader.str8(), reader.u16()) for _ in range(reader.u16()))
     reader.end()
-    return TopologyReply(replicas, read_quorum, write_quorum, partitions, nodes)
+    return TopologyReply(n, read_quorum, write_quorum, partitions, nodes)
 
 
 def encode_version(version: Version) -> bytes:

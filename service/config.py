@@ -18,7 +18,7 @@ from client.protocol import NodeAddress
 from client.ring import DEFAULT_PARTITIONS
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_REPLICAS = 255  # N, R and W travel as one byte
+MAX_N = 255  # N, R and W travel as one byte (and R, W <= N)
 
 
 class ConfigError(Exception):
@@ -37,7 +37,7 @@ class Config:
     port: int
     http_port: int
     data_dir: str
-    replicas: int  # N
+    n: int  # replicas per key (N), not the replica objects
     write_quorum: int  # W
     read_quorum: int  # R
     partitions: int
@@ -186,15 +186,15 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if port == http_port != 0 and valid("KV_PORT", "KV_HTTP_PORT"):
         problems.append(f"KV_PORT and KV_HTTP_PORT are both {port}: give them different ports")
 
-    replicas = integer("KV_N", 1, MAX_REPLICAS)
-    write_quorum = integer("KV_W", 1, MAX_REPLICAS)
-    read_quorum = integer("KV_R", 1, MAX_REPLICAS)
-    if cluster and replicas > len(cluster) and valid("KV_N"):
-        problems.append(f"KV_N={replicas} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
-    if write_quorum > replicas and valid("KV_N", "KV_W"):
-        problems.append(f"KV_W={write_quorum} exceeds KV_N={replicas}: a write cannot wait for more replicas than N")
-    if read_quorum > replicas and valid("KV_N", "KV_R"):
-        problems.append(f"KV_R={read_quorum} exceeds KV_N={replicas}: a read cannot wait for more replicas than N")
+    n = integer("KV_N", 1, MAX_N)
+    write_quorum = integer("KV_W", 1, MAX_N)
+    read_quorum = integer("KV_R", 1, MAX_N)
+    if cluster and n > len(cluster) and valid("KV_N"):
+        problems.append(f"KV_N={n} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
+    if write_quorum > n and valid("KV_N", "KV_W"):
+        problems.append(f"KV_W={write_quorum} exceeds KV_N={n}: a write cannot wait for more replicas than N")
+    if read_quorum > n and valid("KV_N", "KV_R"):
+        problems.append(f"KV_R={read_quorum} exceeds KV_N={n}: a read cannot wait for more replicas than N")
 
     max_key = integer("KV_MAX_KEY_BYTES", 1, protocol.MAX_KEY_FIELD)
     max_value = integer("KV_MAX_VALUE_BYTES", 0, 1 << 30)
@@ -233,7 +233,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         port=port,
         http_port=http_port,
         data_dir=raw("KV_DATA_DIR"),
-        replicas=replicas,
+        n=n,
         write_quorum=write_quorum,
         read_quorum=read_quorum,
         partitions=integer("KV_PARTITIONS", 1, 0xFFFF),

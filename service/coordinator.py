@@ -34,7 +34,7 @@ from gevent.queue import Empty, Queue
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring
-from service.quorum import Outcome, QuorumError, QuorumTracker
+from service.quorum import QuorumState, QuorumFailure, QuorumTracker
 from service.versioning import HybridLogicalClock, newest, supersedes
 
 HEDGE_FRACTION = 0.1
@@ -190,7 +190,7 @@ class Coordinator:
         preferred = self.ring.preference_list(key, self.n)
         targets = [node_id for node_id in preferred if not self.is_down(node_id)]
         if len(targets) < r:
-            raise QuorumError(
+            raise QuorumFailure(
                 Status.UNAVAILABLE,
                 0,
                 r,
@@ -323,7 +323,7 @@ class Coordinator:
                 hedge_at = time.monotonic() + (hedge_after or 0.0)
                 continue
             if ok is None:
-                raise QuorumError(
+                raise QuorumFailure(
                     Status.TIMEOUT,
                     tracker.acked,
                     required,
@@ -332,11 +332,11 @@ class Coordinator:
             if ok is False and spares:
                 fan.add(spares.pop(0))
             outcome = tracker.succeed() if ok else tracker.fail()
-            if outcome is Outcome.REACHED:
+            if outcome is QuorumState.REACHED:
                 return
-            if outcome is Outcome.LOST:
+            if outcome is QuorumState.LOST:
                 reasons = "; ".join(f"{node}: {reason}" for node, reason in sorted(fan.errors.items()))
-                raise QuorumError(
+                raise QuorumFailure(
                     Status.UNAVAILABLE,
                     tracker.acked,
                     required,

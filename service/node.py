@@ -75,7 +75,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             config.node_id,
             self.ring,
             {config.node_id: self.local, **self.peers},
-            n=config.replicas,
+            n=config.n,
             clock=self.clock,
             timeout=config.request_timeout,
             is_down=self.detector.is_down,
@@ -93,7 +93,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.anti_entropy = AntiEntropy(
             config.node_id,
             self.ring,
-            n=config.replicas,
+            n=config.n,
             storage=self.storage,
             committer=self.committer,
             local=self.local,
@@ -118,7 +118,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
                 config.max_frame_bytes,
             ),
             topology=protocol.TopologyReply(
-                config.replicas, config.read_quorum, config.write_quorum, config.partitions, config.cluster
+                config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster
             ),
             read_quorum=config.read_quorum,
             write_quorum=config.write_quorum,
@@ -163,7 +163,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             live_keys=self.storage.live_keys,
             hints_pending=self.storage.pending_hints(),
             members=[node.node_id for node in self.config.cluster],
-            n=self.config.replicas,
+            n=self.config.n,
             r=self.config.read_quorum,
             w=self.config.write_quorum,
         )

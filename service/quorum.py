@@ -13,40 +13,47 @@ from enum import Enum
 from client.protocol import Status
 
 
-class Outcome(Enum):
+class QuorumState(Enum):
+    """Where a request's quorum stands: still open, reached, or out of reach."""
+
     PENDING = "pending"
     REACHED = "reached"
     LOST = "lost"
 
 
 class QuorumTracker:
-    def __init__(self, required: int, replicas: int) -> None:
-        if not 1 <= required <= replicas:
-            raise ValueError(f"required={required} must be between 1 and replicas={replicas}")
+    """Counts successes and failures among ``total`` replica calls, of which ``required`` must succeed."""
+
+    def __init__(self, required: int, total: int) -> None:
+        if not 1 <= required <= total:
+            raise ValueError(f"required={required} must be between 1 and total={total}")
         self.required = required
-        self.replicas = replicas
+        self.total = total
         self.acked = 0
         self.failed = 0
 
-    def succeed(self) -> Outcome:
+    def succeed(self) -> QuorumState:
         self.acked += 1
         return self.outcome
 
-    def fail(self) -> Outcome:
+    def fail(self) -> QuorumState:
         self.failed += 1
         return self.outcome
 
     @property
-    def outcome(self) -> Outcome:
+    def outcome(self) -> QuorumState:
         if self.acked >= self.required:
-            return Outcome.REACHED
-        if self.replicas - self.failed < self.required:
-            return Outcome.LOST
-        return Outcome.PENDING
+            return QuorumState.REACHED
+        if self.total - self.failed < self.required:
+            return QuorumState.LOST
+        return QuorumState.PENDING
 
 
-class QuorumError(Exception):
-    """Too few replicas answered. ``status`` is UNAVAILABLE (they failed) or TIMEOUT (they were slow)."""
+class QuorumFailure(Exception):
+    """Too few replicas answered. ``status`` is UNAVAILABLE (they failed) or TIMEOUT (they were slow).
+
+    The node's side of a quorum error: the handler sends it as an error reply, which a client
+    raises as ``client.errors.QuorumError``."""
 
     def __init__(self, status: Status, acked: int, required: int, message: str) -> None:
         super().__init__(message)
@@ -56,10 +63,10 @@ class QuorumError(Exception):
         self.message = message
 
 
-def resolve_quorum(requested: int, default: int, replicas: int, name: str) -> int:
-    """The quorum a request runs with: its own if it asked (1..N), else the node's default."""
+def resolve_quorum(requested: int, default: int, n: int, name: str) -> int:
+    """The quorum a request runs with: its own if it asked (1..``n``), else the node's default."""
     if requested == 0:
         return default
-    if requested > replicas:
-        raise ValueError(f"{name}={requested} exceeds N={replicas}")
+    if requested > n:
+        raise ValueError(f"{name}={requested} exceeds N={n}")
     return requested

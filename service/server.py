@@ -34,7 +34,7 @@ from service.coordinator import Coordinator, MustWait
 from service.local_replica import LocalReplica
 from service.logging import printable_key
 from service.metrics import Metrics
-from service.quorum import QuorumError, resolve_quorum
+from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import LONG_STORAGE_KEY_SIZE, Storage, StorageError
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
@@ -155,7 +155,7 @@ class RequestHandler:
             status, body = self._run(request, inline)
         except RequestError as exc:
             return protocol.encode_error(request_id, exc.status, exc.message)
-        except QuorumError as exc:
+        except QuorumFailure as exc:
             return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
         except StorageError as exc:
             return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
@@ -314,7 +314,7 @@ class Session:
                 return
             try:
                 frames = self._decoder.feed(data)
-            except protocol.FrameTooLargeError as exc:
+            except protocol.OversizeFrameError as exc:
                 self._log.warning("frame_too_large", length=exc.length, limit=exc.limit)
                 self._writer.write(protocol.encode_error(exc.request_id, Status.FRAME_TOO_LARGE, str(exc)))
                 return

@@ -83,7 +83,7 @@ class PutRecord:
         self.key = key
         self.record = record
         self.skey = storage_key(key)
-        self.encoded = encode_record(key, record)
+        self.encoded = encode_stored(key, record)
         self.record_hash = record_hash(self.skey, record.version, record.value is None)
 
     def __repr__(self) -> str:
@@ -134,7 +134,7 @@ def storage_key(key: bytes) -> bytes:
     return prefix + key[:SHORT_KEY_MAX] + hashlib.blake2b(key, digest_size=KEY_DIGEST_SIZE).digest()
 
 
-def encode_record(key: bytes, record: Record, *, full_key: bool = False) -> bytes:
+def encode_stored(key: bytes, record: Record, *, full_key: bool = False) -> bytes:
     node_id = record.version.node_id.encode()
     flags = _TOMBSTONE if record.value is None else 0
     key_part = b""
@@ -145,7 +145,7 @@ def encode_record(key: bytes, record: Record, *, full_key: bool = False) -> byte
     return b"".join((head, node_id, key_part, record.value or b""))
 
 
-def decode_record(raw: bytes) -> tuple[Record, bytes | None]:
+def decode_stored(raw: bytes) -> tuple[Record, bytes | None]:
     """The record in ``raw``, and the full key when the record carries one."""
     flags, timestamp, id_length = _RECORD_HEAD.unpack_from(raw)
     offset = _RECORD_HEAD.size
@@ -161,9 +161,9 @@ def decode_record(raw: bytes) -> tuple[Record, bytes | None]:
     return Record(Version(timestamp, node_id), value), full_key
 
 
-def decode_version(raw: bytes) -> tuple[Version, bool]:
+def stored_version(raw: bytes) -> tuple[Version, bool]:
     """Only the version and tombstone flag of an encoded record: all a write needs to compare, and
-    cheaper than ``decode_record``, which copies the value out."""
+    cheaper than ``decode_stored``, which copies the value out."""
     flags, timestamp, id_length = _RECORD_HEAD.unpack_from(raw)
     node_id = bytes(raw[_RECORD_HEAD.size : _RECORD_HEAD.size + id_length]).decode()
     return Version(timestamp, node_id), bool(flags & _TOMBSTONE)
@@ -258,7 +258,7 @@ class Storage:
     def get(self, key: bytes) -> Record | None:
         with self._env.begin(db=self._data, buffers=True) as txn:
             raw = txn.get(storage_key(key))
-            return None if raw is None else decode_record(raw)[0]
+            return None if raw is None else decode_stored(raw)[0]
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class Storage:
         with self._env.begin(db=self._data, buffers=True) as txn:
             for skey, raw in txn.cursor():
                 partition = partition_of(skey, self.partitions)
-                digests[partition] = digests.get(partition, 0) ^ record_hash(skey, *decode_version(raw))
+                digests[partition] = digests.get(partition, 0) ^ record_hash(skey, *stored_version(raw))
                 records += 1
         return digests, records
 
@@ -341,7 +341,7 @@ class Storage:
                     return page, b""
                 if cursor and skey == cursor:
                     continue
-                record, full_key = decode_record(raw)
+                record, full_key = decode_stored(raw)
                 key = full_key if full_key is not None else skey[POSITION_SIZE:]
                 entry_size = listing_size(key, record.version)
                 if page and size + entry_size > limit_bytes:
@@ -378,7 +378,7 @@ class Storage:
                 if not hkey.startswith(prefix) or len(hints) >= limit:
                     break
                 (created_ms,) = _U64.unpack_from(raw)
-                record, full_key = decode_record(raw[_U64.size :])
+                record, full_key = decode_stored(raw[_U64.size :])
                 assert full_key is not None  # hints always carry their key
                 hints.append(Hint(owner, full_key, record, created_ms))
         return hints
@@ -387,7 +387,7 @@ class Storage:
         """Every record, in storage-key order (for tests and tools; a read transaction per call)."""
         with self._env.begin(db=self._data) as txn:
             for skey, raw in txn.cursor():
-                record, full_key = decode_record(raw)
+                record, full_key = decode_stored(raw)
                 yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
 
     def flush(self) -> None:
@@ -428,7 +428,7 @@ class _Batch:
     def _put_record(self, txn: lmdb.Transaction, put: PutRecord) -> bool:
         skey, version = put.skey, put.record.version
         raw = txn.get(skey)
-        current = None if raw is None else decode_version(raw)
+        current = None if raw is None else stored_version(raw)
         if current is not None and version <= current[0]:
             return False
         txn.put(skey, put.encoded)
@@ -441,16 +441,16 @@ class _Batch:
     def _put_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, record: Record, created_ms: int) -> bool:
         hkey = _hint_key(owner, key)
         raw = txn.get(hkey, db=self.storage._hints)
-        if raw is not None and record.version <= decode_version(raw[_U64.size :])[0]:
+        if raw is not None and record.version <= stored_version(raw[_U64.size :])[0]:
             return False
-        txn.put(hkey, _U64.pack(created_ms) + encode_record(key, record, full_key=True), db=self.storage._hints)
+        txn.put(hkey, _U64.pack(created_ms) + encode_stored(key, record, full_key=True), db=self.storage._hints)
         self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
         return True
 
     def _drop_hint(self, txn: lmdb.Transaction, owner: str, key: bytes, version: Version) -> bool:
         hkey = _hint_key(owner, key)
         raw = txn.get(hkey, db=self.storage._hints)
-        if raw is None or decode_version(raw[_U64.size :])[0] != version:
+        if raw is None or stored_version(raw[_U64.size :])[0] != version:
             return False
         return txn.delete(hkey, db=self.storage._hints)
 
@@ -459,7 +459,7 @@ class _Batch:
         raw = txn.get(skey)
         if raw is None:
             return False
-        current = decode_version(raw)
+        current = stored_version(raw)
         if not current[1] or current[0] != version:
             return False
         txn.delete(skey)

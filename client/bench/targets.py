@@ -121,7 +121,7 @@ def discover_cluster(seeds: str, timeout: float) -> ClusterMap:
     finally:
         probe.close()
     ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
-    return ClusterMap(ring, addresses, topology.replicas, hello.max_value_bytes)
+    return ClusterMap(ring, addresses, topology.n, hello.max_value_bytes)
 
 
 class ClusterConnection:

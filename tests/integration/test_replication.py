@@ -37,7 +37,7 @@ def holders(cluster: Cluster, key: str) -> dict[str, bytes | None]:
 
 def test_cluster_reports_n2_w2_r1(kv: Client) -> None:
     topology = kv.topology()
-    assert (topology.replicas, topology.write_quorum, topology.read_quorum) == (2, 2, 1)
+    assert (topology.n, topology.write_quorum, topology.read_quorum) == (2, 2, 1)
     assert sorted(node.node_id for node in topology.nodes) == list(NODE_IDS)
 
 

@@ -164,7 +164,7 @@ class InProcessCluster:
     def replicas_of(self, key: bytes | str) -> list[str]:
         """The node ids holding ``key``, primary first."""
         raw = key.encode() if isinstance(key, str) else key
-        return self.ring().preference_list(raw, self.config.replicas)
+        return self.ring().preference_list(raw, self.config.n)
 
     # --- lifecycle --------------------------------------------------------------------------------
 

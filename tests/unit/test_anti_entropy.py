@@ -42,7 +42,7 @@ def newer(node: Node, value: bytes | None) -> Record:
 def shared_digests_agree(cluster: InProcessCluster) -> bool:
     ring = cluster.ring()
     for partition in range(ring.partitions):
-        owners = ring.partition_owners(partition)[: cluster.config.replicas]
+        owners = ring.partition_owners(partition)[: cluster.config.n]
         digests = {cluster.node(node_id).storage.digests([partition])[0] for node_id in owners}
         if len(digests) != 1:
             return False
@@ -96,7 +96,7 @@ def test_a_round_makes_damaged_replicas_equal_again(cluster: InProcessCluster) -
 
 
 def test_a_round_compares_exactly_the_partitions_shared_with_each_peer(cluster: InProcessCluster) -> None:
-    ring, n = cluster.ring(), cluster.config.replicas
+    ring, n = cluster.ring(), cluster.config.n
     for node_id, result in run_rounds(cluster).items():
         mine = {p for p in range(ring.partitions) if node_id in ring.partition_owners(p)[:n]}
         assert (result.partitions, result.failed_peers) == (len(mine) * (n - 1), []), node_id

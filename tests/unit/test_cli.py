@@ -146,9 +146,7 @@ def comparisons(cluster: InProcessCluster, nodes: list[str] | None = None) -> in
     members = set(nodes or cluster.node_ids)
     total = 0
     for partition in range(ring.partitions):
-        owners = [
-            node_id for node_id in ring.partition_owners(partition)[: cluster.config.replicas] if node_id in members
-        ]
+        owners = [node_id for node_id in ring.partition_owners(partition)[: cluster.config.n] if node_id in members]
         total += len(owners) * (len(owners) - 1)
     return total
 

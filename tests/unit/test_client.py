@@ -132,7 +132,7 @@ def test_requests_go_to_the_keys_primary(cluster: InProcessCluster) -> None:
 
 def test_topology_matches_the_cluster(cluster: InProcessCluster) -> None:
     topology = cluster.client().topology()
-    assert (topology.replicas, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
+    assert (topology.n, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
     assert [node.node_id for node in topology.nodes] == cluster.node_ids
 
 
@@ -197,7 +197,7 @@ def test_status_reports_all_up_then_one_down(cluster: InProcessCluster) -> None:
 def fallback_of(cluster: InProcessCluster, key: str) -> str:
     """The node after the key's N replicas in its partition's ranking: where its hints go."""
     ring = cluster.ring()
-    return ring.partition_owners(ring.partition(key.encode()))[cluster.config.replicas]
+    return ring.partition_owners(ring.partition(key.encode()))[cluster.config.n]
 
 
 def test_with_a_replica_down_reads_and_quorum_writes_go_on_through_a_hint(cluster: InProcessCluster) -> None:
@@ -321,7 +321,7 @@ def test_repair_runs_a_round_on_the_named_node(cluster: InProcessCluster) -> Non
     result = client.repair(owner)
     ring = cluster.ring()
     shared = sum(
-        1 for p in range(ring.partitions) if owner in ring.partition_owners(p)[: cluster.config.replicas]
+        1 for p in range(ring.partitions) if owner in ring.partition_owners(p)[: cluster.config.n]
     )  # each shared with the one other replica (N=2)
     assert result == protocol.RepairReply(shared, 0, 0, ())
 

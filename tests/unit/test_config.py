@@ -25,7 +25,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.node_id == "node1"
     assert config.cluster == (NodeAddress("node1", "host1", 5000), NodeAddress("node2", "host2", 5000))
     assert config.peers == (NodeAddress("node2", "host2", 5000),)
-    assert (config.replicas, config.write_quorum, config.read_quorum) == (2, 2, 1)
+    assert (config.n, config.write_quorum, config.read_quorum) == (2, 2, 1)
     assert (config.port, config.http_port) == (5000, 8000)
     assert config.host == "0.0.0.0"
     assert config.data_dir == "/data"
@@ -69,7 +69,7 @@ def test_hint_window_grace_and_anti_entropy_interval_are_read() -> None:
 def test_blank_values_fall_back_to_defaults() -> None:
     config = load_config({**MINIMAL, "KV_PORT": "  ", "KV_N": "", "KV_LOG_LEVEL": ""})
     assert config.port == 5000
-    assert config.replicas == 2
+    assert config.n == 2
     assert config.log_level == "info"
 
 
@@ -94,7 +94,7 @@ def test_settings_are_read() -> None:
     assert [node.node_id for node in config.peers] == ["node1", "node3"]
     assert config.cluster[2] == NodeAddress("node3", "::1", 5003)
     assert (config.port, config.http_port) == (6000, 0)
-    assert (config.replicas, config.write_quorum, config.read_quorum) == (3, 1, 3)
+    assert (config.n, config.write_quorum, config.read_quorum) == (3, 1, 3)
     assert config.max_frame_bytes == 10 + 100 + 1024
     assert config.request_timeout == 0.25
     assert config.storage_limit_bytes == 1024 * 1024

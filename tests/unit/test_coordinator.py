@@ -13,7 +13,7 @@ from gevent.event import Event
 from client.protocol import Record, Status, Version
 from client.ring import Ring
 from service.coordinator import HEDGE_FRACTION, Coordinator, CoordinatorEvents, MustWait
-from service.quorum import QuorumError
+from service.quorum import QuorumFailure
 from service.versioning import LOGICAL_BITS, HybridLogicalClock
 
 NODES = ["a", "b", "c"]
@@ -215,7 +215,7 @@ def test_write_is_unavailable_as_soon_as_too_many_replicas_fail(gates: list[Even
     ok.write = write_then_signal  # type: ignore[method-assign]
 
     started = time.monotonic()
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 3)
     assert time.monotonic() - started < GUARD
     error = caught.value
@@ -227,7 +227,7 @@ def test_write_is_unavailable_as_soon_as_too_many_replicas_fail(gates: list[Even
 
 def test_write_with_every_replica_failing_reports_zero_acked() -> None:
     harness = Harness([FakeReplica(node_id, error=ConnectionError()) for node_id in NODES])
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 2)
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (0, 2)
@@ -251,7 +251,7 @@ def test_write_times_out_when_replicas_are_too_slow(gates: list[Event]) -> None:
         timeout=0.05,
     )
     started = time.monotonic()
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 2)
     elapsed = time.monotonic() - started
     assert caught.value.status == Status.TIMEOUT
@@ -299,7 +299,7 @@ def test_read_is_unavailable_when_too_many_replicas_fail(gates: list[Event]) -> 
             FakeReplica("c", gate=new_gate(gates)),
         ]
     )
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.get(KEY, 2)
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (0, 2)
@@ -308,7 +308,7 @@ def test_read_is_unavailable_when_too_many_replicas_fail(gates: list[Event]) -> 
 def test_read_times_out_when_replicas_are_too_slow(gates: list[Event]) -> None:
     gate = new_gate(gates)
     harness = Harness([FakeReplica(node_id, gate=gate) for node_id in NODES], timeout=0.05)
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.get(KEY, 1)
     assert caught.value.status == Status.TIMEOUT
     assert (caught.value.acked, caught.value.required) == (0, 1)
@@ -443,7 +443,7 @@ def test_a_write_is_unavailable_when_no_fallback_can_take_the_hint() -> None:
     harness.down.add(second)
     harness.replicas[fallback].error = OSError("disk full")
 
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 2)
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (1, 2)
@@ -458,7 +458,7 @@ def test_a_write_is_unavailable_when_no_fallback_can_take_the_hint() -> None:
 
 def test_a_write_with_every_node_down_fails_at_once_without_sending_anything() -> None:
     harness = Harness(five_nodes(), n=2, down=set(FIVE))
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 1)
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (0, 1)
@@ -467,7 +467,7 @@ def test_a_write_with_every_node_down_fails_at_once_without_sending_anything() -
 
 def test_in_a_ring_of_exactly_n_nodes_a_down_replica_has_no_fallback() -> None:
     harness = Harness([FakeReplica(node_id) for node_id in NODES], n=3, down={"b"})
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 3)
     assert caught.value.status == Status.UNAVAILABLE
     assert caught.value.required == 3
@@ -495,7 +495,7 @@ def test_a_read_fails_at_once_when_fewer_than_r_replicas_are_up(gates: list[Even
     gate = new_gate(gates)  # a read actually sent would hang here
     harness = Harness([FakeReplica(node_id, gate=gate) for node_id in NODES], down={"b", "c"})
     started = time.monotonic()
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.get(KEY, 2)
     assert time.monotonic() - started < GUARD
     assert caught.value.status == Status.UNAVAILABLE
@@ -595,7 +595,7 @@ def test_a_direct_local_read_drawn_for_read_repair_repairs_the_others_in_the_bac
 
 def test_a_read_is_unavailable_once_every_spare_failed_too() -> None:
     harness = Harness([FakeReplica(node_id, error=OSError("gone")) for node_id in NODES], read_repair_chance=0.0)
-    with gevent.Timeout(GUARD), pytest.raises(QuorumError) as caught:
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.get(KEY, 2)
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (0, 2)

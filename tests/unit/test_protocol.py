@@ -23,7 +23,7 @@ from client.protocol import (
     ErrorReply,
     Frame,
     FrameDecoder,
-    FrameTooLargeError,
+    OversizeFrameError,
     Get,
     Hello,
     HelloReply,
@@ -516,7 +516,7 @@ def test_frame_at_the_limit_is_accepted_and_one_byte_over_is_not() -> None:
     at_limit = protocol.encode_frame(5, Op.PUT, b"x" * (limit - HEADER.size))
     assert len(at_limit) == limit
     assert FrameDecoder(limit).feed(at_limit) == [Frame(5, Op.PUT, b"x" * (limit - HEADER.size))]
-    with pytest.raises(FrameTooLargeError):
+    with pytest.raises(OversizeFrameError):
         FrameDecoder(limit).feed(protocol.encode_frame(5, Op.PUT, b"x" * (limit - HEADER.size + 1)))
 
 
@@ -525,7 +525,7 @@ def test_length_over_the_limit_raises_frame_too_large_with_the_request_id(
     request_id: int, code: int, limit: int, data: st.DataObject
 ) -> None:
     length = data.draw(st.integers(limit - 3, 0xFFFFFFFF), label="length")  # length field + 4 > limit
-    with pytest.raises(FrameTooLargeError) as caught:
+    with pytest.raises(OversizeFrameError) as caught:
         FrameDecoder(limit).feed(HEADER.pack(length, request_id, code))  # raised from the header alone
     assert caught.value.request_id == request_id
     assert caught.value.length == length + 4
@@ -535,7 +535,7 @@ def test_length_over_the_limit_raises_frame_too_large_with_the_request_id(
 def test_frame_too_large_after_a_good_frame_reports_the_offending_request_id() -> None:
     good = protocol.encode_request(1, Ping())
     huge = HEADER.pack(DEFAULT_MAX_FRAME_BYTES, 42, Op.PUT)
-    with pytest.raises(FrameTooLargeError) as caught:
+    with pytest.raises(OversizeFrameError) as caught:
         FrameDecoder().feed(good + huge)
     assert caught.value.request_id == 42
     assert isinstance(caught.value, ProtocolError)
@@ -545,7 +545,7 @@ def test_frame_too_large_after_a_good_frame_reports_the_offending_request_id() -
 def test_length_shorter_than_the_header_is_a_protocol_error(length: int) -> None:
     with pytest.raises(ProtocolError) as caught:
         FrameDecoder().feed(HEADER.pack(length, 1, Op.PING) + b"\x00" * 16)
-    assert not isinstance(caught.value, FrameTooLargeError)
+    assert not isinstance(caught.value, OversizeFrameError)
 
 
 @given(st.integers(0, 0xFF).filter(lambda code: code not in OP_CODES), st.binary(max_size=64))

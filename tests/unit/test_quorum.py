@@ -7,48 +7,48 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.protocol import Status
-from service.quorum import Outcome, QuorumError, QuorumTracker, resolve_quorum
+from service.quorum import QuorumFailure, QuorumState, QuorumTracker, resolve_quorum
 
 
-def expected_outcome(acked: int, failed: int, required: int, replicas: int) -> Outcome:
+def expected_outcome(acked: int, failed: int, required: int, replicas: int) -> QuorumState:
     if acked >= required:
-        return Outcome.REACHED
+        return QuorumState.REACHED
     if replicas - failed < required:
-        return Outcome.LOST
-    return Outcome.PENDING
+        return QuorumState.LOST
+    return QuorumState.PENDING
 
 
 def test_starts_pending() -> None:
     tracker = QuorumTracker(2, 3)
-    assert tracker.outcome is Outcome.PENDING
+    assert tracker.outcome is QuorumState.PENDING
     assert (tracker.acked, tracker.failed) == (0, 0)
 
 
 def test_reached_exactly_at_required() -> None:
     tracker = QuorumTracker(2, 3)
-    assert tracker.succeed() is Outcome.PENDING
-    assert tracker.succeed() is Outcome.REACHED
-    assert tracker.fail() is Outcome.REACHED  # a late failure does not undo a quorum
+    assert tracker.succeed() is QuorumState.PENDING
+    assert tracker.succeed() is QuorumState.REACHED
+    assert tracker.fail() is QuorumState.REACHED  # a late failure does not undo a quorum
     assert tracker.acked == 2
 
 
 def test_lost_as_soon_as_the_rest_cannot_make_it() -> None:
     tracker = QuorumTracker(2, 3)
-    assert tracker.fail() is Outcome.PENDING  # two replicas left, two needed
-    assert tracker.fail() is Outcome.LOST  # one left: no need to wait for it
+    assert tracker.fail() is QuorumState.PENDING  # two replicas left, two needed
+    assert tracker.fail() is QuorumState.LOST  # one left: no need to wait for it
     assert tracker.failed == 2
 
 
 def test_one_failure_loses_an_all_replicas_quorum() -> None:
     tracker = QuorumTracker(3, 3)
-    assert tracker.succeed() is Outcome.PENDING
-    assert tracker.fail() is Outcome.LOST
+    assert tracker.succeed() is QuorumState.PENDING
+    assert tracker.fail() is QuorumState.LOST
 
 
 def test_single_replica_quorum() -> None:
-    assert QuorumTracker(1, 1).succeed() is Outcome.REACHED
-    assert QuorumTracker(1, 1).fail() is Outcome.LOST
-    assert QuorumTracker(1, 3).succeed() is Outcome.REACHED
+    assert QuorumTracker(1, 1).succeed() is QuorumState.REACHED
+    assert QuorumTracker(1, 1).fail() is QuorumState.LOST
+    assert QuorumTracker(1, 3).succeed() is QuorumState.REACHED
 
 
 @pytest.mark.parametrize(("required", "replicas"), [(0, 3), (4, 3), (-1, 2), (1, 0)])
@@ -63,7 +63,7 @@ def test_outcome_follows_every_answer(sizes: tuple[int, int], data: st.DataObjec
     answers = data.draw(st.lists(st.booleans(), max_size=replicas), label="answers (True: success)")
     tracker = QuorumTracker(required, replicas)
     acked = failed = 0
-    decided: Outcome | None = None
+    decided: QuorumState | None = None
     for success in answers:
         if success:
             acked += 1
@@ -76,14 +76,14 @@ def test_outcome_follows_every_answer(sizes: tuple[int, int], data: st.DataObjec
         assert (tracker.acked, tracker.failed) == (acked, failed)
         if decided is not None:
             assert outcome is decided  # once decided, a request stays decided
-        elif outcome is not Outcome.PENDING:
+        elif outcome is not QuorumState.PENDING:
             decided = outcome
     if len(answers) == replicas:
-        assert tracker.outcome is not Outcome.PENDING  # every replica answered: the request is decided
+        assert tracker.outcome is not QuorumState.PENDING  # every replica answered: the request is decided
 
 
 def test_quorum_error_carries_its_counts() -> None:
-    error = QuorumError(Status.TIMEOUT, 1, 2, "1 of 2 replicas answered in time")
+    error = QuorumFailure(Status.TIMEOUT, 1, 2, "1 of 2 replicas answered in time")
     assert (error.status, error.acked, error.required) == (Status.TIMEOUT, 1, 2)
     assert str(error) == error.message == "1 of 2 replicas answered in time"
 

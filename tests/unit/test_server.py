@@ -207,7 +207,7 @@ def test_topology_reply_describes_the_cluster(cluster: InProcessCluster, connect
     connection.hello()
     reply = connection.call(2, protocol.Topology())
     topology = protocol.decode_topology_reply(reply.body)
-    assert (topology.replicas, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
+    assert (topology.n, topology.read_quorum, topology.write_quorum) == (2, 1, 2)
     assert topology.partitions == cluster.config.partitions
     assert [node.address for node in topology.nodes] == cluster.addresses
     assert [node.node_id for node in topology.nodes] == cluster.node_ids
@@ -558,7 +558,7 @@ def ok_body(connection: RawConnection, request_id: int, request: protocol.Reques
 
 def shared_partitions(cluster: InProcessCluster, a: str, b: str) -> list[int]:
     ring = cluster.ring()
-    return [p for p in range(ring.partitions) if {a, b} <= set(ring.partition_owners(p)[: cluster.config.replicas])]
+    return [p for p in range(ring.partitions) if {a, b} <= set(ring.partition_owners(p)[: cluster.config.n])]
 
 
 def test_digests_over_the_wire_are_the_stores_and_agree_between_replicas(cluster: InProcessCluster, connect) -> None:

@@ -2,9 +2,10 @@
 
 This module owns the byte layout described in ``client/PROTOCOL.md`` and nothing else: no sockets,
 no clocks, no I/O. ``FrameDecoder`` turns a byte stream into frames (a partial frame is normal and
-simply waits for more bytes); the ``encode_*``/``decode_*`` functions turn typed messages into frame
-bodies and back. Every decoding failure raises ``ProtocolError`` or one of its subclasses, never
-``struct.error``, ``IndexError`` or ``UnicodeDecodeError``.
+simply waits for more bytes). Each request class encodes and decodes its own body and is registered
+in ``REQUEST_TYPES`` by op code; the ``encode_*``/``decode_*`` functions do the same for replies.
+Every decoding failure raises ``ProtocolError`` or one of its subclasses, never ``struct.error``,
+``IndexError`` or ``UnicodeDecodeError``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, Self
 
 PROTOCOL_VERSION = 1
 """The only version this code speaks. HELLO negotiates it; a later version adds ops, never reshapes."""
@@ -197,7 +198,8 @@ class BodyReader:
         return chunk
 
     def _unpack(self, fmt: struct.Struct) -> int:
-        return fmt.unpack(self.take(fmt.size))[0]
+        value: int = fmt.unpack(self.take(fmt.size))[0]
+        return value
 
     def u8(self) -> int:
         return self._unpack(_U8)
@@ -257,96 +259,13 @@ def _version(version: Version) -> bytes:
 
 
 # --- requests --------------------------------------------------------------------------------------
+#
+# One dataclass per op. Each names its op code (``OP``), encodes its own body (``encode``) and reads
+# it back (``decode``), and ``REQUEST_TYPES`` maps codes to classes: adding an op is one class and
+# one table entry here, and one case in the node's request handler.
 
 DEFAULT_QUORUM = 0
 """A quorum byte of 0 means "use the node's configured R or W"."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    min_version: int = PROTOCOL_VERSION
-    max_version: int = PROTOCOL_VERSION
-    client_name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """Are you there? An OK reply says the node serves requests."""
-
-
-@dataclass(frozen=True, slots=True)
-class Get:
-    key: bytes
-    quorum: int = DEFAULT_QUORUM
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    key: bytes
-    value: bytes
-    quorum: int = DEFAULT_QUORUM
-    after: int = 0  # the highest timestamp the client has seen; the write is stamped above it
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    key: bytes
-    quorum: int = DEFAULT_QUORUM
-    after: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """Asks for the ring: N, R, W, the partition count and every member's address."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaGet:
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaPut:
-    key: bytes
-    record: Record
-
-
-@dataclass(frozen=True, slots=True)
-class HintedPut:
-    """A write for ``owner``, held by the receiving node until ``owner`` can take it."""
-
-    key: bytes
-    record: Record
-    owner: str
-
-
-@dataclass(frozen=True, slots=True)
-class Digests:
-    partitions: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionKeys:
-    """One page of a partition's keys and versions, starting after ``cursor`` (empty: the start)."""
-
-    partition: int
-    cursor: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Repair:
-    """Asks the node to run one anti-entropy round with all its peers now."""
-
-
-@dataclass(frozen=True, slots=True)
-class Members:
-    """Asks for the node's failure-detector view of the cluster."""
-
-
-Request = (
-    Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | Repair | Members
-)  # fmt: skip
 
 _TOMBSTONE_FLAG = 0x01
 
@@ -369,36 +288,212 @@ def _read_record(reader: BodyReader) -> Record:
     return Record(version, value)
 
 
+class _EmptyBody:
+    """The codec of a request that carries no fields."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first request on a connection: the protocol versions the client speaks, and its name."""
+
+    OP: ClassVar[Op] = Op.HELLO
+    min_version: int = PROTOCOL_VERSION
+    max_version: int = PROTOCOL_VERSION
+    client_name: str = ""
+
+    def encode(self) -> bytes:
+        return _U8.pack(self.min_version) + _U8.pack(self.max_version) + _str8(self.client_name)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Hello:
+        return cls(reader.u8(), reader.u8(), reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(_EmptyBody):
+    """Are you there? An OK reply says the node serves requests."""
+
+    OP: ClassVar[Op] = Op.PING
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    OP: ClassVar[Op] = Op.GET
+    key: bytes
+    quorum: int = DEFAULT_QUORUM
+
+    def encode(self) -> bytes:
+        return _U8.pack(self.quorum) + _bytes16(self.key)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Get:
+        quorum = reader.u8()
+        return cls(reader.bytes16(), quorum)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    OP: ClassVar[Op] = Op.PUT
+    key: bytes
+    value: bytes
+    quorum: int = DEFAULT_QUORUM
+    after: int = 0  # the highest timestamp the client has seen; the write is stamped above it
+
+    def encode(self) -> bytes:
+        return _U8.pack(self.quorum) + _U64.pack(self.after) + _bytes16(self.key) + _bytes32(self.value)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Put:
+        quorum, after = reader.u8(), reader.u64()
+        key = reader.bytes16()
+        return cls(key, reader.bytes32(), quorum, after)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    OP: ClassVar[Op] = Op.DELETE
+    key: bytes
+    quorum: int = DEFAULT_QUORUM
+    after: int = 0
+
+    def encode(self) -> bytes:
+        return _U8.pack(self.quorum) + _U64.pack(self.after) + _bytes16(self.key)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Delete:
+        quorum, after = reader.u8(), reader.u64()
+        return cls(reader.bytes16(), quorum, after)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology(_EmptyBody):
+    """Asks for the ring: N, R, W, the partition count and every member's address."""
+
+    OP: ClassVar[Op] = Op.TOPOLOGY
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGet:
+    OP: ClassVar[Op] = Op.REPLICA_GET
+    key: bytes
+
+    def encode(self) -> bytes:
+        return _bytes16(self.key)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ReplicaGet:
+        return cls(reader.bytes16())
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPut:
+    OP: ClassVar[Op] = Op.REPLICA_PUT
+    key: bytes
+    record: Record
+
+    def encode(self) -> bytes:
+        return _bytes16(self.key) + _record_body(self.record)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ReplicaPut:
+        key = reader.bytes16()
+        return cls(key, _read_record(reader))
+
+
+@dataclass(frozen=True, slots=True)
+class HintedPut:
+    """A write for ``owner``, held by the receiving node until ``owner`` can take it."""
+
+    OP: ClassVar[Op] = Op.HINTED_PUT
+    key: bytes
+    record: Record
+    owner: str
+
+    def encode(self) -> bytes:
+        return _bytes16(self.key) + _record_body(self.record) + _str8(self.owner)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> HintedPut:
+        key = reader.bytes16()
+        record = _read_record(reader)
+        return cls(key, record, reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class Digests:
+    OP: ClassVar[Op] = Op.DIGESTS
+    partitions: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _U16.pack(len(self.partitions)) + b"".join(_U16.pack(p) for p in self.partitions)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Digests:
+        return cls(tuple(reader.u16() for _ in range(reader.u16())))
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """One page of a partition's keys and versions, starting after ``cursor`` (empty: the start)."""
+
+    OP: ClassVar[Op] = Op.PARTITION_KEYS
+    partition: int
+    cursor: bytes = b""
+
+    def encode(self) -> bytes:
+        return _U16.pack(self.partition) + _bytes16(self.cursor)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> PartitionKeys:
+        partition = reader.u16()
+        return cls(partition, reader.bytes16())
+
+
+@dataclass(frozen=True, slots=True)
+class Repair(_EmptyBody):
+    """Asks the node to run one anti-entropy round with all its peers now."""
+
+    OP: ClassVar[Op] = Op.REPAIR
+
+
+@dataclass(frozen=True, slots=True)
+class Members(_EmptyBody):
+    """Asks for the node's failure-detector view of the cluster."""
+
+    OP: ClassVar[Op] = Op.MEMBERS
+
+
+Request = (
+    Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut | HintedPut
+    | Digests | PartitionKeys | Repair | Members
+)  # fmt: skip
+
+REQUEST_TYPES: dict[int, type[Request]] = {
+    request_type.OP: request_type
+    for request_type in (
+        Hello, Ping, Get, Put, Delete, Topology, ReplicaGet, ReplicaPut, HintedPut,
+        Digests, PartitionKeys, Repair, Members,
+    )
+}  # fmt: skip
+"""Op code -> request class: the one table ``decode_request`` reads."""
+
+
 def request_body(request: Request) -> tuple[Op, bytes]:
-    """The op code and body bytes of ``request``."""
-    match request:
-        case Get(key, quorum):
-            return Op.GET, _U8.pack(quorum) + _bytes16(key)
-        case Put(key, value, quorum, after):
-            return Op.PUT, _U8.pack(quorum) + _U64.pack(after) + _bytes16(key) + _bytes32(value)
-        case Delete(key, quorum, after):
-            return Op.DELETE, _U8.pack(quorum) + _U64.pack(after) + _bytes16(key)
-        case ReplicaGet(key):
-            return Op.REPLICA_GET, _bytes16(key)
-        case ReplicaPut(key, record):
-            return Op.REPLICA_PUT, _bytes16(key) + _record_body(record)
-        case HintedPut(key, record, owner):
-            return Op.HINTED_PUT, _bytes16(key) + _record_body(record) + _str8(owner)
-        case Digests(partitions):
-            return Op.DIGESTS, _U16.pack(len(partitions)) + b"".join(_U16.pack(p) for p in partitions)
-        case PartitionKeys(partition, cursor):
-            return Op.PARTITION_KEYS, _U16.pack(partition) + _bytes16(cursor)
-        case Repair():
-            return Op.REPAIR, b""
-        case Members():
-            return Op.MEMBERS, b""
-        case Hello(min_version, max_version, client_name):
-            return Op.HELLO, _U8.pack(min_version) + _U8.pack(max_version) + _str8(client_name)
-        case Ping():
-            return Op.PING, b""
-        case Topology():
-            return Op.TOPOLOGY, b""
-    raise TypeError(f"not a request: {request!r}")
+    """The op code and body bytes of ``request``; ``TypeError`` if it is not a request."""
+    try:
+        op = request.OP
+    except AttributeError:
+        raise TypeError(f"not a request: {request!r}") from None
+    return op, request.encode()
 
 
 def encode_request(request_id: int, request: Request) -> bytes:
@@ -408,6 +503,8 @@ def encode_request(request_id: int, request: Request) -> bytes:
 
 _GET_HEAD = struct.Struct(">BH")  # quorum, key length
 _PUT_HEAD = struct.Struct(">BQH")  # quorum, after, key length
+_GET_CODE = int(Op.GET)  # plain ints: comparing with an IntEnum member costs more, on every request
+_PUT_CODE = int(Op.PUT)
 
 
 def _decode_get(body: bytes) -> Get | None:
@@ -435,52 +532,18 @@ def _decode_put(body: bytes) -> Put | None:
 def decode_request(frame: Frame) -> Request:
     """The typed request in ``frame``. Raises ``ProtocolError`` for an unknown op or a bad body."""
     code = frame.code
-    if code == Op.GET:
-        fast: Request | None = _decode_get(frame.body)
-        if fast is not None:
-            return fast
-    elif code == Op.PUT:
+    fast: Request | None = None
+    if code == _GET_CODE:
+        fast = _decode_get(frame.body)
+    elif code == _PUT_CODE:
         fast = _decode_put(frame.body)
-        if fast is not None:
-            return fast
-    reader = BodyReader(frame.body)
-    request: Request
-    if code == Op.GET:
-        quorum = reader.u8()
-        request = Get(reader.bytes16(), quorum)
-    elif code == Op.PUT:
-        quorum, after = reader.u8(), reader.u64()
-        key = reader.bytes16()
-        request = Put(key, reader.bytes32(), quorum, after)
-    elif code == Op.DELETE:
-        quorum, after = reader.u8(), reader.u64()
-        request = Delete(reader.bytes16(), quorum, after)
-    elif code == Op.REPLICA_GET:
-        request = ReplicaGet(reader.bytes16())
-    elif code == Op.REPLICA_PUT:
-        key = reader.bytes16()
-        request = ReplicaPut(key, _read_record(reader))
-    elif code == Op.HINTED_PUT:
-        key = reader.bytes16()
-        record = _read_record(reader)
-        request = HintedPut(key, record, reader.str8())
-    elif code == Op.DIGESTS:
-        request = Digests(tuple(reader.u16() for _ in range(reader.u16())))
-    elif code == Op.PARTITION_KEYS:
-        partition = reader.u16()
-        request = PartitionKeys(partition, reader.bytes16())
-    elif code == Op.REPAIR:
-        request = Repair()
-    elif code == Op.MEMBERS:
-        request = Members()
-    elif code == Op.HELLO:
-        request = Hello(reader.u8(), reader.u8(), reader.str8())
-    elif code == Op.PING:
-        request = Ping()
-    elif code == Op.TOPOLOGY:
-        request = Topology()
-    else:
+    if fast is not None:
+        return fast
+    request_type = REQUEST_TYPES.get(code)
+    if request_type is None:
         raise ProtocolError(f"unknown op code 0x{code:02x}")
+    reader = BodyReader(frame.body)
+    request = request_type.decode(reader)
     reader.end()
     return request
 

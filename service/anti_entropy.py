@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gevent
@@ -28,13 +29,11 @@ import gevent.pool
 
 from client import protocol
 from client.errors import KVError
-from client.protocol import KeyVersion, Record, RepairReply, Status
-from client.ring import Ring
-from service.group_commit import GroupCommitter
-from service.local_replica import LocalReplica
+from client.protocol import KeyVersion, RepairReply, Status
+from service.local_store import LocalStore
 from service.peers import Peer
+from service.placement import Placement
 from service.reconcile import differences, purgeable
-from service.storage import PurgeTombstone, Storage
 from service.versioning import wall_clock_ms
 
 PARTITION_CONCURRENCY = 8
@@ -76,43 +75,47 @@ class AntiEntropyEvents:
         """``count`` tombstones were deleted after their grace period."""
 
 
+@dataclass(frozen=True)
+class AntiEntropySettings:
+    grace_s: float
+    """Seconds a tombstone is kept at least (``KV_TOMBSTONE_GRACE_S``)."""
+    interval_s: float
+    """Seconds between rounds (``KV_ANTI_ENTROPY_INTERVAL_S``; 0: on demand only)."""
+    max_frame_bytes: int
+    """The frame limit, which bounds how many digests one DIGESTS request asks for."""
+    now_ms: Callable[[], int] = wall_clock_ms
+    """The wall clock in milliseconds (tests fake it)."""
+
+
 class AntiEntropy:
+    """Rounds of digest comparison and key exchange between this node and every peer it shares
+    partitions with; ``run_round`` runs one (never two at once) and purges the tombstones it made
+    safe to purge. Peers the placement says are down are skipped and reported as failed."""
+
     def __init__(
         self,
-        node_id: str,
-        ring: Ring,
-        *,
-        n: int,
-        storage: Storage,
-        committer: GroupCommitter,
-        local: LocalReplica,
+        store: LocalStore,
+        placement: Placement,
         peers: Mapping[str, Peer],
-        is_down: Callable[[str], bool],
-        grace_s: float,
-        interval_s: float,
-        max_frame_bytes: int,
+        settings: AntiEntropySettings,
         events: AntiEntropyEvents | None = None,
-        now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        self.node_id = node_id
-        self.ring = ring
-        self.n = n
-        self.storage = storage
-        self.committer = committer
-        self.local = local
+        self.node_id = store.node_id
+        self.store = store
+        self.placement = placement
         self.peers = peers
-        self.is_down = is_down
-        self.grace_ms = int(grace_s * 1000)
-        self.interval_s = interval_s
+        self.grace_ms = int(settings.grace_s * 1000)
+        self.interval_s = settings.interval_s
         self.digests_per_request = max(
-            1, min(DIGESTS_PER_REQUEST, (max_frame_bytes - protocol.HEADER.size - 2) // protocol.DIGEST_SIZE)
+            1,
+            min(DIGESTS_PER_REQUEST, (settings.max_frame_bytes - protocol.HEADER.size - 2) // protocol.DIGEST_SIZE),
         )
         self.events = events or AntiEntropyEvents()
-        self.now_ms = now_ms
+        self.now_ms = settings.now_ms
         self.synced_at: dict[int, int] = {}  # partition -> start of the last round that synced it fully
         # Tombstones wait out the grace period, so looking for purgeable ones 24 times per grace
         # period (hourly by default) is often enough, and bounds the cost of the scan.
-        self.purge_every_ms = max(int(interval_s * 1000), self.grace_ms // 24)
+        self.purge_every_ms = max(int(settings.interval_s * 1000), self.grace_ms // 24)
         self._last_purge_ms = 0
         self._shared = self._shared_partitions()
         self._round_lock = gevent.lock.Semaphore()
@@ -120,8 +123,8 @@ class AntiEntropy:
     def _shared_partitions(self) -> dict[str, list[int]]:
         """For each peer, the partitions both it and this node replicate."""
         shared: dict[str, list[int]] = {peer: [] for peer in self.peers}
-        for partition in range(self.ring.partitions):
-            owners = self.ring.partition_owners(partition)[: self.n]
+        for partition in range(self.placement.ring.partitions):
+            owners = self.placement.partition_replicas(partition)
             if self.node_id in owners:
                 for peer in owners:
                     if peer != self.node_id:
@@ -136,7 +139,7 @@ class AntiEntropy:
             result = RoundResult()
             synced_with: dict[int, int] = {}
             for peer_id, partitions in self._shared.items():
-                if self.is_down(peer_id):
+                if self.placement.is_down(peer_id):
                     result.failed_peers.append(peer_id)
                     continue
                 try:
@@ -149,7 +152,7 @@ class AntiEntropy:
                     if partition not in unsettled:
                         synced_with[partition] = synced_with.get(partition, 0) + 1
             for partition, peers_synced in synced_with.items():
-                if peers_synced == len(self.ring.partition_owners(partition)[: self.n]) - 1:
+                if peers_synced == len(self.placement.partition_replicas(partition)) - 1:
                     self.synced_at[partition] = round_start_ms
             self._purge_tombstones()
             self.events.round_finished(result, time.monotonic() - started)
@@ -164,7 +167,7 @@ class AntiEntropy:
         for start in range(0, len(partitions), self.digests_per_request):
             chunk = tuple(partitions[start : start + self.digests_per_request])
             theirs += protocol.decode_digests_reply(peer.call(protocol.Digests(chunk)).body)
-        mine = self.storage.digests(partitions)
+        mine = self.store.digests(partitions)
         differing = [p for p, own, other in zip(partitions, mine, theirs, strict=True) if own != other]
         result = RoundResult(partitions=len(partitions))
         unsettled: set[int] = set()
@@ -183,31 +186,22 @@ class AntiEntropy:
         return result, unsettled
 
     def _reconcile_partition(self, peer: Peer, partition: int) -> tuple[int, int]:
-        mine = self._local_records(partition)
+        mine = self.store.partition_records(partition)
         listing = [KeyVersion(key, record.version, record.value is None) for key, record in mine.items()]
         theirs = self._remote_listing(peer, partition)
         todo = differences(listing, theirs, now_ms=self.now_ms(), grace_ms=self.grace_ms)
-        transfers: list[Callable[[], Any]] = []
+        transfers: list[Callable[[], object]] = []
         for key in todo.push:
-            transfers.append(lambda key=key: peer.write(key, mine[key]))
+            transfers.append(partial(peer.write, key, mine[key]))
         for key in todo.pull:
-            transfers.append(lambda key=key: self._pull(peer, key))
+            transfers.append(partial(self._pull, peer, key))
         copied = sum(1 for ok in gevent.pool.Pool(TRANSFER_CONCURRENCY).imap_unordered(_succeeds, transfers) if ok)
         return len(todo.push) + len(todo.pull), copied
 
     def _pull(self, peer: Peer, key: bytes) -> None:
         record = peer.read(key)
         if record is not None:
-            self.local.write(key, record)
-
-    def _local_records(self, partition: int) -> dict[bytes, Record]:
-        records: dict[bytes, Record] = {}
-        cursor = b""
-        while True:
-            page, cursor = self.storage.partition_records(partition, cursor)
-            records.update(page)
-            if not cursor:
-                return records
+            self.store.write(key, record)
 
     def _remote_listing(self, peer: Peer, partition: int) -> list[KeyVersion]:
         entries: list[KeyVersion] = []
@@ -232,11 +226,11 @@ class AntiEntropy:
         self._last_purge_ms = now_ms
         purged = 0
         for partition, synced_at_ms in list(self.synced_at.items()):
-            for key, record in self._local_records(partition).items():
+            for key, record in self.store.partition_records(partition).items():
                 if record.value is None and purgeable(
                     record.version, now_ms=now_ms, grace_ms=self.grace_ms, synced_at_ms=synced_at_ms
                 ):
-                    purged += self.committer.submit(PurgeTombstone(key, record.version))
+                    purged += self.store.purge_tombstone(key, record.version)
         if purged:
             self.events.tombstones_purged(purged)
 
@@ -248,7 +242,7 @@ def _capture(function: Callable[..., Any], *args: Any) -> Any:
         return exc
 
 
-def _succeeds(transfer: Callable[[], Any]) -> bool:
+def _succeeds(transfer: Callable[[], object]) -> bool:
     try:
         transfer()
     except Exception:  # a key that fails to copy is retried by the next round

@@ -34,7 +34,7 @@ from gevent.queue import Empty, Queue
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring
-from service.quorum import QuorumState, QuorumFailure, QuorumTracker
+from service.quorum import QuorumFailure, QuorumState, QuorumTracker
 from service.versioning import HybridLogicalClock, newest, supersedes
 
 HEDGE_FRACTION = 0.1

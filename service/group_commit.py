@@ -66,7 +66,17 @@ class GroupCommitter:
         self._pending.append((operation, done))
         if not self._busy:
             self._schedule()
-        return done.get()
+        changed: bool = done.get()
+        return changed
+
+    def submit_all(self, operations: Sequence[Operation]) -> list[bool]:
+        """``submit`` for several operations at once: they join the same commit (the next ones past
+        ``MAX_BATCH``). Waits until every one is durable; raises the first failure."""
+        waiters = [AsyncResult() for _ in operations]
+        self._pending.extend(zip(operations, waiters, strict=True))
+        if waiters and not self._busy:
+            self._schedule()
+        return [bool(done.get()) for done in waiters]
 
     @property
     def pending(self) -> int:
@@ -105,4 +115,5 @@ class GroupCommitter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every write handed in so far is committed (used at shutdown); ``False`` if
         ``timeout`` seconds passed first (a stalled disk must not hang a shutdown forever)."""
-        return self._idle.wait(timeout)
+        idle: bool = self._idle.wait(timeout)
+        return idle

@@ -1,6 +1,7 @@
 """Hinted handoff: writes held here for a node that was down are delivered once it is up again.
 
-Hints live in the store's ``hints`` database (durable, apart from the data, not served to reads).
+Hints live in the store's ``hints`` database (durable, apart from the data, not served to reads),
+reached through ``LocalStore``.
 A delivery pass takes each owner that the failure detector sees as up, sends its hints in batches
 as ordinary REPLICA_PUTs (the owner keeps whichever version is newer), and drops each hint once the
 owner has acknowledged it. A failed send stops that owner's pass; the next pass retries.
@@ -13,13 +14,13 @@ The node runs a pass every ``PASS_INTERVAL`` seconds, and at once when a peer co
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-import gevent
 import gevent.pool
 
-from service.group_commit import GroupCommitter
+from service.local_store import LocalStore
 from service.peers import Peer
-from service.storage import DropHint, Hint, Storage
+from service.storage import Hint
 from service.versioning import wall_clock_ms
 
 BATCH = 256
@@ -42,28 +43,38 @@ class HandoffEvents:
         """``count`` hints for ``owner`` outlived the hint window and were dropped undelivered."""
 
 
+@dataclass(frozen=True)
+class HandoffSettings:
+    window_s: float
+    """Seconds a hint is kept (``KV_HINT_WINDOW_S``); older ones are dropped undelivered."""
+    now_ms: Callable[[], int] = wall_clock_ms
+    """The wall clock in milliseconds, as the hints' creation times were stamped (tests fake it)."""
+
+
 class HintedHandoff:
+    """Delivers the hints this node holds to their owners, one ``run_pass`` at a time.
+
+    ``peers``: the other nodes by id (a hint for a node that is not one is kept); ``is_up(node_id)``:
+    whether the failure detector sees that owner up, the only time its hints are sent.
+    """
+
     def __init__(
         self,
-        storage: Storage,
-        committer: GroupCommitter,
+        store: LocalStore,
         peers: Mapping[str, Peer],
-        *,
         is_up: Callable[[str], bool],
-        window_s: float,
+        settings: HandoffSettings,
         events: HandoffEvents | None = None,
-        now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        self.storage = storage
-        self.committer = committer
+        self.store = store
         self.peers = peers
         self.is_up = is_up
-        self.window_ms = int(window_s * 1000)
+        self.window_ms = int(settings.window_s * 1000)
         self.events = events or HandoffEvents()
-        self.now_ms = now_ms
+        self.now_ms = settings.now_ms
 
     def run_pass(self) -> None:
-        for owner, count in self.storage.hint_counts().items():
+        for owner, count in self.store.hint_counts().items():
             if count:
                 self._deliver_to(owner)
 
@@ -72,7 +83,7 @@ class HintedHandoff:
         delivered = expired = 0
         try:
             for _ in range(MAX_BATCHES_PER_PASS):
-                hints = self.storage.hints_for(owner, BATCH)
+                hints = self.store.hints_for(owner, BATCH)
                 if not hints:
                     return
                 now_ms = self.now_ms()
@@ -104,6 +115,5 @@ class HintedHandoff:
         return list(gevent.pool.Pool(SEND_CONCURRENCY).imap(send, hints))
 
     def _drop(self, hints: list[Hint]) -> int:
-        drops = [gevent.spawn(self.committer.submit, DropHint(h.owner, h.key, h.record.version)) for h in hints]
-        gevent.joinall(drops, raise_error=True)
+        self.store.drop_hints(hints)
         return len(hints)

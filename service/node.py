@@ -14,19 +14,20 @@ import time
 from client import protocol
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
-from service.anti_entropy import AntiEntropy, AntiEntropyEvents, RoundResult
+from service.anti_entropy import AntiEntropy, AntiEntropyEvents, AntiEntropySettings, RoundResult
 from service.config import Config
 from service.coordinator import Coordinator, CoordinatorEvents
 from service.failure_detector import FailureDetector
-from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
+from service.group_commit import start_in_threadpool, start_inline
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
-from service.handoff import HandoffEvents, HintedHandoff
+from service.handoff import HandoffEvents, HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
-from service.local_replica import LocalReplica
+from service.local_store import LocalStore, StoreEvents
 from service.logging import get_logger, printable_key
 from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
 from service.periodic import Periodic
+from service.placement import Placement
 from service.server import ProtocolServer, RequestHandler
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
@@ -39,7 +40,7 @@ FIRST_ANTI_ENTROPY_DELAY = 3 * HEARTBEAT_INTERVAL
 up, so a node that lost its disk starts pulling its data back within seconds."""
 
 
-class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
+class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
     def __init__(self, config: Config, *, listener: socket.socket | None = None) -> None:
         self.config = config
         self.log = get_logger()
@@ -48,10 +49,15 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
             self.log.info("partition_digests_rebuilt", records=records, seconds=round(seconds, 3))
-        self.metrics.track_store(lambda: self.storage.live_keys, self.storage.pending_hints)
         self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
-        self.committer = GroupCommitter(self.storage, start_in_threadpool if config.fsync_always else start_inline)
-        self.local = LocalReplica(config.node_id, self.storage, self.committer, self.clock, self.hint_stored)
+        self.store = LocalStore(
+            config.node_id,
+            self.storage,
+            self.clock,
+            start=start_in_threadpool if config.fsync_always else start_inline,
+            events=self,
+        )
+        self.metrics.track_store(lambda: self.store.live_keys, self.store.pending_hints)
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
         self.peers = {
@@ -74,7 +80,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.coordinator = Coordinator(
             config.node_id,
             self.ring,
-            {config.node_id: self.local, **self.peers},
+            {config.node_id: self.store, **self.peers},
             n=config.n,
             clock=self.clock,
             timeout=config.request_timeout,
@@ -83,31 +89,22 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             read_repair_chance=config.read_repair_chance,
         )
         self.handoff = HintedHandoff(
-            self.storage,
-            self.committer,
+            self.store,
             self.peers,
-            is_up=lambda node_id: self.detector.state(node_id) is PeerState.UP,
-            window_s=config.hint_window,
+            lambda node_id: self.detector.state(node_id) is PeerState.UP,
+            HandoffSettings(config.hint_window),
             events=self,
         )
         self.anti_entropy = AntiEntropy(
-            config.node_id,
-            self.ring,
-            n=config.n,
-            storage=self.storage,
-            committer=self.committer,
-            local=self.local,
-            peers=self.peers,
-            is_down=self.detector.is_down,
-            grace_s=config.tombstone_grace,
-            interval_s=config.anti_entropy_interval,
-            max_frame_bytes=config.max_frame_bytes,
+            self.store,
+            Placement(self.ring, config.n, self.detector.is_down),
+            self.peers,
+            AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
             events=self,
         )
         handler = RequestHandler(
             coordinator=self.coordinator,
-            local=self.local,
-            storage=self.storage,
+            store=self.store,
             anti_entropy=self.anti_entropy,
             members=self.members,
             hello=protocol.HelloReply(
@@ -160,8 +157,8 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             port=self.port,
             http_port=self.http_port,
             data_dir=self.config.data_dir,
-            live_keys=self.storage.live_keys,
-            hints_pending=self.storage.pending_hints(),
+            live_keys=self.store.live_keys,
+            hints_pending=self.store.pending_hints(),
             members=[node.node_id for node in self.config.cluster],
             n=self.config.n,
             r=self.config.read_quorum,
@@ -175,13 +172,12 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
         self.server.stop(self.config.drain_timeout)
         for task in self.tasks.values():
             task.stop()
-        if not self.committer.flush(self.config.drain_timeout):
-            self.log.error("commits_unfinished_at_stop", pending=self.committer.pending)
-        self.storage.flush()
+        if not self.store.drain(self.config.drain_timeout):
+            self.log.error("commits_unfinished_at_stop", pending=self.store.committer.pending)
         for peer in self.peers.values():
             peer.close()
         self.http.stop()
-        self.storage.close()
+        self.store.close()
         self.log.info("node_stopped")
 
     def _background_tasks(self) -> dict[str, Periodic]:
@@ -206,7 +202,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
             tasks.append(
                 Periodic(
                     "fsync",
-                    lambda: start_in_threadpool(self.storage.flush, ()).get(),
+                    self.store.sync,
                     FLUSH_INTERVAL,
                     first_delay=FLUSH_INTERVAL,
                     on_error=self._task_failed,
@@ -219,7 +215,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
 
     def members(self) -> list[MemberView]:
         """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
-        hints = self.storage.hint_counts()
+        hints = self.store.hint_counts()
         now_mono, now_wall = time.monotonic(), time.time()
         view = [MemberView(self.config.node_id, PeerState.UP, int(self._started_wall * 1000), 0)]
         for node_id, (state, since) in self.detector.view().items():
@@ -260,7 +256,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents):
 
     def delivered(self, owner: str, count: int) -> None:
         self.metrics.hints_delivered.labels(owner).inc(count)
-        self.log.info("hints_delivered", owner=owner, count=count, pending=self.storage.pending_hints())
+        self.log.info("hints_delivered", owner=owner, count=count, pending=self.store.pending_hints())
 
     def expired(self, owner: str, count: int) -> None:
         self.metrics.hints_expired.labels(owner).inc(count)

@@ -31,11 +31,11 @@ from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
 from service.anti_entropy import AntiEntropy
 from service.coordinator import Coordinator, MustWait
-from service.local_replica import LocalReplica
+from service.local_store import LocalStore, listing_page_bytes
 from service.logging import printable_key
 from service.metrics import Metrics
 from service.quorum import QuorumFailure, resolve_quorum
-from service.storage import LONG_STORAGE_KEY_SIZE, Storage, StorageError
+from service.storage import StorageError
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running. Bounds the memory a single client can pin."""
@@ -56,11 +56,6 @@ request: they do not wait (a ReplicaGet is one LMDB read), and HELLO must finish
 A GET qualifies when this node's store answers it alone; when it needs another node after all, the
 coordinator raises ``MustWait`` before sending anything and the session gives it a greenlet."""
 
-
-LISTING_PAGE_BYTES = 256 * 1024
-"""Largest PARTITION_KEYS page: large enough that a typical partition is one round trip."""
-LISTING_ENVELOPE_BYTES = protocol.HEADER.size + 4 + 2 + LONG_STORAGE_KEY_SIZE
-"""Frame header, entry count, cursor length and the longest cursor."""
 
 LINGER_SECONDS = 1.0
 """How long a closing connection keeps reading (and discarding) what the client still sends."""
@@ -124,8 +119,7 @@ class RequestHandler:
         self,
         *,
         coordinator: Coordinator,
-        local: LocalReplica,
-        storage: Storage,
+        store: LocalStore,
         anti_entropy: AntiEntropy,
         members: Callable[[], list[protocol.MemberView]],
         hello: protocol.HelloReply,
@@ -134,15 +128,12 @@ class RequestHandler:
         write_quorum: int,
     ) -> None:
         self.coordinator = coordinator
-        self.local = local
-        self.storage = storage
+        self.store = store
         self.anti_entropy = anti_entropy
         self.members = members
         self.hello = hello
         self._hello_body = protocol.encode_hello_reply(hello)
-        # A PARTITION_KEYS page must fit one frame with its envelope, whose cursor can be a whole
-        # storage key.
-        self._listing_limit = min(LISTING_PAGE_BYTES, hello.max_frame_bytes - LISTING_ENVELOPE_BYTES)
+        self._listing_limit = listing_page_bytes(hello.max_frame_bytes)  # a page must fit one frame
         self._topology_body = protocol.encode_topology_reply(topology)
         self.read_quorum = read_quorum
         self.write_quorum = write_quorum
@@ -180,7 +171,7 @@ class RequestHandler:
                 return Status.OK, protocol.encode_version(version)
             case protocol.ReplicaGet(key):
                 self._check_key(key)
-                stored = self.local.read(key)
+                stored = self.store.read(key)
                 if stored is None:
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_record(stored)
@@ -188,24 +179,21 @@ class RequestHandler:
                 self._check_key(key)
                 if record.value is not None:
                     self._check_value(record.value)
-                self.local.write(key, record)
+                self.store.write(key, record)
                 return Status.OK, b""
             case protocol.HintedPut(key, record, owner):
                 self._check_key(key)
                 if record.value is not None:
                     self._check_value(record.value)
-                self.local.write_hint(key, record, owner)
+                self.store.write_hint(key, record, owner)
                 return Status.OK, b""
             case protocol.Digests(partitions):
                 self._check_partitions(partitions)
-                return Status.OK, protocol.encode_digests_reply(self.storage.digests(partitions))
+                return Status.OK, protocol.encode_digests_reply(self.store.digests(partitions))
             case protocol.PartitionKeys(partition, cursor):
                 self._check_partitions((partition,))
-                page, next_cursor = self.storage.partition_records(partition, cursor, self._listing_limit)
-                entries = tuple(protocol.KeyVersion(key, r.version, r.value is None) for key, r in page)
-                return Status.OK, protocol.encode_partition_keys_reply(
-                    protocol.PartitionKeysReply(entries, next_cursor)
-                )
+                page = self.store.partition_keys(partition, cursor, self._listing_limit)
+                return Status.OK, protocol.encode_partition_keys_reply(page)
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
             case protocol.Members():
@@ -234,7 +222,7 @@ class RequestHandler:
             raise RequestError(Status.BAD_REQUEST, str(exc)) from None
 
     def _check_partitions(self, partitions: tuple[int, ...]) -> None:
-        limit = self.storage.partitions
+        limit = self.store.partitions
         if any(partition >= limit for partition in partitions):
             raise RequestError(Status.BAD_REQUEST, f"partitions are numbered 0 to {limit - 1}")
 

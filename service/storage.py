@@ -34,18 +34,20 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import NamedTuple
 
 import lmdb
 
-from client.protocol import DIGEST_SIZE, Record, Version, listing_size
+from client.protocol import DIGEST_SIZE, Record, Version
 from client.ring import DEFAULT_PARTITIONS, position
 
 SHORT_KEY_MAX = 470
 POSITION_SIZE = 8
 KEY_DIGEST_SIZE = 32
 LONG_STORAGE_KEY_SIZE = POSITION_SIZE + SHORT_KEY_MAX + KEY_DIGEST_SIZE  # 510, under LMDB's 511
+MAX_CURSOR_BYTES = LONG_STORAGE_KEY_SIZE
+"""The longest cursor ``partition_entries`` hands out (a cursor is a storage key)."""
 RING_BITS = 64
 EMPTY_DIGEST = bytes(DIGEST_SIZE)
 
@@ -54,6 +56,9 @@ _FULL_KEY = 0x02
 _RECORD_HEAD = struct.Struct(">BQB")  # flags, timestamp, node id length
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
+
+Buffer = bytes | memoryview
+"""What LMDB hands back: ``bytes``, or a ``memoryview`` of its pages in a ``buffers=True`` transaction."""
 
 _META_LIVE_KEYS = b"live_keys"
 _META_MAX_TIMESTAMP = b"max_timestamp"
@@ -145,7 +150,7 @@ def encode_stored(key: bytes, record: Record, *, full_key: bool = False) -> byte
     return b"".join((head, node_id, key_part, record.value or b""))
 
 
-def decode_stored(raw: bytes) -> tuple[Record, bytes | None]:
+def decode_stored(raw: Buffer) -> tuple[Record, bytes | None]:
     """The record in ``raw``, and the full key when the record carries one."""
     flags, timestamp, id_length = _RECORD_HEAD.unpack_from(raw)
     offset = _RECORD_HEAD.size
@@ -161,7 +166,7 @@ def decode_stored(raw: bytes) -> tuple[Record, bytes | None]:
     return Record(Version(timestamp, node_id), value), full_key
 
 
-def stored_version(raw: bytes) -> tuple[Version, bool]:
+def stored_version(raw: Buffer) -> tuple[Version, bool]:
     """Only the version and tombstone flag of an encoded record: all a write needs to compare, and
     cheaper than ``decode_stored``, which copies the value out."""
     flags, timestamp, id_length = _RECORD_HEAD.unpack_from(raw)
@@ -169,14 +174,14 @@ def stored_version(raw: bytes) -> tuple[Version, bool]:
     return Version(timestamp, node_id), bool(flags & _TOMBSTONE)
 
 
-def record_hash(skey: bytes, version: Version, tombstone: bool) -> int:
+def record_hash(skey: Buffer, version: Version, tombstone: bool) -> int:
     """A record's contribution to its partition digest: its key, version and tombstone flag."""
     flag = b"\x01" if tombstone else b"\x00"
     data = b"".join((skey, _U64.pack(version.timestamp), version.node_id.encode(), flag))
     return int.from_bytes(hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest(), "big")
 
 
-def partition_of(skey: bytes, partitions: int) -> int:
+def partition_of(skey: Buffer, partitions: int) -> int:
     return (int.from_bytes(skey[:POSITION_SIZE], "big") * partitions) >> RING_BITS
 
 
@@ -321,35 +326,24 @@ class Storage:
                     txn.put(_U16.pack(partition), digest.to_bytes(DIGEST_SIZE, "big"))
             txn.put(_META_DIGESTS_SAVED, b"\x01", db=self._meta)
 
-    def partition_records(
-        self, partition: int, cursor: bytes = b"", limit_bytes: int = 256 * 1024
-    ) -> tuple[list[tuple[bytes, Record]], bytes]:
-        """Records of ``partition`` in storage-key order after ``cursor``, as many as fit in
-        ``limit_bytes`` when listed (``listing_size``; always at least one), and the cursor for the
-        next page (empty when this page reaches the partition's end)."""
-        start = cursor or partition_start(partition, self.partitions)
+    def partition_entries(self, partition: int, after: bytes = b"") -> Generator[tuple[bytes, bytes, Record]]:
+        """The records of ``partition`` in storage-key order, as ``(cursor, key, record)``, starting
+        after the cursor ``after`` (empty: at the start). A cursor is opaque, at most
+        ``MAX_CURSOR_BYTES`` long, and still valid after its record is gone. Iterating holds one read
+        transaction: exhaust or close the generator soon."""
+        start = after or partition_start(partition, self.partitions)
         end = partition_start(partition + 1, self.partitions) if partition + 1 < self.partitions else None
-        page: list[tuple[bytes, Record]] = []
-        size = 0
-        last = b""
         with self._env.begin(db=self._data) as txn:
             db_cursor = txn.cursor()
             if not db_cursor.set_range(start):
-                return page, b""
+                return
             for skey, raw in db_cursor:
                 if end is not None and skey >= end:
-                    return page, b""
-                if cursor and skey == cursor:
+                    return
+                if after and skey == after:
                     continue
                 record, full_key = decode_stored(raw)
-                key = full_key if full_key is not None else skey[POSITION_SIZE:]
-                entry_size = listing_size(key, record.version)
-                if page and size + entry_size > limit_bytes:
-                    return page, last
-                page.append((key, record))
-                size += entry_size
-                last = skey
-        return page, b""
+                yield skey, (full_key if full_key is not None else skey[POSITION_SIZE:]), record
 
     # --- hints ------------------------------------------------------------------------------------
 

@@ -68,17 +68,17 @@ def test_a_round_makes_damaged_replicas_equal_again(cluster: InProcessCluster) -
         key = f"key-{i}".encode()
         node = cluster.node(cluster.replicas_of(key)[i % 8 // 4])
         damaged[key] = newer(node, b"newer on one replica")
-        node.local.write(key, damaged[key])
+        node.store.write(key, damaged[key])
     for i in range(1, 40, 8):  # a delete that reached one replica only
         key = f"key-{i}".encode()
         node = cluster.node(cluster.replicas_of(key)[1])
         damaged[key] = newer(node, None)
-        node.local.write(key, damaged[key])
+        node.store.write(key, damaged[key])
     for i in range(5):  # keys that exist on one replica only
         key = f"lonely-{i}".encode()
         node = cluster.node(cluster.replicas_of(key)[0])
         damaged[key] = newer(node, b"only here")
-        node.local.write(key, damaged[key])
+        node.store.write(key, damaged[key])
     assert not shared_digests_agree(cluster)
 
     results = run_rounds(cluster)
@@ -168,7 +168,7 @@ def test_repair_over_the_wire_is_one_round(cluster: InProcessCluster) -> None:
     key = b"repair-op"
     first, second = cluster.replicas_of(key)
     record = newer(cluster.node(first), b"v")
-    cluster.node(first).local.write(key, record)
+    cluster.node(first).store.write(key, record)
     with cluster.running_client() as client:
         reply = client.repair(second)  # the replica that lacks it pulls it
     assert (reply.differing, reply.repaired, reply.failed_peers) == (1, 1, ())
@@ -273,8 +273,8 @@ class FailingCommits:
     """Makes a node's store refuse every write (a full disk) until ``heal``."""
 
     def __init__(self, node: Node) -> None:
-        self.committer = node.committer
-        self.original = node.committer._start
+        self.committer = node.store.committer
+        self.original = node.store.committer._start
         self.committer._start = self._fail
 
     def _fail(self, function, args):
@@ -324,8 +324,8 @@ def test_anti_entropy_lists_a_partition_of_long_keys(make_cluster: MakeCluster) 
     cluster = make_cluster(2, KV_PARTITIONS="1", KV_MAX_KEY_BYTES="65535", KV_MAX_VALUE_BYTES="1024")
     node1, node2 = cluster.node("node1"), cluster.node("node2")
     for i in range(3):
-        node1.local.write(bytes([i]) * 60_000, newer(node1, b"v"))
-    node2.local.write(b"short", newer(node2, b"v"))
+        node1.store.write(bytes([i]) * 60_000, newer(node1, b"v"))
+    node2.store.write(b"short", newer(node2, b"v"))
     result = node2.anti_entropy.run_round()  # node2 must list node1's partition
     assert result.failed_peers == []
     assert node2.storage.live_keys == 4

@@ -157,7 +157,7 @@ def test_repair_reports_what_every_node_compared_and_copied(kv, cluster: InProce
     first, second = cluster.replicas_of(key)
     node = cluster.node(first)
     record = Record(Version(node.clock.now(), first), b"only on one replica")
-    node.local.write(key.encode(), record)  # as if the write to the second replica was lost
+    node.store.write(key.encode(), record)  # as if the write to the second replica was lost
 
     code, lines, err = kv("repair")
     assert code == 0

@@ -11,9 +11,10 @@ import pytest
 from gevent.event import Event
 
 from client.protocol import Record, Version
-from service.group_commit import GroupCommitter
-from service.handoff import BATCH, HandoffEvents, HintedHandoff
+from service.handoff import BATCH, HandoffEvents, HandoffSettings, HintedHandoff
+from service.local_store import LocalStore
 from service.storage import PutHint, Storage
+from service.versioning import HybridLogicalClock
 
 WINDOW_S = 10
 START_MS = 1_700_000_000_000
@@ -55,19 +56,17 @@ class RecordingEvents(HandoffEvents):
 class Harness:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.committer = GroupCommitter(storage)
+        self.store = LocalStore("a", storage, HybridLogicalClock())
         self.peers = {node_id: FakePeer(node_id) for node_id in ("b", "c")}
         self.up: set[str] = set()
         self.now_ms = START_MS
         self.events = RecordingEvents()
         self.handoff = HintedHandoff(
-            storage,
-            self.committer,
+            self.store,
             self.peers,  # type: ignore[arg-type]
-            is_up=lambda node_id: node_id in self.up,
-            window_s=WINDOW_S,
+            lambda node_id: node_id in self.up,
+            HandoffSettings(WINDOW_S, now_ms=lambda: self.now_ms),
             events=self.events,
-            now_ms=lambda: self.now_ms,
         )
 
     def hold(
@@ -86,7 +85,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     storage = Storage(str(tmp_path / "store"), 64 * 1024 * 1024)
     made = Harness(storage)
     yield made
-    made.committer.flush()
+    made.store.committer.flush()
     storage.close()
 
 

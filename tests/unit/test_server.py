@@ -354,8 +354,8 @@ class HeldCommits:
     def __init__(self, node: Node) -> None:
         self.gate = Event()
         self.batches: list[int] = []
-        self._start = node.committer._start
-        node.committer._start = self._held
+        self._start = node.store.committer._start
+        node.store.committer._start = self._held
 
     def _held(self, function, args):
         self.batches.append(len(args[0]))
@@ -378,7 +378,7 @@ def start_stop_with_writes_in_flight(cluster: InProcessCluster, connection: RawC
     held = HeldCommits(cluster.node("node1"))
     connection.hello()
     connection.send(put_burst(0, count))
-    committer = cluster.node("node1").committer
+    committer = cluster.node("node1").store.committer
     wait_until(lambda: sum(held.batches) + committer.pending == count, message=f"all {count} writes in flight")
     stopper = gevent.spawn(cluster.stop, "node1")
     wait_until(lambda: refuses_connections(address), message="the stopping node to refuse connections")
@@ -603,14 +603,15 @@ def test_partition_keys_lists_keys_versions_and_tombstones_page_by_page(cluster:
         assert entry.tombstone == (entry.key == b"listed-0")
 
     # a cursor from the store continues after its key; an empty one means the page was the last
-    page, cursor = node.storage.partition_records(partition, b"", limit_bytes=1)
+    first_page = node.store.partition_keys(partition, b"", limit_bytes=1)
+    page, cursor = first_page.entries, first_page.cursor
     assert len(page) == 1
     rest = []
     if cursor:
         rest = protocol.decode_partition_keys_reply(
             ok_body(connection, 3, protocol.PartitionKeys(partition, cursor))
         ).entries
-    assert [page[0][0], *(entry.key for entry in rest)] == [entry.key for entry in reply.entries]
+    assert [page[0].key, *(entry.key for entry in rest)] == [entry.key for entry in reply.entries]
 
 
 def test_partition_numbers_out_of_range_are_bad_requests(cluster: InProcessCluster, connect) -> None:
@@ -769,7 +770,7 @@ def test_a_local_read_that_fails_moves_off_the_reading_greenlet_and_holds_up_not
     key = next(f"k{i}" for i in range(1000) if "node1" in cluster.replicas_of(f"k{i}"))
     with cluster.running_client() as client:
         client.put(key, "from both replicas")
-    local = cluster.node("node1").local
+    local = cluster.node("node1").store
 
     def failing_read(read_key: bytes):
         raise OSError("bad sector")

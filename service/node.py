@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import time
 
-from client import protocol
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropyEvents, AntiEntropySettings, RoundResult
@@ -19,6 +18,7 @@ from service.config import Config
 from service.coordinator import Coordinator, CoordinatorEvents
 from service.failure_detector import FailureDetector
 from service.group_commit import start_in_threadpool, start_inline
+from service.handler import RequestHandler
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffEvents, HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
@@ -28,7 +28,7 @@ from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
 from service.periodic import Periodic
 from service.placement import Placement
-from service.server import ProtocolServer, RequestHandler
+from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
 
@@ -102,32 +102,12 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
             AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
             events=self,
         )
-        handler = RequestHandler(
-            coordinator=self.coordinator,
-            store=self.store,
-            anti_entropy=self.anti_entropy,
-            members=self.members,
-            hello=protocol.HelloReply(
-                protocol.PROTOCOL_VERSION,
-                config.node_id,
-                config.max_key_bytes,
-                config.max_value_bytes,
-                config.max_frame_bytes,
-            ),
-            topology=protocol.TopologyReply(
-                config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster
-            ),
-            read_quorum=config.read_quorum,
-            write_quorum=config.write_quorum,
-        )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
-            handler,
+            RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members),
             self.metrics,
             self.log,
-            max_connections=config.max_connections,
-            max_frame_bytes=config.max_frame_bytes,
-            log_commands=config.log_commands,
+            ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands),
         )
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)

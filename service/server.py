@@ -1,4 +1,4 @@
-"""The protocol server: accepts connections, reads frames, runs requests, writes replies.
+"""The protocol server: accepts connections, reads frames, hands requests to the handler, writes replies.
 
 Each connection is a ``Session``. It reads frames off the socket and runs each request in its own
 greenlet, so a slow PUT does not hold up the GETs pipelined behind it; replies go back in completion
@@ -16,6 +16,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
@@ -29,13 +30,10 @@ from gevent.server import StreamServer
 from client import protocol
 from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
-from service.anti_entropy import AntiEntropy
-from service.coordinator import Coordinator, MustWait
-from service.local_store import LocalStore, listing_page_bytes
+from service.coordinator import MustWait
+from service.handler import RequestHandler
 from service.logging import printable_key
 from service.metrics import Metrics
-from service.quorum import QuorumFailure, resolve_quorum
-from service.storage import StorageError
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running. Bounds the memory a single client can pin."""
@@ -61,17 +59,18 @@ LINGER_SECONDS = 1.0
 """How long a closing connection keeps reading (and discarding) what the client still sends."""
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    max_connections: int
+    """Connections served at once (``KV_MAX_CONNECTIONS``); more wait to be accepted."""
+    max_frame_bytes: int
+    """Largest frame read; a larger one gets FRAME_TOO_LARGE and ends its connection."""
+    log_commands: bool
+    """Log one line per client GET, PUT and DELETE."""
+
+
 class _StopReading(Exception):
     """Raised into a session's recv to make it stop taking requests."""
-
-
-class RequestError(Exception):
-    """A request the node refuses, with the status and message to send back."""
-
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class InFlight:
@@ -112,134 +111,6 @@ class InFlight:
                 self._idle.set()
 
 
-class RequestHandler:
-    """Turns one decoded request into its reply frame. Holds no connection state."""
-
-    def __init__(
-        self,
-        *,
-        coordinator: Coordinator,
-        store: LocalStore,
-        anti_entropy: AntiEntropy,
-        members: Callable[[], list[protocol.MemberView]],
-        hello: protocol.HelloReply,
-        topology: protocol.TopologyReply,
-        read_quorum: int,
-        write_quorum: int,
-    ) -> None:
-        self.coordinator = coordinator
-        self.store = store
-        self.anti_entropy = anti_entropy
-        self.members = members
-        self.hello = hello
-        self._hello_body = protocol.encode_hello_reply(hello)
-        self._listing_limit = listing_page_bytes(hello.max_frame_bytes)  # a page must fit one frame
-        self._topology_body = protocol.encode_topology_reply(topology)
-        self.read_quorum = read_quorum
-        self.write_quorum = write_quorum
-
-    def reply(self, request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
-        """The encoded reply; every failure becomes an error reply, never an exception, except
-        ``MustWait``: with ``inline`` (the session's reading greenlet, which must not block) a read
-        that turns out to need another node raises it, and the session runs it in a greenlet."""
-        try:
-            status, body = self._run(request, inline)
-        except RequestError as exc:
-            return protocol.encode_error(request_id, exc.status, exc.message)
-        except QuorumFailure as exc:
-            return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
-        except StorageError as exc:
-            return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
-        return protocol.encode_response(request_id, status, body)
-
-    def _run(self, request: protocol.Request, inline: bool) -> tuple[Status, bytes]:
-        match request:
-            case protocol.Get(key, quorum):
-                self._check_key(key)
-                record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"), wait=not inline)
-                if record is None or record.value is None:
-                    return Status.NOT_FOUND, b""
-                return Status.OK, protocol.encode_value(record.version, record.value)
-            case protocol.Put(key, value, quorum, after):
-                self._check_key(key)
-                self._check_value(value)
-                version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"), after)
-                return Status.OK, protocol.encode_version(version)
-            case protocol.Delete(key, quorum, after):
-                self._check_key(key)
-                version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
-                return Status.OK, protocol.encode_version(version)
-            case protocol.ReplicaGet(key):
-                self._check_key(key)
-                stored = self.store.read(key)
-                if stored is None:
-                    return Status.NOT_FOUND, b""
-                return Status.OK, protocol.encode_record(stored)
-            case protocol.ReplicaPut(key, record):
-                self._check_key(key)
-                if record.value is not None:
-                    self._check_value(record.value)
-                self.store.write(key, record)
-                return Status.OK, b""
-            case protocol.HintedPut(key, record, owner):
-                self._check_key(key)
-                if record.value is not None:
-                    self._check_value(record.value)
-                self.store.write_hint(key, record, owner)
-                return Status.OK, b""
-            case protocol.Digests(partitions):
-                self._check_partitions(partitions)
-                return Status.OK, protocol.encode_digests_reply(self.store.digests(partitions))
-            case protocol.PartitionKeys(partition, cursor):
-                self._check_partitions((partition,))
-                page = self.store.partition_keys(partition, cursor, self._listing_limit)
-                return Status.OK, protocol.encode_partition_keys_reply(page)
-            case protocol.Repair():
-                return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
-            case protocol.Members():
-                return Status.OK, protocol.encode_members_reply(self.members())
-            case protocol.Ping():
-                return Status.OK, b""
-            case protocol.Topology():
-                return Status.OK, self._topology_body
-            case protocol.Hello():
-                return self.negotiate(request)
-        raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
-
-    def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
-        if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
-            return Status.OK, self._hello_body
-        raise RequestError(
-            Status.UNSUPPORTED_VERSION,
-            f"this node speaks protocol version {protocol.PROTOCOL_VERSION}; "
-            f"the client offered {hello.min_version}-{hello.max_version}",
-        )
-
-    def _quorum(self, requested: int, default: int, name: str) -> int:
-        try:
-            return resolve_quorum(requested, default, self.coordinator.n, name)
-        except ValueError as exc:
-            raise RequestError(Status.BAD_REQUEST, str(exc)) from None
-
-    def _check_partitions(self, partitions: tuple[int, ...]) -> None:
-        limit = self.store.partitions
-        if any(partition >= limit for partition in partitions):
-            raise RequestError(Status.BAD_REQUEST, f"partitions are numbered 0 to {limit - 1}")
-
-    def _check_key(self, key: bytes) -> None:
-        if len(key) > self.hello.max_key_bytes:
-            raise RequestError(
-                Status.KEY_TOO_LARGE, f"key of {len(key)} bytes exceeds the limit of {self.hello.max_key_bytes}"
-            )
-
-    def _check_value(self, value: bytes) -> None:
-        if len(value) > self.hello.max_value_bytes:
-            raise RequestError(
-                Status.VALUE_TOO_LARGE,
-                f"value of {len(value)} bytes exceeds the limit of {self.hello.max_value_bytes}",
-            )
-
-
 class Session:
     """One client or peer connection."""
 
@@ -249,16 +120,14 @@ class Session:
         handler: RequestHandler,
         metrics: Metrics,
         log: Any,
-        *,
-        max_frame_bytes: int,
-        log_commands: bool,
+        settings: ServerSettings,
     ) -> None:
         self.sock = sock
         self._handler = handler
         self._metrics = metrics
         self._log = log
-        self._log_commands = log_commands
-        self._decoder = protocol.FrameDecoder(max_frame_bytes)
+        self._log_commands = settings.log_commands
+        self._decoder = protocol.FrameDecoder(settings.max_frame_bytes)
         self._writer = FrameWriter(sock)
         self._in_flight = InFlight(MAX_IN_FLIGHT_PER_CONNECTION)
         self._negotiated = False
@@ -282,7 +151,8 @@ class Session:
         # a reply in half. cancel_wait throws into whichever greenlet waits on the socket's read
         # watcher when the callback runs, and does nothing if none does; the loop checks
         # _stopping before its next recv. (_read_event is how gevent's own socket.close does this.)
-        self.sock.hub.cancel_wait(self.sock._read_event, _StopReading())
+        gevent_socket: Any = self.sock  # gevent's socket: its hub and read watcher are not in socket's type
+        gevent_socket.hub.cancel_wait(gevent_socket._read_event, _StopReading())
 
     def _close(self) -> None:
         """Close without losing replies: closing a socket that still has unread input makes Linux
@@ -395,24 +265,21 @@ class ProtocolServer:
         handler: RequestHandler,
         metrics: Metrics,
         log: Any,
-        *,
-        max_connections: int,
-        max_frame_bytes: int,
-        log_commands: bool,
+        settings: ServerSettings,
     ) -> None:
         self._handler = handler
         self._metrics = metrics
         self._log = log
-        self._max_frame_bytes = max_frame_bytes
-        self._log_commands = log_commands
+        self._settings = settings
         self._sessions: set[Session] = set()
         self._stopping = False
         self._connection_ids = count(1)
-        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(max_connections))
+        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(settings.max_connections))
 
     @property
     def port(self) -> int:
-        return self._server.server_port
+        port: int = self._server.server_port
+        return port
 
     def start(self) -> None:
         self._server.start()
@@ -439,8 +306,7 @@ class ProtocolServer:
             self._handler,
             self._metrics,
             self._log.bind(peer=peer, conn_id=conn_id),
-            max_frame_bytes=self._max_frame_bytes,
-            log_commands=self._log_commands,
+            self._settings,
         )
         self._sessions.add(session)
         self._metrics.connections.inc()

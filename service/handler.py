@@ -1,0 +1,168 @@
+"""What each request means: one decoded request in, one encoded reply out.
+
+``RequestHandler`` holds no connection state and sees no sockets (``server`` owns those). Each op is
+one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
+hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round.
+Refusals (an oversize key or value, an impossible quorum, a partition out of range) are
+``RequestError``s with the status to send; every failure becomes an error reply, so a bad request
+costs one reply, never the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from client import protocol
+from client.protocol import Status
+from service.anti_entropy import AntiEntropy
+from service.config import Config
+from service.coordinator import Coordinator
+from service.local_store import LocalStore, listing_page_bytes
+from service.quorum import QuorumFailure, resolve_quorum
+from service.storage import StorageError
+
+
+class RequestError(Exception):
+    """A request the node refuses, with the status and message to send back."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RequestHandler:
+    """Turns one decoded request into its reply frame. Holds no connection state.
+
+    ``config`` gives the limits checked and advertised (HELLO), the ring's shape (TOPOLOGY) and the
+    default R and W; ``members`` returns this node's view of the cluster (MEMBERS).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        coordinator: Coordinator,
+        store: LocalStore,
+        anti_entropy: AntiEntropy,
+        members: Callable[[], list[protocol.MemberView]],
+    ) -> None:
+        self.coordinator = coordinator
+        self.store = store
+        self.anti_entropy = anti_entropy
+        self.members = members
+        self.hello = protocol.HelloReply(
+            protocol.PROTOCOL_VERSION,
+            config.node_id,
+            config.max_key_bytes,
+            config.max_value_bytes,
+            config.max_frame_bytes,
+        )
+        self._hello_body = protocol.encode_hello_reply(self.hello)
+        self._listing_limit = listing_page_bytes(config.max_frame_bytes)  # a page must fit one frame
+        self._topology_body = protocol.encode_topology_reply(
+            protocol.TopologyReply(config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster)
+        )
+        self.n = config.n
+        self.read_quorum = config.read_quorum
+        self.write_quorum = config.write_quorum
+
+    def reply(self, request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
+        """The encoded reply; every failure becomes an error reply, never an exception, except
+        ``MustWait``: with ``inline`` (the session's reading greenlet, which must not block) a read
+        that turns out to need another node raises it, and the session runs it in a greenlet."""
+        try:
+            status, body = self._run(request, inline)
+        except RequestError as exc:
+            return protocol.encode_error(request_id, exc.status, exc.message)
+        except QuorumFailure as exc:
+            return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
+        except StorageError as exc:
+            return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
+        return protocol.encode_response(request_id, status, body)
+
+    def _run(self, request: protocol.Request, inline: bool) -> tuple[Status, bytes]:
+        match request:
+            case protocol.Get(key, quorum):
+                self._check_key(key)
+                record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"), wait=not inline)
+                if record is None or record.value is None:
+                    return Status.NOT_FOUND, b""
+                return Status.OK, protocol.encode_value(record.version, record.value)
+            case protocol.Put(key, value, quorum, after):
+                self._check_key(key)
+                self._check_value(value)
+                version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"), after)
+                return Status.OK, protocol.encode_version(version)
+            case protocol.Delete(key, quorum, after):
+                self._check_key(key)
+                version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
+                return Status.OK, protocol.encode_version(version)
+            case protocol.ReplicaGet(key):
+                self._check_key(key)
+                stored = self.store.read(key)
+                if stored is None:
+                    return Status.NOT_FOUND, b""
+                return Status.OK, protocol.encode_record(stored)
+            case protocol.ReplicaPut(key, record):
+                self._check_key(key)
+                if record.value is not None:
+                    self._check_value(record.value)
+                self.store.write(key, record)
+                return Status.OK, b""
+            case protocol.HintedPut(key, record, owner):
+                self._check_key(key)
+                if record.value is not None:
+                    self._check_value(record.value)
+                self.store.write_hint(key, record, owner)
+                return Status.OK, b""
+            case protocol.Digests(partitions):
+                self._check_partitions(partitions)
+                return Status.OK, protocol.encode_digests_reply(self.store.digests(partitions))
+            case protocol.PartitionKeys(partition, cursor):
+                self._check_partitions((partition,))
+                page = self.store.partition_keys(partition, cursor, self._listing_limit)
+                return Status.OK, protocol.encode_partition_keys_reply(page)
+            case protocol.Repair():
+                return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
+            case protocol.Members():
+                return Status.OK, protocol.encode_members_reply(self.members())
+            case protocol.Ping():
+                return Status.OK, b""
+            case protocol.Topology():
+                return Status.OK, self._topology_body
+            case protocol.Hello():
+                return self.negotiate(request)
+        raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
+
+    def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
+        if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:
+            return Status.OK, self._hello_body
+        raise RequestError(
+            Status.UNSUPPORTED_VERSION,
+            f"this node speaks protocol version {protocol.PROTOCOL_VERSION}; "
+            f"the client offered {hello.min_version}-{hello.max_version}",
+        )
+
+    def _quorum(self, requested: int, default: int, name: str) -> int:
+        try:
+            return resolve_quorum(requested, default, self.n, name)
+        except ValueError as exc:
+            raise RequestError(Status.BAD_REQUEST, str(exc)) from None
+
+    def _check_partitions(self, partitions: tuple[int, ...]) -> None:
+        limit = self.store.partitions
+        if any(partition >= limit for partition in partitions):
+            raise RequestError(Status.BAD_REQUEST, f"partitions are numbered 0 to {limit - 1}")
+
+    def _check_key(self, key: bytes) -> None:
+        if len(key) > self.hello.max_key_bytes:
+            raise RequestError(
+                Status.KEY_TOO_LARGE, f"key of {len(key)} bytes exceeds the limit of {self.hello.max_key_bytes}"
+            )
+
+    def _check_value(self, value: bytes) -> None:
+        if len(value) > self.hello.max_value_bytes:
+            raise RequestError(
+                Status.VALUE_TOO_LARGE,
+                f"value of {len(value)} bytes exceeds the limit of {self.hello.max_value_bytes}",
+            )

@@ -63,7 +63,7 @@ class RoundResult:
 
 
 class AntiEntropyEvents:
-    """What anti-entropy reports; the node turns these into metrics and logs. Ignored by default."""
+    """What anti-entropy reports; ``events.NodeEvents`` turns these into metrics and logs. Ignored by default."""
 
     def round_finished(self, result: RoundResult, seconds: float) -> None:
         """A round ended, with what it compared, found and copied."""

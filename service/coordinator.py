@@ -64,7 +64,7 @@ class Replica(Protocol):
 
 
 class CoordinatorEvents:
-    """What the coordinator reports as it works; the node turns these into metrics and logs."""
+    """What the coordinator reports as it works; ``events.NodeEvents`` turns these into metrics and logs."""
 
     def replica_write(self, node_id: str, ok: bool) -> None:
         """A write to a preferred replica succeeded or failed."""

@@ -34,7 +34,7 @@ PASS_INTERVAL = 1.0
 
 
 class HandoffEvents:
-    """What hinted handoff reports; the node turns these into metrics and logs. Ignored by default."""
+    """What hinted handoff reports; ``events.NodeEvents`` turns these into metrics and logs. Ignored by default."""
 
     def delivered(self, owner: str, count: int) -> None:
         """``count`` hints reached ``owner`` and were dropped."""

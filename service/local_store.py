@@ -60,7 +60,7 @@ def listing_page(
 
 
 class StoreEvents:
-    """What the store reports; the node's events turn these into metrics and logs. Ignored by default."""
+    """What the store reports; ``events.NodeEvents`` turns these into metrics and logs. Ignored by default."""
 
     def hint_stored(self, owner: str, key: bytes) -> None:
         """A write meant for ``owner`` is now held here as a hint."""

@@ -3,7 +3,8 @@
 This is the only module that knows every component. It opens the store, resumes the clock above
 the highest stored timestamp, builds the ring and the replicas (this store, and a ``Peer`` per other
 member), and runs the protocol server, the HTTP server, the heartbeat monitor, hinted handoff and
-anti-entropy. It also turns what those components report into metrics and log lines.
+anti-entropy. What those components report goes to ``events.NodeEvents``, which owns the metrics and
+log lines about it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import time
 
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
-from service.anti_entropy import AntiEntropy, AntiEntropyEvents, AntiEntropySettings, RoundResult
+from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.config import Config
-from service.coordinator import Coordinator, CoordinatorEvents
+from service.coordinator import Coordinator
+from service.events import NodeEvents
 from service.failure_detector import FailureDetector
 from service.group_commit import start_in_threadpool, start_inline
 from service.handler import RequestHandler
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
-from service.handoff import HandoffEvents, HandoffSettings, HintedHandoff
+from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
-from service.local_store import LocalStore, StoreEvents
-from service.logging import get_logger, printable_key
+from service.local_store import LocalStore
+from service.logging import get_logger
 from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
 from service.periodic import Periodic
@@ -40,11 +42,18 @@ FIRST_ANTI_ENTROPY_DELAY = 3 * HEARTBEAT_INTERVAL
 up, so a node that lost its disk starts pulling its data back within seconds."""
 
 
-class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
+class Node:
+    """One node: its parts built from ``config``, started by ``start`` and drained by ``stop``.
+
+    ``listener``: an already bound socket to serve the protocol on (tests bind port 0 first);
+    without it the node binds ``KV_HOST:KV_PORT``. What the parts report goes to ``events``.
+    """
+
     def __init__(self, config: Config, *, listener: socket.socket | None = None) -> None:
         self.config = config
         self.log = get_logger()
         self.metrics = Metrics()
+        self.events = NodeEvents(self.metrics, self.log, hint_window_s=config.hint_window)
         self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
@@ -55,9 +64,8 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
             self.storage,
             self.clock,
             start=start_in_threadpool if config.fsync_always else start_inline,
-            events=self,
+            events=self.events,
         )
-        self.metrics.track_store(lambda: self.store.live_keys, self.store.pending_hints)
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
         self.peers = {
@@ -74,8 +82,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
         self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
         self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed)
-        for peer_id in self.peers:
-            self.metrics.peer_up.labels(peer_id).set(0)
+        self.events.track(self.store, self.peers)
 
         self.coordinator = Coordinator(
             config.node_id,
@@ -85,7 +92,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
             clock=self.clock,
             timeout=config.request_timeout,
             is_down=self.detector.is_down,
-            events=self,
+            events=self.events,
             read_repair_chance=config.read_repair_chance,
         )
         self.handoff = HintedHandoff(
@@ -93,14 +100,14 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
             self.peers,
             lambda node_id: self.detector.state(node_id) is PeerState.UP,
             HandoffSettings(config.hint_window),
-            events=self,
+            events=self.events,
         )
         self.anti_entropy = AntiEntropy(
             self.store,
             Placement(self.ring, config.n, self.detector.is_down),
             self.peers,
             AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
-            events=self,
+            events=self.events,
         )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
@@ -164,8 +171,8 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""
         config = self.config
         tasks = [
-            Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self._task_failed),
-            Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self._task_failed),
+            Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
+            Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
         ]
         if config.anti_entropy_interval > 0:
             tasks.append(
@@ -174,7 +181,7 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
                     self.anti_entropy.run_round,
                     config.anti_entropy_interval,
                     first_delay=FIRST_ANTI_ENTROPY_DELAY,
-                    on_error=self._task_failed,
+                    on_error=self.events.task_failed,
                 )
             )
         if not config.fsync_always:
@@ -185,13 +192,10 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
                     self.store.sync,
                     FLUSH_INTERVAL,
                     first_delay=FLUSH_INTERVAL,
-                    on_error=self._task_failed,
+                    on_error=self.events.task_failed,
                 )
             )
         return {task.name: task for task in tasks}
-
-    def _task_failed(self, name: str, error: Exception) -> None:
-        self.log.error("background_task_failed", task=name, error=str(error) or type(error).__name__)
 
     def members(self) -> list[MemberView]:
         """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
@@ -203,60 +207,10 @@ class Node(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
             view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
         return view
 
-    # --- what the components report -----------------------------------------------------------------
-
     def _peer_request_failed(self, node_id: str) -> None:
-        self.monitor.request_failed(node_id)
+        self.monitor.request_failed(node_id)  # the monitor is built after the peers it watches
 
     def _peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
-        self.metrics.peer_up.labels(peer.node_id).set(1 if new is PeerState.UP else 0)
-        fields = {"peer": peer.node_id, "address": peer.node.address, "previous": old.name.lower()}
-        if new is PeerState.UP:
-            self.log.info("peer_up", **fields)
+        self.events.peer_state_changed(peer, old, new)
+        if new is PeerState.UP:  # hints held for it can go now, not at the next pass
             self.tasks["hinted_handoff"].wake()
-        elif new is PeerState.SUSPECT:
-            self.log.warning("peer_suspect", reason=peer.last_error, **fields)
-        else:
-            self.log.warning("peer_down", reason=peer.last_error, **fields)
-
-    def replica_write(self, node_id: str, ok: bool) -> None:
-        self.metrics.count_replica_write(node_id, "ok" if ok else "error")
-
-    def hinted_write(self, owner: str, holder: str) -> None:
-        self.metrics.count_replica_write(owner, "hinted")
-
-    def hint_stored(self, owner: str, key: bytes) -> None:
-        self.metrics.hints_stored.labels(owner).inc()
-        self.log.info("hint_stored", owner=owner, key=printable_key(key))
-
-    def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
-        if ok:
-            self.metrics.read_repairs.inc()
-        self.log.info("read_repair", key=printable_key(key), replica=node_id, ok=ok)
-
-    def delivered(self, owner: str, count: int) -> None:
-        self.metrics.hints_delivered.labels(owner).inc(count)
-        self.log.info("hints_delivered", owner=owner, count=count, pending=self.store.pending_hints())
-
-    def expired(self, owner: str, count: int) -> None:
-        self.metrics.hints_expired.labels(owner).inc(count)
-        self.log.warning("hints_expired", owner=owner, count=count, window_s=self.config.hint_window)
-
-    def round_finished(self, result: RoundResult, seconds: float) -> None:
-        self.metrics.antientropy_rounds.inc()
-        log = self.log.info if result.differing or result.failed_peers else self.log.debug
-        log(
-            "anti_entropy_round",
-            partitions=result.partitions,
-            differing=result.differing,
-            repaired=result.repaired,
-            failed_peers=result.failed_peers,
-            duration_ms=round(seconds * 1000, 1),
-        )
-
-    def keys_repaired(self, peer: str, count: int) -> None:
-        self.metrics.antientropy_keys_repaired.inc(count)
-
-    def tombstones_purged(self, count: int) -> None:
-        self.metrics.tombstones_purged.inc(count)
-        self.log.info("tombstones_purged", count=count)

@@ -11,15 +11,21 @@ so with N=2, W=2 and one node down, writes go on succeeding.
 
 A read asks R of the preferred replicas that are up, this node first when it is one of them (its
 answer costs no round trip), and answers with the newest version among their replies; a replica
-that fails is replaced by the next one up. Any replica that answered with an older version (or
+that fails is replaced by the next one up, and one still silent after a tenth of the timeout is
+joined by the next one (speculative retry). Any replica that answered with an older version (or
 nothing) is then sent the newest one, in the background: read repair. Asking only R replicas
 means a stale replica outside them goes unseen, so a read also asks all of them, and repairs
 what it finds, with probability ``read_repair_chance`` (always when R is every replica up); hints
 and anti-entropy repair the rest. Asking every replica on every read would double the
 cross-node work of an R=1 read for the sake of replicas that are almost always current.
 
-Replicas are anything with ``read``, ``write`` and ``write_hint``: the local store, a peer over the
-network, or a fake in tests, so fan-out, fallback and timeouts are tested without sockets.
+Every one of those decisions is made by the pure ``read_plan.ReadPlan`` (and, for writes,
+``quorum.QuorumRound``); this module is the I/O around them: it calls replicas in greenlets
+(``FanOut``), feeds their outcomes and the clock to the plan, and does what the plan says.
+
+Replicas are anything with ``read``, ``write``, ``write_hint`` and ``reads_block`` (the ``Replica``
+protocol): the local store, a peer over the network, or a fake in tests, so fan-out, fallback and
+timeouts are tested without sockets.
 """
 
 from __future__ import annotations
@@ -27,20 +33,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
 from gevent.queue import Empty, Queue
 
-from client.protocol import Record, Status, Version
-from client.ring import Ring
-from service.quorum import QuorumFailure, QuorumState, QuorumTracker
-from service.versioning import HybridLogicalClock, newest, supersedes
-
-HEDGE_FRACTION = 0.1
-"""A read still short of R replies after this fraction of the request timeout (200 ms by default)
-also asks the next replica up: a hung replica is not marked down for seconds, and its silence
-must not cost every read of its keys the whole timeout."""
+from client.protocol import Record, Version
+from service.placement import Placement
+from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumRound
+from service.read_plan import ReadPlan, asks_all, read_targets
+from service.versioning import HybridLogicalClock
 
 
 class MustWait(Exception):
@@ -48,17 +51,25 @@ class MustWait(Exception):
 
 
 class Replica(Protocol):
+    """A node's copy of the data as the coordinator reaches it: this node's store, or a peer."""
+
     node_id: str
+
+    @property
+    def reads_block(self) -> bool:
+        """Whether a read may wait on something slow (the network: a peer says ``True``), so the
+        coordinator bounds it with the timeout; the local store, one LMDB lookup, says ``False``."""
+        ...
 
     def read(self, key: bytes) -> Record | None:
         """The replica's record for ``key``, or ``None``."""
         ...
 
-    def write(self, key: bytes, record: Record) -> Any:
+    def write(self, key: bytes, record: Record) -> object:
         """Store ``record`` durably (unless the replica holds a newer one); raise if it cannot."""
         ...
 
-    def write_hint(self, key: bytes, record: Record, owner: str) -> Any:
+    def write_hint(self, key: bytes, record: Record, owner: str) -> object:
         """Hold ``record`` durably for ``owner``, to hand over later; raise if it cannot."""
         ...
 
@@ -76,8 +87,20 @@ class CoordinatorEvents:
         """A stale replica was (or could not be) sent the newest version after a read."""
 
 
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    node_id: str
+    """This node: it stamps its writes' versions and reads its own store first."""
+    timeout: float
+    """Seconds a request waits for its replicas (``KV_REQUEST_TIMEOUT_MS``)."""
+    read_repair_chance: float = 1.0
+    """Share of reads (0..1) that ask every replica up, not only R (``KV_READ_REPAIR_PERCENT``)."""
+    chance: Callable[[], float] = random.random
+    """Draws the read repair lottery, uniform in [0, 1) (tests fix it)."""
+
+
 class FanOut:
-    """Calls running on several replicas at once, and the outcomes as they arrive.
+    """Calls running on several replicas at once, and their outcomes as they arrive.
 
     Each call runs in a raw greenlet of its own (``_outcome_of`` catches what a call raises, so none
     needs the Greenlet object that ``gevent.spawn`` builds), except the ``inline`` target's (this node's store):
@@ -94,188 +117,175 @@ class FanOut:
         inline: str | None = None,
         inline_timeout: float | None = None,
     ) -> None:
-        self.targets = list(targets)
         self._call = call
-        self.results: dict[str, Any] = {}
-        self.errors: dict[str, str] = {}
         self._outcomes: Queue | None = None
         self._ready: list[tuple[str, bool, Any]] = []
-        for node_id in self.targets:
+        for node_id in targets:
             if node_id != inline:
-                if self._outcomes is None:
-                    self._outcomes = Queue()
-                gevent.spawn_raw(self._run, node_id, call)
-        if inline is not None and inline in self.targets:
+                self.add(node_id)
+        if inline is not None and inline in targets:
             self._ready.append(_outcome_of(call, inline, inline_timeout))
 
-    def known(self, node_id: str, result: Any) -> None:
-        """Count an outcome obtained elsewhere (this node's own read) as a successful call."""
-        self.targets.append(node_id)
-        self.results[node_id] = result
-
     def add(self, node_id: str) -> None:
-        """Call one more target (a spare replacing one that failed), in a greenlet of its own."""
-        self.targets.append(node_id)
+        """Call one more target, in a greenlet of its own."""
         if self._outcomes is None:
             self._outcomes = Queue()
-        gevent.spawn_raw(self._run, node_id, self._call)
+        gevent.spawn_raw(self._run, node_id)
 
-    def _run(self, node_id: str, call: Callable[[str], Any]) -> None:
+    def _run(self, node_id: str) -> None:
         assert self._outcomes is not None
-        self._outcomes.put(_outcome_of(call, node_id, None))
+        self._outcomes.put(_outcome_of(self._call, node_id, None))
 
-    @property
-    def outstanding(self) -> int:
-        return len(self.targets) - len(self.results) - len(self.errors)
-
-    def next_outcome(self, deadline: float) -> bool | None:
-        """Wait for one more outcome: ``True`` success, ``False`` failure, ``None`` if the deadline
-        passed first."""
+    def next_outcome(self, deadline: float) -> tuple[str, bool, Any] | None:
+        """Wait for one more outcome, ``(node_id, ok, result or failure reason)``; ``None`` if the
+        deadline (``time.monotonic()``) passed first."""
         if self._ready:
-            node_id, ok, result = self._ready.pop()
-        else:
-            if self._outcomes is None:
-                return None
-            try:
-                node_id, ok, result = self._outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Empty:
-                return None
-        if ok:
-            self.results[node_id] = result
-        else:
-            self.errors[node_id] = result
-        return ok
-
-    def wait_all(self, deadline: float) -> None:
-        """Collect every outstanding outcome, or as many as arrive before ``deadline``."""
-        while self.outstanding:
-            if self.next_outcome(deadline) is None:
-                return
+            return self._ready.pop()
+        if self._outcomes is None:  # nothing was sent, so nothing will come: wait out the deadline
+            self._outcomes = Queue()
+        try:
+            outcome: tuple[str, bool, Any] = self._outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+        except Empty:
+            return None
+        return outcome
 
 
 class Coordinator:
+    """Runs client GETs, PUTs and DELETEs against the key's replicas, as this node (``settings``).
+
+    ``placement`` says which nodes hold a key and which are down; ``replicas`` reaches each node by
+    id, this one included (its ``LocalStore``); ``clock`` stamps writes and observes what is read.
+    Failures surface as ``quorum.QuorumFailure``; reads that cannot be answered without waiting, when
+    asked not to wait, as ``MustWait``.
+    """
+
     def __init__(
         self,
-        node_id: str,
-        ring: Ring,
+        settings: CoordinatorSettings,
+        placement: Placement,
         replicas: Mapping[str, Replica],
-        *,
-        n: int,
         clock: HybridLogicalClock,
-        timeout: float,
-        is_down: Callable[[str], bool] = lambda node_id: False,
         events: CoordinatorEvents | None = None,
-        read_repair_chance: float = 1.0,
-        chance: Callable[[], float] = random.random,
     ) -> None:
-        self.node_id = node_id
-        self.ring = ring
+        self.node_id = settings.node_id
+        self.placement = placement
         self.replicas = replicas
-        self.n = n
         self.clock = clock
-        self.timeout = timeout
-        self.is_down = is_down
+        self.timeout = settings.timeout
         self.events = events or CoordinatorEvents()
-        self.read_repair_chance = read_repair_chance
-        self._chance = chance
+        self.read_repair_chance = settings.read_repair_chance
+        self._chance = settings.chance
+        # Looked up once: every request uses them.
+        self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
+        self._local = replicas.get(self.node_id)
 
     # --- reads ------------------------------------------------------------------------------------
 
     def get(self, key: bytes, r: int, *, wait: bool = True) -> Record | None:
-        """The newest record among the first ``r`` replies (a tombstone means deleted).
+        """The newest record among the first ``r`` replies (a tombstone means deleted), or ``None``.
 
-        ``wait=False`` (a session answering a request without a greenlet of its own) raises
-        ``MustWait`` instead of waiting on another node, before anything is sent.
+        Raises ``QuorumFailure``. ``wait=False`` (a session answering a request without a greenlet of
+        its own) raises ``MustWait`` instead of waiting on another node, before anything is sent.
         """
-        preferred = self.ring.preference_list(key, self.n)
-        targets = [node_id for node_id in preferred if not self.is_down(node_id)]
-        if len(targets) < r:
-            raise QuorumFailure(
-                Status.UNAVAILABLE,
-                0,
-                r,
-                f"only {len(targets)} of the key's {len(preferred)} replicas are up; the read needs {r}",
-            )
-        if self.node_id in targets:
-            targets.remove(self.node_id)
-            targets.insert(0, self.node_id)
-        ask_all = r == len(targets) or self._chance() < self.read_repair_chance
-        local = self.replicas.get(self.node_id)
-        reads_block = getattr(local, "reads_block", True)
-        if r == 1 and targets[0] == self.node_id and not reads_block:
-            # This node's store answers alone, and at once: the common read, without the fan-out
-            # machinery. The other replicas, if read repair asks them, are asked in the background.
+        # Plan: which replicas, and whether all of them (pure, see read_plan).
+        targets = read_targets(self._ring.preference_list(key, self._n), self._is_down, self.node_id, r)
+        ask_all = asks_all(r, len(targets), self.read_repair_chance, self._chance)
+        # Local read: this node's store answers alone, and at once; the common read.
+        local = self._local
+        if r == 1 and targets[0] == self.node_id and local is not None and not local.reads_block:
             try:
                 record = local.read(key)
-            except Exception:  # the general path below tries it again, then the other replicas
+            except Exception:  # the fan-out below tries it again, then the other replicas
                 if not wait:
                     raise MustWait from None
             else:
-                if record is not None:
-                    self.clock.observe(record.version.timestamp)
-                if ask_all and len(targets) > 1:
-                    fan = FanOut(targets[1:], lambda node_id: self.replicas[node_id].read(key))
-                    fan.known(self.node_id, record)
-                    gevent.spawn(self._repair_after_read, key, fan, time.monotonic() + self.timeout)
-                return record
+                return self._answer_locally(key, record, targets, ask_all)
         if not wait:
             raise MustWait
-        asked, spares = (targets, []) if ask_all else (targets[:r], targets[r:])
-        deadline = time.monotonic() + self.timeout
+        # Fan-out: everything else.
+        return self._read_replicas(key, r, targets, ask_all)
+
+    def _answer_locally(self, key: bytes, record: Record | None, targets: list[str], ask_all: bool) -> Record | None:
+        """Return this node's own ``record``; if the read was drawn to ask every replica, ask the
+        others in the background and repair what they hold."""
+        if record is not None:
+            self.clock.observe(record.version.timestamp)
+        if ask_all and len(targets) > 1:
+            plan = ReadPlan(targets, 1, ask_all=True, now=time.monotonic(), timeout=self.timeout)
+            plan.on_success(self.node_id, record)
+            fan = FanOut(targets[1:], lambda node_id: self.replicas[node_id].read(key))
+            gevent.spawn(self._repair_after_read, key, fan, plan)
+        return record
+
+    def _read_replicas(self, key: bytes, r: int, targets: list[str], ask_all: bool) -> Record | None:
+        plan = ReadPlan(targets, r, ask_all=ask_all, now=time.monotonic(), timeout=self.timeout)
         fan = FanOut(
-            asked,
+            plan.ask_first,
             lambda node_id: self.replicas[node_id].read(key),
             inline=self.node_id,
-            inline_timeout=self.timeout if reads_block else None,
+            inline_timeout=self.timeout if self._local is None or self._local.reads_block else None,
         )
-        self._await_quorum(fan, r, deadline, spares, total=len(targets), hedge_after=self.timeout * HEDGE_FRACTION)
-        winner = newest(fan.results.values())
-        if winner is not None:
-            self.clock.observe(winner.version.timestamp)
-        if fan.outstanding or _disagree(fan.results.values()):
-            gevent.spawn(self._repair_after_read, key, fan, deadline)
-        return winner
+        answer = self._settle(fan, plan)
+        assert isinstance(answer, Answer)
+        if answer.record is not None:
+            self.clock.observe(answer.record.version.timestamp)
+        if plan.needs_repair:
+            gevent.spawn(self._repair_after_read, key, fan, plan)
+        return answer.record
 
-    def _repair_after_read(self, key: bytes, fan: FanOut, deadline: float) -> None:
-        fan.wait_all(deadline)
-        winner = newest(fan.results.values())
-        if winner is None:
+    def _repair_after_read(self, key: bytes, fan: FanOut, plan: ReadPlan) -> None:
+        """Collect the replies still due (until the plan's deadline), then send the newest record
+        to every replica that answered an older one or nothing."""
+        while plan.outstanding:
+            outcome = fan.next_outcome(plan.deadline)
+            if outcome is None:
+                break
+            node_id, ok, result = outcome
+            if ok:
+                plan.on_success(node_id, result)
+            else:
+                plan.on_failure(node_id, result)
+        repairs = plan.repairs()
+        if repairs is None:
             return
-        for node_id, record in fan.results.items():
-            if supersedes(winner, record):
-                try:
-                    self.replicas[node_id].write(key, winner)
-                except Exception:  # the replica is unreachable now; anti-entropy will get there
-                    self.events.read_repair(key, node_id, False)
-                else:
-                    self.events.read_repair(key, node_id, True)
+        winner, stale = repairs
+        for node_id in stale:
+            try:
+                self.replicas[node_id].write(key, winner)
+            except Exception:  # the replica is unreachable now; anti-entropy will get there
+                self.events.read_repair(key, node_id, False)
+            else:
+                self.events.read_repair(key, node_id, True)
 
     # --- writes -----------------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, w: int, after: int = 0) -> Version:
+        """Write ``value`` to the key's replicas, stamped above ``after``; return its version once
+        ``w`` have it. Raises ``QuorumFailure``."""
         return self._write(key, value, w, after)
 
     def delete(self, key: bytes, w: int, after: int = 0) -> Version:
+        """Write a tombstone for ``key``, as ``put`` writes a value."""
         return self._write(key, None, w, after)
 
     def _write(self, key: bytes, value: bytes | None, w: int, after: int) -> Version:
         self.clock.observe(after)
         record = Record(Version(self.clock.now(), self.node_id), value)
-        owners = self.ring.owners(key)
-        preferred, fallbacks = owners[: self.n], list(owners[self.n :])
+        owners = self._ring.owners(key)
+        preferred, fallbacks = owners[: self._n], list(owners[self._n :])
 
         def next_fallback() -> str | None:
             # Shared by every owner's greenlet: each fallback node is claimed by one owner only, so
             # two hints for one write never land on the same node.
             while fallbacks:
                 candidate = fallbacks.pop(0)
-                if not self.is_down(candidate):
+                if not self._is_down(candidate):
                     return candidate
             return None
 
         def write_to(owner: str) -> str:
             failure = f"{owner} is down"
-            if not self.is_down(owner):
+            if not self._is_down(owner):
                 try:
                     self.replicas[owner].write(key, record)
                 except Exception as exc:
@@ -294,55 +304,31 @@ class Coordinator:
                 return holder
             raise RuntimeError(f"{failure}; no fallback node took a hint")
 
-        deadline = time.monotonic() + self.timeout
-        self._await_quorum(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), w, deadline)
+        quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
+        self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
         return record.version
 
-    # --- quorum -----------------------------------------------------------------------------------
+    # --- the loop around a round ------------------------------------------------------------------
 
-    def _await_quorum(
-        self,
-        fan: FanOut,
-        required: int,
-        deadline: float,
-        spares: list[str] | None = None,
-        *,
-        total: int = 0,
-        hedge_after: float | None = None,
-    ) -> None:
-        """Return once ``required`` calls succeeded; raise UNAVAILABLE as soon as that is out of
-        reach, or TIMEOUT at the deadline. ``spares`` are called in turn in place of a call that
-        failed, or, with ``hedge_after``, alongside calls still silent after that many seconds (a
-        hung replica the failure detector has not caught yet); ``total`` counts targets and spares."""
-        tracker = QuorumTracker(required, total or len(fan.targets))
-        hedge_at = time.monotonic() + hedge_after if hedge_after is not None else deadline
+    def _settle(self, fan: FanOut, quorum: QuorumRound) -> Decision:
+        """Feed ``quorum`` the fan-out's outcomes and the clock, and do what it says, until it is
+        decided: return its ``Reached`` or ``Answer``; raise its ``Fail``'s ``QuorumFailure``."""
         while True:
-            ok = fan.next_outcome(min(deadline, hedge_at) if spares else deadline)
-            if ok is None and spares and time.monotonic() < deadline:
-                fan.add(spares.pop(0))  # speculative: the silent call still counts if it answers
-                hedge_at = time.monotonic() + (hedge_after or 0.0)
+            outcome = fan.next_outcome(quorum.wake_at)
+            if outcome is None:
+                decision = quorum.tick(time.monotonic())
+            elif outcome[1]:
+                decision = quorum.on_success(outcome[0], outcome[2])
+            else:
+                decision = quorum.on_failure(outcome[0], outcome[2])
+            if decision is WAIT:
                 continue
-            if ok is None:
-                raise QuorumFailure(
-                    Status.TIMEOUT,
-                    tracker.acked,
-                    required,
-                    f"{tracker.acked} of {required} required replicas answered within {self.timeout:g} s",
-                )
-            if ok is False and spares:
-                fan.add(spares.pop(0))
-            outcome = tracker.succeed() if ok else tracker.fail()
-            if outcome is QuorumState.REACHED:
-                return
-            if outcome is QuorumState.LOST:
-                reasons = "; ".join(f"{node}: {reason}" for node, reason in sorted(fan.errors.items()))
-                raise QuorumFailure(
-                    Status.UNAVAILABLE,
-                    tracker.acked,
-                    required,
-                    f"{tracker.acked} of {required} required replicas acked; "
-                    f"{tracker.failed} of {len(fan.targets)} failed ({reasons})",
-                )
+            if type(decision) is Ask:
+                fan.add(decision.node_id)
+            elif type(decision) is Fail:
+                raise decision.failure
+            else:
+                return decision
 
 
 def _outcome_of(call: Callable[[str], Any], node_id: str, timeout: float | None) -> tuple[str, bool, Any]:
@@ -353,8 +339,3 @@ def _outcome_of(call: Callable[[str], Any], node_id: str, timeout: float | None)
             return node_id, True, call(node_id)
     except Exception as exc:  # one replica's failure is its vote, not the request's end
         return node_id, False, str(exc) or type(exc).__name__
-
-
-def _disagree(records: Any) -> bool:
-    versions = {None if record is None else record.version for record in records}
-    return len(versions) > 1

@@ -16,7 +16,7 @@ from client.protocol import MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.config import Config
-from service.coordinator import Coordinator
+from service.coordinator import Coordinator, CoordinatorSettings
 from service.events import NodeEvents
 from service.failure_detector import FailureDetector
 from service.group_commit import start_in_threadpool, start_inline
@@ -27,7 +27,7 @@ from service.http import HttpServer, LogWriter, make_app
 from service.local_store import LocalStore
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor
+from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
 from service.server import ProtocolServer, ServerSettings
@@ -68,32 +68,22 @@ class Node:
         )
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
-        self.peers = {
-            node.node_id: Peer(
-                node,
-                local_node_id=config.node_id,
-                connect_timeout=config.connect_timeout,
-                request_timeout=config.request_timeout,
-                max_frame_bytes=config.max_frame_bytes,
-                on_failure=self._peer_request_failed,
-            )
-            for node in config.peers
-        }
+        peer_settings = PeerSettings(
+            config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
+        )
+        self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
         self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
         self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed)
         self.events.track(self.store, self.peers)
 
+        placement = Placement(self.ring, config.n, self.detector.is_down)
         self.coordinator = Coordinator(
-            config.node_id,
-            self.ring,
+            CoordinatorSettings(config.node_id, config.request_timeout, config.read_repair_chance),
+            placement,
             {config.node_id: self.store, **self.peers},
-            n=config.n,
-            clock=self.clock,
-            timeout=config.request_timeout,
-            is_down=self.detector.is_down,
+            self.clock,
             events=self.events,
-            read_repair_chance=config.read_repair_chance,
         )
         self.handoff = HintedHandoff(
             self.store,
@@ -104,7 +94,7 @@ class Node:
         )
         self.anti_entropy = AntiEntropy(
             self.store,
-            Placement(self.ring, config.n, self.detector.is_down),
+            placement,
             self.peers,
             AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
             events=self.events,

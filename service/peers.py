@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import gevent
 
@@ -27,24 +28,44 @@ HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
 
 
+@dataclass(frozen=True)
+class PeerSettings:
+    local_node_id: str
+    """This node, named to peers in HELLO."""
+    connect_timeout: float
+    """Seconds a connect to a peer may take (``KV_CONNECT_TIMEOUT_MS``)."""
+    request_timeout: float
+    """Seconds a request to a peer may take (``KV_REQUEST_TIMEOUT_MS``)."""
+    max_frame_bytes: int
+    """The frame limit this node reads replies with."""
+
+
 class Peer:
+    """Another node, as a replica the coordinator reaches over the network, and as a target for
+    heartbeats, handoff and anti-entropy (``call``).
+
+    One multiplexed connection (``node``'s address) carries every request to the peer, opened on
+    first use and reopened after a failure, but not before ``RETRY_DELAY``: until then requests fail
+    at once with ``NodeUnreachableError``. ``on_failure(node_id)`` hears of every request that could
+    not reach the peer (the failure detector's evidence).
+    """
+
+    reads_block = True
+    """A read is a network round trip: the coordinator bounds it with the request timeout."""
+
     def __init__(
         self,
         node: NodeAddress,
-        *,
-        local_node_id: str,
-        connect_timeout: float,
-        request_timeout: float,
-        max_frame_bytes: int,
+        settings: PeerSettings,
         on_failure: Callable[[str], None] = lambda node_id: None,
     ) -> None:
         self.node = node
         self.node_id = node.node_id
         self.last_error = ""
-        self._local_node_id = local_node_id
-        self._connect_timeout = connect_timeout
-        self._request_timeout = request_timeout
-        self._max_frame_bytes = max_frame_bytes
+        self._local_node_id = settings.local_node_id
+        self._connect_timeout = settings.connect_timeout
+        self._request_timeout = settings.request_timeout
+        self._max_frame_bytes = settings.max_frame_bytes
         self._on_failure = on_failure
         self._slot = ConnectionSlot(self._dial)
         self._retry_at = 0.0

@@ -1,9 +1,14 @@
 """The coordinator against fake replicas: fan-out and quorum, early failure, timeouts, versions, sloppy
-quorum with hinted writes to fallback nodes, skipping down replicas, and read repair."""
+quorum with hinted writes to fallback nodes, skipping down replicas, and read repair.
+
+What depends on time (failing at once rather than at the deadline, the timeout itself, the
+speculative retry) is asserted against the pure decisions (``quorum.QuorumRound``,
+``read_plan.ReadPlan``) on a clock the test sets; the coordinator around them is then checked for
+the same outcome without measuring how long it took."""
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 import gevent
 import pytest
@@ -12,8 +17,10 @@ from gevent.event import Event
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring
-from service.coordinator import HEDGE_FRACTION, Coordinator, CoordinatorEvents, MustWait
-from service.quorum import QuorumFailure
+from service.coordinator import Coordinator, CoordinatorEvents, CoordinatorSettings, MustWait
+from service.placement import Placement
+from service.quorum import WAIT, Answer, Ask, Fail, QuorumFailure, QuorumRound
+from service.read_plan import SPECULATIVE_RETRY_FRACTION, ReadPlan, asks_all, read_targets
 from service.versioning import LOGICAL_BITS, HybridLogicalClock
 
 NODES = ["a", "b", "c"]
@@ -25,7 +32,10 @@ GUARD = 1.0
 
 class FakeReplica:
     """A replica in memory. ``gate``: every call waits for it; ``error``: every call raises it;
-    ``write_error``: only ``write`` raises it (reads still work, as for a full disk)."""
+    ``write_error``: only ``write`` raises it (reads still work, as for a full disk);
+    ``reads_block``: ``True`` like a peer, ``False`` like this node's own store."""
+
+    reads_block = True
 
     def __init__(
         self,
@@ -92,34 +102,30 @@ class RecordingEvents(CoordinatorEvents):
         self.read_repairs.append((key, node_id, ok))
 
 
+@dataclass
 class Harness:
-    def __init__(
-        self,
-        replicas: list[FakeReplica],
-        *,
-        n: int = 3,
-        timeout: float = 5.0,
-        now_ms: int | None = None,
-        down: set[str] | None = None,
-        read_repair_chance: float = 1.0,
-        chance: float = 0.5,
-    ):
-        self.ring = Ring([replica.node_id for replica in replicas], partitions=16)
-        self.replicas = {replica.node_id: replica for replica in replicas}
+    """A coordinator for node "a" over ``replicas``, with the options a test sets by keyword."""
+
+    replica_list: list[FakeReplica]
+    n: int = 3
+    timeout: float = 5.0
+    now_ms: int | None = None
+    down: set[str] = field(default_factory=set)
+    read_repair_chance: float = 1.0
+    chance: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.ring = Ring([replica.node_id for replica in self.replica_list], partitions=16)
+        self.replicas = {replica.node_id: replica for replica in self.replica_list}
+        now_ms = self.now_ms
         self.clock = HybridLogicalClock(now_ms=lambda: now_ms) if now_ms is not None else HybridLogicalClock()
         self.events = RecordingEvents()
-        self.down = down if down is not None else set()
         self.coordinator = Coordinator(
-            "a",
-            self.ring,
+            CoordinatorSettings("a", self.timeout, self.read_repair_chance, chance=lambda: self.chance),
+            Placement(self.ring, self.n, lambda node_id: node_id in self.down),
             self.replicas,
-            n=n,
-            clock=self.clock,
-            timeout=timeout,
-            is_down=lambda node_id: node_id in self.down,
+            self.clock,
             events=self.events,
-            read_repair_chance=read_repair_chance,
-            chance=lambda: chance,
         )
 
     @property
@@ -127,7 +133,7 @@ class Harness:
         return self.events.replica_writes
 
     def owners(self, key: bytes = KEY) -> list[str]:
-        return self.ring.preference_list(key, self.coordinator.n)
+        return self.ring.preference_list(key, self.n)
 
     def ranking(self, key: bytes = KEY) -> list[str]:
         """Every node ranked for the key's partition: the N preferred replicas, then the fallbacks."""
@@ -142,6 +148,12 @@ def gates() -> list[Event]:
     for gate in made:
         gate.set()
     gevent.sleep(0)
+
+
+def run_until_idle() -> None:
+    """Return once every greenlet that can run has run (and every one they started): after this,
+    a call the coordinator sent in the background has reached its fake replica."""
+    gevent.idle()
 
 
 def new_gate(gates: list[Event]) -> Event:
@@ -214,10 +226,19 @@ def test_write_is_unavailable_as_soon_as_too_many_replicas_fail(gates: list[Even
 
     ok.write = write_then_signal  # type: ignore[method-assign]
 
-    started = time.monotonic()
+    # The decision: the failure that puts W out of reach fails the write then, with no tick of the
+    # clock at all (the round was never told any time passed), while c is still outstanding.
+    quorum = QuorumRound(3, 3, now=0.0, timeout=5.0)
+    assert quorum.on_success("a", "a") is WAIT
+    decision = quorum.on_failure("b", "disk on fire")
+    assert isinstance(decision, Fail)
+    assert decision.failure.status == Status.UNAVAILABLE
+    assert (decision.failure.acked, decision.failure.required) == (1, 3)
+    assert "disk on fire" in decision.failure.message
+    assert quorum.outstanding == 1
+
     with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 3)
-    assert time.monotonic() - started < GUARD
     error = caught.value
     assert error.status == Status.UNAVAILABLE
     assert (error.acked, error.required) == (1, 3)
@@ -246,17 +267,25 @@ def test_write_succeeds_when_the_failures_leave_w_reachable(gates: list[Event]) 
 
 
 def test_write_times_out_when_replicas_are_too_slow(gates: list[Event]) -> None:
+    # The decision: W=2 with one ack waits until the deadline, then fails TIMEOUT.
+    quorum = QuorumRound(2, 3, now=10.0, timeout=0.05)
+    assert quorum.on_success("a", "a") is WAIT
+    assert quorum.wake_at == pytest.approx(10.05)
+    assert quorum.tick(10.04) is WAIT
+    decision = quorum.tick(10.05)
+    assert isinstance(decision, Fail)
+    assert decision.failure.status == Status.TIMEOUT
+    assert (decision.failure.acked, decision.failure.required) == (1, 2)
+    assert "0.05 s" in decision.failure.message
+
     harness = Harness(
         [FakeReplica("a"), FakeReplica("b", gate=new_gate(gates)), FakeReplica("c", gate=new_gate(gates))],
         timeout=0.05,
     )
-    started = time.monotonic()
     with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.put(KEY, b"v", 2)
-    elapsed = time.monotonic() - started
     assert caught.value.status == Status.TIMEOUT
     assert (caught.value.acked, caught.value.required) == (1, 2)
-    assert 0.04 <= elapsed < GUARD
     assert "0.05 s" in caught.value.message
 
 
@@ -494,10 +523,11 @@ def test_a_read_skips_down_replicas() -> None:
 def test_a_read_fails_at_once_when_fewer_than_r_replicas_are_up(gates: list[Event]) -> None:
     gate = new_gate(gates)  # a read actually sent would hang here
     harness = Harness([FakeReplica(node_id, gate=gate) for node_id in NODES], down={"b", "c"})
-    started = time.monotonic()
+    # The decision is made from the placement alone, before any replica is asked or any time passes.
+    with pytest.raises(QuorumFailure, match="only 1 of the key's 3 replicas are up"):
+        read_targets(harness.owners(), harness.down.__contains__, "a", 2)
     with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
         harness.coordinator.get(KEY, 2)
-    assert time.monotonic() - started < GUARD
     assert caught.value.status == Status.UNAVAILABLE
     assert (caught.value.acked, caught.value.required) == (0, 2)
     assert "only 1 of the key's 3 replicas are up" in caught.value.message
@@ -514,7 +544,7 @@ def test_a_read_asks_only_r_replicas_this_node_first() -> None:
     harness = Harness(replicas, read_repair_chance=0.0)
     with gevent.Timeout(GUARD):
         assert harness.coordinator.get(KEY, 1) == record(100, "a", b"a")
-    gevent.sleep(0)
+    run_until_idle()
     assert [replica.reads for replica in replicas] == [1, 0, 0]
 
     with gevent.Timeout(GUARD):
@@ -536,7 +566,7 @@ def test_a_failed_read_is_replaced_by_the_next_replica_up() -> None:
 @pytest.mark.parametrize("local_fails", [False, True])
 def test_a_read_of_this_nodes_own_store_alone_takes_the_direct_path_and_falls_back(local_fails: bool) -> None:
     local = FakeReplica("a", error=OSError("bad sector") if local_fails else None)
-    local.reads_block = False  # like LocalReplica: the direct path applies
+    local.reads_block = False  # like LocalStore: the direct path applies
     replicas = [local, FakeReplica("b"), FakeReplica("c")]
     for replica in replicas:
         replica.records[KEY] = record(100 + len(replica.node_id), replica.node_id, replica.node_id.encode())
@@ -557,13 +587,21 @@ def test_a_read_stuck_on_a_hung_replica_also_asks_the_next_one(gates: list[Event
     harness = Harness(five_nodes(), n=2, timeout=1.0, read_repair_chance=0.0)
     key = next(key for key in (b"k%d" % i for i in range(1000)) if "a" not in harness.owners(key))
     first, second = harness.owners(key)
+    live = record(100, second, b"from the live replica")
+
+    # The decision: the next replica is asked after the speculative retry delay, long before the timeout.
+    plan = ReadPlan([first, second], 1, ask_all=False, now=0.0, timeout=1.0)
+    assert plan.ask_first == [first]
+    assert plan.wake_at == SPECULATIVE_RETRY_FRACTION * 1.0
+    assert plan.tick(SPECULATIVE_RETRY_FRACTION * 1.0 - 0.001) is WAIT
+    assert plan.tick(SPECULATIVE_RETRY_FRACTION * 1.0) == Ask(second)
+    assert plan.on_success(second, live) == Answer(live)
+    assert SPECULATIVE_RETRY_FRACTION * 1.0 < 0.5
+
     harness.replicas[first].gate = hung
-    harness.replicas[second].records[key] = record(100, second, b"from the live replica")
-    started = time.monotonic()
+    harness.replicas[second].records[key] = live
     with gevent.Timeout(GUARD):
-        assert harness.coordinator.get(key, 1) == record(100, second, b"from the live replica")
-    elapsed = time.monotonic() - started
-    assert HEDGE_FRACTION * 1.0 <= elapsed < 0.5, elapsed  # after the hedge delay, long before the timeout
+        assert harness.coordinator.get(key, 1) == live
     assert harness.replicas[first].reads == harness.replicas[second].reads == 1
 
 
@@ -575,7 +613,7 @@ def test_a_read_that_must_not_wait_says_so_before_sending_anything() -> None:
         harness.coordinator.get(KEY, 1, wait=False)  # the local read failed: only other nodes are left
     with pytest.raises(MustWait):
         harness.coordinator.get(KEY, 2, wait=False)  # R=2 needs another node anyway
-    gevent.sleep(0.01)
+    run_until_idle()
     assert harness.replicas["b"].reads == harness.replicas["c"].reads == 0
 
 
@@ -620,9 +658,17 @@ def test_disagreeing_replies_among_the_r_asked_are_repaired_and_the_rest_left_al
 def test_read_repair_chance_decides_whether_the_other_replicas_are_asked(chance: float, asked: list[int]) -> None:
     replicas = [FakeReplica(node_id) for node_id in NODES]
     harness = Harness(replicas, read_repair_chance=0.1, chance=chance)
+    # The decision: a draw below the chance asks every replica up, another asks R of them.
+    ask_all = asks_all(1, len(NODES), 0.1, lambda: chance)
+    plan = ReadPlan(
+        read_targets(harness.owners(), harness.down.__contains__, "a", 1), 1, ask_all=ask_all, now=0.0, timeout=5.0
+    )
+    assert sorted(plan.ask_first) == [node_id for node_id, count in zip(NODES, asked, strict=True) if count]
+
     with gevent.Timeout(GUARD):
         harness.coordinator.get(KEY, 1)
-    gevent.sleep(0.01)  # reads sent in the background have run by now
+    wait_until(lambda: sum(replica.reads for replica in replicas) == sum(asked), message="the reads asked for")
+    run_until_idle()  # and no more than those
     assert [replica.reads for replica in replicas] == asked
 
 
@@ -636,7 +682,7 @@ def test_a_read_with_r_equal_to_the_replicas_up_asks_them_all_whatever_the_chanc
 
 def test_a_read_needs_no_wait_only_when_r_is_1_and_this_node_holds_the_key() -> None:
     local = FakeReplica("a")
-    local.reads_block = False  # like LocalReplica: the coordinator may read it without a timeout
+    local.reads_block = False  # like LocalStore: the coordinator may read it without a timeout
     harness = Harness([local, *(FakeReplica(node_id) for node_id in FIVE[1:])], n=2)
     held = next(key for key in (b"k%d" % i for i in range(1000)) if "a" in harness.owners(key))
     elsewhere = next(key for key in (b"k%d" % i for i in range(1000)) if "a" not in harness.owners(key))
@@ -732,8 +778,7 @@ def test_replicas_that_agree_get_no_repair() -> None:
     harness = Harness(replicas)
     assert harness.coordinator.get(KEY, 3) == same
     assert harness.coordinator.get(b"absent", 3) is None  # agreeing on nothing is agreement too
-    gevent.sleep(0)  # a repair greenlet, had one been spawned, would run now
-    gevent.sleep(0)
+    run_until_idle()  # a repair greenlet, had one been spawned, would have run by now
     assert [replica.writes for replica in replicas] == [[], [], []]
     assert harness.events.read_repairs == []
 
@@ -747,7 +792,6 @@ def test_read_repair_skips_replicas_that_failed_or_are_down() -> None:
     harness.replicas[second].error = OSError("unreachable")
     harness.down.add(third)
     assert harness.coordinator.get(KEY, 1) == newest
-    gevent.sleep(0)
-    gevent.sleep(0)
+    run_until_idle()
     assert all(replica.writes == [] for replica in replicas)
     assert harness.events.read_repairs == []

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.protocol import Status
-from service.quorum import QuorumFailure, QuorumState, QuorumTracker, resolve_quorum
+from service.quorum import REACHED, WAIT, Fail, QuorumFailure, QuorumRound, QuorumState, QuorumTracker, resolve_quorum
 
 
 def expected_outcome(acked: int, failed: int, required: int, replicas: int) -> QuorumState:
@@ -106,3 +106,33 @@ def test_resolve_quorum_keeps_a_request_within_n(sizes: tuple[int, int], default
 def test_resolve_quorum_over_n_is_rejected(requested: int, replicas: int, name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_quorum(requested, 1, replicas, name)
+
+
+# --- a round: the tracker over time ---------------------------------------------------------------
+
+
+def test_a_round_is_reached_at_the_required_success_and_stays_decided() -> None:
+    quorum = QuorumRound(2, 3, now=0.0, timeout=1.0)
+    assert quorum.on_success("a", None) is WAIT
+    assert quorum.on_success("b", None) is REACHED
+    assert quorum.on_failure("c", "late") is WAIT
+    assert quorum.tick(5.0) is WAIT  # decided: the deadline no longer matters
+
+
+def test_a_round_fails_unavailable_with_every_reason_once_the_rest_cannot_make_it() -> None:
+    quorum = QuorumRound(2, 3, now=0.0, timeout=1.0)
+    assert quorum.on_failure("c", "disk full") is WAIT
+    decision = quorum.on_failure("a", "refused")
+    assert isinstance(decision, Fail)
+    assert decision.failure.status == Status.UNAVAILABLE
+    assert decision.failure.message == "0 of 2 required replicas acked; 2 of 3 failed (a: refused; c: disk full)"
+
+
+def test_a_round_times_out_at_its_deadline_and_not_before() -> None:
+    quorum = QuorumRound(1, 2, now=100.0, timeout=0.5)
+    assert quorum.wake_at == 100.5
+    assert quorum.tick(100.49) is WAIT
+    decision = quorum.tick(100.5)
+    assert isinstance(decision, Fail)
+    assert decision.failure.status == Status.TIMEOUT
+    assert decision.failure.message == "0 of 1 required replicas answered within 0.5 s"

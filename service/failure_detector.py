@@ -33,6 +33,14 @@ class PeerRecord:
 
 
 class FailureDetector:
+    """Each peer's state (UP, SUSPECT or DOWN) and since when, from the evidence it is given.
+
+    ``peers``: the ids to track, each SUSPECT until first heard from; ``now``: the clock, in seconds
+    (``time.monotonic`` in a node, a fake in tests); ``suspect_after`` and ``down_after``: seconds of
+    silence before those states. ``heartbeat``, ``failure`` and ``evaluate`` return the changes they
+    cause as ``(peer, old, new)``. Raises ``ValueError`` unless ``0 < suspect_after <= down_after``.
+    """
+
     def __init__(
         self,
         peers: Iterable[str],

@@ -74,6 +74,8 @@ class HintedHandoff:
         self.now_ms = settings.now_ms
 
     def run_pass(self) -> None:
+        """Deliver (or expire) the hints held for each owner; a failed send ends that owner's part,
+        and the next pass retries it."""
         for owner, count in self.store.hint_counts().items():
             if count:
                 self._deliver_to(owner)

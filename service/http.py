@@ -18,7 +18,8 @@ def make_app(registry: CollectorRegistry, is_healthy: Callable[[], bool]) -> Cal
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            response: Iterable[bytes] = metrics_app(environ, start_response)
+            return response
         if path == "/healthz":
             healthy = is_healthy()
             status = "200 OK" if healthy else "503 Service Unavailable"
@@ -37,7 +38,8 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        return self._server.server_port
+        port: int = self._server.server_port
+        return port
 
     def start(self) -> None:
         self._server.start()

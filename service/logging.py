@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
 
 def configure(node_id: str, level: str = "info") -> None:
-    def add_node(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_node(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         event.setdefault("node", node_id)
         return event
 
@@ -38,13 +39,14 @@ def configure(node_id: str, level: str = "info") -> None:
 LEADING_FIELDS = ("timestamp", "level", "node", "event")
 
 
-def _leading_fields(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _leading_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """Put the fields every line has first, so a human scanning the log finds them at once."""
     return {**{name: event[name] for name in LEADING_FIELDS if name in event}, **event}
 
 
 def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(**context)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**context)
+    return logger
 
 
 def printable_key(key: bytes, limit: int = 100) -> str:

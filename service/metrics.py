@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 
 # The *_created series double the exposition for no dashboard's benefit.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005,

@@ -24,7 +24,9 @@ transaction per batch):
   one scan.
 * ``meta``: the live key count, the highest timestamp ever stored, and whether ``digests`` is current.
 
-This class is synchronous and knows nothing of gevent; ``group_commit`` decides when ``apply`` runs.
+This class is synchronous and knows nothing of gevent or of the wire format: ``group_commit`` decides
+when ``apply`` runs, and ``local_store``, the only caller that writes, cuts ``partition_entries``
+into listing pages.
 """
 
 from __future__ import annotations

@@ -254,12 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench(argv: list[str]) -> int:
+    """``kv bench``: the load generator in the ``bench`` package beside this library. Imported here,
+    when asked for, so the library never loads it; an install without it says so in one line."""
+    try:
+        from bench.cli import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.cli"):  # bench is there, but something it needs is not: a real error
+            raise
+        print("kv bench: the bench package is not installed here; run it from a source checkout", file=sys.stderr)
+        return EXIT_ERROR
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "bench":  # a tool of its own, with its own options
-        from client import bench
-
-        return bench.main(args[1:])
+        return _bench(args[1:])
     options = build_parser().parse_args(args)
     try:
         client = Client(options.nodes, timeout=options.timeout, client_name="kv-cli")

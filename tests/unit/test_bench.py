@@ -23,9 +23,10 @@ from cluster import InProcessCluster, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client import bench, cli
-from client.bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
-from client.bench.report import (
+import bench
+from bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
+from bench.histogram import Histogram
+from bench.report import (
     PHASE_CHECK,
     PHASE_MEASURE,
     Stats,
@@ -38,10 +39,10 @@ from client.bench.report import (
     ratio,
     summarize_target,
 )
-from client.bench.runner import worker_specs
-from client.bench.targets import OpError
-from client.bench.worker import TargetSpec, Worker, WorkerSpec
-from client.bench.workload import (
+from bench.runner import worker_specs
+from bench.targets import OpError
+from bench.worker import TargetSpec, Worker, WorkerSpec
+from bench.workload import (
     MAX_REJECTIONS,
     MAX_THETA,
     OPS,
@@ -53,7 +54,7 @@ from client.bench.workload import (
     owned_index,
     parse_mix,
 )
-from client.histogram import Histogram
+from client import cli
 
 GRID = 100_000
 """Evenly spaced u values for exact frequency checks: u = (i + 0.5) / GRID."""
@@ -672,11 +673,13 @@ def _has_matplotlib() -> bool:
 
 
 def test_the_protocol_floor_serves_a_run_that_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The yardstick in deploy/benchmarks.py must be a correct store, or its figure means nothing."""
+    """The yardstick in bench/benchmarks.py must be a correct store, or its figure means nothing."""
     port = free_port()
-    floor = Path(__file__).resolve().parents[2] / "deploy" / "protocol_floor.py"
     process = subprocess.Popen(
-        [sys.executable, str(floor), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "bench.protocol_floor", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until_listening(port, process, "the protocol floor")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.resp import (
+from bench.resp import (
     MAX_DEPTH,
     MAX_LINE_BYTES,
     ErrorReply,

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from client.bench.plot import plot_report
-from client.bench.report import compare, format_report
-from client.bench.runner import Progress, measure
-from client.bench.targets import BenchError
-from client.bench.worker import TargetSpec
-from client.bench.workload import MAX_THETA, parse_mix
+from bench.plot import plot_report
+from bench.report import compare, format_report
+from bench.runner import Progress, measure
+from bench.targets import BenchError
+from bench.worker import TargetSpec
+from bench.workload import MAX_THETA, parse_mix
 from client.client import split_addresses
 from client.connection import parse_address
 

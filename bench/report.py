@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.bench.workload import OPS
-from client.histogram import Histogram
+from bench.histogram import Histogram
+from bench.workload import OPS
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MISMATCH_EXAMPLES = 5

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import gevent
 
-from client.bench.report import (
+from bench.report import (
     PHASE_CONNECTING,
     PHASE_DONE,
     PHASE_MEASURE,
@@ -33,8 +33,8 @@ from client.bench.report import (
     progress_line,
     summarize_target,
 )
-from client.bench.targets import BenchError
-from client.bench.worker import CHECK_TIME_LIMIT, STARTUP_TIMEOUT, TargetSpec, Worker, WorkerSpec
+from bench.targets import BenchError
+from bench.worker import CHECK_TIME_LIMIT, STARTUP_TIMEOUT, TargetSpec, Worker, WorkerSpec
 
 RESULT_SLACK = 30.0
 """Beyond warm-up + measurement + check, how long to wait for a worker's result before giving up."""

@@ -1,6 +1,6 @@
 """The published comparison: our store and Redis, side by side, every figure the median of several runs.
 
-    python3 deploy/benchmarks.py [--runs 3] [--duration 10] [--out results.json]
+    python3 -m bench.benchmarks [--runs 3] [--duration 10] [--out results.json]
 
 Starts everything itself on 127.0.0.1, in temporary directories, and stops it all at the end:
 
@@ -10,7 +10,7 @@ Starts everything itself on 127.0.0.1, in temporary directories, and stops it al
 * a single node with N=1; the same node with ``KV_FSYNC=periodic`` (fsync once a second, the
   counterpart of Redis's default); and, for the cost of command logging, the node with logging on;
 * a three-node cluster with N=2, W=2, R=1, as local processes;
-* the protocol floor (``deploy/protocol_floor.py``): our protocol served from a dict in memory by
+* the protocol floor (``bench/protocol_floor.py``): our protocol served from a dict in memory by
   a bare gevent server, the most any node on this stack could do here; the yardstick that splits
   the gap to Redis into the runtime's share and the node's.
 
@@ -108,7 +108,11 @@ def protocol_floor(workdir: Path) -> Iterator[str]:
     port = free_port()
     log = open(workdir / "floor.log", "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [PYTHON, str(REPO / "deploy" / "protocol_floor.py"), "--port", str(port)], stdout=log, stderr=log
+        [PYTHON, "-m", "bench.protocol_floor", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_for(lambda: _accepts(port), START_TIMEOUT, "the protocol floor")
@@ -157,7 +161,7 @@ def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> It
 
 def run_bench(kind: str, address: str, workload: str, duration: float) -> dict:
     target = ["--cluster", address] if kind == "kv" else ["--redis", address]
-    command = [PYTHON, "-m", "client", "bench", *target, *WORKLOADS[workload], *COMMON]
+    command = [PYTHON, "-m", "bench", *target, *WORKLOADS[workload], *COMMON]
     command += ["--duration", str(duration), "--json", "-"]
     result = subprocess.run(
         command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False

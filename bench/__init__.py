@@ -19,6 +19,6 @@ Every loop is bounded by count and time, and traffic goes only to the addresses 
 cluster: to its members, reached through the seed addresses where those name them).
 """
 
-from client.bench.cli import main
+from bench.cli import main
 
 __all__ = ["main"]

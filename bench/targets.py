@@ -24,7 +24,8 @@ import gevent
 from gevent import socket
 from gevent.event import AsyncResult
 
-from client import protocol, resp
+from bench import resp
+from client import protocol
 from client.client import Client
 from client.connection import Connection, FrameWriter, open_socket, parse_address, receive
 from client.errors import KVError, NodeUnreachableError

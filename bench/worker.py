@@ -21,7 +21,7 @@ from typing import Any
 
 import gevent
 
-from client.bench.report import (
+from bench.report import (
     MISMATCH_EXAMPLES,
     PHASE_CHECK,
     PHASE_CONNECTING,
@@ -31,7 +31,7 @@ from client.bench.report import (
     Stats,
     empty_check,
 )
-from client.bench.targets import (
+from bench.targets import (
     CONNECT_TIMEOUT,
     BenchConnection,
     BenchError,
@@ -40,7 +40,7 @@ from client.bench.targets import (
     RedisConnection,
     discover_cluster,
 )
-from client.bench.workload import KeyChooser, WriteLedger, key_name, make_value, owned_index, parse_mix
+from bench.workload import KeyChooser, WriteLedger, key_name, make_value, owned_index, parse_mix
 
 ERROR_PAUSE = 0.05
 """A lane pauses this long after an UNREACHABLE error, so a dead node does not make it spin."""

@@ -26,8 +26,9 @@ from gevent.event import AsyncResult
 
 from bench import resp
 from client import protocol
+from client.address import format_address, parse_address
 from client.client import Client
-from client.connection import Connection, FrameWriter, open_socket, parse_address, receive
+from client.connection import Connection, FrameWriter, open_socket, receive
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import Status
 from client.ring import Ring
@@ -197,7 +198,7 @@ class RedisSocket:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def is_open(self) -> bool:

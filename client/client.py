@@ -20,7 +20,8 @@ import gevent
 import gevent.pool
 
 from client import protocol
-from client.connection import Connection, ConnectionSlot, parse_address
+from client.address import format_address, parse_address
+from client.connection import Connection, ConnectionSlot
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
 from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
@@ -70,7 +71,7 @@ class Client:
         client_name: str = "kv-client",
         connection_factory: Callable[..., Connection] = Connection,
     ) -> None:
-        self.seeds = [_join(*parse_address(address)) for address in split_addresses(nodes)]
+        self.seeds = [format_address(*parse_address(address)) for address in split_addresses(nodes)]
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.client_name = client_name
@@ -309,7 +310,3 @@ def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         return function(*args, **kwargs)
     except KVError as exc:
         return exc
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -16,6 +16,7 @@ from gevent import socket
 from gevent.event import AsyncResult
 
 from client import protocol
+from client.address import format_address
 from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError, error_from_reply
 from client.protocol import Frame, FrameDecoder, HelloReply, Request, Status
 
@@ -36,27 +37,6 @@ def receive(sock: socket.socket) -> bytes:
     return sock.recv(RECV_BYTES)
 
 
-def parse_address(address: str, default_port: int = 5000) -> tuple[str, int]:
-    """``"host:port"`` (or ``"[v6]:port"``, or a bare host) as ``(host, port)``."""
-    text = address.strip()
-    if not text:
-        raise ValueError("empty node address")
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    if not host:
-        raise ValueError(f"node address {address!r} has no host")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"node address {address!r} has an invalid port {port_text!r}")
-    return host, int(port_text)
-
-
 def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> socket.socket:
     """A TCP connection to ``host:port`` with Nagle off and no timeout, or ``NodeUnreachableError``.
 
@@ -66,7 +46,7 @@ def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> sock
     itself: the HELLO comes back as its own reply. Seen as a garbled HELLO reply in the chaos test.
     ``what`` names the server in messages (``"redis at "``).
     """
-    address = what + (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    address = what + format_address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except (OSError, gevent.Timeout) as exc:
@@ -165,7 +145,7 @@ class Connection:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     @property
     def is_open(self) -> bool:

@@ -22,8 +22,8 @@ from gevent import socket
 from gevent.server import StreamServer
 
 from client import protocol
-from client.connection import receive
 from client.protocol import NodeAddress, Status, Version
+from client.transport import receive
 
 NODE_ID = "floor"
 

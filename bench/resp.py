@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
+from client.protocol import ProtocolError
+
 CRLF = b"\r\n"
 
 MAX_LINE_BYTES = 64 * 1024
@@ -31,8 +33,9 @@ _INTEGER = re.compile(rb"-?[0-9]+")
 _TYPE_BYTES = (b"+", b"-", b":", b"$", b"*")
 
 
-class RespProtocolError(Exception):
-    """Bytes that are not a RESP2 reply."""
+class RespProtocolError(ProtocolError):
+    """Bytes that are not a RESP2 reply. A kind of ``ProtocolError``, which ``client.transport``'s
+    pipelined socket takes as the end of a stream that can no longer be trusted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,18 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import gevent
-from gevent import socket
-from gevent.event import AsyncResult
-
 from bench import resp
 from client import protocol
 from client.address import format_address, parse_address
 from client.client import Client
-from client.connection import Connection, FrameWriter, open_socket, receive
-from client.errors import KVError, NodeUnreachableError
+from client.connection import Connection
+from client.errors import KVError, ProtocolViolationError
 from client.protocol import Status
 from client.ring import Ring
+from client.transport import InOrder, PipelinedSocket, open_socket
 
 CONNECT_TIMEOUT = 2.0
 """Seconds to open a connection (and, for our store, finish HELLO): generous, as a loaded host's
@@ -182,121 +179,42 @@ class ClusterConnection:
             redial.close()
 
 
-class RedisSocket:
-    """One RESP2 socket to Redis with pipelining: replies come back in command order."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._sock: socket.socket | None = None
-        self._writer: FrameWriter | None = None
-        self._waiting: list[AsyncResult] = []
-        self._first = 0  # index in _waiting of the oldest command still without a reply
-        self._parser = resp.ReplyParser()
-        self._reader: gevent.Greenlet | None = None
-        self._failure: OpError | None = None
-
-    @property
-    def address(self) -> str:
-        return format_address(self.host, self.port)
-
-    @property
-    def is_open(self) -> bool:
-        return self._sock is not None and self._failure is None
-
-    def connect(self) -> None:
-        try:
-            sock = open_socket(self.host, self.port, CONNECT_TIMEOUT, what="redis at ")
-        except NodeUnreachableError as exc:
-            raise OpError("UNREACHABLE", exc.message) from None
-        self._sock = sock
-        self._writer = FrameWriter(sock)  # the same coalescing writer our own connections use
-        self._reader = gevent.spawn(self._read_replies)
-        reply = self.call(resp.encode_command("PING"), CONNECT_TIMEOUT)
-        if reply != "PONG":
-            self.close()
-            raise OpError("PROTOCOL", f"{self.address} answered PING with {reply!r}: is it Redis?")
-
-    def call(self, command: bytes, timeout: float) -> resp.Reply:
-        """Send an encoded command and wait for its reply (an ``ErrorReply`` is returned, not raised)."""
-        if self._failure is not None:
-            raise self._failure
-        if self._writer is None:
-            raise OpError("UNREACHABLE", f"connection to {self.address} is not open")
-        done = AsyncResult()
-        self._waiting.append(done)  # no yield between this and the write: order matches the wire
-        try:
-            self._writer.write(command)
-        except OSError as exc:
-            self._fail(OpError("UNREACHABLE", f"connection to {self.address} lost: {exc}"))
-        try:
-            return done.get(timeout=timeout)
-        except gevent.Timeout:
-            # The reply will still come, in order, and resolve this abandoned result.
-            raise OpError("TIMEOUT", f"no reply from {self.address} within {timeout:g} s") from None
-
-    def close(self) -> None:
-        self._fail(OpError("UNREACHABLE", f"connection to {self.address} closed"))
-
-    def _read_replies(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        try:
-            while True:
-                data = receive(sock)
-                if not data:
-                    raise OpError("UNREACHABLE", f"{self.address} closed the connection")
-                for reply in self._parser.feed(data):
-                    if self._first >= len(self._waiting):
-                        raise OpError("PROTOCOL", f"{self.address} sent a reply to no command")
-                    self._waiting[self._first].set(reply)
-                    self._first += 1
-                if self._first > 1024 and self._first * 2 > len(self._waiting):  # amortised trim
-                    del self._waiting[: self._first]
-                    self._first = 0
-        except OpError as exc:
-            self._fail(exc)
-        except resp.RespProtocolError as exc:
-            self._fail(OpError("PROTOCOL", f"bad reply from {self.address}: {exc}"))
-        except OSError as exc:
-            self._fail(OpError("UNREACHABLE", f"connection to {self.address} lost: {exc}"))
-
-    def _fail(self, error: OpError) -> None:
-        if self._failure is not None:
-            return
-        self._failure = error
-        if self._sock is not None:
-            self._sock.close()
-        waiting, self._waiting, self._first = self._waiting[self._first :], [], 0
-        for done in waiting:
-            done.set_exception(error)
-        if self._reader is not None and self._reader is not gevent.getcurrent():
-            self._reader.kill(block=False)
+def dial_redis(host: str, port: int) -> PipelinedSocket[resp.Reply]:
+    """One RESP2 socket to Redis, pipelined: replies come back in command order (``InOrder``).
+    Raises ``KVError`` (UNREACHABLE, PROTOCOL, TIMEOUT) if it cannot be opened or is not Redis."""
+    address = format_address(host, port)
+    sock = open_socket(host, port, CONNECT_TIMEOUT, what="redis at ")
+    redis: PipelinedSocket[resp.Reply] = PipelinedSocket(sock, address, InOrder(resp.ReplyParser()))
+    reply = redis.call(resp.encode_command("PING"), CONNECT_TIMEOUT)
+    if reply != "PONG":
+        redis.close()
+        raise ProtocolViolationError(f"{address} answered PING with {reply!r}: is it Redis?")
+    return redis
 
 
 class RedisConnection:
-    """A bench connection to Redis: GET, SET and DEL over one pipelined ``RedisSocket``."""
+    """A bench connection to Redis: GET, SET and DEL over one pipelined socket (``dial_redis``)."""
 
     COMMANDS = {"get": b"GET", "put": b"SET", "delete": b"DEL"}
 
     def __init__(self, address: str) -> None:
         host, port = parse_address(address, default_port=6379)
-
-        def dial() -> RedisSocket:
-            connection = RedisSocket(host, port)
-            connection.connect()
-            return connection
-
-        self._redial = Redial(dial, f"redis at {host}:{port}")
+        self._redial = Redial(lambda: dial_redis(host, port), f"redis at {format_address(host, port)}")
 
     def connect(self) -> None:
-        self._redial.open()
+        try:
+            self._redial.open()
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
         name = self.COMMANDS[op]
         args = (name, key) if value is None else (name, key, value)
         command = resp.encode_command(*args)
-        reply = self._redial.open().call(command, timeout)
+        try:
+            reply = self._redial.open().call(command, timeout)
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
         if isinstance(reply, resp.ErrorReply):
             raise OpError(reply.kind, reply.message)
         if op == "get":

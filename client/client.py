@@ -21,10 +21,11 @@ import gevent.pool
 
 from client import protocol
 from client.address import format_address, parse_address
-from client.connection import Connection, ConnectionSlot
+from client.connection import Connection
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
 from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
+from client.transport import ConnectionSlot
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
@@ -76,7 +77,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.client_name = client_name
         self._connection_factory = connection_factory
-        self._slots: dict[str, ConnectionSlot] = {}
+        self._slots: dict[str, ConnectionSlot[Connection]] = {}
         self._failed_at: dict[str, float] = {}
         self._topology: TopologyReply | None = None
         self._ring: Ring | None = None

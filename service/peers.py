@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 import gevent
 
 from client import protocol
-from client.connection import Connection, ConnectionSlot
+from client.connection import Connection, Framing
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
+from client.transport import ConnectionSlot
 from service.failure_detector import FailureDetector
 
 RETRY_DELAY = 1.0
@@ -97,8 +98,7 @@ class Peer:
             self.node.port,
             connect_timeout=self._connect_timeout,
             client_name=f"node:{self._local_node_id}",
-            max_frame_bytes=self._max_frame_bytes,
-            coalesce=True,
+            framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True),
         )
         try:
             connection.connect()

@@ -27,8 +27,8 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from client import protocol
-from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
+from client.transport import RECV_BYTES, FrameWriter, receive
 from service.anti_entropy import AntiEntropy
 from service.coordinator import Coordinator, MustWait
 from service.local_replica import LocalReplica

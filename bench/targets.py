@@ -14,27 +14,23 @@ its per-request failover and routing bookkeeping would be work that the Redis si
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from bench import resp
 from client import protocol
 from client.address import format_address, parse_address
 from client.client import Client
 from client.connection import Connection
-from client.errors import KVError, ProtocolViolationError
+from client.errors import KVError, NodeUnreachableError, ProtocolViolationError
 from client.protocol import Status
 from client.ring import Ring
-from client.transport import InOrder, PipelinedSocket, open_socket
+from client.transport import ConnectionSlot, EndpointT, InOrder, PipelinedSocket, open_socket
 
 CONNECT_TIMEOUT = 2.0
 """Seconds to open a connection (and, for our store, finish HELLO): generous, as a loaded host's
 accept queue can be slow, and it is paid only at start and on a re-dial."""
-RECONNECT_INTERVAL = 1.0
-"""A lost connection is re-dialled at most once a second, so a dead node costs one connect a second."""
 
 
 class BenchError(Exception):
@@ -64,32 +60,16 @@ class BenchConnection(Protocol):
     def close(self) -> None: ...
 
 
-class Redial:
-    """Holds one open connection made by ``dial``; after a failure dials again at most once a second."""
-
-    def __init__(self, dial: Callable[[], Any], describe: str) -> None:
-        self._dial = dial
-        self._describe = describe
-        self._current: Any = None
-        self._dialled_at = -math.inf
-
-    def open(self) -> Any:
-        """The open connection, re-dialled if allowed; raises ``OpError`` UNREACHABLE otherwise."""
-        current = self._current
-        if current is not None and current.is_open:
-            return current
-        now = time.monotonic()
-        if now - self._dialled_at < RECONNECT_INTERVAL:
-            raise OpError("UNREACHABLE", f"{self._describe} is down; next re-dial within {RECONNECT_INTERVAL:g} s")
-        self._dialled_at = now  # before dialling, which yields: other lanes do not dial too
-        if current is not None:
-            current.close()
-        self._current = self._dial()
-        return self._current
-
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.close()
+def open_slot(slot: ConnectionSlot[EndpointT], name: str) -> EndpointT:
+    """The slot's open connection, dialled if need be, unless the endpoint failed so recently that
+    the reconnection policy says to wait: then the request fails at once, and a dead target costs
+    one connect a second rather than one per request. Raises ``OpError``."""
+    if slot.backing_off:
+        raise OpError("UNREACHABLE", f"{name} is down; next dial within {slot.retry_in:.1f} s")
+    try:
+        return slot.get()
+    except KVError as exc:
+        raise OpError(exc.code, exc.message) from None
 
 
 @dataclass(frozen=True)
@@ -131,7 +111,7 @@ class ClusterConnection:
         self._r = r or protocol.DEFAULT_QUORUM
         self._w = w or protocol.DEFAULT_QUORUM
         self._nodes = {
-            node_id: Redial(self._dialler(address), address) for node_id, address in cluster.addresses.items()
+            node_id: ConnectionSlot(self._dialler(address)) for node_id, address in cluster.addresses.items()
         }
 
     def _dialler(self, address: str) -> Callable[[], Connection]:
@@ -139,24 +119,24 @@ class ClusterConnection:
 
         def dial() -> Connection:
             connection = Connection(host, port, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
-            try:
-                connection.connect()
-            except KVError as exc:
-                raise OpError(exc.code, exc.message) from None
+            connection.connect()
             return connection
 
         return dial
 
     def connect(self) -> None:
-        for redial in self._nodes.values():
-            redial.open()
+        for node_id, slot in self._nodes.items():
+            open_slot(slot, self._cluster.addresses[node_id])
 
     def _call(self, request: protocol.Get | protocol.Put | protocol.Delete, timeout: float) -> protocol.Frame:
         node_id = self._cluster.ring.primary(request.key)
-        connection = self._nodes[node_id].open()
+        slot = self._nodes[node_id]
+        connection = open_slot(slot, self._cluster.addresses[node_id])
         try:
             return connection.call(request, timeout=timeout)
         except KVError as exc:
+            if isinstance(exc, NodeUnreachableError):
+                slot.failed()
             raise OpError(exc.code, exc.message) from None
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
@@ -175,8 +155,8 @@ class ClusterConnection:
         return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
 
     def close(self) -> None:
-        for redial in self._nodes.values():
-            redial.close()
+        for slot in self._nodes.values():
+            slot.close()
 
 
 def dial_redis(host: str, port: int) -> PipelinedSocket[resp.Reply]:
@@ -199,21 +179,22 @@ class RedisConnection:
 
     def __init__(self, address: str) -> None:
         host, port = parse_address(address, default_port=6379)
-        self._redial = Redial(lambda: dial_redis(host, port), f"redis at {format_address(host, port)}")
+        self._name = f"redis at {format_address(host, port)}"
+        self._slot: ConnectionSlot[PipelinedSocket[resp.Reply]] = ConnectionSlot(lambda: dial_redis(host, port))
 
     def connect(self) -> None:
-        try:
-            self._redial.open()
-        except KVError as exc:
-            raise OpError(exc.code, exc.message) from None
+        open_slot(self._slot, self._name)
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
         name = self.COMMANDS[op]
         args = (name, key) if value is None else (name, key, value)
         command = resp.encode_command(*args)
+        redis = open_slot(self._slot, self._name)
         try:
-            reply = self._redial.open().call(command, timeout)
+            reply = redis.call(command, timeout)
         except KVError as exc:
+            if isinstance(exc, NodeUnreachableError):
+                self._slot.failed()
             raise OpError(exc.code, exc.message) from None
         if isinstance(reply, resp.ErrorReply):
             raise OpError(reply.kind, reply.message)
@@ -227,4 +208,4 @@ class RedisConnection:
         return self.execute("get", key, None, timeout)
 
     def close(self) -> None:
-        self._redial.close()
+        self._slot.close()

@@ -4,7 +4,8 @@ On first use the client connects to its seed addresses, learns each seed's node 
 fetches the ring with TOPOLOGY. Each request then goes to the first replica in the key's preference
 list (one hop, like a token-aware driver). If that node cannot be reached, the request moves on to the
 next replica and then to any other node, since every node can coordinate. A node that just failed is
-tried last for ``RETRY_AFTER`` seconds, so a dead node costs one failed connect, not one per request.
+tried last until the reconnection policy (``client.policies``) allows the next dial, so a dead node
+costs one failed connect, not one per request.
 
 Nodes advertise addresses valid inside their network (``node1:5000``); a client outside it reaches
 them by the seed addresses it was given, so a seed's address always wins over the advertised one.
@@ -12,7 +13,6 @@ them by the seed addresses it was given, so a seed's address always wins over th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +23,7 @@ from client import protocol
 from client.address import format_address, parse_address
 from client.connection import Connection
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
+from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy
 from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
 from client.transport import ConnectionSlot
@@ -31,8 +32,6 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
 UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
 DEFAULT_CONNECT_TIMEOUT = 1.0
-RETRY_AFTER = 1.0
-"""Seconds a node that failed is tried last, so requests do not queue behind its connect timeout."""
 REPAIR_TIMEOUT = 600.0
 """Seconds ``repair`` waits: a round compares every partition with every peer and may copy a lot."""
 PIPELINE_CONCURRENCY = 256
@@ -61,7 +60,10 @@ def split_addresses(nodes: str | Sequence[str]) -> list[str]:
 
 
 class Client:
-    """A cluster client. Cooperative under gevent; share one per program, not across OS threads."""
+    """A cluster client. Cooperative under gevent; share one per program, not across OS threads.
+
+    ``reconnection``, the reconnection policy, may be set before first use.
+    """
 
     def __init__(
         self,
@@ -77,8 +79,8 @@ class Client:
         self.connect_timeout = connect_timeout
         self.client_name = client_name
         self._connection_factory = connection_factory
+        self.reconnection: ReconnectionPolicy = DEFAULT_RECONNECTION
         self._slots: dict[str, ConnectionSlot[Connection]] = {}
-        self._failed_at: dict[str, float] = {}
         self._topology: TopologyReply | None = None
         self._ring: Ring | None = None
         self._addresses: dict[str, str] = {}  # node id -> address reachable from here
@@ -185,10 +187,16 @@ class Client:
         self._check_limits(request)
         failures: list[str] = []
         for address in self._route(request.key):
+            slot = self._slot(address)
             try:
-                return self._connection(address).call(request, timeout=self.timeout)
+                connection = slot.get()  # a node backing off is dialled anyway: it comes last, the last resort
+            except NodeUnreachableError as exc:  # the slot counts a failed dial itself
+                failures.append(exc.message)
+                continue
+            try:
+                return connection.call(request, timeout=self.timeout)
             except NodeUnreachableError as exc:
-                self._failed_at[address] = time.monotonic()
+                slot.failed()
                 failures.append(exc.message)
         raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
 
@@ -199,8 +207,11 @@ class Client:
         preferred = self._preference_list(key)
         others = [node_id for node_id in self._ring.node_ids if node_id not in preferred]
         order = [self._addresses[node_id] for node_id in preferred + others]
-        now = time.monotonic()
-        return sorted(order, key=lambda address: now - self._failed_at.get(address, -RETRY_AFTER) < RETRY_AFTER)
+        return sorted(order, key=self._backing_off)
+
+    def _backing_off(self, address: str) -> bool:
+        slot = self._slots.get(address)
+        return slot is not None and slot.backing_off
 
     def _preference_list(self, key: bytes) -> list[str]:
         self._ensure_topology()
@@ -243,10 +254,13 @@ class Client:
 
     def _connection(self, address: str) -> Connection:
         """An open connection to ``address``, connecting once even when many greenlets ask at once."""
+        return self._slot(address).get()
+
+    def _slot(self, address: str) -> ConnectionSlot[Connection]:
         slot = self._slots.get(address)
         if slot is None:
-            slot = self._slots[address] = ConnectionSlot(lambda: self._dial(address))
-        return slot.get()
+            slot = self._slots[address] = ConnectionSlot(lambda: self._dial(address), Backoff(self.reconnection))
+        return slot
 
     def _dial(self, address: str) -> Connection:
         host, port = parse_address(address)

@@ -9,7 +9,9 @@ greenlets can share one socket (pipelining).
 each reply to the greenlet waiting for it. How a reply finds its waiter is the one thing that
 differs between protocols, so it is pluggable: ``ById`` for ours (each reply carries its request's
 id and may come in any order) and ``InOrder`` for Redis (replies come in request order).
-``ConnectionSlot`` keeps one connection to an endpoint and dials it again when it is needed.
+``ConnectionSlot`` keeps one connection to an endpoint and dials it again when it is needed, once
+however many greenlets ask, and knows when the reconnection policy (``client.policies``) would rather
+it waited.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gevent.event import AsyncResult
 
 from client.address import format_address
 from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError
+from client.policies import Backoff
 from client.protocol import MAX_REQUEST_ID, FrameDecoder, ProtocolError
 
 RECV_BYTES = 256 * 1024
@@ -320,11 +323,18 @@ EndpointT = TypeVar("EndpointT", bound=Endpoint)
 
 
 class ConnectionSlot(Generic[EndpointT]):
-    """One reusable connection: kept while open, dialled again when needed, and dialled once even
-    when many greenlets ask at the same moment (the others wait for that dial's outcome)."""
+    """One reusable connection to one endpoint: kept while open, dialled again when needed, and
+    dialled once even when many greenlets ask at the same moment (the others wait for that dial).
 
-    def __init__(self, dial: Callable[[], EndpointT]) -> None:
+    It remembers the endpoint's failures in a ``Backoff``: a failed dial counts by itself, a failed
+    request when its owner reports it (``failed``). ``backing_off`` then says that the reconnection
+    policy wants no dial yet. Whether to honour that is the owner's call: a node's heartbeat and a
+    client's last resort dial anyway, a request to a peer or the benchmark's Redis fails at once.
+    """
+
+    def __init__(self, dial: Callable[[], EndpointT], backoff: Backoff | None = None) -> None:
         self._dial = dial
+        self._backoff = backoff if backoff is not None else Backoff()
         self._connection: EndpointT | None = None
         self._dialing: AsyncResult | None = None
 
@@ -333,8 +343,18 @@ class ConnectionSlot(Generic[EndpointT]):
         """Whether ``get`` would return without starting a new dial."""
         return self._dialing is not None or (self._connection is not None and self._connection.is_open)
 
+    @property
+    def backing_off(self) -> bool:
+        """Whether a ``get`` now would dial an endpoint the reconnection policy says to leave alone yet."""
+        return not self.usable and self._backoff.waiting
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until the reconnection policy allows the next dial; 0 if it does now."""
+        return self._backoff.retry_in
+
     def get(self) -> EndpointT:
-        """An open connection; raises what the dial raised (``NodeUnreachableError``) if it fails."""
+        """An open connection, dialled if need be; raises what the dial raised (``NodeUnreachableError``)."""
         if self._connection is not None and self._connection.is_open:
             return self._connection
         if self._dialing is not None:
@@ -344,13 +364,19 @@ class ConnectionSlot(Generic[EndpointT]):
         try:
             connection = self._dial()
         except Exception as exc:  # whatever the dial raised, the greenlets waiting on it see it too
+            self._backoff.failed()
             dialing.set_exception(exc)
             raise
         finally:
             self._dialing = None
+        self._backoff.succeeded()
         self._connection = connection
         dialing.set(connection)
         return connection
+
+    def failed(self) -> None:
+        """A request found the endpoint unreachable (its connection broke): back off from it too."""
+        self._backoff.failed()
 
     def close(self) -> None:
         if self._connection is not None:

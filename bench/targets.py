@@ -3,30 +3,26 @@
 What one "connection" is. A bench connection is one logical client that keeps ``--pipeline``
 requests in flight: it runs that many greenlets ("lanes"), each sending one request and waiting for
 its reply before sending the next. Against Redis a connection is one socket. Against our store it is
-a small token-aware client: one multiplexed ``client.connection.Connection`` to each node, and every
-request goes to the primary replica of its key (the first node of the key's preference list, from
-``client.ring``), as ``Client`` routes it, so the cluster is measured as users drive it. With a
+a ``Client`` of its own, so one multiplexed connection to each node, with the ``PrimaryOnly``
+routing policy: every request goes to the primary replica of its key, as a token-aware client sends
+it, so the cluster is measured as users drive it, through the public client API alone. With a
 single-node cluster (the like-for-like comparison with one Redis) that is exactly one socket, too.
-There is no failover: a request for a node that is down counts as an error, and the connection to
-it is re-dialled at most once a second. ``Client`` itself is used only to discover the topology;
-its per-request failover and routing bookkeeping would be work that the Redis side does not do.
+There is no failover, which would be work the Redis side does not do: a request for a node that is
+down counts as an error, and the node is dialled again at most once a second (the reconnection
+policy, as for Redis).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from bench import resp
 from client import protocol
 from client.address import format_address, parse_address
 from client.client import Client
-from client.connection import Connection
 from client.errors import KVError, NodeUnreachableError, ProtocolViolationError
-from client.protocol import Status
-from client.ring import Ring
-from client.transport import ConnectionSlot, EndpointT, InOrder, PipelinedSocket, open_socket
+from client.policies import PrimaryOnly
+from client.transport import ConnectionSlot, InOrder, PipelinedSocket, open_socket
 
 CONNECT_TIMEOUT = 2.0
 """Seconds to open a connection (and, for our store, finish HELLO): generous, as a loaded host's
@@ -60,103 +56,66 @@ class BenchConnection(Protocol):
     def close(self) -> None: ...
 
 
-def open_slot(slot: ConnectionSlot[EndpointT], name: str) -> EndpointT:
-    """The slot's open connection, dialled if need be, unless the endpoint failed so recently that
-    the reconnection policy says to wait: then the request fails at once, and a dead target costs
-    one connect a second rather than one per request. Raises ``OpError``."""
-    if slot.backing_off:
-        raise OpError("UNREACHABLE", f"{name} is down; next dial within {slot.retry_in:.1f} s")
-    try:
-        return slot.get()
-    except KVError as exc:
-        raise OpError(exc.code, exc.message) from None
+class ClusterFacts(NamedTuple):
+    """What the options are checked against: the cluster's replication factor N and value limit."""
 
-
-@dataclass(frozen=True)
-class ClusterMap:
-    """What a bench connection needs to route: the ring, each node's address, N and the limits."""
-
-    ring: Ring
-    addresses: dict[str, str]
     replicas: int
     max_value_bytes: int
 
 
-def discover_cluster(seeds: str, timeout: float) -> ClusterMap:
-    """The ring and node addresses, learnt through ``Client`` from the seed addresses, and the
-    value size limit from a HELLO to the first node."""
+def cluster_facts(seeds: str, timeout: float) -> ClusterFacts:
+    """N and the value size limit, asked of the cluster at the seed addresses through a ``Client``."""
     with Client(seeds, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench") as client:
         try:
-            topology = client.topology()
-            addresses = {node.node_id: client.node_address(node.node_id) for node in topology.nodes}
+            return ClusterFacts(client.topology().replicas, client.limits.max_value_bytes)
         except KVError as exc:
             raise BenchError(f"cannot reach the cluster at {seeds}: {exc.message}") from None
-    host, port = parse_address(addresses[topology.nodes[0].node_id])
-    probe = Connection(host, port, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
-    try:
-        hello = probe.connect()
-    except KVError as exc:
-        raise BenchError(f"cannot reach {host}:{port}: {exc.message}") from None
-    finally:
-        probe.close()
-    ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
-    return ClusterMap(ring, addresses, topology.replicas, hello.max_value_bytes)
 
 
 class ClusterConnection:
-    """A token-aware bench connection: one multiplexed ``Connection`` per node, requests to primaries."""
+    """A bench connection to the cluster: a ``Client`` that sends each request to its key's primary."""
 
-    def __init__(self, cluster: ClusterMap, r: int | None, w: int | None) -> None:
-        self._cluster = cluster
-        self._r = r or protocol.DEFAULT_QUORUM
-        self._w = w or protocol.DEFAULT_QUORUM
-        self._nodes = {
-            node_id: ConnectionSlot(self._dialler(address)) for node_id, address in cluster.addresses.items()
-        }
-
-    def _dialler(self, address: str) -> Callable[[], Connection]:
-        host, port = parse_address(address)
-
-        def dial() -> Connection:
-            connection = Connection(host, port, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
-            connection.connect()
-            return connection
-
-        return dial
+    def __init__(self, seeds: str, r: int | None, w: int | None, timeout: float) -> None:
+        """``timeout`` is every request's: the ``Client``'s own, so ``execute`` takes the same value."""
+        self._client = Client(seeds, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
+        self._client.routing = PrimaryOnly()
+        self._r = r
+        self._w = w
+        self._replicas = 0  # N, for the read-back; learnt on connect
 
     def connect(self) -> None:
-        for node_id, slot in self._nodes.items():
-            open_slot(slot, self._cluster.addresses[node_id])
-
-    def _call(self, request: protocol.Get | protocol.Put | protocol.Delete, timeout: float) -> protocol.Frame:
-        node_id = self._cluster.ring.primary(request.key)
-        slot = self._nodes[node_id]
-        connection = open_slot(slot, self._cluster.addresses[node_id])
+        """Learn the ring and open the connection to every node now, so measurement pays no dial."""
+        client = self._client
         try:
-            return connection.call(request, timeout=timeout)
+            topology = client.topology()
+            for node in topology.nodes:
+                client.call_node(client.node_address(node.node_id), protocol.Ping())
         except KVError as exc:
-            if isinstance(exc, NodeUnreachableError):
-                slot.failed()
             raise OpError(exc.code, exc.message) from None
+        self._replicas = topology.replicas
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
-        if op == "get":
-            frame = self._call(protocol.Get(key, self._r), timeout)
-            return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
-        if op == "put":
-            assert value is not None
-            self._call(protocol.Put(key, value, self._w), timeout)
-        else:
-            self._call(protocol.Delete(key, self._w), timeout)
+        client = self._client
+        try:
+            if op == "get":
+                return client.get(key, r=self._r)
+            if op == "put":
+                assert value is not None
+                client.put(key, value, w=self._w)
+            else:
+                client.delete(key, w=self._w)
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
         return None
 
     def read_back(self, key: bytes, timeout: float) -> bytes | None:
-        frame = self._call(protocol.Get(key, self._cluster.replicas), timeout)
-        return None if frame.code == Status.NOT_FOUND else protocol.decode_value(frame.body)[1]
+        try:
+            return self._client.get(key, r=self._replicas)
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
 
     def close(self) -> None:
-        for slot in self._nodes.values():
-            slot.close()
+        self._client.close()
 
 
 def dial_redis(host: str, port: int) -> PipelinedSocket[resp.Reply]:
@@ -179,17 +138,25 @@ class RedisConnection:
 
     def __init__(self, address: str) -> None:
         host, port = parse_address(address, default_port=6379)
-        self._name = f"redis at {format_address(host, port)}"
-        self._slot: ConnectionSlot[PipelinedSocket[resp.Reply]] = ConnectionSlot(lambda: dial_redis(host, port))
+        name = f"redis at {format_address(host, port)}"
+        self._slot: ConnectionSlot[PipelinedSocket[resp.Reply]] = ConnectionSlot(lambda: dial_redis(host, port), name)
 
     def connect(self) -> None:
-        open_slot(self._slot, self._name)
+        self._open()
+
+    def _open(self) -> PipelinedSocket[resp.Reply]:
+        """The socket, dialled if need be, unless Redis failed so recently that the reconnection
+        policy says to wait: then the request fails at once (a dead Redis costs a connect a second)."""
+        try:
+            return self._slot.get(dial_backing_off=False)
+        except KVError as exc:
+            raise OpError(exc.code, exc.message) from None
 
     def execute(self, op: str, key: bytes, value: bytes | None, timeout: float) -> bytes | None:
         name = self.COMMANDS[op]
         args = (name, key) if value is None else (name, key, value)
         command = resp.encode_command(*args)
-        redis = open_slot(self._slot, self._name)
+        redis = self._open()
         try:
             reply = redis.call(command, timeout)
         except KVError as exc:

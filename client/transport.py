@@ -248,11 +248,8 @@ class PipelinedSocket(Generic[ReplyT]):
         self._writer = FrameWriter(sock)
         self._coalesce = coalesce
         self._failure: KVError | None = None
+        self.is_open = True  # a plain attribute, not a property: every request reads it, twice
         self._reader = gevent.spawn(self._read_replies)
-
-    @property
-    def is_open(self) -> bool:
-        return self._failure is None
 
     def expect(self) -> tuple[int, AsyncResult]:
         """A waiter for the request about to be written, and its id; raises the socket's failure."""
@@ -303,6 +300,7 @@ class PipelinedSocket(Generic[ReplyT]):
         if self._failure is not None:
             return
         self._failure = error
+        self.is_open = False
         self._sock.close()
         for done in self._matching.take_all():
             done.set_exception(error)
@@ -328,12 +326,15 @@ class ConnectionSlot(Generic[EndpointT]):
 
     It remembers the endpoint's failures in a ``Backoff``: a failed dial counts by itself, a failed
     request when its owner reports it (``failed``). ``backing_off`` then says that the reconnection
-    policy wants no dial yet. Whether to honour that is the owner's call: a node's heartbeat and a
-    client's last resort dial anyway, a request to a peer or the benchmark's Redis fails at once.
+    policy wants no dial yet. Whether to honour that is the owner's call, made with each ``get``:
+    a node's heartbeat and a client's last resort dial anyway; a request to the benchmark's Redis,
+    or a client's with no failover, fails at once.
     """
 
-    def __init__(self, dial: Callable[[], EndpointT], backoff: Backoff | None = None) -> None:
+    def __init__(self, dial: Callable[[], EndpointT], name: str, backoff: Backoff | None = None) -> None:
+        """``name`` names the endpoint in the error of a request refused while backing off."""
         self._dial = dial
+        self.name = name
         self._backoff = backoff if backoff is not None else Backoff()
         self._connection: EndpointT | None = None
         self._dialing: AsyncResult | None = None
@@ -353,10 +354,17 @@ class ConnectionSlot(Generic[EndpointT]):
         """Seconds until the reconnection policy allows the next dial; 0 if it does now."""
         return self._backoff.retry_in
 
-    def get(self) -> EndpointT:
-        """An open connection, dialled if need be; raises what the dial raised (``NodeUnreachableError``)."""
-        if self._connection is not None and self._connection.is_open:
-            return self._connection
+    def get(self, *, dial_backing_off: bool = True) -> EndpointT:
+        """An open connection, dialled if need be; raises what the dial raised (``NodeUnreachableError``).
+
+        With ``dial_backing_off=False``, an endpoint that is backing off is not dialled: the request
+        is refused at once with ``NodeUnreachableError`` (which does not count as another failure).
+        """
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            return connection
+        if not dial_backing_off and self._dialing is None and self._backoff.waiting:
+            raise NodeUnreachableError(f"{self.name} is down; next dial within {self.retry_in:.1f} s")
         if self._dialing is not None:
             dialled: EndpointT = self._dialing.get()
             return dialled

@@ -45,7 +45,7 @@ class Peer:
         self._request_timeout = request_timeout
         self._max_frame_bytes = max_frame_bytes
         self._on_failure = on_failure
-        self._slot = ConnectionSlot(self._dial)
+        self._slot = ConnectionSlot(self._dial, node.address)
 
     # --- the replica interface --------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket as stdlib_socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from gevent import socket
 
 from client import protocol
 from client.address import format_address
-from client.client import Client
+from client.client import Client, Limits
 from client.connection import Connection
 from client.errors import (
     BadRequestError,
@@ -21,6 +21,7 @@ from client.errors import (
     UnavailableError,
     ValueTooLargeError,
 )
+from client.policies import PrimaryOnly
 from client.ring import Ring
 from service.config import load_config
 from service.node import Node
@@ -388,6 +389,26 @@ def test_oversize_key_and_value_are_refused_without_a_request(
         assert client.get("k" * 1024) == b"v" * (1024 * 1024)
     finally:
         client.close()
+
+
+def test_limits_are_those_the_nodes_announce(make_cluster: Callable[..., InProcessCluster]) -> None:
+    cluster = make_cluster(1, KV_MAX_KEY_BYTES="100", KV_MAX_VALUE_BYTES="2000", KV_MAX_FRAME_BYTES="5000")
+    client = cluster.client()
+    assert client.limits == Limits(max_key_bytes=100, max_value_bytes=2000, max_frame_bytes=5000)
+
+
+def test_primary_only_routing_has_no_failover_and_does_not_redial_at_once(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.routing = PrimaryOnly()
+    down, up = key_with_primary(cluster, "node1", "down"), key_with_primary(cluster, "node2", "up")
+    client.put(down, "v")
+    cluster.stop("node1")
+    with pytest.raises(NodeUnreachableError, match="no node reachable"):
+        client.get(down)  # its other replica, node2 or node3, is up, but the plan holds the primary alone
+    with pytest.raises(NodeUnreachableError, match=r"is down; next dial within"):
+        client.get(down)  # node1 failed just now: not dialled again yet
+    client.put(up, "v")
+    assert client.get(up) == b"v"
 
 
 def test_a_fresh_client_refuses_a_key_too_long_for_the_protocol(cluster: InProcessCluster) -> None:

@@ -1,5 +1,6 @@
-"""The reconnection policy, the backoff it drives, and the connection slot that keeps it, on a clock
-the test moves by hand: no sleeps, no sockets."""
+"""The routing policies, on a ring; the reconnection policy, the backoff it drives, and the
+connection slot that keeps it, on a clock the test moves by hand: no sleeps, no sockets (but for
+the Peer at the end, which meets a closed port)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,40 @@ from gevent.event import Event
 
 from client import protocol
 from client.errors import NodeUnreachableError
-from client.policies import RECONNECT_DELAY, Backoff, ConstantReconnectionPolicy
+from client.policies import RECONNECT_DELAY, Backoff, ConstantReconnectionPolicy, PrimaryOnly, ReplicasFirst
+from client.ring import Ring
 from client.transport import ConnectionSlot
 from service.peers import Peer
+
+RING = Ring(["n1", "n2", "n3", "n4"], 64)
+KEYS = [f"key-{i}".encode() for i in range(50)]
+
+
+def never(node_id: str) -> bool:
+    return False
+
+
+def test_replicas_first_plans_the_preference_list_then_every_other_node() -> None:
+    for key in KEYS:
+        preferred = RING.preference_list(key, 2)
+        plan = list(ReplicasFirst().plan(key, RING, 2, never))
+        assert plan[:2] == preferred
+        assert plan[2:] == [node_id for node_id in RING.node_ids if node_id not in preferred]
+
+
+def test_replicas_first_moves_nodes_backing_off_to_the_end_in_their_order() -> None:
+    for key in KEYS:
+        primary, second = RING.preference_list(key, 2)
+        plan = list(ReplicasFirst().plan(key, RING, 2, lambda node_id, down=primary: node_id == down))
+        assert plan[0] == second
+        assert plan[-1] == primary
+        assert sorted(plan) == list(RING.node_ids)
+    assert ReplicasFirst.dials_backing_off  # the last resort is still tried
+
+
+def test_primary_only_plans_the_primary_alone_and_does_not_dial_it_while_backing_off() -> None:
+    assert all(list(PrimaryOnly().plan(key, RING, 2, never)) == [RING.primary(key)] for key in KEYS)
+    assert not PrimaryOnly.dials_backing_off
 
 
 class Clock:
@@ -92,7 +124,7 @@ def test_the_policy_sees_the_run_of_failures_and_a_success_ends_it() -> None:
 
 
 def slot_on(clock: Clock, dialler: Dialler) -> ConnectionSlot[FakeConnection]:
-    return ConnectionSlot(dialler, Backoff(ConstantReconnectionPolicy(1.0), clock))
+    return ConnectionSlot(dialler, "n1:5000", Backoff(ConstantReconnectionPolicy(1.0), clock))
 
 
 def test_a_failed_dial_makes_the_slot_back_off_until_the_delay_is_over() -> None:
@@ -120,6 +152,22 @@ def test_backing_off_is_advice_a_get_still_dials() -> None:
     assert slot.get().is_open
     assert dialler.dials == 2
     assert not slot.backing_off  # the dial succeeded: the run of failures is over
+
+
+def test_an_owner_that_honours_the_backoff_is_refused_at_once_without_a_dial() -> None:
+    clock, dialler = Clock(), Dialler()
+    slot = slot_on(clock, dialler)
+    dialler.fail = True
+    with pytest.raises(NodeUnreachableError):
+        slot.get(dial_backing_off=False)  # nothing failed yet: it dials
+    clock.now += 0.4
+    with pytest.raises(NodeUnreachableError, match=r"^n1:5000 is down; next dial within 0\.6 s$"):
+        slot.get(dial_backing_off=False)
+    assert dialler.dials == 1
+    assert slot.retry_in == pytest.approx(0.6)  # a refusal is not another failure: the wait is unchanged
+    clock.now += 0.6
+    dialler.fail = False
+    assert slot.get(dial_backing_off=False).is_open
 
 
 def test_a_request_failure_reported_to_the_slot_backs_off_once_the_connection_is_gone() -> None:

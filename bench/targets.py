@@ -163,7 +163,7 @@ class RedisConnection:
             if isinstance(exc, NodeUnreachableError):
                 self._slot.failed()
             raise OpError(exc.code, exc.message) from None
-        if isinstance(reply, resp.ErrorReply):
+        if isinstance(reply, resp.RespError):
             raise OpError(reply.kind, reply.message)
         if op == "get":
             if reply is not None and not isinstance(reply, bytes):

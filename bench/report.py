@@ -118,7 +118,7 @@ def merge_checks(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_passed(check: dict[str, Any]) -> bool:
-    return check["mismatches"] == 0 and check["read_errors"] == 0 and check["unchecked"] == 0
+    return bool(check["mismatches"] == 0 and check["read_errors"] == 0 and check["unchecked"] == 0)
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:

@@ -127,12 +127,18 @@ def slot_on(clock: Clock, dialler: Dialler) -> ConnectionSlot[FakeConnection]:
     return ConnectionSlot(dialler, "n1:5000", Backoff(ConstantReconnectionPolicy(1.0), clock))
 
 
-def test_a_failed_dial_makes_the_slot_back_off_until_the_delay_is_over() -> None:
+def slot_after_a_failed_dial() -> tuple[Clock, Dialler, ConnectionSlot[FakeConnection]]:
+    """A slot whose first dial, just now, failed; its dialler fails until told otherwise."""
     clock, dialler = Clock(), Dialler()
     slot = slot_on(clock, dialler)
     dialler.fail = True
     with pytest.raises(NodeUnreachableError):
         slot.get()
+    return clock, dialler, slot
+
+
+def test_a_failed_dial_makes_the_slot_back_off_until_the_delay_is_over() -> None:
+    clock, dialler, slot = slot_after_a_failed_dial()
     assert slot.backing_off and slot.retry_in == 1.0
     clock.now += 1.0
     assert not slot.backing_off
@@ -143,11 +149,7 @@ def test_a_failed_dial_makes_the_slot_back_off_until_the_delay_is_over() -> None
 
 def test_backing_off_is_advice_a_get_still_dials() -> None:
     """Whether to wait is the owner's call: a heartbeat, or a client's last resort, dials anyway."""
-    clock, dialler = Clock(), Dialler()
-    slot = slot_on(clock, dialler)
-    dialler.fail = True
-    with pytest.raises(NodeUnreachableError):
-        slot.get()
+    _, dialler, slot = slot_after_a_failed_dial()
     dialler.fail = False
     assert slot.get().is_open
     assert dialler.dials == 2
@@ -155,11 +157,7 @@ def test_backing_off_is_advice_a_get_still_dials() -> None:
 
 
 def test_an_owner_that_honours_the_backoff_is_refused_at_once_without_a_dial() -> None:
-    clock, dialler = Clock(), Dialler()
-    slot = slot_on(clock, dialler)
-    dialler.fail = True
-    with pytest.raises(NodeUnreachableError):
-        slot.get(dial_backing_off=False)  # nothing failed yet: it dials
+    clock, dialler, slot = slot_after_a_failed_dial()
     clock.now += 0.4
     with pytest.raises(NodeUnreachableError, match=r"^n1:5000 is down; next dial within 0\.6 s$"):
         slot.get(dial_backing_off=False)

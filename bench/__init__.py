@@ -5,7 +5,7 @@ This package sits beside ``client`` and ``service`` and uses the client library'
 its transport only; the library never imports it (``kv bench`` reaches it through an import made
 when that command runs). It measures the throughput and latency of our cluster and of Redis under
 the same load, then reads back every key whose final value is known. One idea per module, the pure
-cores apart from the I/O:
+cores apart from the I/O (this file imports none of them, so importing one module does not load all):
 
 * ``workload``: pure. What load is generated: the operation mix, key choice (uniform or Zipfian),
   key names and values, and the ledger that knows which write decides each key.
@@ -26,7 +26,3 @@ cores apart from the I/O:
 Every loop is bounded by count and time, and traffic goes only to the addresses given (for the
 cluster: to its members, reached through the seed addresses where those name them).
 """
-
-from bench.cli import main
-
-__all__ = ["main"]

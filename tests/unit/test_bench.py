@@ -23,8 +23,8 @@ from cluster import InProcessCluster, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bench
 from bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
+from bench.cli import main as bench_main
 from bench.histogram import Histogram
 from bench.report import (
     PHASE_CHECK,
@@ -533,7 +533,7 @@ def assert_report_shape(report: dict[str, Any], kinds: list[str]) -> None:
 
 def run_bench(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
     path = tmp_path / "report.json"
-    code = bench.main([*argv, "--json", str(path)])
+    code = bench_main([*argv, "--json", str(path)])
     out = capsys.readouterr().out
     return code, json.loads(path.read_text()), out
 
@@ -557,7 +557,7 @@ def test_requests_go_to_the_node_that_holds_the_key(
 ) -> None:
     # With N=1 a node that coordinated a key it does not hold would send REPLICA_* requests.
     cluster = make_cluster(3, KV_N="1", KV_W="1", KV_R="1", KV_LOG_COMMANDS="false")
-    code = bench.main(["--cluster", ",".join(cluster.addresses), *SHORT, "--pipeline", "2", "--json", "-"])
+    code = bench_main(["--cluster", ",".join(cluster.addresses), *SHORT, "--pipeline", "2", "--json", "-"])
     captured = capsys.readouterr()
     assert code == EXIT_OK
     report = json.loads(captured.out)  # with --json -, stdout is the JSON alone
@@ -587,12 +587,12 @@ def test_a_quorum_above_the_replica_count_is_refused_before_any_load(
     make_cluster: Callable[..., InProcessCluster], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster = make_cluster(1, KV_LOG_COMMANDS="false")
-    assert bench.main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == EXIT_ERROR
+    assert bench_main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == EXIT_ERROR
     assert "--w 2 exceeds the cluster's 1 replicas" in capsys.readouterr().err
 
 
 def test_an_unreachable_target_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    code = bench.main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
+    code = bench_main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
     assert code == EXIT_ERROR
     assert "cannot connect to redis" in capsys.readouterr().err
 

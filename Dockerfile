@@ -1,4 +1,4 @@
-# One image for nodes and the client.
+# One image for nodes and the client: kv, and kv bench, which needs nothing the image lacks.
 #   docker build .                                         (base image from a registry)
 #   docker build --build-arg BASE_IMAGE=kv-base:bookworm . (base built by deploy/build-base-image.sh)
 ARG BASE_IMAGE=python:3.12-slim
@@ -20,6 +20,7 @@ RUN python3 -m venv /opt/venv \
 COPY README.md ./
 COPY client ./client
 COPY service ./service
+COPY bench ./bench
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && groupadd --system kv && useradd --system --gid kv --home-dir /home/kv --create-home kv \
  && mkdir -p /data && chown kv:kv /data

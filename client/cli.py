@@ -32,7 +32,9 @@ EXIT_ERROR = 2
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CommandResult:
+    """What a command prints (one line) and the exit status it gives a one-shot ``kv``."""
+
     line: str
     exit_code: int = EXIT_OK
 
@@ -41,7 +43,7 @@ class Outcome:
 class Command:
     usage: str
     summary: str
-    run: Callable[[Client, list[str]], Outcome]
+    run: Callable[[Client, list[str]], CommandResult]
     min_args: int
     max_args: int | None  # None: the last argument is the rest of the line
 
@@ -55,26 +57,26 @@ def printable(value: bytes) -> str:
     return "".join(ch if ch.isprintable() else escapes.get(ch, f"\\x{ord(ch):02x}") for ch in text)
 
 
-def _get(client: Client, args: list[str]) -> Outcome:
+def _get(client: Client, args: list[str]) -> CommandResult:
     value = client.get(args[0])
-    return Outcome("NOT_FOUND", EXIT_NOT_FOUND) if value is None else Outcome(printable(value))
+    return CommandResult("NOT_FOUND", EXIT_NOT_FOUND) if value is None else CommandResult(printable(value))
 
 
-def _put(client: Client, args: list[str]) -> Outcome:
+def _put(client: Client, args: list[str]) -> CommandResult:
     client.put(args[0], args[1])
-    return Outcome("OK")
+    return CommandResult("OK")
 
 
-def _delete(client: Client, args: list[str]) -> Outcome:
+def _delete(client: Client, args: list[str]) -> CommandResult:
     client.delete(args[0])
-    return Outcome("OK")
+    return CommandResult("OK")
 
 
-def _where(client: Client, args: list[str]) -> Outcome:
-    return Outcome(" ".join(client.where(args[0])))
+def _where(client: Client, args: list[str]) -> CommandResult:
+    return CommandResult(" ".join(client.where(args[0])))
 
 
-def _status(client: Client, args: list[str]) -> Outcome:
+def _status(client: Client, args: list[str]) -> CommandResult:
     viewer, members = client.members()
     now_ms = int(time.time() * 1000)
     parts = []
@@ -85,10 +87,10 @@ def _status(client: Client, args: list[str]) -> Outcome:
         hints = f" ({member.hints} hints held for it)" if member.hints else ""
         parts.append(f"{member.node_id} {client.node_address(member.node_id)} {state}{hints}")
     all_up = all(member.state is PeerState.UP for member in members)
-    return Outcome(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_up else EXIT_ERROR)
+    return CommandResult(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_up else EXIT_ERROR)
 
 
-def _repair(client: Client, args: list[str]) -> Outcome:
+def _repair(client: Client, args: list[str]) -> CommandResult:
     total_partitions = total_differing = total_repaired = 0
     unreached: list[str] = []
     nodes = [node.node_id for node in client.topology().nodes]
@@ -109,8 +111,8 @@ def _repair(client: Client, args: list[str]) -> Outcome:
         )
     line = f"{total_partitions} partitions compared, {total_differing} keys differed, {total_repaired} copied"
     if unreached:
-        return Outcome(f"ERROR UNREACHABLE {line}; not compared: {', '.join(unreached)}", EXIT_ERROR)
-    return Outcome(f"OK {line}")
+        return CommandResult(f"ERROR UNREACHABLE {line}; not compared: {', '.join(unreached)}", EXIT_ERROR)
+    return CommandResult(f"OK {line}")
 
 
 def _progress(line: str) -> None:
@@ -158,16 +160,16 @@ def split_command(line: str) -> tuple[str, list[str]]:
     return name, rest.split()
 
 
-def run_command(client: Client, name: str, args: list[str]) -> Outcome:
+def run_command(client: Client, name: str, args: list[str]) -> CommandResult:
     command = COMMANDS.get(name)
     if command is None:
-        return Outcome(f"ERROR BAD_REQUEST unknown command {name!r}; try HELP", EXIT_ERROR)
+        return CommandResult(f"ERROR BAD_REQUEST unknown command {name!r}; try HELP", EXIT_ERROR)
     if len(args) < command.min_args or (command.max_args is not None and len(args) > command.max_args):
-        return Outcome(f"ERROR BAD_REQUEST usage: {command.usage}", EXIT_ERROR)
+        return CommandResult(f"ERROR BAD_REQUEST usage: {command.usage}", EXIT_ERROR)
     try:
         return command.run(client, args)
     except KVError as exc:
-        return Outcome(f"ERROR {exc.code} {exc.message}", EXIT_ERROR)
+        return CommandResult(f"ERROR {exc.code} {exc.message}", EXIT_ERROR)
 
 
 def run_lines(client: Client, lines: Iterable[str], interactive: bool) -> int:
@@ -254,12 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench(argv: list[str]) -> int:
+    """``kv bench``: the load generator in the ``bench`` package beside this library. Imported here,
+    when asked for, so the library never loads it; an install without it says so in one line."""
+    try:
+        from bench.cli import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.cli"):  # bench is there, but something it needs is not: a real error
+            raise
+        print("kv bench: the bench package is not installed here; run it from a source checkout", file=sys.stderr)
+        return EXIT_ERROR
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "bench":  # a tool of its own, with its own options
-        from client import bench
-
-        return bench.main(args[1:])
+        return _bench(args[1:])
     options = build_parser().parse_args(args)
     try:
         client = Client(options.nodes, timeout=options.timeout, client_name="kv-cli")
@@ -273,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             command = COMMANDS.get(name)
             if command is not None and command.max_args is None and len(args) > command.min_args:
                 args = [args[0], " ".join(args[1:])]
-            outcome = run_command(client, name, args)
-            print(outcome.line)
-            return outcome.exit_code
+            result = run_command(client, name, args)
+            print(result.line)
+            return result.exit_code
         if sys.stdin.isatty():
             return repl(client, options.nodes)
         return run_lines(client, sys.stdin, interactive=False)

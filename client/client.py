@@ -1,10 +1,12 @@
 """The Client API: ``get``, ``put``, ``delete`` and ``pipeline()``, routed straight to a key's replicas.
 
 On first use the client connects to its seed addresses, learns each seed's node id from HELLO, and
-fetches the ring with TOPOLOGY. Each request then goes to the first replica in the key's preference
-list (one hop, like a token-aware driver). If that node cannot be reached, the request moves on to the
-next replica and then to any other node, since every node can coordinate. A node that just failed is
-tried last for ``RETRY_AFTER`` seconds, so a dead node costs one failed connect, not one per request.
+fetches the ring with TOPOLOGY. Where each request goes is the routing policy's choice
+(``client.policies``). By default it goes to the first replica in the key's preference list (one hop,
+like a token-aware driver); if that node cannot be reached, the request moves on to the next replica
+and then to any other node, since every node can coordinate. A node that just failed is tried last
+until the reconnection policy allows the next dial, so a dead node costs one failed connect, not one
+per request.
 
 Nodes advertise addresses valid inside their network (``node1:5000``); a client outside it reaches
 them by the seed addresses it was given, so a seed's address always wins over the advertised one.
@@ -12,7 +14,6 @@ them by the seed addresses it was given, so a seed's address always wins over th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -20,17 +21,18 @@ import gevent
 import gevent.pool
 
 from client import protocol
-from client.connection import Connection, ConnectionSlot, parse_address
+from client.address import format_address, parse_address
+from client.connection import Connection
 from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
-from client.protocol import Frame, HelloReply, MemberView, RepairReply, Request, Status, TopologyReply, Version
+from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
+from client.protocol import Frame, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
+from client.transport import ConnectionSlot
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
 UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
 DEFAULT_CONNECT_TIMEOUT = 1.0
-RETRY_AFTER = 1.0
-"""Seconds a node that failed is tried last, so requests do not queue behind its connect timeout."""
 REPAIR_TIMEOUT = 600.0
 """Seconds ``repair`` waits: a round compares every partition with every peer and may copy a lot."""
 PIPELINE_CONCURRENCY = 256
@@ -46,6 +48,14 @@ class NodeStatus(NamedTuple):
     up: bool
 
 
+class Limits(NamedTuple):
+    """The largest key, value and frame the cluster accepts (from a node's HELLO), in bytes."""
+
+    max_key_bytes: int
+    max_value_bytes: int
+    max_frame_bytes: int
+
+
 def to_bytes(data: Key) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
@@ -59,7 +69,12 @@ def split_addresses(nodes: str | Sequence[str]) -> list[str]:
 
 
 class Client:
-    """A cluster client. Cooperative under gevent; share one per program, not across OS threads."""
+    """A cluster client. Cooperative under gevent; share one per program, not across OS threads.
+
+    Two policies (``client.policies``) are attributes, to set before first use if the defaults do
+    not suit: ``routing``, which nodes a request for a key goes to (``ReplicasFirst``), and
+    ``reconnection``, how long a node that failed is left before it is dialled again.
+    """
 
     def __init__(
         self,
@@ -70,17 +85,18 @@ class Client:
         client_name: str = "kv-client",
         connection_factory: Callable[..., Connection] = Connection,
     ) -> None:
-        self.seeds = [_join(*parse_address(address)) for address in split_addresses(nodes)]
+        self.seeds = [format_address(*parse_address(address)) for address in split_addresses(nodes)]
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.client_name = client_name
         self._connection_factory = connection_factory
-        self._slots: dict[str, ConnectionSlot] = {}
-        self._failed_at: dict[str, float] = {}
+        self.routing: RoutingPolicy = ReplicasFirst()
+        self.reconnection: ReconnectionPolicy = DEFAULT_RECONNECTION
+        self._slots: dict[str, ConnectionSlot[Connection]] = {}
         self._topology: TopologyReply | None = None
         self._ring: Ring | None = None
         self._addresses: dict[str, str] = {}  # node id -> address reachable from here
-        self._limits: HelloReply | None = None
+        self._limits: Limits | None = None
         self._seen_timestamp = 0
 
     # --- commands ---------------------------------------------------------------------------------
@@ -120,6 +136,13 @@ class Client:
         self._ensure_topology()
         assert self._topology is not None
         return self._topology
+
+    @property
+    def limits(self) -> Limits:
+        """The largest key, value and frame the cluster accepts; learnt on first use, like the ring."""
+        self._ensure_topology()
+        assert self._limits is not None
+        return self._limits
 
     def where(self, key: Key) -> list[str]:
         """The addresses of the key's replicas, primary first."""
@@ -179,26 +202,30 @@ class Client:
         return self._connection(address).call(request, timeout=self.timeout)
 
     def _execute(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:
-        self._ensure_topology()  # also learns the limits that _check_limits needs
+        if self._ring is None:  # _ensure_topology, inline on this path: it also learns the limits
+            self.refresh_topology()
         self._check_limits(request)
+        assert self._ring is not None and self._topology is not None
+        routing = self.routing
         failures: list[str] = []
-        for address in self._route(request.key):
+        for node_id in routing.plan(request.key, self._ring, self._topology.n, self._backing_off):
+            slot = self._slot(self._addresses[node_id])
             try:
-                return self._connection(address).call(request, timeout=self.timeout)
+                connection = slot.get(dial_backing_off=routing.dials_backing_off)
+            except NodeUnreachableError as exc:  # refused while backing off, or a failed dial (the slot counts it)
+                failures.append(exc.message)
+                continue
+            try:
+                return connection.call(request, timeout=self.timeout)
             except NodeUnreachableError as exc:
-                self._failed_at[address] = time.monotonic()
+                slot.failed()
                 failures.append(exc.message)
         raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
 
-    def _route(self, key: bytes) -> list[str]:
-        """Replicas first, then every other node; nodes that failed recently go last."""
-        self._ensure_topology()
-        assert self._ring is not None
-        preferred = self._preference_list(key)
-        others = [node_id for node_id in self._ring.node_ids if node_id not in preferred]
-        order = [self._addresses[node_id] for node_id in preferred + others]
-        now = time.monotonic()
-        return sorted(order, key=lambda address: now - self._failed_at.get(address, -RETRY_AFTER) < RETRY_AFTER)
+    def _backing_off(self, node_id: str) -> bool:
+        """Whether the node failed so recently that the reconnection policy would rather wait."""
+        slot = self._slots.get(self._addresses[node_id])
+        return slot is not None and slot.backing_off
 
     def _preference_list(self, key: bytes) -> list[str]:
         self._ensure_topology()
@@ -237,14 +264,21 @@ class Client:
         self._topology = topology
         self._ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
         self._addresses = addresses
-        self._limits = reachable[0].hello
+        hello = reachable[0].hello
+        assert hello is not None  # a connection is returned only once HELLO succeeded
+        self._limits = Limits(hello.max_key_bytes, hello.max_value_bytes, hello.max_frame_bytes)
 
     def _connection(self, address: str) -> Connection:
         """An open connection to ``address``, connecting once even when many greenlets ask at once."""
+        return self._slot(address).get()
+
+    def _slot(self, address: str) -> ConnectionSlot[Connection]:
         slot = self._slots.get(address)
         if slot is None:
-            slot = self._slots[address] = ConnectionSlot(lambda: self._dial(address))
-        return slot.get()
+            slot = self._slots[address] = ConnectionSlot(
+                lambda: self._dial(address), address, Backoff(self.reconnection)
+            )
+        return slot
 
     def _dial(self, address: str) -> Connection:
         host, port = parse_address(address)
@@ -309,7 +343,3 @@ def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         return function(*args, **kwargs)
     except KVError as exc:
         return exc
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple, Self
 
+from client.address import format_address
+
 PROTOCOL_VERSION = 1
 """The only version this code speaks. HELLO negotiates it; a later version adds ops, never reshapes."""
 
@@ -581,7 +583,7 @@ class NodeAddress:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

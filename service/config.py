@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from client import protocol
-from client.connection import parse_address
+from client.address import parse_address
 from client.protocol import NodeAddress
 from client.ring import DEFAULT_PARTITIONS
 

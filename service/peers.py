@@ -2,7 +2,8 @@
 
 A ``Peer`` is a remote replica for the coordinator. Its connection is multiplexed, so every
 concurrent request to that peer shares one socket. When a connect fails, requests to the peer fail
-at once for ``RETRY_DELAY`` seconds instead of each paying a connect timeout.
+at once until the reconnection policy (``client.policies``) allows the next dial, instead of each
+paying a connect timeout.
 
 The ``PeerMonitor`` pings every peer (the node does it once a second) and feeds the answers, and every
 failed request, to the failure detector; it reports each change of a peer's state to the node.
@@ -10,20 +11,18 @@ failed request, to the failure detector; it reports each change of a peer's stat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import gevent
 
 from client import protocol
-from client.connection import Connection, ConnectionSlot
+from client.connection import Connection, Framing
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
+from client.transport import ConnectionSlot
 from service.failure_detector import FailureDetector
 
-RETRY_DELAY = 1.0
-"""Seconds a peer that refused a connection is not dialled again by requests (the monitor still is)."""
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
 
@@ -45,7 +44,7 @@ class Peer:
     heartbeats, handoff and anti-entropy (``call``).
 
     One multiplexed connection (``node``'s address) carries every request to the peer, opened on
-    first use and reopened after a failure, but not before ``RETRY_DELAY``: until then requests fail
+    first use and reopened after a failure once the reconnection policy allows: until then requests fail
     at once with ``NodeUnreachableError``. ``on_failure(node_id)`` hears of every request that could
     not reach the peer (the failure detector's evidence).
     """
@@ -67,8 +66,7 @@ class Peer:
         self._request_timeout = settings.request_timeout
         self._max_frame_bytes = settings.max_frame_bytes
         self._on_failure = on_failure
-        self._slot = ConnectionSlot(self._dial)
-        self._retry_at = 0.0
+        self._slot = ConnectionSlot(self._dial, node.address)
 
     # --- the replica interface --------------------------------------------------------------------
 
@@ -96,7 +94,7 @@ class Peer:
             raise
 
     def ping(self) -> bool:
-        """Whether the peer answers PING now, reconnecting if needed regardless of ``RETRY_DELAY``."""
+        """Whether the peer answers PING now, reconnecting if needed whatever the reconnection policy says."""
         try:
             self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
         except KVError as exc:
@@ -108,7 +106,7 @@ class Peer:
         self._slot.close()
 
     def _open_connection(self, retry_now: bool) -> Connection:
-        if not retry_now and not self._slot.usable and time.monotonic() < self._retry_at:
+        if not retry_now and self._slot.backing_off:
             raise NodeUnreachableError(f"{self.node_id} is unreachable ({self.last_error})")
         return self._slot.get()
 
@@ -118,14 +116,9 @@ class Peer:
             self.node.port,
             connect_timeout=self._connect_timeout,
             client_name=f"node:{self._local_node_id}",
-            max_frame_bytes=self._max_frame_bytes,
-            coalesce=True,
+            framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True),
         )
-        try:
-            connection.connect()
-        except KVError:
-            self._retry_at = time.monotonic() + RETRY_DELAY
-            raise
+        connection.connect()  # a failure counts in the slot's backoff
         return connection
 
 

@@ -28,8 +28,8 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from client import protocol
-from client.connection import RECV_BYTES, FrameWriter, receive
 from client.protocol import Frame, Op, ProtocolError, Status
+from client.transport import RECV_BYTES, FrameWriter, receive
 from service.coordinator import MustWait
 from service.handler import RequestHandler
 from service.logging import printable_key

@@ -23,11 +23,13 @@ from cluster import InProcessCluster, free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client import bench, cli
-from client.bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
-from client.bench.report import (
+from bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
+from bench.cli import main as bench_main
+from bench.histogram import Histogram
+from bench.report import (
     PHASE_CHECK,
     PHASE_MEASURE,
+    PhaseProgress,
     Stats,
     check_passed,
     combine_progress,
@@ -38,10 +40,10 @@ from client.bench.report import (
     ratio,
     summarize_target,
 )
-from client.bench.runner import worker_specs
-from client.bench.targets import OpError
-from client.bench.worker import TargetSpec, Worker, WorkerSpec
-from client.bench.workload import (
+from bench.runner import worker_specs
+from bench.targets import OpError
+from bench.worker import TargetSpec, Worker, WorkerSpec
+from bench.workload import (
     MAX_REJECTIONS,
     MAX_THETA,
     OPS,
@@ -53,7 +55,7 @@ from client.bench.workload import (
     owned_index,
     parse_mix,
 )
-from client.histogram import Histogram
+from client import cli
 
 GRID = 100_000
 """Evenly spaced u values for exact frequency checks: u = (i + 0.5) / GRID."""
@@ -311,9 +313,9 @@ def test_worker_progress_combines_into_the_slowest_phase() -> None:
 
 
 def test_the_progress_line_shows_phase_rate_and_errors() -> None:
-    line = progress_line("kv", PHASE_MEASURE, elapsed=2.0, planned=10, ops=5000, errors=3)
+    line = progress_line("kv", PhaseProgress(PHASE_MEASURE, elapsed=2.0, ops=5000, errors=3), planned=10)
     assert line == "kv: measuring 2.0/10s  5,000 ops  2,500 ops/s  3 errors"
-    assert "check 1.0s " in progress_line("kv", PHASE_CHECK, elapsed=1.0, planned=0, ops=1, errors=0)
+    assert "check 1.0s " in progress_line("kv", PhaseProgress(PHASE_CHECK, elapsed=1.0, ops=1, errors=0), planned=0)
 
 
 # --- options ---------------------------------------------------------------------------------------
@@ -532,7 +534,7 @@ def assert_report_shape(report: dict[str, Any], kinds: list[str]) -> None:
 
 def run_bench(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
     path = tmp_path / "report.json"
-    code = bench.main([*argv, "--json", str(path)])
+    code = bench_main([*argv, "--json", str(path)])
     out = capsys.readouterr().out
     return code, json.loads(path.read_text()), out
 
@@ -556,7 +558,7 @@ def test_requests_go_to_the_node_that_holds_the_key(
 ) -> None:
     # With N=1 a node that coordinated a key it does not hold would send REPLICA_* requests.
     cluster = make_cluster(3, KV_N="1", KV_W="1", KV_R="1", KV_LOG_COMMANDS="false")
-    code = bench.main(["--cluster", ",".join(cluster.addresses), *SHORT, "--pipeline", "2", "--json", "-"])
+    code = bench_main(["--cluster", ",".join(cluster.addresses), *SHORT, "--pipeline", "2", "--json", "-"])
     captured = capsys.readouterr()
     assert code == EXIT_OK
     report = json.loads(captured.out)  # with --json -, stdout is the JSON alone
@@ -586,12 +588,12 @@ def test_a_quorum_above_the_replica_count_is_refused_before_any_load(
     make_cluster: Callable[..., InProcessCluster], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster = make_cluster(1, KV_LOG_COMMANDS="false")
-    assert bench.main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == EXIT_ERROR
+    assert bench_main(["--cluster", cluster.addresses[0], "--w", "2", "--duration", "0.2"]) == EXIT_ERROR
     assert "--w 2 exceeds the cluster's 1 replicas" in capsys.readouterr().err
 
 
 def test_an_unreachable_target_exits_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    code = bench.main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
+    code = bench_main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
     assert code == EXIT_ERROR
     assert "cannot connect to redis" in capsys.readouterr().err
 
@@ -672,11 +674,13 @@ def _has_matplotlib() -> bool:
 
 
 def test_the_protocol_floor_serves_a_run_that_reads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The yardstick in deploy/benchmarks.py must be a correct store, or its figure means nothing."""
+    """The yardstick in bench/benchmarks.py must be a correct store, or its figure means nothing."""
     port = free_port()
-    floor = Path(__file__).resolve().parents[2] / "deploy" / "protocol_floor.py"
     process = subprocess.Popen(
-        [sys.executable, str(floor), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "bench.protocol_floor", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until_listening(port, process, "the protocol floor")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 import time
 
 import pytest
@@ -335,3 +336,13 @@ def test_printable_is_always_one_printable_line(value: bytes) -> None:
     assert len(text.splitlines()) <= 1
     if value.isascii() and all(0x20 <= byte < 0x7F for byte in value):
         assert text == value.decode()
+
+
+def test_kv_bench_where_the_bench_package_is_missing_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "bench.cli", raising=False)
+    monkeypatch.setitem(sys.modules, "bench", None)  # what an install without the package looks like to import
+    assert cli.main(["bench", "--help"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("kv bench: the bench package is not installed") and err.count("\n") == 1

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import socket as stdlib_socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
-from cluster import InProcessCluster, free_port, wait_until
+from cluster import DEFAULT_SETTINGS, InProcessCluster, configure_logging, free_port, wait_until
+from gevent import socket
 
 from client import protocol
-from client.client import Client
+from client.address import format_address
+from client.client import Client, Limits
 from client.connection import Connection
 from client.errors import (
     BadRequestError,
@@ -15,7 +21,10 @@ from client.errors import (
     UnavailableError,
     ValueTooLargeError,
 )
+from client.policies import PrimaryOnly
 from client.ring import Ring
+from service.config import load_config
+from service.node import Node
 
 
 def key_with_primary(cluster: InProcessCluster, node_id: str, prefix: str = "key") -> str:
@@ -382,6 +391,26 @@ def test_oversize_key_and_value_are_refused_without_a_request(
         client.close()
 
 
+def test_limits_are_those_the_nodes_announce(make_cluster: Callable[..., InProcessCluster]) -> None:
+    cluster = make_cluster(1, KV_MAX_KEY_BYTES="100", KV_MAX_VALUE_BYTES="2000", KV_MAX_FRAME_BYTES="5000")
+    client = cluster.client()
+    assert client.limits == Limits(max_key_bytes=100, max_value_bytes=2000, max_frame_bytes=5000)
+
+
+def test_primary_only_routing_has_no_failover_and_does_not_redial_at_once(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.routing = PrimaryOnly()
+    down, up = key_with_primary(cluster, "node1", "down"), key_with_primary(cluster, "node2", "up")
+    client.put(down, "v")
+    cluster.stop("node1")
+    with pytest.raises(NodeUnreachableError, match="no node reachable"):
+        client.get(down)  # its other replica, node2 or node3, is up, but the plan holds the primary alone
+    with pytest.raises(NodeUnreachableError, match=r"is down; next dial within"):
+        client.get(down)  # node1 failed just now: not dialled again yet
+    client.put(up, "v")
+    assert client.get(up) == b"v"
+
+
 def test_a_fresh_client_refuses_a_key_too_long_for_the_protocol(cluster: InProcessCluster) -> None:
     client = Client(cluster.addresses)
     try:
@@ -396,5 +425,65 @@ def test_a_fresh_client_refuses_an_oversize_value_locally(cluster: InProcessClus
     try:
         with pytest.raises(ValueTooLargeError):
             client.put("k", b"v" * (2 * 1024 * 1024))
+    finally:
+        client.close()
+
+
+# --- IPv6 ------------------------------------------------------------------------------------------
+
+
+def ipv6_loopback_listener() -> socket.socket:
+    """A listening gevent socket on [::1], port 0; the test is skipped where there is no IPv6 loopback."""
+    if not stdlib_socket.has_ipv6:
+        pytest.skip("Python was built without IPv6")
+    sock = socket.socket(stdlib_socket.AF_INET6, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind(("::1", 0))
+    except OSError:
+        sock.close()
+        pytest.skip("this machine has no IPv6 loopback")
+    sock.listen(128)
+    return sock
+
+
+@pytest.fixture
+def ipv6_nodes(tmp_path: Path) -> Iterator[dict[str, int]]:
+    """Two in-process nodes listening on [::1] (N=2, W=2, R=1); yields each node's port."""
+    configure_logging()
+    listeners = {node_id: ipv6_loopback_listener() for node_id in ("node1", "node2")}
+    ports = {node_id: sock.getsockname()[1] for node_id, sock in listeners.items()}
+    peers = ",".join(f"{node_id}={format_address('::1', port)}" for node_id, port in ports.items())
+    nodes: list[Node] = []
+    try:
+        for node_id, listener in listeners.items():
+            environ = {
+                **DEFAULT_SETTINGS,
+                "KV_NODE_ID": node_id,
+                "KV_PEERS": peers,
+                "KV_HOST": "::1",
+                "KV_PORT": str(ports[node_id]),
+                "KV_HTTP_PORT": "0",
+                "KV_DATA_DIR": str(tmp_path / node_id),
+            }
+            node = Node(load_config(environ), listener=listener)
+            node.start()
+            nodes.append(node)
+        yield ports
+    finally:
+        for node in nodes:
+            node.stop()
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_a_client_reaches_nodes_on_ipv6_by_a_bracketed_seed(ipv6_nodes: dict[str, int]) -> None:
+    """The seed's address comes back from HELLO, and node2's from TOPOLOGY: both keep their brackets."""
+    client = Client(f"[::1]:{ipv6_nodes['node1']}", timeout=3.0)
+    try:
+        client.put("over-ipv6", "v")
+        assert client.get("over-ipv6") == b"v"
+        expected = {f"[::1]:{port}" for port in ipv6_nodes.values()}
+        assert set(client.where("over-ipv6")) == expected  # N=2 of 2: both nodes, by their bracketed addresses
+        assert {node.address for node in client.status() if node.up} == expected
     finally:
         client.close()

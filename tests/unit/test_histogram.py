@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.histogram import (
+from bench.histogram import (
     BUCKETS,
     HIGHEST_NS,
     LINEAR_LIMIT,

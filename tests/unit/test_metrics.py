@@ -8,7 +8,8 @@ from cluster import InProcessCluster
 from prometheus_client import CollectorRegistry, generate_latest
 
 from client import protocol
-from client.connection import Connection, parse_address
+from client.address import parse_address
+from client.connection import Connection
 from service.metrics import HotCounter, Metrics
 
 

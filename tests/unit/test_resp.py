@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.resp import (
+from bench.resp import (
     MAX_DEPTH,
     MAX_LINE_BYTES,
-    ErrorReply,
     ReplyParser,
+    RespError,
     RespProtocolError,
     encode_command,
     encode_reply,
@@ -50,7 +50,7 @@ def test_arguments_other_than_bytes_str_or_int_are_refused(bad: object) -> None:
     ("reply", "expected"),
     [
         ("OK", b"+OK\r\n"),
-        (ErrorReply("ERR unknown command"), b"-ERR unknown command\r\n"),
+        (RespError("ERR unknown command"), b"-ERR unknown command\r\n"),
         (42, b":42\r\n"),
         (-1, b":-1\r\n"),
         (b"hello", b"$5\r\nhello\r\n"),
@@ -71,7 +71,7 @@ def test_replies_encode_as_redis_sends_them(reply: object, expected: bytes) -> N
     ("data", "expected"),
     [
         (b"+PONG\r\n", "PONG"),
-        (b"-WRONGTYPE Operation against a key\r\n", ErrorReply("WRONGTYPE Operation against a key")),
+        (b"-WRONGTYPE Operation against a key\r\n", RespError("WRONGTYPE Operation against a key")),
         (b":0\r\n", 0),
         (b":-123\r\n", -123),
         (b"$3\r\nfoo\r\n", b"foo"),
@@ -90,9 +90,9 @@ def test_each_reply_type_parses(data: bytes, expected: object) -> None:
 
 
 def test_an_error_reply_kind_is_its_first_word() -> None:
-    assert ErrorReply("WRONGTYPE Operation against a key").kind == "WRONGTYPE"
-    assert ErrorReply("OOM").kind == "OOM"
-    assert ErrorReply("").kind == "ERR"
+    assert RespError("WRONGTYPE Operation against a key").kind == "WRONGTYPE"
+    assert RespError("OOM").kind == "OOM"
+    assert RespError("").kind == "ERR"
 
 
 def test_pipelined_replies_come_out_in_order() -> None:
@@ -117,7 +117,7 @@ reply_values = st.recursive(
     | st.binary(max_size=40)
     | st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20)
     | st.builds(
-        ErrorReply,
+        RespError,
         st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20),
     ),
     lambda children: st.lists(children, max_size=5),

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from client.bench.workload import OPS
-from client.histogram import Histogram
+from bench.histogram import Histogram
+from bench.workload import OPS
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MISMATCH_EXAMPLES = 5
@@ -118,7 +118,7 @@ def merge_checks(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_passed(check: dict[str, Any]) -> bool:
-    return check["mismatches"] == 0 and check["read_errors"] == 0 and check["unchecked"] == 0
+    return bool(check["mismatches"] == 0 and check["read_errors"] == 0 and check["unchecked"] == 0)
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:
@@ -257,20 +257,30 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def progress_line(label: str, phase: int, *, elapsed: float, planned: float, ops: int, errors: int) -> str:
-    """The live status: ``elapsed``, ``ops`` and ``errors`` are those of the current phase so far;
-    ``planned`` is the phase's length in seconds, or 0 when it has none (the read-back check)."""
+class PhaseProgress(NamedTuple):
+    """Where a run is: its phase, and the seconds, ops and errors of that phase so far."""
+
+    phase: int
+    elapsed: float
+    ops: int
+    errors: int
+
+
+def progress_line(label: str, progress: PhaseProgress, *, planned: float) -> str:
+    """The live status line; ``planned`` is the phase's length in seconds, or 0 when it has none
+    (the read-back check)."""
+    phase, elapsed, ops, errors = progress
     rate = ops / elapsed if elapsed > 0 else 0.0
     clock = f"{elapsed:.1f}/{planned:g}s" if planned else f"{elapsed:.1f}s"
     return f"{label}: {PHASE_NAMES[phase]} {clock}  {ops:,} ops  {rate:,.0f} ops/s  {errors:,} errors"
 
 
-def combine_progress(rows: Sequence[Sequence[float]]) -> tuple[int, float, int, int]:
+def combine_progress(rows: Sequence[Sequence[float]]) -> PhaseProgress:
     """Workers' (phase, ops, errors, seconds in phase) as one status: the phase the slowest worker
     is in, with the ops and errors of the workers in it and the longest time any spent in it."""
     phase = int(min(row[0] for row in rows))
     current = [row for row in rows if int(row[0]) == phase]
-    return (
+    return PhaseProgress(
         phase,
         max(row[3] for row in current),
         int(sum(row[1] for row in current)),

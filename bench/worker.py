@@ -21,7 +21,7 @@ from typing import Any
 
 import gevent
 
-from client.bench.report import (
+from bench.report import (
     MISMATCH_EXAMPLES,
     PHASE_CHECK,
     PHASE_CONNECTING,
@@ -31,16 +31,16 @@ from client.bench.report import (
     Stats,
     empty_check,
 )
-from client.bench.targets import (
+from bench.targets import (
     CONNECT_TIMEOUT,
     BenchConnection,
     BenchError,
     ClusterConnection,
     OpError,
     RedisConnection,
-    discover_cluster,
+    cluster_facts,
 )
-from client.bench.workload import KeyChooser, WriteLedger, key_name, make_value, owned_index, parse_mix
+from bench.workload import KeyChooser, WriteLedger, key_name, make_value, owned_index, parse_mix
 
 ERROR_PAUSE = 0.05
 """A lane pauses this long after an UNREACHABLE error, so a dead node does not make it spin."""
@@ -129,7 +129,7 @@ class Worker:
         if self._factory is not None:
             factory = self._factory
         elif spec.target.kind == "cluster":
-            cluster = discover_cluster(spec.target.address, spec.timeout)
+            cluster = cluster_facts(spec.target.address, spec.timeout)
             if spec.value_size > cluster.max_value_bytes:
                 raise BenchError(
                     f"--value-size {spec.value_size} exceeds the cluster's limit of {cluster.max_value_bytes}"
@@ -137,7 +137,7 @@ class Worker:
             for name, quorum in (("--r", spec.r), ("--w", spec.w)):
                 if quorum is not None and quorum > cluster.replicas:
                     raise BenchError(f"{name} {quorum} exceeds the cluster's {cluster.replicas} replicas (N)")
-            factory = lambda: ClusterConnection(cluster, spec.r, spec.w)  # noqa: E731
+            factory = lambda: ClusterConnection(spec.target.address, spec.r, spec.w, spec.timeout)  # noqa: E731
         else:
             factory = lambda: RedisConnection(spec.target.address)  # noqa: E731
         self.connections = [factory() for _ in range(spec.connections)]
@@ -153,7 +153,7 @@ class Worker:
                     raise BenchError(
                         f"connecting to {spec.target.name} at {spec.target.address} took over {STARTUP_TIMEOUT:g} s"
                     )
-                raise BenchError(error.message if isinstance(error, OpError | BenchError) else str(error))
+                raise BenchError(str(error))  # an OpError's or BenchError's str is its message
 
     def close(self) -> None:
         for connection in self.connections:

@@ -4,30 +4,26 @@ A gevent ``StreamServer`` that speaks the node's protocol with the node's own co
 in a dict in memory: no durability, no replication, no quorum, no clock, no metrics, no logs, and
 every reply to one read's worth of requests in one ``send``. It reads and writes sockets the way
 the node does (``receive``, one ``sendall``), so a store built on gevent, Python and this protocol
-can hardly serve more than this does on the same machine; ``deploy/benchmarks.py`` runs it beside
+can hardly serve more than this does on the same machine; ``bench/benchmarks.py`` runs it beside
 Redis and the node: the gap between Redis and the floor is the runtime's, the gap between the floor
 and the node is the node's own work.
 
 It is a measuring instrument, not a server to run: nothing it holds survives it.
 
-    python3 deploy/protocol_floor.py --port 7000
+    python3 -m bench.protocol_floor --port 7000
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
 from gevent import socket
 from gevent.server import StreamServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from client import protocol
-from client.connection import receive
 from client.protocol import NodeAddress, Status, Version
+from client.transport import receive
 
 NODE_ID = "floor"
 

@@ -1,6 +1,6 @@
 """The published comparison: our store and Redis, side by side, every figure the median of several runs.
 
-    python3 deploy/benchmarks.py [--runs 3] [--duration 10] [--out results.json]
+    python3 -m bench.benchmarks [--runs 3] [--duration 10] [--out results.json]
 
 Starts everything itself on 127.0.0.1, in temporary directories, and stops it all at the end:
 
@@ -10,7 +10,7 @@ Starts everything itself on 127.0.0.1, in temporary directories, and stops it al
 * a single node with N=1; the same node with ``KV_FSYNC=periodic`` (fsync once a second, the
   counterpart of Redis's default); and, for the cost of command logging, the node with logging on;
 * a three-node cluster with N=2, W=2, R=1, as local processes;
-* the protocol floor (``deploy/protocol_floor.py``): our protocol served from a dict in memory by
+* the protocol floor (``bench/protocol_floor.py``): our protocol served from a dict in memory by
   a bare gevent server, the most any node on this stack could do here; the yardstick that splits
   the gap to Redis into the runtime's share and the node's.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -40,8 +41,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -59,10 +61,11 @@ START_TIMEOUT = 30.0
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -74,7 +77,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 def healthy(http_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False
 
@@ -108,7 +111,11 @@ def protocol_floor(workdir: Path) -> Iterator[str]:
     port = free_port()
     log = open(workdir / "floor.log", "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [PYTHON, str(REPO / "deploy" / "protocol_floor.py"), "--port", str(port)], stdout=log, stderr=log
+        [PYTHON, "-m", "bench.protocol_floor", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_for(lambda: _accepts(port), START_TIMEOUT, "the protocol floor")
@@ -145,7 +152,7 @@ def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> It
             log = open(workdir / f"{node_id}.log", "w")  # noqa: SIM115 - closed with the process
             processes.append((subprocess.Popen([PYTHON, "-m", "service"], env=env, stdout=log, stderr=log), log))
         for http_port in http_ports:
-            wait_for(lambda port=http_port: healthy(port), START_TIMEOUT, f"{name} node on {http_port}")
+            wait_for(functools.partial(healthy, http_port), START_TIMEOUT, f"{name} node on {http_port}")
         yield ",".join(f"127.0.0.1:{port}" for port in ports)
     finally:
         for process, _ in processes:
@@ -155,9 +162,9 @@ def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> It
             log.close()
 
 
-def run_bench(kind: str, address: str, workload: str, duration: float) -> dict:
+def run_bench(kind: str, address: str, workload: str, duration: float) -> dict[str, Any]:
     target = ["--cluster", address] if kind == "kv" else ["--redis", address]
-    command = [PYTHON, "-m", "client", "bench", *target, *WORKLOADS[workload], *COMMON]
+    command = [PYTHON, "-m", "bench", *target, *WORKLOADS[workload], *COMMON]
     command += ["--duration", str(duration), "--json", "-"]
     result = subprocess.run(
         command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False
@@ -175,7 +182,7 @@ def run_bench(kind: str, address: str, workload: str, duration: float) -> dict:
     }
 
 
-def median_of(runs: list[dict]) -> dict:
+def median_of(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {
         field: statistics.median(run[field] for run in runs) for field in ("ops_per_sec", "p50_ms", "p99_ms", "p999_ms")
     }
@@ -192,7 +199,7 @@ def main() -> int:
         print("redis-server is not installed: apt-get install redis-server", file=sys.stderr)
         return 2
     workloads = options.workloads.split(",")
-    results: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {w: {} for w in workloads}
     with tempfile.TemporaryDirectory(prefix="kv-benchmarks-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         targets = {
@@ -243,14 +250,14 @@ def main() -> int:
     return 0
 
 
-def print_table(medians: dict[str, dict[str, dict]], options: argparse.Namespace) -> None:
+def print_table(medians: dict[str, dict[str, dict[str, float]]], options: argparse.Namespace) -> None:
     print(f"host: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
     print(f"each figure: median of {options.runs} runs of {options.duration:g} s (after 2 s warm-up)\n")
     print("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | vs redis always | vs redis default |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for workload, by_target in medians.items():
-        always = by_target.get("redis always", {}).get("ops_per_sec")
-        default = by_target.get("redis default", {}).get("ops_per_sec")
+        always = by_target["redis always"]["ops_per_sec"]  # both Redis targets run in every workload
+        default = by_target["redis default"]["ops_per_sec"]
         for name, figures in by_target.items():
             ops = figures["ops_per_sec"]
             print(

@@ -22,19 +22,20 @@ from typing import Any, TextIO
 
 import gevent
 
-from client.bench.report import (
+from bench.report import (
     PHASE_CONNECTING,
     PHASE_DONE,
     PHASE_MEASURE,
     PHASE_WARMUP,
+    PhaseProgress,
     Stats,
     combine_progress,
     empty_check,
     progress_line,
     summarize_target,
 )
-from client.bench.targets import BenchError
-from client.bench.worker import CHECK_TIME_LIMIT, STARTUP_TIMEOUT, TargetSpec, Worker, WorkerSpec
+from bench.targets import BenchError
+from bench.worker import CHECK_TIME_LIMIT, STARTUP_TIMEOUT, TargetSpec, Worker, WorkerSpec
 
 RESULT_SLACK = 30.0
 """Beyond warm-up + measurement + check, how long to wait for a worker's result before giving up."""
@@ -100,11 +101,8 @@ def run_here(spec: WorkerSpec, progress: Progress) -> Stats:
             if live.phase not in (PHASE_CONNECTING, PHASE_DONE) and elapsed >= MIN_PHASE_AGE:
                 line = progress_line(
                     spec.target.name,
-                    live.phase,
-                    elapsed=elapsed,
+                    PhaseProgress(live.phase, elapsed, live.ops, live.errors),
                     planned=_planned(spec, live.phase),
-                    ops=live.ops,
-                    errors=live.errors,
                 )
                 progress.show(line)
             gevent.sleep(PROGRESS_INTERVAL / 4)
@@ -172,12 +170,10 @@ def run_in_processes(specs: list[WorkerSpec], progress: Progress) -> Stats:
         def draw() -> None:
             values = list(counters)
             rows = [values[i : i + COUNTER_SLOTS] for i in range(0, len(values), COUNTER_SLOTS)]
-            phase, elapsed, ops, errors = combine_progress(rows)
-            if phase in (PHASE_CONNECTING, PHASE_DONE) or elapsed < MIN_PHASE_AGE:
+            combined = combine_progress(rows)
+            if combined.phase in (PHASE_CONNECTING, PHASE_DONE) or combined.elapsed < MIN_PHASE_AGE:
                 return
-            line = progress_line(
-                spec.target.name, phase, elapsed=elapsed, planned=_planned(spec, phase), ops=ops, errors=errors
-            )
+            line = progress_line(spec.target.name, combined, planned=_planned(spec, combined.phase))
             progress.show(line)
 
         payloads = _await(results, processes, "result", limit, draw)

@@ -4,7 +4,7 @@ This module owns the byte layout of RESP2 and nothing else: no sockets, no clock
 benchmark can drive Redis with the same code path, pipelining and timing as our own store instead of
 through a client library with its own connection handling.
 
-Replies map to Python values as follows: simple string -> ``str``, error -> ``ErrorReply`` (a value,
+Replies map to Python values as follows: simple string -> ``str``, error -> ``RespError`` (a value,
 not an exception, so one failed command in a pipeline does not hide the replies behind it), integer
 -> ``int``, bulk string -> ``bytes``, null bulk string and null array -> ``None``, array -> ``list``.
 Bytes that are not RESP2 raise ``RespProtocolError``; the stream is unusable after that.
@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Union
+
+from client.protocol import ProtocolError
 
 CRLF = b"\r\n"
 
@@ -31,12 +33,13 @@ _INTEGER = re.compile(rb"-?[0-9]+")
 _TYPE_BYTES = (b"+", b"-", b":", b"$", b"*")
 
 
-class RespProtocolError(Exception):
-    """Bytes that are not a RESP2 reply."""
+class RespProtocolError(ProtocolError):
+    """Bytes that are not a RESP2 reply. A kind of ``ProtocolError``, which ``client.transport``'s
+    pipelined socket takes as the end of a stream that can no longer be trusted."""
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorReply:
+class RespError:
     """A ``-ERR ...`` reply. ``kind`` is its first word (``ERR``, ``WRONGTYPE``, ``OOM``...)."""
 
     message: str
@@ -46,7 +49,7 @@ class ErrorReply:
         return self.message.split(" ", 1)[0] if self.message else "ERR"
 
 
-Reply = Union[str, int, bytes, None, ErrorReply, list["Reply"]]  # noqa: UP007  # recursive alias
+Reply = Union[str, int, bytes, None, RespError, list["Reply"]]  # noqa: UP007  # recursive alias
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -80,11 +83,11 @@ def encode_reply(reply: Reply) -> bytes:
     """
     if reply is None:
         return b"$-1\r\n"
-    if isinstance(reply, ErrorReply | str):
-        text = reply.message if isinstance(reply, ErrorReply) else reply
+    if isinstance(reply, RespError | str):
+        text = reply.message if isinstance(reply, RespError) else reply
         if "\r" in text or "\n" in text:
             raise ValueError("a simple string or error cannot contain CR or LF")
-        prefix = b"-" if isinstance(reply, ErrorReply) else b"+"
+        prefix = b"-" if isinstance(reply, RespError) else b"+"
         return prefix + text.encode("utf-8") + CRLF
     if isinstance(reply, bool):
         raise TypeError("RESP2 has no boolean type")
@@ -160,7 +163,7 @@ class ReplyParser:
         if kind == b"+":
             return _text(line), offset
         if kind == b"-":
-            return ErrorReply(_text(line)), offset
+            return RespError(_text(line)), offset
         if kind == b":":
             return self._integer(line, "integer reply"), offset
         if kind == b"$":

@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from client.bench.plot import plot_report
-from client.bench.report import compare, format_report
-from client.bench.runner import Progress, measure
-from client.bench.targets import BenchError
-from client.bench.worker import TargetSpec
-from client.bench.workload import MAX_THETA, parse_mix
+from bench.plot import plot_report
+from bench.report import compare, format_report
+from bench.runner import Progress, measure
+from bench.targets import BenchError
+from bench.worker import TargetSpec
+from bench.workload import MAX_THETA, parse_mix
+from client.address import parse_address
 from client.client import split_addresses
-from client.connection import parse_address
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a request may take before it counts as a TIMEOUT error; as ``Client``: above a node's own

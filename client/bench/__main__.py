@@ -1,8 +1,0 @@
-"""``python -m client.bench``: the same as ``kv bench``."""
-
-import sys
-
-from client.bench.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The socket layer (client/transport.py): FrameWriter (frames from many greenlets leave whole, in
+order, in as few sends as it can), receive, opening a connection, and the pipelined socket with its
+two ways of matching replies to requests: by id and in order."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+from gevent import socket
+
+from client import protocol
+from client import transport as transport_module
+from client.connection import Connection
+from client.errors import NodeUnreachableError, ProtocolViolationError, RequestTimeoutError
+from client.transport import ById, FrameWriter, InOrder, PipelinedSocket, receive
+
+
+class RecordingSocket:
+    """Stands in for a socket: records each ``sendall``."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+
+
+def test_a_plain_write_is_sent_at_once() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writer.write(b"one")
+    writer.write(b"two")
+    assert sock.sends == [b"one", b"two"]
+
+
+def test_frames_written_in_one_turn_with_wait_for_more_leave_in_one_send() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writers = [gevent.spawn(writer.write, frame, wait_for_more=True) for frame in (b"a", b"b", b"c")]
+    gevent.joinall(writers, timeout=5, raise_error=True)
+    assert sock.sends == [b"abc"]
+
+
+def test_held_frames_leave_together_at_release() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writer.hold()
+    writer.write(b"1")
+    writer.write(b"2", wait_for_more=True)  # held: does not wait, does not send
+    assert sock.sends == []
+    writer.release()
+    assert sock.sends == [b"12"]
+    writer.release()  # nothing queued: nothing sent
+    assert sock.sends == [b"12"]
+
+
+def test_a_waiting_writer_that_is_interrupted_still_sends_what_was_queued() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    waiting = gevent.spawn(writer.write, b"first", wait_for_more=True)
+    gevent.sleep(0)  # it is now waiting for the turn to end
+    writer.write(b"second")  # queued behind the waiting writer
+    waiting.kill(TimeoutError("interrupted"), block=True)
+    assert sock.sends == [b"firstsecond"]
+    writer.write(b"third")  # and the writer is usable afterwards
+    assert sock.sends[-1] == b"third"
+
+
+def test_a_failed_send_reaches_the_writer_and_leaves_the_writer_reusable() -> None:
+    class FailingSocket(RecordingSocket):
+        def sendall(self, data: bytes) -> None:
+            raise ConnectionResetError("reset by peer")
+
+    writer = FrameWriter(FailingSocket())
+    with pytest.raises(ConnectionResetError):
+        writer.write(b"x")
+    with pytest.raises(ConnectionResetError):  # not stuck believing another greenlet is writing
+        writer.write(b"y")
+
+
+def test_receive_on_a_closed_socket_raises_an_os_error_as_recv_does() -> None:
+    left, right = socket.socketpair()
+    right.sendall(b"ping")
+    assert receive(left) == b"ping"
+    left.close()
+    with pytest.raises(OSError):
+        receive(left)
+    right.close()
+
+
+def test_a_connection_to_itself_is_unreachable_not_a_garbled_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing listening on a port in the ephemeral range, the kernel can pick that port as
+    the source and connect the socket to itself; its HELLO then comes back as the "reply"."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    def self_connecting(address: tuple[str, int], timeout: float | None = None) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)  # what the kernel may choose on its own: the destination port as source
+        sock.connect(address)
+        return sock
+
+    monkeypatch.setattr(transport_module.socket, "create_connection", self_connecting)
+    with pytest.raises(NodeUnreachableError, match="nothing listens there"):
+        Connection("127.0.0.1", port).connect()
+
+
+# --- the pipelined socket --------------------------------------------------------------------------
+
+
+class Lines:
+    """A decoder for tests: each newline-terminated line is a reply; a line "garbage" is not."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        if b"garbage" in lines:
+            raise protocol.ProtocolError("not a line")
+        return lines
+
+
+def in_order_pair() -> tuple[PipelinedSocket[bytes], socket.socket]:
+    ours, theirs = socket.socketpair()
+    return PipelinedSocket(ours, "server", InOrder(Lines())), theirs
+
+
+def by_id_pair() -> tuple[PipelinedSocket[protocol.Frame], socket.socket]:
+    ours, theirs = socket.socketpair()
+    return PipelinedSocket(ours, "node", ById(protocol.DEFAULT_MAX_FRAME_BYTES)), theirs
+
+
+def test_in_order_replies_go_to_the_requests_in_the_order_they_were_sent() -> None:
+    pipe, server = in_order_pair()
+    calls = [gevent.spawn(pipe.call, f"q{i}\n".encode(), 5) for i in range(3)]
+    gevent.sleep(0)
+    assert server.recv(100) == b"q0\nq1\nq2\n"
+    server.sendall(b"a0\na1\n")
+    server.sendall(b"a2\n")
+    assert [call.get(timeout=5) for call in calls] == [b"a0", b"a1", b"a2"]
+    pipe.close()
+    server.close()
+
+
+def test_an_in_order_request_that_timed_out_still_takes_its_reply() -> None:
+    pipe, server = in_order_pair()
+    with pytest.raises(RequestTimeoutError, match=r"no reply from server within 0\.01 s"):
+        pipe.call(b"slow\n", 0.01)
+    later = gevent.spawn(pipe.call, b"next\n", 5)
+    gevent.sleep(0)
+    server.sendall(b"for slow\nfor next\n")
+    assert later.get(timeout=5) == b"for next"  # not the reply meant for the abandoned request
+    pipe.close()
+    server.close()
+
+
+def test_a_reply_to_no_request_fails_the_socket() -> None:
+    pipe, server = in_order_pair()
+    server.sendall(b"unasked\n")
+    gevent.sleep(0.01)
+    assert not pipe.is_open
+    with pytest.raises(ProtocolViolationError, match="bad reply from server: a reply to no request"):
+        pipe.call(b"q\n", 5)
+    server.close()
+
+
+def test_replies_by_id_may_come_in_any_order() -> None:
+    pipe, server = by_id_pair()
+    ids = [pipe.expect() for _ in range(3)]
+    for request_id, _ in ids:
+        pipe.write(protocol.encode_request(request_id, protocol.Ping()))
+    for request_id, _ in reversed(ids):
+        server.sendall(protocol.encode_response(request_id, protocol.Status.OK, str(request_id).encode()))
+    replies = [pipe.wait(request_id, done, 5) for request_id, done in ids]
+    assert [(frame.request_id, frame.body) for frame in replies] == [(i, str(i).encode()) for i, _ in ids]
+    pipe.close()
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("server_does", "error", "message"),
+    [
+        ("close", NodeUnreachableError, "server closed the connection"),
+        ("garble", ProtocolViolationError, "bad reply from server: not a line"),
+    ],
+)
+def test_when_the_socket_fails_every_waiting_request_gets_the_error(
+    server_does: str, error: type[Exception], message: str
+) -> None:
+    pipe, server = in_order_pair()
+    calls = [gevent.spawn(pipe.call, b"q\n", 5) for _ in range(3)]
+    gevent.sleep(0)
+    assert server.recv(100) == b"q\nq\nq\n"  # read, so that closing is an orderly end, not a reset
+    if server_does == "close":
+        server.close()
+    else:
+        server.sendall(b"garbage\n")
+    for call in calls:
+        with pytest.raises(error, match=message):
+            call.get(timeout=5)
+    with pytest.raises(error, match=message):  # and so does every later request
+        pipe.call(b"q\n", 5)
+    server.close()
+
+
+def test_close_fails_the_waiting_requests_as_closed() -> None:
+    pipe, server = by_id_pair()
+    request_id, done = pipe.expect()
+    pipe.close()
+    with pytest.raises(NodeUnreachableError, match="connection to node closed"):
+        pipe.wait(request_id, done, 5)
+    assert not pipe.is_open
+    server.close()

@@ -31,7 +31,7 @@ from client.errors import KVError
 from client.protocol import PeerState
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
     from client.client import Client
 

@@ -20,7 +20,7 @@ from client import protocol
 from client.protocol import PeerState, Status, Version
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
     from client.client import Client
 

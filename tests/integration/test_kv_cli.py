@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from client.ring import DEFAULT_PARTITIONS, Ring
 
 if TYPE_CHECKING:
-    from conftest import Cluster, ComposeProject
+    from containers import Cluster, ComposeProject
 
 NODE_IDS = ("node1", "node2", "node3")
 SEED_SESSION = "PUT foo bar\nGET foo\nDELETE foo\nGET foo\nEXIT\n"

@@ -10,7 +10,7 @@ from client import protocol
 from client.protocol import PeerState, Status
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
     from client.client import Client
 

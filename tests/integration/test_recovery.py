@@ -11,7 +11,7 @@ import pytest
 from client import protocol
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
 NODE_IDS = ("node1", "node2", "node3")
 

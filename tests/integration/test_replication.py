@@ -6,7 +6,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
     from client.client import Client
 

@@ -16,7 +16,7 @@ from client import protocol
 from client.protocol import Op, Status
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
     from client.client import Client
 

@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Cluster
+    from containers import Cluster
 
 VICTIM = "node1"
 STOP_TIMEOUT_S = 15  # compose's stop_grace_period; the node drains in at most KV_DRAIN_TIMEOUT_S (10)

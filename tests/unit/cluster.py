@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import socket as stdlib_socket
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gevent
 from gevent import socket
+from polling import wait_until
 
 from client.client import Client
 from client.protocol import PeerState
@@ -82,18 +81,6 @@ def configure_logging() -> None:
     """The production logging configuration, writing into ``LOG_SINK`` instead of stdout."""
     with contextlib.redirect_stdout(LOG_SINK):  # type: ignore[type-var]
         node_logging.configure("test", "info")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 3.0, message: str = "condition") -> Any:
-    """Poll ``predicate`` (yielding to the hub between tries) until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        gevent.sleep(0.01)
 
 
 def listen_socket(port: int = 0) -> socket.socket:
@@ -215,7 +202,7 @@ class InProcessCluster:
                 if peer != node_id
             )
 
-        wait_until(settled, timeout, "every failure detector to see the running nodes up and the others not")
+        wait_until(settled, timeout, message="every failure detector to see the running nodes up and the others not")
 
     def stop_all(self) -> None:
         for client in self._clients:

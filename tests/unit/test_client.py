@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster import DEFAULT_SETTINGS, InProcessCluster, configure_logging, free_port, wait_until
+from cluster import DEFAULT_SETTINGS, InProcessCluster, configure_logging, free_port
 from gevent import socket
+from polling import wait_until
 
 from client import protocol
 from client.address import format_address

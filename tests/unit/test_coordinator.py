@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import gevent
 import pytest
-from cluster import wait_until
 from gevent.event import Event
+from polling import wait_until
 
 from client.protocol import Record, Status, Version
 from client.ring import Ring

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gevent
-from cluster import wait_until
+from polling import wait_until
 
 from service.periodic import Periodic
 

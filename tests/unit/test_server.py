@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import gevent
 import pytest
-from cluster import InProcessCluster, LogSink, wait_until
+from cluster import InProcessCluster, LogSink
 from gevent import socket
 from gevent.event import AsyncResult, Event
+from polling import wait_until
 
 from client import protocol
 from client.protocol import Frame, Op, Status

@@ -13,6 +13,7 @@ import gevent
 import gevent.event
 import pytest
 from gevent.event import AsyncResult
+from polling import wait_until
 
 from client.protocol import Record, Version
 from client.ring import Ring
@@ -741,7 +742,7 @@ def test_a_writer_that_times_out_does_not_strand_the_writes_behind_it(storage: S
 
     committer = GroupCommitter(storage, start=start_when_released)
     leader = gevent.spawn(lambda: gevent.with_timeout(0.05, committer.submit, PutRecord(b"first", value(1, b"a"))))
-    wait_until_true(leader.ready)
+    wait_until(leader.ready, timeout=5.0)
     assert isinstance(leader.exception, gevent.Timeout)  # the first writer gave up...
     follower = gevent.spawn(committer.submit, PutRecord(b"second", value(2, b"b")))
     gevent.sleep(0)
@@ -751,9 +752,3 @@ def test_a_writer_that_times_out_does_not_strand_the_writes_behind_it(storage: S
     assert storage.get(b"first") == value(1, b"a")  # the timed-out write landed all the same
     assert storage.get(b"second") == value(2, b"b")
     assert committer.commits == 2
-
-
-def wait_until_true(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with gevent.Timeout(timeout, AssertionError("condition not met in time")):
-        while not predicate():
-            gevent.sleep(0.001)

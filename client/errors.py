@@ -35,6 +35,25 @@ class UnsupportedVersionError(KVError):
     code = "UNSUPPORTED_VERSION"
 
 
+class TooManyConnectionsError(KVError):
+    """The node is serving as many client connections as it may; it closed this one."""
+
+    code = "TOO_MANY_CONNECTIONS"
+
+
+class ClockSkewError(KVError):
+    """A timestamp in the request, or a version the key already holds, is further ahead of the
+    node's clock than the cluster's maximum clock offset allows."""
+
+    code = "CLOCK_SKEW"
+
+
+class StorageFullError(KVError):
+    """The node's store cannot take writes: its disk, or its storage limit, is full."""
+
+    code = "STORAGE_FULL"
+
+
 class QuorumError(KVError):
     """Too few replicas answered: ``acked`` of the ``required`` replies came back."""
 
@@ -74,6 +93,9 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.VALUE_TOO_LARGE: ValueTooLargeError,
     Status.FRAME_TOO_LARGE: FrameTooLargeError,
     Status.UNSUPPORTED_VERSION: UnsupportedVersionError,
+    Status.TOO_MANY_CONNECTIONS: TooManyConnectionsError,
+    Status.CLOCK_SKEW: ClockSkewError,
+    Status.STORAGE_FULL: StorageFullError,
     Status.UNAVAILABLE: UnavailableError,
     Status.TIMEOUT: RequestTimeoutError,
     Status.INTERNAL_ERROR: InternalServerError,

@@ -69,9 +69,12 @@ class Status(IntEnum):
     VALUE_TOO_LARGE = 0x12
     FRAME_TOO_LARGE = 0x13
     UNSUPPORTED_VERSION = 0x14
+    TOO_MANY_CONNECTIONS = 0x15
+    CLOCK_SKEW = 0x16
     UNAVAILABLE = 0x20
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
+    STORAGE_FULL = 0x31
 
     @property
     def is_error(self) -> bool:
@@ -676,6 +679,45 @@ def decode_version(body: bytes) -> Version:
     version = reader.version()
     reader.end()
     return version
+
+
+def encode_replica_put_reply(newer: Version | None) -> bytes:
+    """Body of an OK reply to REPLICA_PUT: empty when the record was stored (or the replica already
+    held that very version), else the newer version the replica holds, so that a coordinator can
+    stamp its write again above it instead of acknowledging a write that lost."""
+    return b"" if newer is None else _version(newer)
+
+
+def decode_replica_put_reply(body: bytes) -> Version | None:
+    return decode_version(body) if body else None
+
+
+PING_FLAG_STORAGE_FULL = 0x01
+"""In a PING reply's flags: the node's store refuses writes (a full disk or storage limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingReply:
+    """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
+    and flags about its state (``PING_FLAG_STORAGE_FULL``)."""
+
+    wall_ms: int  # Unix milliseconds when the node answered
+    flags: int = 0
+
+    @property
+    def storage_full(self) -> bool:
+        return bool(self.flags & PING_FLAG_STORAGE_FULL)
+
+
+def encode_ping_reply(reply: PingReply) -> bytes:
+    return _U64.pack(reply.wall_ms) + _U8.pack(reply.flags)
+
+
+def decode_ping_reply(body: bytes) -> PingReply:
+    reader = BodyReader(body)
+    reply = PingReply(reader.u64(), reader.u8())
+    reader.end()
+    return reply
 
 
 def encode_value(version: Version, value: bytes) -> bytes:

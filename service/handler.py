@@ -20,6 +20,7 @@ from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
 from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import StorageError
+from service.versioning import wall_clock_ms
 
 
 class RequestError(Exception):
@@ -127,7 +128,8 @@ class RequestHandler:
             case protocol.Members():
                 return Status.OK, protocol.encode_members_reply(self.members())
             case protocol.Ping():
-                return Status.OK, b""
+                flags = protocol.PING_FLAG_STORAGE_FULL if self.store.storage_full else 0
+                return Status.OK, protocol.encode_ping_reply(protocol.PingReply(wall_clock_ms(), flags))
             case protocol.Topology():
                 return Status.OK, self._topology_body
             case protocol.Hello():

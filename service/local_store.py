@@ -91,6 +91,11 @@ class LocalStore:
         self._clock = clock
         self._events = events or StoreEvents()
 
+    @property
+    def storage_full(self) -> bool:
+        """Whether the store refuses writes for lack of space (a full disk or storage limit)."""
+        return False
+
     # --- the replica interface --------------------------------------------------------------------
 
     def read(self, key: bytes) -> Record | None:

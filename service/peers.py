@@ -93,14 +93,17 @@ class Peer:
             self._on_failure(self.node_id)
             raise
 
-    def ping(self) -> bool:
-        """Whether the peer answers PING now, reconnecting if needed whatever the reconnection policy says."""
+    def ping(self) -> protocol.PingReply | None:
+        """The peer's answer to PING now (its wall clock and state flags), or ``None`` if it does not
+        answer; reconnects if needed whatever the reconnection policy says."""
         try:
-            self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
+            frame = self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
+            return protocol.decode_ping_reply(frame.body)
+        except protocol.ProtocolError as exc:
+            self.last_error = f"bad PING reply: {exc}"
         except KVError as exc:
             self.last_error = exc.message
-            return False
-        return True
+        return None
 
     def close(self) -> None:
         self._slot.close()
@@ -147,7 +150,8 @@ class PeerMonitor:
         pings = {node_id: gevent.spawn(peer.ping) for node_id, peer in self._peers.items()}
         gevent.joinall(list(pings.values()))
         for node_id, ping in pings.items():
-            self._report(self._detector.heartbeat(node_id) if ping.value else self._detector.failure(node_id))
+            answered = ping.value is not None
+            self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
         self._report(self._detector.evaluate())
 
     def _report(self, changes: list[tuple[str, PeerState, PeerState]]) -> None:

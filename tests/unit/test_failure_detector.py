@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.protocol import PeerState
+from client.protocol import PeerState, PingReply
 from service.failure_detector import DOWN_AFTER, SUSPECT_AFTER, FailureDetector
 from service.peers import PeerMonitor
+from service.versioning import wall_clock_ms
 
 UP, SUSPECT, DOWN = PeerState.UP, PeerState.SUSPECT, PeerState.DOWN
 
@@ -267,9 +268,9 @@ class FakePeer:
         self.answers = answers
         self.pings = 0
 
-    def ping(self) -> bool:
+    def ping(self) -> PingReply | None:
         self.pings += 1
-        return self.answers
+        return PingReply(wall_clock_ms()) if self.answers else None
 
 
 class MonitorHarness:

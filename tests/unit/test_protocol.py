@@ -260,9 +260,12 @@ def test_op_and_status_codes_are_pinned() -> None:
         "VALUE_TOO_LARGE": 0x12,
         "FRAME_TOO_LARGE": 0x13,
         "UNSUPPORTED_VERSION": 0x14,
+        "TOO_MANY_CONNECTIONS": 0x15,
+        "CLOCK_SKEW": 0x16,
         "UNAVAILABLE": 0x20,
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
+        "STORAGE_FULL": 0x31,
     }
     assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
 
@@ -554,3 +557,19 @@ def test_unknown_record_flags_are_a_protocol_error(flags: int) -> None:
     body = bytes([flags]) + protocol.encode_version(Version(1, "n")) + b"\x00\x00\x00\x00"
     with pytest.raises(ProtocolError, match="flags"):
         protocol.decode_record(body)
+
+
+def test_a_replica_put_reply_says_nothing_when_stored_and_the_newer_version_when_not() -> None:
+    assert protocol.encode_replica_put_reply(None) == b""
+    assert protocol.decode_replica_put_reply(b"") is None
+    newer = Version(0x0102, "node2")
+    assert protocol.decode_replica_put_reply(protocol.encode_replica_put_reply(newer)) == newer
+
+
+def test_a_ping_reply_carries_the_wall_clock_and_the_storage_full_flag() -> None:
+    reply = protocol.PingReply(0x019AC1E2F3A0, protocol.PING_FLAG_STORAGE_FULL)
+    assert protocol.decode_ping_reply(protocol.encode_ping_reply(reply)) == reply
+    assert reply.storage_full
+    assert not protocol.PingReply(1).storage_full
+    with pytest.raises(ProtocolError):
+        protocol.decode_ping_reply(b"")

@@ -28,6 +28,7 @@ from client.protocol import (
     PartitionKeysReply,
     PeerState,
     Ping,
+    PingReply,
     Put,
     Record,
     RepairReply,
@@ -88,7 +89,7 @@ REPLIES: dict[str, bytes] = {
     'OK id=1: version 1, node "node1", max key 1024, max value 1048576, max frame 1050624': reply(
         1, protocol.encode_hello_reply(HelloReply(1, "node1", 1024, 1048576, 1050624))
     ),
-    "OK id=2": reply(2, b""),
+    "OK id=2: wall clock 0x019ac1e2f3a0 ms, flags 00": reply(2, protocol.encode_ping_reply(PingReply(0x019AC1E2F3A0))),
     'OK id=3: stored as version (timestamp 0x01a2b3c4d5e60000, node "node2")': reply(
         3, protocol.encode_version(Version(DOC_TIMESTAMP, "node2"))
     ),

@@ -14,21 +14,39 @@ them by the seed addresses it was given, so a seed's address always wins over th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import gevent
 import gevent.pool
+from gevent.event import AsyncResult
 
 from client import protocol
 from client.address import format_address, parse_address
-from client.connection import Connection
-from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
+from client.connection import Connection, check_reply
+from client.errors import (
+    ClockSkewError,
+    KeyTooLargeError,
+    KVError,
+    NodeUnreachableError,
+    RequestTimeoutError,
+    ValueTooLargeError,
+)
 from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
 from client.protocol import Frame, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
 from client.transport import ConnectionSlot
 
+SLOW_AFTER = 0.25
+"""Seconds a node may leave requests unanswered, hearing nothing from it, before it counts as slow:
+routed to last, like a node that failed, until it answers again. A node that accepts connections
+but does not answer (paused, swapping) reveals itself no other way; a false alarm only sends a few
+requests to another node, which can coordinate them as well."""
+SPECULATIVE_READ_AFTER = 0.25
+"""Seconds a GET waits for its node before it is also sent to the next one (speculative retry); the
+first answer wins. Only reads are repeated: a write sent twice could be applied a second time
+later, after a newer write of the same key, by a node that was paused while it sat in its queue."""
 DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
 UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
@@ -206,26 +224,94 @@ class Client:
             self.refresh_topology()
         self._check_limits(request)
         assert self._ring is not None and self._topology is not None
-        routing = self.routing
+        plan = self.routing.plan(request.key, self._ring, self._topology.n, self._avoided)
+        if isinstance(request, protocol.Get) and len(plan) > 1:
+            return self._read(request, plan)
         failures: list[str] = []
-        for node_id in routing.plan(request.key, self._ring, self._topology.n, self._backing_off):
-            slot = self._slot(self._addresses[node_id])
+        refused = False
+        for node_id in plan:
+            address = self._addresses[node_id]
             try:
-                connection = slot.get(dial_backing_off=routing.dials_backing_off)
+                connection = self._connection_for(address)
             except NodeUnreachableError as exc:  # refused while backing off, or a failed dial (the slot counts it)
                 failures.append(exc.message)
                 continue
             try:
                 return connection.call(request, timeout=self.timeout)
             except NodeUnreachableError as exc:
-                slot.failed()
+                self._slots[address].failed()
                 failures.append(exc.message)
+            except ClockSkewError as exc:  # this coordinator's clock is off, and it wrote nothing: try another
+                refused = True
+                failures.append(f"{address}: {exc.message}")
+        if refused:
+            raise ClockSkewError("; ".join(failures))
         raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
 
-    def _backing_off(self, node_id: str) -> bool:
-        """Whether the node failed so recently that the reconnection policy would rather wait."""
+    def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
+        """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not
+        answered within ``SPECULATIVE_READ_AFTER``; the first answer wins (speculative retry)."""
+        deadline = time.monotonic() + self.timeout
+        nodes = iter(plan)
+        waiting: dict[AsyncResult, str] = {}  # a reply due -> its node's address
+        failures: list[str] = []
+        more = self._send_to_next(nodes, request, waiting, failures)
+        # Each turn sends to one more node, takes one reply, or waits SPECULATIVE_READ_AFTER: bounded.
+        for _ in range(2 * len(plan) + int(self.timeout / SPECULATIVE_READ_AFTER) + 2):
+            if not waiting:
+                if not more:
+                    break
+                more = self._send_to_next(nodes, request, waiting, failures)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            patience = min(remaining, SPECULATIVE_READ_AFTER) if more else remaining
+            ready = gevent.wait(list(waiting), timeout=patience, count=1)
+            if not ready:  # slow: ask the next node too; the slow one's answer still counts
+                if more:
+                    more = self._send_to_next(nodes, request, waiting, failures)
+                continue
+            address = waiting.pop(ready[0])
+            try:
+                return check_reply(ready[0].get())
+            except NodeUnreachableError as exc:
+                self._slots[address].failed()
+                failures.append(exc.message)
+        if waiting:
+            raise RequestTimeoutError(f"no reply within {self.timeout:g} s from {', '.join(waiting.values())}")
+        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+
+    def _send_to_next(
+        self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[str]
+    ) -> bool:
+        """Send ``request`` to the next node of ``nodes`` that can be reached, adding its reply to
+        ``waiting``; ``False`` when no node is left."""
+        for node_id in nodes:
+            address = self._addresses[node_id]
+            try:
+                waiting[self._connection_for(address).send(request)] = address
+            except NodeUnreachableError as exc:
+                failures.append(exc.message)
+                continue
+            return True
+        return False
+
+    def _connection_for(self, address: str) -> Connection:
+        """The open connection to ``address``, dialled if the routing policy allows it while the node
+        is backing off; raises ``NodeUnreachableError`` (a failed dial counts in the slot)."""
+        return self._slot(address).get(dial_backing_off=self.routing.dials_backing_off)
+
+    def _avoided(self, node_id: str) -> bool:
+        """Whether requests should try the node last: it failed so recently that the reconnection
+        policy would rather wait, or it leaves requests unanswered (``SLOW_AFTER``)."""
         slot = self._slots.get(self._addresses[node_id])
-        return slot is not None and slot.backing_off
+        if slot is None:
+            return False
+        if slot.backing_off:
+            return True
+        connection = slot.connection
+        return connection is not None and connection.stalled(SLOW_AFTER)
 
     def _preference_list(self, key: bytes) -> list[str]:
         self._ensure_topology()

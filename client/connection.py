@@ -93,6 +93,11 @@ class Connection:
         assert self._socket is not None  # _send raised otherwise
         return check_reply(self._socket.wait(request_id, done, timeout))
 
+    def stalled(self, after: float) -> bool:
+        """Whether requests have waited more than ``after`` seconds with nothing heard from the node:
+        it accepts but does not answer (paused, swapping, stuck on its disk)."""
+        return self._socket is not None and self._socket.stalled(after)
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()

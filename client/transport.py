@@ -17,6 +17,7 @@ it waited.
 from __future__ import annotations
 
 import socket as stdlib_socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import count
@@ -249,6 +250,7 @@ class PipelinedSocket(Generic[ReplyT]):
         self._coalesce = coalesce
         self._failure: KVError | None = None
         self.is_open = True  # a plain attribute, not a property: every request reads it, twice
+        self._silent_since: float | None = None  # waiting on replies, and nothing heard, since then
         self._reader = gevent.spawn(self._read_replies)
 
     def expect(self) -> tuple[int, AsyncResult]:
@@ -259,6 +261,8 @@ class PipelinedSocket(Generic[ReplyT]):
 
     def write(self, frame: bytes) -> None:
         """Send an encoded request; a failed send fails the socket (the waiter then gets the error)."""
+        if self._silent_since is None:
+            self._silent_since = time.monotonic()
         try:
             self._writer.write(frame, wait_for_more=self._coalesce and len(self._matching) > 1)
         except OSError as exc:
@@ -282,6 +286,18 @@ class PipelinedSocket(Generic[ReplyT]):
     def close(self) -> None:
         self._fail(NodeUnreachableError(f"connection to {self.address} closed"))
 
+    def stalled(self, after: float) -> bool:
+        """Whether requests have been waiting on this socket for more than ``after`` seconds with
+        nothing heard from the server meanwhile: a server that accepts but does not answer (paused,
+        swapping, stuck on a disk), which no connection error will reveal."""
+        since = self._silent_since
+        if since is None:
+            return False
+        if not len(self._matching):  # every waiter was answered or gave up
+            self._silent_since = None
+            return False
+        return time.monotonic() - since > after
+
     def _read_replies(self) -> None:
         try:
             while True:
@@ -289,6 +305,7 @@ class PipelinedSocket(Generic[ReplyT]):
                 if not data:
                     raise NodeUnreachableError(f"{self.address} closed the connection")
                 self._matching.feed(data)
+                self._silent_since = time.monotonic() if len(self._matching) else None
         except KVError as exc:
             self._fail(exc)
         except ProtocolError as exc:
@@ -338,6 +355,11 @@ class ConnectionSlot(Generic[EndpointT]):
         self._backoff = backoff if backoff is not None else Backoff()
         self._connection: EndpointT | None = None
         self._dialing: AsyncResult | None = None
+
+    @property
+    def connection(self) -> EndpointT | None:
+        """The connection kept now, open or not, without dialling; ``None`` before the first dial."""
+        return self._connection
 
     @property
     def usable(self) -> bool:

@@ -84,7 +84,11 @@ class AntiEntropySettings:
     max_frame_bytes: int
     """The frame limit, which bounds how many digests one DIGESTS request asks for."""
     now_ms: Callable[[], int] = wall_clock_ms
-    """The wall clock in milliseconds (tests fake it)."""
+    """The clock tombstone ages are measured on, in Unix milliseconds: the node gives its steady
+    clock, which ignores wall-clock jumps (tests fake it)."""
+    may_purge: Callable[[], bool] = lambda: True
+    """Whether this node's clock is trusted enough to purge tombstones now (``ClockOffsets.trusted``):
+    a clock that jumped ahead would make every tombstone look old enough."""
 
 
 class AntiEntropy:
@@ -112,6 +116,7 @@ class AntiEntropy:
         )
         self.events = events or AntiEntropyEvents()
         self.now_ms = settings.now_ms
+        self._may_purge = settings.may_purge
         self.synced_at: dict[int, int] = {}  # partition -> start of the last round that synced it fully
         # Tombstones wait out the grace period, so looking for purgeable ones 24 times per grace
         # period (hourly by default) is often enough, and bounds the cost of the scan.
@@ -221,7 +226,7 @@ class AntiEntropy:
         it runs at most every ``purge_every_s`` (a tombstone is not purgeable before the grace period
         anyway)."""
         now_ms = self.now_ms()
-        if now_ms - self._last_purge_ms < self.purge_every_ms:
+        if now_ms - self._last_purge_ms < self.purge_every_ms or not self._may_purge():
             return
         self._last_purge_ms = now_ms
         purged = 0

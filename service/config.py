@@ -54,6 +54,7 @@ class Config:
     tombstone_grace: float
     anti_entropy_interval: float
     read_repair_chance: float  # 0..1
+    max_clock_offset_ms: int
     log_commands: bool
     log_level: str
 
@@ -98,6 +99,12 @@ SETTINGS = [
     Setting("KV_HINT_WINDOW_S", "10800", "how long a hint for a down node is kept; then anti-entropy repairs"),
     Setting("KV_TOMBSTONE_GRACE_S", "86400", "how long a delete's tombstone is kept at least"),
     Setting("KV_ANTI_ENTROPY_INTERVAL_S", "30", "seconds between anti-entropy rounds (0: only on demand)"),
+    Setting(
+        "KV_MAX_CLOCK_OFFSET_MS",
+        "500",
+        "the most two nodes' clocks may disagree; a timestamp further ahead of this node's clock is refused "
+        "(CLOCK_SKEW), and a node whose clock is that far off most peers' refuses to stamp writes",
+    ),
     Setting(
         "KV_READ_REPAIR_PERCENT",
         "10",
@@ -217,6 +224,14 @@ def load_config(environ: Mapping[str, str]) -> Config:
             "a hint delivered after its delete's tombstone was purged would bring the key back"
         )
 
+    # Above a minute the bound protects little; the hint window must dwarf it, or a hint's age could
+    # not be told apart from the clocks' disagreement.
+    max_clock_offset_ms = integer("KV_MAX_CLOCK_OFFSET_MS", 1, 60_000)
+    if max_clock_offset_ms >= hint_window * 1000 and valid("KV_MAX_CLOCK_OFFSET_MS", "KV_HINT_WINDOW_S"):
+        problems.append(
+            f"KV_MAX_CLOCK_OFFSET_MS={max_clock_offset_ms} must be below KV_HINT_WINDOW_S={hint_window} (in ms)"
+        )
+
     fsync = raw("KV_FSYNC").lower()
     if fsync not in {"always", "periodic"}:
         problems.append(f"KV_FSYNC={fsync!r}: must be always or periodic")
@@ -250,6 +265,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         tombstone_grace=float(tombstone_grace),
         anti_entropy_interval=float(integer("KV_ANTI_ENTROPY_INTERVAL_S", 0, 86400)),
         read_repair_chance=integer("KV_READ_REPAIR_PERCENT", 0, 100) / 100,
+        max_clock_offset_ms=max_clock_offset_ms,
         log_commands=log_commands,
         log_level=log_level,
     )

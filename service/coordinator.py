@@ -43,7 +43,17 @@ from client.protocol import Record, Version
 from service.placement import Placement
 from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumRound
 from service.read_plan import ReadPlan, asks_all, read_targets
-from service.versioning import HybridLogicalClock
+from service.versioning import ClockSkew, HybridLogicalClock
+
+HINT_AFTER = 0.25
+"""The share of the request timeout (0.5 s by default) a write waits for a replica before it gives
+up on it and hands its copy to a fallback as a hint, as for a replica that is down. A replica that
+accepts the write but does not answer (paused, swapping) must not hold every write to its keys for
+the whole timeout; if its answer comes after all, the copy is merely stored twice, under one version."""
+MAX_RESTAMPS = 2
+"""Times a write is stamped again above a newer version a replica reported. One restamp suffices
+against clocks that disagree (the new stamp is above every version the replicas held); a newer
+version met after it was written concurrently, and a second restamp is slack for races."""
 
 
 class MustWait(Exception):
@@ -65,8 +75,10 @@ class Replica(Protocol):
         """The replica's record for ``key``, or ``None``."""
         ...
 
-    def write(self, key: bytes, record: Record) -> object:
-        """Store ``record`` durably (unless the replica holds a newer one); raise if it cannot."""
+    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+        """Store ``record`` durably, unless the replica holds a newer version: return that version
+        (the replica keeps it), else ``None``. Raise if it cannot, or (over the network) if it does
+        not answer within ``timeout`` seconds."""
         ...
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> object:
@@ -86,6 +98,14 @@ class CoordinatorEvents:
     def read_repair(self, key: bytes, node_id: str, ok: bool) -> None:
         """A stale replica was (or could not be) sent the newest version after a read."""
 
+    def write_restamped(self, key: bytes, superseded: Version, newer: Version) -> None:
+        """A write stamped ``superseded`` found a replica holding ``newer`` (a clock behind another
+        node's) and was stamped again above it."""
+
+    def clock_skew_refused(self, source: str, reason: str) -> None:
+        """A write was refused: its ``after``, or a version it met, was too far ahead of this clock,
+        or this node's own clock is fenced (``source`` says which)."""
+
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
@@ -97,6 +117,8 @@ class CoordinatorSettings:
     """Share of reads (0..1) that ask every replica up, not only R (``KV_READ_REPAIR_PERCENT``)."""
     chance: Callable[[], float] = random.random
     """Draws the read repair lottery, uniform in [0, 1) (tests fix it)."""
+    clock_fenced: Callable[[], str | None] = lambda: None
+    """Why this node's clock must not stamp writes now, or ``None`` (``ClockOffsets.fenced``)."""
 
 
 class FanOut:
@@ -175,6 +197,8 @@ class Coordinator:
         self.events = events or CoordinatorEvents()
         self.read_repair_chance = settings.read_repair_chance
         self._chance = settings.chance
+        self._clock_fenced = settings.clock_fenced
+        self._hint_after = settings.timeout * HINT_AFTER
         # Looked up once: every request uses them.
         self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
         self._local = replicas.get(self.node_id)
@@ -209,7 +233,7 @@ class Coordinator:
         """Return this node's own ``record``; if the read was drawn to ask every replica, ask the
         others in the background and repair what they hold."""
         if record is not None:
-            self.clock.observe(record.version.timestamp)
+            self.clock.observe_within_bound(record.version.timestamp)
         if ask_all and len(targets) > 1:
             plan = ReadPlan(targets, 1, ask_all=True, now=time.monotonic(), timeout=self.timeout)
             plan.on_success(self.node_id, record)
@@ -228,7 +252,7 @@ class Coordinator:
         answer = self._settle(fan, plan)
         assert isinstance(answer, Answer)
         if answer.record is not None:
-            self.clock.observe(answer.record.version.timestamp)
+            self.clock.observe_within_bound(answer.record.version.timestamp)
         if plan.needs_repair:
             gevent.spawn(self._repair_after_read, key, fan, plan)
         return answer.record
@@ -261,7 +285,7 @@ class Coordinator:
 
     def put(self, key: bytes, value: bytes, w: int, after: int = 0) -> Version:
         """Write ``value`` to the key's replicas, stamped above ``after``; return its version once
-        ``w`` have it. Raises ``QuorumFailure``."""
+        ``w`` have it. Raises ``QuorumFailure``, or ``ClockSkew`` (see ``_write``)."""
         return self._write(key, value, w, after)
 
     def delete(self, key: bytes, w: int, after: int = 0) -> Version:
@@ -269,10 +293,47 @@ class Coordinator:
         return self._write(key, None, w, after)
 
     def _write(self, key: bytes, value: bytes | None, w: int, after: int) -> Version:
-        self.clock.observe(after)
-        record = Record(Version(self.clock.now(), self.node_id), value)
+        """Stamp the write and send it to the key's replicas until ``w`` have it.
+
+        A write is never acknowledged while it loses to a version stamped earlier in real time. A
+        replica that holds a newer version than the write's says so (``Replica.write`` returns it);
+        that happens when another node's clock runs ahead of this one's, so the version the replica
+        holds may well be older in real time. The write is then stamped again above it and sent
+        again, up to ``MAX_RESTAMPS`` times; a newer version met after a restamp was written while
+        this write was under way (a concurrent write, which last-writer-wins may order either way).
+
+        Raises ``ClockSkew``, writing nothing, when ``after`` is too far ahead of this node's clock,
+        when a replica's newer version is (so stamping above it would drag the clock there), or when
+        this node's own clock disagrees with its peers' (``CoordinatorSettings.clock_fenced``).
+        """
+        fenced = self._clock_fenced()
+        if fenced is not None:
+            self.events.clock_skew_refused("fenced", fenced)
+            raise ClockSkew(fenced)
+        self._observe(after, "after")
+        for attempt in range(MAX_RESTAMPS + 1):
+            record = Record(Version(self.clock.now(), self.node_id), value)
+            newer = self._write_round(key, record, w)
+            if newer is None or attempt == MAX_RESTAMPS:
+                return record.version
+            self._observe(newer.timestamp, "replica_version")
+            self.events.write_restamped(key, record.version, newer)
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _observe(self, timestamp: int, source: str) -> None:
+        try:
+            self.clock.observe(timestamp)
+        except ClockSkew as exc:
+            self.events.clock_skew_refused(source, str(exc))
+            raise
+
+    def _write_round(self, key: bytes, record: Record, w: int) -> Version | None:
+        """Send ``record`` to the key's replicas (a fallback takes a hint for one that is down or
+        fails) until ``w`` acked; return the newest version an acking replica holds instead, if
+        any is newer than ``record``'s. Raises ``QuorumFailure``."""
         owners = self._ring.owners(key)
         preferred, fallbacks = owners[: self._n], list(owners[self._n :])
+        newer: list[Version] = []
 
         def next_fallback() -> str | None:
             # Shared by every owner's greenlet: each fallback node is claimed by one owner only, so
@@ -286,13 +347,18 @@ class Coordinator:
         def write_to(owner: str) -> str:
             failure = f"{owner} is down"
             if not self._is_down(owner):
+                # With a fallback left to take a hint, a replica that does not answer soon is given
+                # up on; with none, it is waited for until the request's deadline.
+                patience = self._hint_after if fallbacks else None
                 try:
-                    self.replicas[owner].write(key, record)
+                    held = self.replicas[owner].write(key, record, timeout=patience)
                 except Exception as exc:
                     self.events.replica_write(owner, False)
                     failure = str(exc) or type(exc).__name__
                 else:
                     self.events.replica_write(owner, True)
+                    if held is not None:
+                        newer.append(held)
                     return owner
             while (holder := next_fallback()) is not None:
                 try:
@@ -306,7 +372,7 @@ class Coordinator:
 
         quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
         self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
-        return record.version
+        return max(newer, default=None)
 
     # --- the loop around a round ------------------------------------------------------------------
 

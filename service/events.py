@@ -14,15 +14,19 @@ from typing import Any
 
 from client.protocol import PeerState
 from service.anti_entropy import AntiEntropyEvents, RoundResult
+from service.clock_offsets import ClockOffsets, OffsetSample
 from service.coordinator import CoordinatorEvents
 from service.handoff import HandoffEvents
 from service.local_store import LocalStore, StoreEvents
 from service.logging import printable_key
 from service.metrics import Metrics
-from service.peers import Peer
+from service.peers import MonitorEvents, Peer
+
+OFFSET_LOG_INTERVAL_MS = 60_000
+"""A peer's clock offset is logged at most once a minute while it stays above half the maximum."""
 
 
-class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents):
+class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents, MonitorEvents):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
 
     ``hint_window_s`` is only quoted in the log line for expired hints.
@@ -33,6 +37,10 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self.log = log
         self._hint_window_s = hint_window_s
         self._pending_hints: Callable[[], int] = lambda: 0  # until ``track`` names the store
+        self.on_peer_up: Callable[[str], None] = lambda peer: None
+        """Called when a peer comes up (the node wakes hinted handoff)."""
+        self._offset_logged_at: dict[str, int] = {}
+        self._fenced: str | None = None
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
         """Read the store's key and hint counts at each scrape; show every peer as not up until the
@@ -49,10 +57,42 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         fields = {"peer": peer.node_id, "address": peer.node.address, "previous": old.name.lower()}
         if new is PeerState.UP:
             self.log.info("peer_up", **fields)
+            self.on_peer_up(peer.node_id)
         elif new is PeerState.SUSPECT:
             self.log.warning("peer_suspect", reason=peer.last_error, **fields)
         else:
             self.log.warning("peer_down", reason=peer.last_error, **fields)
+
+    def clock_offset(self, peer: str, sample: OffsetSample, offsets: ClockOffsets) -> None:
+        self.metrics.peer_clock_offset.labels(peer).set(sample.offset_ms / 1000)
+        large = abs(sample.offset_ms) - sample.uncertainty_ms > offsets.max_offset_ms / 2
+        last = self._offset_logged_at.get(peer)
+        if large and (last is None or sample.measured_at_ms - last >= OFFSET_LOG_INTERVAL_MS):
+            self._offset_logged_at[peer] = sample.measured_at_ms
+            log = self.log.error if offsets.beyond_bound(peer) else self.log.warning
+            log(
+                "peer_clock_offset",
+                peer=peer,
+                offset_ms=round(sample.offset_ms, 1),
+                uncertainty_ms=round(sample.uncertainty_ms, 1),
+                max_offset_ms=offsets.max_offset_ms,
+            )
+        elif not large and last is not None:
+            del self._offset_logged_at[peer]
+            self.log.info("peer_clock_offset_normal", peer=peer, offset_ms=round(sample.offset_ms, 1))
+        fenced = offsets.fenced()
+        if (fenced is None) != (self._fenced is None):
+            self.metrics.clock_fenced.set(0 if fenced is None else 1)
+            if fenced is None:
+                self.log.info("clock_fence_lifted", offsets_ms={p: round(o, 1) for p, o in offsets.offsets().items()})
+            else:
+                self.log.error("clock_fenced", reason=fenced)
+        self._fenced = fenced
+
+    def clock_skew_refused(self, source: str, reason: str) -> None:
+        """A timestamp from ``source`` (``after``, ``replica_write``, ``hint``) was too far ahead."""
+        self.metrics.clock_skew_refusals.labels(source).inc()
+        self.log.warning("clock_skew_refused", source=source, reason=reason)
 
     def task_failed(self, name: str, error: Exception) -> None:
         """A pass of background task ``name`` raised; the task runs again at its next interval."""

@@ -20,7 +20,7 @@ from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
 from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import StorageError
-from service.versioning import wall_clock_ms
+from service.versioning import ClockSkew
 
 
 class RequestError(Exception):
@@ -77,6 +77,8 @@ class RequestHandler:
             return protocol.encode_error(request_id, exc.status, exc.message)
         except QuorumFailure as exc:
             return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
+        except ClockSkew as exc:
+            return protocol.encode_error(request_id, Status.CLOCK_SKEW, str(exc))
         except StorageError as exc:
             return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
         return protocol.encode_response(request_id, status, body)
@@ -108,8 +110,7 @@ class RequestHandler:
                 self._check_key(key)
                 if record.value is not None:
                     self._check_value(record.value)
-                self.store.write(key, record)
-                return Status.OK, b""
+                return Status.OK, protocol.encode_replica_put_reply(self.store.write(key, record))
             case protocol.HintedPut(key, record, owner):
                 self._check_key(key)
                 if record.value is not None:
@@ -129,7 +130,9 @@ class RequestHandler:
                 return Status.OK, protocol.encode_members_reply(self.members())
             case protocol.Ping():
                 flags = protocol.PING_FLAG_STORAGE_FULL if self.store.storage_full else 0
-                return Status.OK, protocol.encode_ping_reply(protocol.PingReply(wall_clock_ms(), flags))
+                return Status.OK, protocol.encode_ping_reply(
+                    protocol.PingReply(self.coordinator.clock.physical_now(), flags)
+                )
             case protocol.Topology():
                 return Status.OK, self._topology_body
             case protocol.Hello():

@@ -48,7 +48,11 @@ class HandoffSettings:
     window_s: float
     """Seconds a hint is kept (``KV_HINT_WINDOW_S``); older ones are dropped undelivered."""
     now_ms: Callable[[], int] = wall_clock_ms
-    """The wall clock in milliseconds, as the hints' creation times were stamped (tests fake it)."""
+    """The clock hints' creation times were stamped on, in Unix milliseconds: the node gives its
+    steady clock, which ignores wall-clock jumps (tests fake it)."""
+    may_expire: Callable[[], bool] = lambda: True
+    """Whether this node's clock is trusted enough to drop hints as expired now
+    (``ClockOffsets.trusted``); while it is not, old hints are kept (and still delivered)."""
 
 
 class HintedHandoff:
@@ -72,6 +76,7 @@ class HintedHandoff:
         self.window_ms = int(settings.window_s * 1000)
         self.events = events or HandoffEvents()
         self.now_ms = settings.now_ms
+        self._may_expire = settings.may_expire
 
     def run_pass(self) -> None:
         """Deliver (or expire) the hints held for each owner; a failed send ends that owner's part,
@@ -88,9 +93,11 @@ class HintedHandoff:
                 hints = self.store.hints_for(owner, BATCH)
                 if not hints:
                     return
-                now_ms = self.now_ms()
-                stale = [hint for hint in hints if now_ms - hint.created_ms > self.window_ms]
-                fresh = [hint for hint in hints if now_ms - hint.created_ms <= self.window_ms]
+                now_ms, expiring = self.now_ms(), self._may_expire()
+                stale: list[Hint] = []
+                fresh: list[Hint] = []
+                for hint in hints:
+                    (stale if expiring and now_ms - hint.created_ms > self.window_ms else fresh).append(hint)
                 expired += self._drop(stale)
                 if not fresh:
                     continue

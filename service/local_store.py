@@ -17,13 +17,13 @@ storage knows nothing of frame sizes and the handler nothing of storage keys.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from client import protocol
 from client.protocol import KeyVersion, PartitionKeysReply, Record, Version, listing_size
-from service.group_commit import GroupCommitter, Starter, start_in_threadpool
+from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
 from service.storage import MAX_CURSOR_BYTES, DropHint, Hint, PurgeTombstone, PutHint, PutRecord, Storage
-from service.versioning import HybridLogicalClock, wall_clock_ms
+from service.versioning import ClockSkew, HybridLogicalClock, wall_clock_ms
 
 LISTING_PAGE_BYTES = 256 * 1024
 """Largest PARTITION_KEYS page: large enough that a typical partition is one round trip."""
@@ -65,12 +65,18 @@ class StoreEvents:
     def hint_stored(self, owner: str, key: bytes) -> None:
         """A write meant for ``owner`` is now held here as a hint."""
 
+    def clock_skew_refused(self, source: str, reason: str) -> None:
+        """A version from ``source`` (``replica_write``, ``hint``) was refused: too far ahead."""
+
 
 class LocalStore:
     """This node's records and hints, behind one object; every write goes through group commit.
 
-    ``start`` decides where commits run (see ``group_commit``): in a native thread when each commit
-    fsyncs, inline when it does not. Writes block the calling greenlet until their batch commits.
+    Commits run in a native thread when each one fsyncs, inline when it does not (see
+    ``group_commit``). Writes block the calling greenlet until their batch commits. ``clock`` is
+    this node's HLC: it observes every version written here, and refuses one too far ahead of it
+    (``ClockSkew``). ``now_ms`` stamps a hint's creation, on the clock its age is later measured by
+    (``versioning.NodeClock.steady_ms``, which ignores wall-clock jumps).
     """
 
     reads_block = False
@@ -82,11 +88,12 @@ class LocalStore:
         storage: Storage,
         clock: HybridLogicalClock,
         *,
-        start: Starter = start_in_threadpool,
+        now_ms: Callable[[], int] = wall_clock_ms,
         events: StoreEvents | None = None,
     ) -> None:
         self.node_id = node_id
-        self.committer = GroupCommitter(storage, start)
+        self.committer = GroupCommitter(storage, start_in_threadpool if storage.syncs_on_commit else start_inline)
+        self._now_ms = now_ms
         self._storage = storage
         self._clock = clock
         self._events = events or StoreEvents()
@@ -101,19 +108,32 @@ class LocalStore:
     def read(self, key: bytes) -> Record | None:
         return self._storage.get(key)
 
-    def write(self, key: bytes, record: Record) -> bool:
-        """Store ``record`` durably if newer than the key's; return whether it was stored."""
+    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+        """Store ``record`` durably unless the key holds a newer version; return that newer version,
+        or ``None`` when ``record`` was stored (or was already). Raises ``ClockSkew`` for a version
+        too far ahead of this node's clock, storing nothing. ``timeout`` is not used: the
+        coordinator bounds a local write itself (``FanOut``'s inline timeout)."""
         # Observing every version written keeps this node's clock ahead of all data it holds, so its
         # own later writes to these keys are ordered after them.
-        self._clock.observe(record.version.timestamp)
-        return self.committer.submit(PutRecord(key, record))
+        self._observe(record, "replica_write")
+        put = PutRecord(key, record)
+        self.committer.submit(put)
+        return put.held if put.held is not None and put.held > record.version else None
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> bool:
-        """Hold ``record`` durably for ``owner`` until the handoff delivers it."""
-        self._clock.observe(record.version.timestamp)
-        stored = self.committer.submit(PutHint(owner, key, record, wall_clock_ms()))
+        """Hold ``record`` durably for ``owner`` until the handoff delivers it. Raises ``ClockSkew``
+        as ``write`` does."""
+        self._observe(record, "hint")
+        stored = self.committer.submit(PutHint(owner, key, record, self._now_ms()))
         self._events.hint_stored(owner, key)
         return stored
+
+    def _observe(self, record: Record, source: str) -> None:
+        try:
+            self._clock.observe(record.version.timestamp)
+        except ClockSkew as exc:
+            self._events.clock_skew_refused(source, str(exc))
+            raise
 
     # --- hints ------------------------------------------------------------------------------------
 

@@ -106,6 +106,24 @@ class Metrics:
             ["peer", "status"],
         )
         self.registry.register(self.replica_writes)
+        self.peer_clock_offset = Gauge(
+            "kv_peer_clock_offset_seconds",
+            "The peer's wall clock minus this node's, measured by the last heartbeat (Cristian's algorithm)",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.clock_fenced = Gauge(
+            "kv_clock_fenced",
+            "1 while this node's clock disagrees with most peers by more than KV_MAX_CLOCK_OFFSET_MS "
+            "(it then refuses to stamp writes)",
+            registry=self.registry,
+        )
+        self.clock_skew_refusals = Counter(
+            "kv_clock_skew_refusals",
+            "Requests refused because a timestamp was too far ahead of this node's clock, by what carried it",
+            ["source"],
+            registry=self.registry,
+        )
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
         self.hints_pending = Gauge(
             "kv_hints_pending", "Writes held here for other nodes, waiting for delivery", registry=self.registry

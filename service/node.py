@@ -15,11 +15,11 @@ import time
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
+from service.clock_offsets import ClockOffsets
 from service.config import Config
 from service.coordinator import Coordinator, CoordinatorSettings
 from service.events import NodeEvents
 from service.failure_detector import FailureDetector
-from service.group_commit import start_in_threadpool, start_inline
 from service.handler import RequestHandler
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffSettings, HintedHandoff
@@ -32,7 +32,7 @@ from service.periodic import Periodic
 from service.placement import Placement
 from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
-from service.versioning import HybridLogicalClock
+from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -46,10 +46,13 @@ class Node:
     """One node: its parts built from ``config``, started by ``start`` and drained by ``stop``.
 
     ``listener``: an already bound socket to serve the protocol on (tests bind port 0 first);
-    without it the node binds ``KV_HOST:KV_PORT``. What the parts report goes to ``events``.
+    without it the node binds ``KV_HOST:KV_PORT``. ``clock``: the node's sense of time (tests skew
+    it); by default the system's. What the parts report goes to ``events``.
     """
 
-    def __init__(self, config: Config, *, listener: socket.socket | None = None) -> None:
+    def __init__(
+        self, config: Config, *, listener: socket.socket | None = None, clock: NodeClock | None = None
+    ) -> None:
         self.config = config
         self.log = get_logger()
         self.metrics = Metrics()
@@ -58,13 +61,22 @@ class Node:
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
             self.log.info("partition_digests_rebuilt", records=records, seconds=round(seconds, 3))
-        self.clock = HybridLogicalClock(last=self.storage.max_timestamp)
+        self.node_clock = clock or NodeClock()
+        # The clock resumes above every version this node stored (each passed the offset check when
+        # it was written), so its own next writes are ordered after them even if the wall clock was
+        # stepped back while it was down; the heartbeats then show the offset to its peers.
+        self.clock = HybridLogicalClock(
+            self.node_clock.wall_ms, last=self.storage.max_timestamp, max_offset_ms=config.max_clock_offset_ms
+        )
+        ahead_ms = physical_ms(self.storage.max_timestamp) - self.node_clock.wall_ms()
+        if ahead_ms > config.max_clock_offset_ms:
+            self.log.warning(
+                "stored_versions_ahead_of_clock",
+                ahead_ms=ahead_ms,
+                hint="was this machine's clock stepped back? the node keeps stamping above its data",
+            )
         self.store = LocalStore(
-            config.node_id,
-            self.storage,
-            self.clock,
-            start=start_in_threadpool if config.fsync_always else start_inline,
-            events=self.events,
+            config.node_id, self.storage, self.clock, now_ms=self.node_clock.steady_ms, events=self.events
         )
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
@@ -74,12 +86,19 @@ class Node:
         self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
         self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
-        self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed)
+        self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
+        self.monitor = PeerMonitor(
+            self.peers.values(), self.detector, self.events, self.offsets, self.node_clock.wall_ms
+        )
         self.events.track(self.store, self.peers)
+        # Hints held for a peer that came back can go now, not at the next pass.
+        self.events.on_peer_up = lambda peer: self.tasks["hinted_handoff"].wake()
 
-        placement = Placement(self.ring, config.n, self.detector.is_down)
+        placement = Placement(self.ring, config.n, self._unavailable)
         self.coordinator = Coordinator(
-            CoordinatorSettings(config.node_id, config.request_timeout, config.read_repair_chance),
+            CoordinatorSettings(
+                config.node_id, config.request_timeout, config.read_repair_chance, clock_fenced=self.offsets.fenced
+            ),
             placement,
             {config.node_id: self.store, **self.peers},
             self.clock,
@@ -89,14 +108,20 @@ class Node:
             self.store,
             self.peers,
             lambda node_id: self.detector.state(node_id) is PeerState.UP,
-            HandoffSettings(config.hint_window),
+            HandoffSettings(config.hint_window, self.node_clock.steady_ms, may_expire=self.offsets.trusted),
             events=self.events,
         )
         self.anti_entropy = AntiEntropy(
             self.store,
             placement,
             self.peers,
-            AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
+            AntiEntropySettings(
+                config.tombstone_grace,
+                config.anti_entropy_interval,
+                config.max_frame_bytes,
+                now_ms=self.node_clock.steady_ms,
+                may_purge=self.offsets.trusted,
+            ),
             events=self.events,
         )
         self.server = ProtocolServer(
@@ -197,10 +222,13 @@ class Node:
             view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
         return view
 
+    def _unavailable(self, node_id: str) -> bool:
+        """Whether requests should go around ``node_id``: the failure detector sees it down, or it
+        leaves requests unanswered (``Peer.stalled``) before the detector has noticed."""
+        if self.detector.is_down(node_id):
+            return True
+        peer = self.peers.get(node_id)
+        return peer is not None and peer.stalled()
+
     def _peer_request_failed(self, node_id: str) -> None:
         self.monitor.request_failed(node_id)  # the monitor is built after the peers it watches
-
-    def _peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
-        self.events.peer_state_changed(peer, old, new)
-        if new is PeerState.UP:  # hints held for it can go now, not at the next pass
-            self.tasks["hinted_handoff"].wake()

@@ -19,10 +19,14 @@ import gevent
 from client import protocol
 from client.connection import Connection, Framing
 from client.errors import KVError, NodeUnreachableError
-from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
+from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status, Version
 from client.transport import ConnectionSlot
+from service.clock_offsets import ClockOffsets, OffsetSample
 from service.failure_detector import FailureDetector
 
+STALLED_AFTER = 0.25
+"""The share of the request timeout (0.5 s by default) a peer may leave requests unanswered before
+it counts as stalled: far above a healthy round trip, far below the failure detector's 5 s."""
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
 
@@ -74,8 +78,12 @@ class Peer:
         frame = self.call(protocol.ReplicaGet(key))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
-    def write(self, key: bytes, record: Record) -> None:
-        self.call(protocol.ReplicaPut(key, record))
+    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+        """Store ``record`` on the peer; the newer version it holds instead, or ``None`` (see
+        ``LocalStore.write``). A CLOCK_SKEW refusal raises ``ClockSkewError``; no reply within
+        ``timeout`` seconds (default: the request timeout) raises ``RequestTimeoutError``."""
+        frame = self.call(protocol.ReplicaPut(key, record), timeout=timeout)
+        return protocol.decode_replica_put_reply(frame.body)
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
         self.call(protocol.HintedPut(key, record, owner))
@@ -105,6 +113,13 @@ class Peer:
             self.last_error = exc.message
         return None
 
+    def stalled(self) -> bool:
+        """Whether requests to the peer have gone unanswered, with nothing heard from it, for more
+        than ``STALLED_AFTER`` of the request timeout: a paused or swapping node, which the failure
+        detector will only call down seconds later. The coordinator routes around it meanwhile."""
+        connection = self._slot.connection
+        return connection is not None and connection.stalled(self._request_timeout * STALLED_AFTER)
+
     def close(self) -> None:
         self._slot.close()
 
@@ -125,35 +140,56 @@ class Peer:
         return connection
 
 
-class PeerMonitor:
-    """Heartbeats: ``beat`` pings every peer at once and keeps the failure detector current.
+class MonitorEvents:
+    """What the heartbeat monitor reports; ``events.NodeEvents`` turns these into metrics and logs."""
 
-    ``on_change(peer, old, new)`` runs for every state change, whatever noticed it.
-    """
+    def peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
+        """The failure detector moved ``peer`` from ``old`` to ``new``, whatever noticed it."""
+
+    def clock_offset(self, peer: str, sample: OffsetSample, offsets: ClockOffsets) -> None:
+        """A heartbeat measured ``peer``'s clock offset (``sample``); ``offsets`` holds the verdicts."""
+
+
+class PeerMonitor:
+    """Heartbeats: ``beat`` pings every peer at once, keeps the failure detector current, and
+    measures each peer's clock offset from its PING reply (``offsets``, on this node's ``wall_ms``)."""
 
     def __init__(
         self,
         peers: Iterable[Peer],
         detector: FailureDetector,
-        on_change: Callable[[Peer, PeerState, PeerState], None],
+        events: MonitorEvents,
+        offsets: ClockOffsets,
+        wall_ms: Callable[[], int],
     ) -> None:
         self._peers = {peer.node_id: peer for peer in peers}
         self._detector = detector
-        self._on_change = on_change
+        self._events = events
+        self._offsets = offsets
+        self._wall_ms = wall_ms
 
     def request_failed(self, node_id: str) -> None:
         """A request to ``node_id`` failed to reach it: evidence for the detector."""
         self._report(self._detector.failure(node_id))
 
     def beat(self) -> None:
-        """One heartbeat round: ping every peer at once, then update the detector."""
-        pings = {node_id: gevent.spawn(peer.ping) for node_id, peer in self._peers.items()}
+        """One heartbeat round: ping every peer at once, then update the detector and the offsets."""
+        pings = {node_id: gevent.spawn(self._ping, peer) for node_id, peer in self._peers.items()}
         gevent.joinall(list(pings.values()))
         for node_id, ping in pings.items():
             answered = ping.value is not None
             self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
+            if answered:
+                sent_ms, received_ms, reply = ping.value
+                sample = self._offsets.record(node_id, sent_ms, received_ms, reply.wall_ms)
+                self._events.clock_offset(node_id, sample, self._offsets)
         self._report(self._detector.evaluate())
+
+    def _ping(self, peer: Peer) -> tuple[int, int, protocol.PingReply] | None:
+        sent_ms = self._wall_ms()
+        reply = peer.ping()
+        return None if reply is None else (sent_ms, self._wall_ms(), reply)
 
     def _report(self, changes: list[tuple[str, PeerState, PeerState]]) -> None:
         for node_id, old, new in changes:
-            self._on_change(self._peers[node_id], old, new)
+            self._events.peer_state_changed(self._peers[node_id], old, new)

@@ -83,7 +83,7 @@ class PutRecord:
     against the event loop, and every write in its batch waits for it.
     """
 
-    __slots__ = ("encoded", "key", "record", "record_hash", "skey")
+    __slots__ = ("encoded", "held", "key", "record", "record_hash", "skey")
     __match_args__ = ("key", "record")
 
     def __init__(self, key: bytes, record: Record) -> None:
@@ -92,6 +92,9 @@ class PutRecord:
         self.skey = storage_key(key)
         self.encoded = encode_stored(key, record)
         self.record_hash = record_hash(self.skey, record.version, record.value is None)
+        self.held: Version | None = None
+        """After the commit: the version the key held when that was not older (so the put changed
+        nothing), else ``None``."""
 
     def __repr__(self) -> str:
         return f"PutRecord({self.key!r}, {self.record!r})"
@@ -426,6 +429,7 @@ class _Batch:
         raw = txn.get(skey)
         current = None if raw is None else stored_version(raw)
         if current is not None and version <= current[0]:
+            put.held = current[0]
             return False
         txn.put(skey, put.encoded)
         self.live_keys += (put.record.value is not None) - (current is not None and not current[1])

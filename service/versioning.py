@@ -8,10 +8,20 @@ when the writer's wall clock is behind.
 
 The highest version wins; a tombstone is an ordinary record whose value is ``None``, so a delete
 beats every older write and loses to every newer one. Pure: the wall clock is injected.
+
+Clocks that disagree. An HLC follows the highest timestamp it observes, so one bogus timestamp far
+in the future (a client's ``after`` of 2^64-1, a peer whose clock jumped a day ahead) would drag
+every node's clock there for good, and every later write would lose to the versions stamped before
+it. So a clock may be given a maximum offset (``KV_MAX_CLOCK_OFFSET_MS``, CockroachDB's
+``--max-offset``): a timestamp further ahead of this node's own clock than that is refused with
+``ClockSkew`` instead of observed. ``NodeClock`` is the node's own clock: a wall clock that never
+steps back while the process runs, and a steady clock for ages (hints, tombstones) that ignores
+the wall clock's jumps either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -26,21 +36,78 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class ClockSkew(Exception):
+    """A timestamp is further ahead of this node's clock than the maximum clock offset allows; the
+    message says by how much. The node answers CLOCK_SKEW."""
+
+
+class NodeClock:
+    """This node's sense of time, in Unix milliseconds, from an injected wall clock and monotonic clock.
+
+    * ``wall_ms``: the wall clock, except that it never steps back while the process runs (an NTP
+      step backwards is ridden out on the monotonic clock). The physical part of this node's HLC
+      timestamps, and what "too far ahead" is measured against.
+    * ``steady_ms``: the wall clock at start plus the monotonic time since, so it does not follow
+      the wall clock's jumps in either direction while the process runs. Ages are measured on it
+      (a hint's, a tombstone's), so a clock stepped forward by a day expires nothing early.
+    """
+
+    def __init__(self, wall: Callable[[], int] = wall_clock_ms, monotonic: Callable[[], int] = monotonic_ms) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._anchor_wall = wall()
+        self._anchor_monotonic = monotonic()
+
+    def steady_ms(self) -> int:
+        return self._anchor_wall + self._monotonic() - self._anchor_monotonic
+
+    def wall_ms(self) -> int:
+        return max(self._wall(), self.steady_ms())
+
+
 def physical_ms(timestamp: int) -> int:
     """The wall-clock milliseconds part of an HLC timestamp."""
     return timestamp >> LOGICAL_BITS
 
 
 class HybridLogicalClock:
-    """Issues strictly increasing timestamps that never fall behind any timestamp observed."""
+    """Issues strictly increasing timestamps that never fall behind any timestamp observed.
 
-    def __init__(self, now_ms: Callable[[], int] = wall_clock_ms, last: int = 0) -> None:
+    ``now_ms`` is the physical clock (Unix ms); ``last`` the timestamp to resume above (the highest
+    stored, after a restart). With ``max_offset_ms``, ``observe`` refuses a timestamp whose
+    milliseconds are more than that far ahead of ``now_ms()`` (``ClockSkew``); without it (``None``)
+    every timestamp is observed.
+    """
+
+    def __init__(
+        self, now_ms: Callable[[], int] = wall_clock_ms, last: int = 0, *, max_offset_ms: int | None = None
+    ) -> None:
         self._now_ms = now_ms
         self._last = last
+        self.max_offset_ms = max_offset_ms
 
     @property
     def last(self) -> int:
         return self._last
+
+    def physical_now(self) -> int:
+        """The physical clock now, in Unix milliseconds (what a PING reply reports)."""
+        return self._now_ms()
+
+    def check(self, timestamp: int) -> None:
+        """Raise ``ClockSkew`` if ``timestamp`` is further ahead of this clock than the maximum offset."""
+        if self.max_offset_ms is None:
+            return
+        ahead_ms = physical_ms(timestamp) - self._now_ms()
+        if ahead_ms > self.max_offset_ms:
+            raise ClockSkew(
+                f"timestamp {timestamp} is {ahead_ms / 1000:.3f} s ahead of this node's clock; "
+                f"the most allowed is KV_MAX_CLOCK_OFFSET_MS={self.max_offset_ms}"
+            )
 
     def now(self) -> int:
         """A timestamp greater than every one issued or observed before."""
@@ -53,9 +120,17 @@ class HybridLogicalClock:
         return self._last
 
     def observe(self, timestamp: int) -> None:
-        """Fold in a timestamp seen from another node, so later ``now()`` values exceed it."""
+        """Fold in a timestamp seen from another node, so later ``now()`` values exceed it; raise
+        ``ClockSkew`` (observing nothing) if it is too far ahead (``check``)."""
         if timestamp > self._last:
+            self.check(timestamp)
             self._last = min(timestamp, MAX_TIMESTAMP)
+
+    def observe_within_bound(self, timestamp: int) -> None:
+        """``observe``, except that a timestamp too far ahead is ignored rather than refused: for
+        versions a read returns, which must not fail the read."""
+        with contextlib.suppress(ClockSkew):
+            self.observe(timestamp)
 
 
 def supersedes(candidate: Record, current: Record | None) -> bool:
@@ -73,9 +148,12 @@ def newest(records: Iterable[Record | None]) -> Record | None:
 
 
 __all__ = [
+    "ClockSkew",
     "HybridLogicalClock",
+    "NodeClock",
     "Record",
     "Version",
+    "monotonic_ms",
     "newest",
     "physical_ms",
     "supersedes",

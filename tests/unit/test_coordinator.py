@@ -55,9 +55,9 @@ class FakeReplica:
         self.reads = 0
         self.before_failing: Event | None = None  # a failing replica waits for this before raising
 
-    def _wait(self) -> None:
-        if self.gate is not None:
-            self.gate.wait()
+    def _wait(self, timeout: float | None = None) -> None:
+        if self.gate is not None and not self.gate.wait(timeout):
+            raise TimeoutError(f"{self.node_id} did not answer within {timeout} s")
         if self.error is not None:
             if self.before_failing is not None:
                 self.before_failing.wait()
@@ -68,14 +68,16 @@ class FakeReplica:
         self._wait()
         return self.records.get(key)
 
-    def write(self, key: bytes, record: Record) -> None:
-        self._wait()
+    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+        self._wait(timeout)
         if self.write_error is not None:
             raise self.write_error
         self.writes.append((key, record))
         current = self.records.get(key)
         if current is None or record.version > current.version:
             self.records[key] = record
+            return None
+        return current.version if current.version > record.version else None
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
         self._wait()
@@ -220,8 +222,8 @@ def test_write_is_unavailable_as_soon_as_too_many_replicas_fail(gates: list[Even
     harness = Harness([ok, failing, hanging], timeout=5.0)
     original_write = ok.write
 
-    def write_then_signal(key: bytes, rec: Record) -> None:
-        original_write(key, rec)
+    def write_then_signal(key: bytes, rec: Record, *, timeout: float | None = None) -> None:
+        original_write(key, rec, timeout=timeout)
         acked.set()
 
     ok.write = write_then_signal  # type: ignore[method-assign]

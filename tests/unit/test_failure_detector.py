@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.protocol import PeerState, PingReply
+from service.clock_offsets import ClockOffsets
 from service.failure_detector import DOWN_AFTER, SUSPECT_AFTER, FailureDetector
-from service.peers import PeerMonitor
+from service.peers import MonitorEvents, Peer, PeerMonitor
 from service.versioning import wall_clock_ms
 
 UP, SUSPECT, DOWN = PeerState.UP, PeerState.SUSPECT, PeerState.DOWN
@@ -279,10 +280,19 @@ class MonitorHarness:
         self.peers = {peer.node_id: peer for peer in peers}
         self.detector = FailureDetector(self.peers, self.clock, suspect_after=2.0, down_after=5.0)
         self.changes: list[tuple[str, PeerState, PeerState]] = []
+        self.offsets = ClockOffsets(self.peers, max_offset_ms=500, now_ms=wall_clock_ms)
+        harness = self
+
+        class Events(MonitorEvents):
+            def peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
+                harness.changes.append((peer.node_id, old, new))
+
         self.monitor = PeerMonitor(
             peers,  # type: ignore[arg-type]
             self.detector,
-            lambda peer, old, new: self.changes.append((peer.node_id, old, new)),
+            Events(),
+            self.offsets,
+            wall_clock_ms,
         )
 
 

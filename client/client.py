@@ -47,6 +47,12 @@ SPECULATIVE_READ_AFTER = 0.25
 """Seconds a GET waits for its node before it is also sent to the next one (speculative retry); the
 first answer wins. Only reads are repeated: a write sent twice could be applied a second time
 later, after a newer write of the same key, by a node that was paused while it sat in its queue."""
+STALLED_GIVE_UP = 1.0
+"""Seconds a write waits on a node that answers nothing at all (``Connection.stalled``) before it
+fails with TIMEOUT rather than wait out the whole timeout: the node is paused or swapping, every
+other request already goes around it, and a lane held for the full timeout would halve a client's
+throughput for that long. The write may still be applied when the node wakes, as any write that
+timed out may."""
 DEFAULT_TIMEOUT = 5.0
 """Seconds to wait for a reply. Above a node's own request timeout (2 s), so the node's TIMEOUT or
 UNAVAILABLE answer, with its numbers, arrives before the client gives up."""
@@ -237,7 +243,7 @@ class Client:
                 failures.append(exc.message)
                 continue
             try:
-                return connection.call(request, timeout=self.timeout)
+                return self._await_reply(connection, connection.send(request))
             except NodeUnreachableError as exc:
                 self._slots[address].failed()
                 failures.append(exc.message)
@@ -247,6 +253,24 @@ class Client:
         if refused:
             raise ClockSkewError("; ".join(failures))
         raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+
+    def _await_reply(self, connection: Connection, reply: AsyncResult) -> Frame:
+        """The reply to a request sent on ``connection``, checked; ``RequestTimeoutError`` after the
+        timeout, or once the node has answered nothing for ``STALLED_GIVE_UP`` seconds."""
+        deadline = time.monotonic() + self.timeout
+        for _ in range(int(self.timeout / SLOW_AFTER) + 2):  # bounded: each turn waits SLOW_AFTER
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return check_reply(reply.get(timeout=min(remaining, SLOW_AFTER)))
+            except gevent.Timeout:
+                if connection.stalled(STALLED_GIVE_UP):
+                    raise RequestTimeoutError(
+                        f"{connection.address} answered nothing for {STALLED_GIVE_UP:g} s; "
+                        "the write may still be applied"
+                    ) from None
+        raise RequestTimeoutError(f"no reply from {connection.address} within {self.timeout:g} s")
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
         """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not

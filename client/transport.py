@@ -287,16 +287,12 @@ class PipelinedSocket(Generic[ReplyT]):
         self._fail(NodeUnreachableError(f"connection to {self.address} closed"))
 
     def stalled(self, after: float) -> bool:
-        """Whether requests have been waiting on this socket for more than ``after`` seconds with
-        nothing heard from the server meanwhile: a server that accepts but does not answer (paused,
-        swapping, stuck on a disk), which no connection error will reveal."""
+        """Whether a request sent on this socket has gone more than ``after`` seconds with nothing
+        heard from the server since: a server that accepts but does not answer (paused, swapping,
+        stuck on a disk), which no connection error will reveal. It stays stalled, even once the
+        waiters gave up, until the server is heard from again."""
         since = self._silent_since
-        if since is None:
-            return False
-        if not len(self._matching):  # every waiter was answered or gave up
-            self._silent_since = None
-            return False
-        return time.monotonic() - since > after
+        return since is not None and time.monotonic() - since > after
 
     def _read_replies(self) -> None:
         try:

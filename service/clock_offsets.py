@@ -6,8 +6,8 @@ and just after its reply came back, the peer's offset is its clock minus the mid
 give or take half the round trip (Cristian's algorithm). Two verdicts follow, against the maximum
 clock offset the cluster tolerates (``KV_MAX_CLOCK_OFFSET_MS``, as CockroachDB's ``--max-offset``):
 
-* ``fenced``: this node's own clock is the odd one out. When more than half of the peers heard from
-  recently are further off than the maximum (beyond any doubt the round trip leaves), this node's
+* ``fenced``: this node's own clock is the odd one out. When more than half of its peers, measured
+  recently, are further off than the maximum (beyond any doubt the round trip leaves), this node's
   clock is wrong, not theirs: it must not stamp writes (they would be silently ordered before, or
   far after, writes made earlier in real time), so its coordinator refuses them with CLOCK_SKEW.
   CockroachDB stops a node in this state; refusing writes keeps its reads available.
@@ -26,6 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+VERDICT_TTL_MS = 1_000
+"""``fenced`` is asked on every request; its verdict is worked out again at most this often, or at
+once when a new offset is recorded."""
 FRESH_FOR_MS = 60_000
 """A peer's offset counts towards the verdicts for this long after it was measured: heartbeats run
 every second, so a minute covers a peer that is down for a while, but not a stale picture."""
@@ -48,6 +51,7 @@ class ClockOffsets:
         self._peers = list(peers)
         self._now_ms = now_ms
         self._samples: dict[str, OffsetSample] = {}
+        self._verdict: tuple[int, str | None] | None = None  # (worked out at, fenced's answer)
 
     def record(self, peer: str, sent_wall_ms: int, received_wall_ms: int, peer_wall_ms: int) -> OffsetSample:
         """A heartbeat to ``peer`` left at ``sent_wall_ms`` and its reply, stamped ``peer_wall_ms`` by
@@ -55,6 +59,7 @@ class ClockOffsets:
         midpoint = (sent_wall_ms + received_wall_ms) / 2
         sample = OffsetSample(peer_wall_ms - midpoint, max(0.0, (received_wall_ms - sent_wall_ms) / 2), self._now_ms())
         self._samples[peer] = sample
+        self._verdict = None
         return sample
 
     def offset_ms(self, peer: str) -> float | None:
@@ -77,13 +82,18 @@ class ClockOffsets:
 
     def fenced(self) -> str | None:
         """Why this node's clock must not stamp writes (a sentence naming the offsets), or ``None``."""
-        fresh = self._fresh()
-        off = [peer for peer in fresh if self.beyond_bound(peer)]
-        if not fresh or len(off) * 2 <= len(fresh):
+        now = self._now_ms()
+        if self._verdict is None or now - self._verdict[0] > VERDICT_TTL_MS:
+            self._verdict = (now, self._judge())
+        return self._verdict[1]
+
+    def _judge(self) -> str | None:
+        off = [peer for peer in self._fresh() if self.beyond_bound(peer)]
+        if len(off) * 2 <= len(self._peers):
             return None
         described = ", ".join(f"{peer} {self._samples[peer].offset_ms / 1000:+.3f} s" for peer in sorted(off))
         return (
-            f"this node's clock disagrees with {len(off)} of {len(fresh)} peers by more than "
+            f"this node's clock disagrees with {len(off)} of its {len(self._peers)} peers by more than "
             f"KV_MAX_CLOCK_OFFSET_MS={self.max_offset_ms} (their clocks minus ours: {described}); fix its time source"
         )
 

@@ -223,9 +223,15 @@ class Node:
         return view
 
     def _unavailable(self, node_id: str) -> bool:
-        """Whether requests should go around ``node_id``: the failure detector sees it down, or it
-        leaves requests unanswered (``Peer.stalled``) before the detector has noticed."""
-        if self.detector.is_down(node_id):
+        """Whether requests should go around ``node_id`` as if it were down. A peer: the failure
+        detector sees it down, it leaves requests unanswered (``Peer.stalled``) before the detector
+        has noticed, or its clock is further off than the maximum offset (its copies may lack writes
+        it refused). This node: its own clock is fenced, so its store may lack writes too."""
+        fenced = self.offsets.fenced() is not None
+        if node_id == self.config.node_id:
+            return fenced
+        # A fenced node's own clock is the wrong one: the peers it disagrees with are fine.
+        if self.detector.is_down(node_id) or (not fenced and self.offsets.beyond_bound(node_id)):
             return True
         peer = self.peers.get(node_id)
         return peer is not None and peer.stalled()

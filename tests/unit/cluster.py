@@ -17,12 +17,13 @@ import contextlib
 import json
 import socket as stdlib_socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gevent import socket
 from polling import wait_until
+from proxy import PausableProxy
 
 from client.client import Client
 from client.protocol import PeerState
@@ -30,6 +31,7 @@ from client.ring import Ring
 from service import logging as node_logging
 from service.config import Config, load_config
 from service.node import Node
+from service.versioning import NodeClock
 
 LOCALHOST = "127.0.0.1"
 
@@ -103,19 +105,25 @@ def free_port() -> int:
 
 
 class InProcessCluster:
-    def __init__(self, tmp_path: Path, node_ids: list[str], settings: dict[str, str]) -> None:
+    """Real nodes in this process. ``proxied``: nodes reached only through a ``PausableProxy`` (by
+    peers and clients alike), so a test can make one look paused."""
+
+    def __init__(
+        self, tmp_path: Path, node_ids: list[str], settings: dict[str, str], proxied: Iterable[str] = ()
+    ) -> None:
         self.tmp_path = tmp_path
         self.node_ids = node_ids
         self.settings = settings
         self.listeners = {node_id: listen_socket() for node_id in node_ids}
         self.ports = {node_id: sock.getsockname()[1] for node_id, sock in self.listeners.items()}
+        self.proxies = {node_id: PausableProxy(self.ports[node_id]) for node_id in proxied}
         self.configs = {node_id: self._config(node_id) for node_id in node_ids}
         self.nodes: dict[str, Node] = {}
         self.running: set[str] = set()
         self._clients: list[Client] = []
 
     def _config(self, node_id: str) -> Config:
-        peers = ",".join(f"{other}={LOCALHOST}:{self.ports[other]}" for other in self.node_ids)
+        peers = ",".join(f"{other}={self.address(other)}" for other in self.node_ids)
         environ = {
             **DEFAULT_SETTINGS,
             **self.settings,
@@ -136,7 +144,9 @@ class InProcessCluster:
         return [self.address(node_id) for node_id in self.node_ids]
 
     def address(self, node_id: str) -> str:
-        return f"{LOCALHOST}:{self.ports[node_id]}"
+        """Where peers and clients reach ``node_id``: its own port, or its proxy's."""
+        proxy = self.proxies.get(node_id)
+        return f"{LOCALHOST}:{self.ports[node_id] if proxy is None else proxy.port}"
 
     @property
     def config(self) -> Config:
@@ -155,10 +165,11 @@ class InProcessCluster:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def start(self, node_id: str) -> Node:
+    def start(self, node_id: str, *, clock: NodeClock | None = None) -> Node:
+        """Start ``node_id`` on its port and data directory; ``clock``: its sense of time (skew it)."""
         listener = self.listeners.pop(node_id, None) or listen_socket(self.ports[node_id])
         try:
-            node = Node(self.configs[node_id], listener=listener)
+            node = Node(self.configs[node_id], listener=listener, clock=clock)
             node.start()
         except BaseException:
             listener.close()
@@ -173,10 +184,10 @@ class InProcessCluster:
             node = self.nodes[node_id]
             node.stop()
 
-    def restart(self, node_id: str) -> Node:
+    def restart(self, node_id: str, *, clock: NodeClock | None = None) -> Node:
         """Stop the node if it runs, then start a new ``Node`` on the same data directory and port."""
         self.stop(node_id)
-        return self.start(node_id)
+        return self.start(node_id, clock=clock)
 
     # --- failure detection ------------------------------------------------------------------------
 
@@ -217,6 +228,8 @@ class InProcessCluster:
         for sock in self.listeners.values():
             sock.close()
         self.listeners.clear()
+        for proxy in self.proxies.values():
+            proxy.close()
         if errors:
             raise errors[0]
 
@@ -239,16 +252,19 @@ class InProcessCluster:
             client.close()
 
 
-def start_cluster(tmp_path: Path, n_nodes: int = 3, **settings: Any) -> InProcessCluster:
+def start_cluster(
+    tmp_path: Path, n_nodes: int = 3, *, proxied: Iterable[str] = (), **settings: Any
+) -> InProcessCluster:
     """Start ``n_nodes`` real nodes (``node1``..) on 127.0.0.1. ``settings``: KV_* overrides, e.g.
-    ``KV_N="1"``; a key without the ``KV_`` prefix is upper-cased and prefixed (``n=1`` is ``KV_N``)."""
+    ``KV_N="1"``; a key without the ``KV_`` prefix is upper-cased and prefixed (``n=1`` is ``KV_N``).
+    ``proxied``: nodes put behind a ``PausableProxy`` (``cluster.proxies``)."""
     configure_logging()
     overrides = {_setting_name(name): str(value) for name, value in settings.items()}
     if n_nodes < 2:  # N, W and R default to 2, 2, 1: a lone node can only hold one replica
         overrides.setdefault("KV_N", "1")
         overrides.setdefault("KV_W", "1")
     overrides = {name: _lower_bool(value) for name, value in overrides.items()}
-    cluster = InProcessCluster(tmp_path, [f"node{i}" for i in range(1, n_nodes + 1)], overrides)
+    cluster = InProcessCluster(tmp_path, [f"node{i}" for i in range(1, n_nodes + 1)], overrides, proxied)
     try:
         for node_id in cluster.node_ids:
             cluster.start(node_id)

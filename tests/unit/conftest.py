@@ -12,7 +12,8 @@ from cluster import LOG_SINK, InProcessCluster, LogSink, start_cluster
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., InProcessCluster]]:
-    """Starts clusters with chosen settings: ``make_cluster(1, KV_LOG_COMMANDS="false")``.
+    """Starts clusters with chosen settings: ``make_cluster(1, KV_LOG_COMMANDS="false")``, and
+    ``proxied=("node3",)`` to put nodes behind a ``PausableProxy``.
 
     Every node of every cluster started is stopped at teardown, whatever the test did.
     """

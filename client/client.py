@@ -243,7 +243,7 @@ class Client:
                 failures.append(exc.message)
                 continue
             try:
-                return self._await_reply(connection, connection.send(request))
+                return connection.call(request, self.timeout, stalled_after=STALLED_GIVE_UP)
             except NodeUnreachableError as exc:
                 self._slots[address].failed()
                 failures.append(exc.message)
@@ -253,24 +253,6 @@ class Client:
         if refused:
             raise ClockSkewError("; ".join(failures))
         raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
-
-    def _await_reply(self, connection: Connection, reply: AsyncResult) -> Frame:
-        """The reply to a request sent on ``connection``, checked; ``RequestTimeoutError`` after the
-        timeout, or once the node has answered nothing for ``STALLED_GIVE_UP`` seconds."""
-        deadline = time.monotonic() + self.timeout
-        for _ in range(int(self.timeout / SLOW_AFTER) + 2):  # bounded: each turn waits SLOW_AFTER
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                return check_reply(reply.get(timeout=min(remaining, SLOW_AFTER)))
-            except gevent.Timeout:
-                if connection.stalled(STALLED_GIVE_UP):
-                    raise RequestTimeoutError(
-                        f"{connection.address} answered nothing for {STALLED_GIVE_UP:g} s; "
-                        "the write may still be applied"
-                    ) from None
-        raise RequestTimeoutError(f"no reply from {connection.address} within {self.timeout:g} s")
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
         """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not

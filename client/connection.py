@@ -8,13 +8,14 @@ raised as the exceptions of ``client.errors``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from gevent.event import AsyncResult
 
 from client import protocol
 from client.address import format_address
-from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, error_from_reply
+from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError, error_from_reply
 from client.protocol import Frame, HelloReply, Request, Status
 from client.transport import ById, PipelinedSocket, open_socket
 
@@ -87,11 +88,30 @@ class Connection:
         sock.write(protocol.encode_request(request_id, request))
         return request_id, done
 
-    def call(self, request: Request, timeout: float | None = None) -> Frame:
-        """Send ``request`` and return its reply frame (OK or NOT_FOUND); raise for error statuses."""
+    def call(self, request: Request, timeout: float | None = None, *, stalled_after: float | None = None) -> Frame:
+        """Send ``request`` and return its reply frame (OK or NOT_FOUND); raise for error statuses,
+        and ``RequestTimeoutError`` after ``timeout`` seconds. With ``stalled_after``, give up sooner
+        once the node has answered nothing at all for that long (``stalled``): it is paused or
+        swapping, not merely busy, for a busy node answers other requests meanwhile."""
         request_id, done = self._send(request)
-        assert self._socket is not None  # _send raised otherwise
-        return check_reply(self._socket.wait(request_id, done, timeout))
+        sock = self._socket
+        assert sock is not None  # _send raised otherwise
+        if stalled_after is None or timeout is None:
+            return check_reply(sock.wait(request_id, done, timeout))
+        deadline = time.monotonic() + timeout
+        patience = stalled_after / 2
+        for _ in range(int(timeout / patience) + 2):  # bounded: each turn waits up to ``patience``
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return check_reply(sock.wait(request_id, done, min(remaining, patience), keep_waiting=True))
+            except RequestTimeoutError:
+                if sock.stalled(stalled_after):
+                    sock.forget(request_id)
+                    raise RequestTimeoutError(f"{self.address} answered nothing for {stalled_after:g} s") from None
+        sock.forget(request_id)
+        raise RequestTimeoutError(f"no reply from {self.address} within {timeout:g} s")
 
     def stalled(self, after: float) -> bool:
         """Whether requests have waited more than ``after`` seconds with nothing heard from the node:

@@ -268,14 +268,21 @@ class PipelinedSocket(Generic[ReplyT]):
         except OSError as exc:
             self._fail(NodeUnreachableError(f"connection to {self.address} lost: {describe(exc)}"))
 
-    def wait(self, request_id: int, done: AsyncResult, timeout: float | None) -> ReplyT:
-        """The reply for which ``expect`` gave ``request_id`` and ``done``."""
+    def wait(self, request_id: int, done: AsyncResult, timeout: float | None, *, keep_waiting: bool = False) -> ReplyT:
+        """The reply for which ``expect`` gave ``request_id`` and ``done``; ``RequestTimeoutError`` if
+        none came within ``timeout`` seconds, after which the reply is dropped when it comes, unless
+        ``keep_waiting`` (the caller waits again, or calls ``forget``)."""
         try:
             reply: ReplyT = done.get(timeout=timeout)
         except gevent.Timeout:
-            self._matching.forget(request_id)
+            if not keep_waiting:
+                self._matching.forget(request_id)
             raise RequestTimeoutError(f"no reply from {self.address} within {timeout:g} s") from None
         return reply
+
+    def forget(self, request_id: int) -> None:
+        """The waiter of ``request_id`` gave up: its reply is dropped when it comes."""
+        self._matching.forget(request_id)
 
     def call(self, frame: bytes, timeout: float | None) -> ReplyT:
         """Send a request that carries no id (``InOrder``) and wait for its reply."""

@@ -46,10 +46,12 @@ from service.read_plan import ReadPlan, asks_all, read_targets
 from service.versioning import ClockSkew, HybridLogicalClock
 
 HINT_AFTER = 0.25
-"""The share of the request timeout (0.5 s by default) a write waits for a replica before it gives
-up on it and hands its copy to a fallback as a hint, as for a replica that is down. A replica that
-accepts the write but does not answer (paused, swapping) must not hold every write to its keys for
-the whole timeout; if its answer comes after all, the copy is merely stored twice, under one version."""
+"""The share of the request timeout (0.5 s by default) a write waits on a replica that answers
+nothing at all, to it or to anyone, before it gives up on it and hands its copy to a fallback as a
+hint, as for a replica that is down. A replica that accepts writes but does not answer (paused,
+swapping) must not hold every write to its keys for the whole timeout; if its answer comes after
+all, the copy is merely stored twice, under one version. A replica that is busy but answering is
+waited for."""
 MAX_RESTAMPS = 2
 """Times a write is stamped again above a newer version a replica reported. One restamp suffices
 against clocks that disagree (the new stamp is above every version the replicas held); a newer
@@ -75,10 +77,10 @@ class Replica(Protocol):
         """The replica's record for ``key``, or ``None``."""
         ...
 
-    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+    def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
         """Store ``record`` durably, unless the replica holds a newer version: return that version
-        (the replica keeps it), else ``None``. Raise if it cannot, or (over the network) if it does
-        not answer within ``timeout`` seconds."""
+        (the replica keeps it), else ``None``. Raise if it cannot, or (over the network, with
+        ``stalled_after``) once the replica has answered nothing at all for that many seconds."""
         ...
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> object:
@@ -347,11 +349,11 @@ class Coordinator:
         def write_to(owner: str) -> str:
             failure = f"{owner} is down"
             if not self._is_down(owner):
-                # With a fallback left to take a hint, a replica that does not answer soon is given
-                # up on; with none, it is waited for until the request's deadline.
+                # With a fallback left to take a hint, a replica that answers nothing at all (paused,
+                # not merely busy) is given up on soon; with none, it is waited for to the deadline.
                 patience = self._hint_after if fallbacks else None
                 try:
-                    held = self.replicas[owner].write(key, record, timeout=patience)
+                    held = self.replicas[owner].write(key, record, stalled_after=patience)
                 except Exception as exc:
                     self.events.replica_write(owner, False)
                     failure = str(exc) or type(exc).__name__

@@ -108,10 +108,10 @@ class LocalStore:
     def read(self, key: bytes) -> Record | None:
         return self._storage.get(key)
 
-    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+    def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
         """Store ``record`` durably unless the key holds a newer version; return that newer version,
         or ``None`` when ``record`` was stored (or was already). Raises ``ClockSkew`` for a version
-        too far ahead of this node's clock, storing nothing. ``timeout`` is not used: the
+        too far ahead of this node's clock, storing nothing. ``stalled_after`` is not used: the
         coordinator bounds a local write itself (``FanOut``'s inline timeout)."""
         # Observing every version written keeps this node's clock ahead of all data it holds, so its
         # own later writes to these keys are ordered after them.

@@ -31,6 +31,8 @@ from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
 from service.server import ProtocolServer, ServerSettings
+from service.stall_watch import TICK as STALL_TICK
+from service.stall_watch import StallWatch
 from service.storage import Storage
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 
@@ -86,6 +88,7 @@ class Node:
         self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
         self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
+        self.stall_watch = StallWatch()
         self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
         self.monitor = PeerMonitor(
             self.peers.values(), self.detector, self.events, self.offsets, self.node_clock.wall_ms
@@ -129,7 +132,9 @@ class Node:
             RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members),
             self.metrics,
             self.log,
-            ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands),
+            ServerSettings(
+                config.max_connections, config.max_frame_bytes, config.log_commands, self.stall_watch.stalled_for
+            ),
         )
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
@@ -186,6 +191,7 @@ class Node:
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""
         config = self.config
         tasks = [
+            Periodic("stall_watch", self.stall_watch.tick, STALL_TICK, on_error=self.events.task_failed),
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
         ]

@@ -78,11 +78,12 @@ class Peer:
         frame = self.call(protocol.ReplicaGet(key))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
-    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
+    def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
         """Store ``record`` on the peer; the newer version it holds instead, or ``None`` (see
-        ``LocalStore.write``). A CLOCK_SKEW refusal raises ``ClockSkewError``; no reply within
-        ``timeout`` seconds (default: the request timeout) raises ``RequestTimeoutError``."""
-        frame = self.call(protocol.ReplicaPut(key, record), timeout=timeout)
+        ``LocalStore.write``). A CLOCK_SKEW refusal raises ``ClockSkewError``; no reply within the
+        request timeout, or (with ``stalled_after``) nothing at all heard from the peer for that many
+        seconds, raises ``RequestTimeoutError``."""
+        frame = self.call(protocol.ReplicaPut(key, record), stalled_after=stalled_after)
         return protocol.decode_replica_put_reply(frame.body)
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
@@ -90,12 +91,20 @@ class Peer:
 
     # --- transport --------------------------------------------------------------------------------
 
-    def call(self, request: Request, *, retry_now: bool = False, timeout: float | None = None) -> Frame:
-        """Send ``request`` and return the reply frame; connection failures raise
-        ``NodeUnreachableError`` and are reported to the failure detector."""
+    def call(
+        self,
+        request: Request,
+        *,
+        retry_now: bool = False,
+        timeout: float | None = None,
+        stalled_after: float | None = None,
+    ) -> Frame:
+        """Send ``request`` and return the reply frame (``Connection.call``: ``timeout`` defaults to
+        the request timeout); connection failures raise ``NodeUnreachableError`` and are reported to
+        the failure detector."""
         try:
             connection = self._open_connection(retry_now)
-            return connection.call(request, timeout=timeout or self._request_timeout)
+            return connection.call(request, timeout or self._request_timeout, stalled_after=stalled_after)
         except NodeUnreachableError as exc:
             self.last_error = exc.message
             self._on_failure(self.node_id)

@@ -34,11 +34,13 @@ from service.coordinator import MustWait
 from service.handler import RequestHandler
 from service.logging import printable_key
 from service.metrics import Metrics
+from service.stall_watch import STALE_AFTER
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running. Bounds the memory a single client can pin."""
 
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
+CLIENT_WRITES = frozenset({Op.PUT, Op.DELETE})
 """Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
 
 INLINE_REQUESTS = (
@@ -67,6 +69,9 @@ class ServerSettings:
     """Largest frame read; a larger one gets FRAME_TOO_LARGE and ends its connection."""
     log_commands: bool
     """Log one line per client GET, PUT and DELETE."""
+    stalled_for: Callable[[], float] = lambda: 0.0
+    """Seconds this process was just stalled (``StallWatch.stalled_for``): client writes read in the
+    wake of a stall over ``STALE_AFTER`` are refused, not applied late."""
 
 
 class _StopReading(Exception):
@@ -127,6 +132,7 @@ class Session:
         self._metrics = metrics
         self._log = log
         self._log_commands = settings.log_commands
+        self._stalled_for = settings.stalled_for
         self._decoder = protocol.FrameDecoder(settings.max_frame_bytes)
         self._writer = FrameWriter(sock)
         self._in_flight = InFlight(MAX_IN_FLIGHT_PER_CONNECTION)
@@ -179,14 +185,31 @@ class Session:
             except ProtocolError as exc:
                 self._log.warning("malformed_frame", error=str(exc))
                 return
+            # Checked once per read, before anything this read brought is run (see stall_watch).
+            stalled = self._stalled_for()
             # Replies to requests answered right here leave together after the burst (one send).
             self._writer.hold()
             try:
                 for frame in frames:
-                    if not self._dispatch(frame):
+                    if stalled > STALE_AFTER and frame.code in CLIENT_WRITES and self._negotiated:
+                        self._refuse_stale(frame, stalled)
+                    elif not self._dispatch(frame):
                         return
             finally:
                 self._writer.release()
+
+    def _refuse_stale(self, frame: Frame, stalled: float) -> None:
+        """A client write that waited out a stall of this process: its client has given up on it."""
+        self._log.warning("stale_write_refused", op=protocol.op_name(frame.code), stalled_s=round(stalled, 3))
+        self._writer.write(
+            protocol.encode_error(
+                frame.request_id,
+                Status.TIMEOUT,
+                f"this node was stalled for {stalled:.1f} s (paused?); the write waited that long and was not applied",
+                acked=0,
+                required=0,
+            )
+        )
 
     def _dispatch(self, frame: Frame) -> bool:
         """Start ``frame``'s request; ``False`` ends the connection."""

@@ -160,6 +160,8 @@ class Cluster:
         self.ports: dict[str, int] = {}  # node id -> host port of its protocol port
         self.http_ports: dict[str, int] = {}  # node id -> host port of its HTTP port
         self.node_ids = NODE_IDS
+        self.node_env: dict[str, dict[str, str]] = {}  # node id -> environment for it alone
+        self.node_binds: dict[str, dict[str, str]] = {}  # node id -> host path -> path in it (read-only)
         self._admin: Client | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -189,6 +191,7 @@ class Cluster:
             .with_envs(
                 **{
                     **self.env,
+                    **self.node_env.get(node, {}),
                     "KV_NODE_ID": node,
                     "KV_PEERS": PEERS,
                     "KV_PORT": str(PROTOCOL_PORT),
@@ -198,6 +201,8 @@ class Cluster:
             .with_volume_mapping(self.volumes[node], "/data", "rw")
             .with_kwargs(labels=self.labels, hostname=node)
         )
+        for host_path, path in self.node_binds.get(node, {}).items():
+            container = container.with_volume_mapping(host_path, path, "ro")
         # Published on 127.0.0.1 only, each on a random free host port (docker SDK port syntax).
         container.ports[f"{PROTOCOL_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         container.ports[f"{HTTP_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
@@ -270,6 +275,23 @@ class Cluster:
         self._wait_serving(node)
         self.wait_peers_up()
         self._reset_admin()
+
+    def recreate(self, node: str, *, env: dict[str, str] | None = None, binds: dict[str, str] | None = None) -> None:
+        """Replace the node's container (SIGKILL) with a new one on the same volume, with ``env`` added
+        to its environment and ``binds`` (host path -> path in the container) mounted read-only, and
+        wait until it serves and every node sees every peer up."""
+        self.node_env[node] = dict(env or {})
+        self.node_binds[node] = dict(binds or {})
+        self.containers[node].get_wrapped_container().remove(force=True, v=True)
+        self._reset_admin()
+        self._run_container(node)
+        self._wait_serving(node)
+        self.wait_peers_up()
+        self._reset_admin()
+
+    def signal(self, node: str, signal: str) -> None:
+        """Send ``signal`` (``"SIGSTOP"``, ``"SIGCONT"``...) to the node's process, from the host."""
+        self.containers[node].get_wrapped_container().kill(signal=signal)
 
     def pause(self, node: str) -> None:
         """Freeze the node's processes (cgroup freezer): its sockets stay open but nothing answers."""

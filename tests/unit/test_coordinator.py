@@ -68,8 +68,8 @@ class FakeReplica:
         self._wait()
         return self.records.get(key)
 
-    def write(self, key: bytes, record: Record, *, timeout: float | None = None) -> Version | None:
-        self._wait(timeout)
+    def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
+        self._wait(stalled_after)
         if self.write_error is not None:
             raise self.write_error
         self.writes.append((key, record))
@@ -222,8 +222,8 @@ def test_write_is_unavailable_as_soon_as_too_many_replicas_fail(gates: list[Even
     harness = Harness([ok, failing, hanging], timeout=5.0)
     original_write = ok.write
 
-    def write_then_signal(key: bytes, rec: Record, *, timeout: float | None = None) -> None:
-        original_write(key, rec, timeout=timeout)
+    def write_then_signal(key: bytes, rec: Record, *, stalled_after: float | None = None) -> None:
+        original_write(key, rec, stalled_after=stalled_after)
         acked.set()
 
     ok.write = write_then_signal  # type: ignore[method-assign]

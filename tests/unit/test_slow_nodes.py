@@ -17,6 +17,7 @@ import pytest
 from cluster import InProcessCluster
 from polling import wait_until
 
+from client import protocol
 from client.client import Client
 from client.errors import KVError
 
@@ -112,3 +113,26 @@ def test_a_paused_node_fails_under_one_percent_of_requests_and_holds_none_for_lo
             for key, value in load.acked.items():
                 if key not in load.uncertain:
                     assert reader.get(key) == value, key
+
+
+def test_a_client_write_that_waited_out_a_stall_of_the_node_is_refused_not_applied_late(
+    cluster: InProcessCluster,
+) -> None:
+    """A node stopped with ``kill -STOP`` finds, when it resumes, the writes that clients sent it
+    meanwhile. Their clients gave up long ago and may have written those keys again elsewhere;
+    stamped now, the old writes would win. Here the whole process stalls (a blocking sleep holds
+    gevent's loop, as a stop holds the process) while a PUT and a GET wait in the socket."""
+    address = cluster.address("node1")
+    with cluster.running_client() as kv:
+        kv.put("stale", b"before")
+        connection = kv._connection_for(address)  # an open connection, HELLO done
+        put = connection.send(protocol.Put(b"stale", b"late", 0, 0))
+        get = connection.send(protocol.Get(b"stale", 0))
+        time.sleep(1.0)  # the stall: nothing in this process runs, the node included
+        refused = put.get(timeout=5)
+        assert refused.code == protocol.Status.TIMEOUT
+        assert "stalled" in protocol.decode_error(protocol.Status.TIMEOUT, refused.body).message
+        assert protocol.decode_value(get.get(timeout=5).body)[1] == b"before"  # reads are served
+        assert kv.get("stale") == b"before"
+        kv.put("stale", b"after")  # and writes go on once the loop runs again
+        assert kv.get("stale") == b"after"

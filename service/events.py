@@ -9,10 +9,11 @@ them: every counter the node increments, and every log line about something a pa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from client.protocol import PeerState
+from client.protocol import PeerState, Version
 from service.anti_entropy import AntiEntropyEvents, RoundResult
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.coordinator import CoordinatorEvents
@@ -22,6 +23,8 @@ from service.logging import printable_key
 from service.metrics import Metrics
 from service.peers import MonitorEvents, Peer
 
+REFUSAL_LOG_INTERVAL_S = 10.0
+"""Timestamps refused for clock skew are logged at most this often per source."""
 OFFSET_LOG_INTERVAL_MS = 60_000
 """A peer's clock offset is logged at most once a minute while it stays above half the maximum."""
 
@@ -40,6 +43,7 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self.on_peer_up: Callable[[str], None] = lambda peer: None
         """Called when a peer comes up (the node wakes hinted handoff)."""
         self._offset_logged_at: dict[str, int] = {}
+        self._refusals: dict[str, tuple[int, float]] = {}  # source -> (refused since logged, logged at)
         self._fenced: str | None = None
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
@@ -90,9 +94,27 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self._fenced = fenced
 
     def clock_skew_refused(self, source: str, reason: str) -> None:
-        """A timestamp from ``source`` (``after``, ``replica_write``, ``hint``) was too far ahead."""
+        """A timestamp from ``source`` (``after``, ``replica_write``, ``hint``, ``replica_version``,
+        ``fenced``) was refused; logged at most once per ``REFUSAL_LOG_INTERVAL_S`` per source, with
+        the count since the last line (a hostile client must not flood the log)."""
         self.metrics.clock_skew_refusals.labels(source).inc()
-        self.log.warning("clock_skew_refused", source=source, reason=reason)
+        now = time.monotonic()
+        count, logged_at = self._refusals.get(source, (0, -REFUSAL_LOG_INTERVAL_S))
+        if now - logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self.log.warning("clock_skew_refused", source=source, reason=reason, refused_since_last=count + 1)
+            self._refusals[source] = (0, now)
+        else:
+            self._refusals[source] = (count + 1, logged_at)
+
+    def write_restamped(self, key: bytes, superseded: Version, newer: Version) -> None:
+        self.metrics.writes_restamped.inc()
+        self.log.debug(
+            "write_restamped",
+            key=printable_key(key),
+            superseded=superseded.timestamp,
+            newer=newer.timestamp,
+            newer_writer=newer.node_id,
+        )
 
     def task_failed(self, name: str, error: Exception) -> None:
         """A pass of background task ``name`` raised; the task runs again at its next interval."""

@@ -124,6 +124,11 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.writes_restamped = Counter(
+            "kv_writes_restamped",
+            "Writes stamped again above a newer version a replica held (a clock behind another node's)",
+            registry=self.registry,
+        )
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
         self.hints_pending = Gauge(
             "kv_hints_pending", "Writes held here for other nodes, waiting for delivery", registry=self.registry

@@ -276,6 +276,12 @@ class Client:
 
     def call_node(self, address: str, request: Request) -> Frame:
         """Send ``request`` to the node at ``address`` only, with no failover (admin and tests)."""
+        if not isinstance(address, str):
+            raise InvalidArgumentTypeError(f"address must be a str 'host:port', not {type(address).__name__}")
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         return self._connection(address).call(request, timeout=self.timeout)
 
     def _execute(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:

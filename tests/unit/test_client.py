@@ -509,6 +509,8 @@ def test_an_unknown_node_id_is_the_librarys_own_error(cluster: InProcessCluster)
         client.node_address("node9")
     with pytest.raises(InvalidArgumentError, match="unknown node id 'node9'"):
         client.repair("node9")
+    with pytest.raises(InvalidArgumentError, match="invalid port"):
+        client.call_node("127.0.0.1:99999", protocol.Ping())
 
 
 # --- limits ----------------------------------------------------------------------------------------

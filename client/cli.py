@@ -1,26 +1,38 @@
-"""The ``kv`` command line: one-shot commands, a REPL on a terminal, and line mode on a pipe.
+r"""The ``kv`` command line: one-shot commands, a REPL on a terminal, and line mode on a pipe.
 
     kv get foo                       one command, then exit
     kv                               on a terminal: prompt, history, HELP
-    printf 'PUT a 1\\nGET a\\n' | kv   on a pipe: no prompt, exactly one output line per command
+    printf 'PUT a 1\nGET a\n' | kv   on a pipe: no prompt, exactly one output line per command
 
 Every command prints ``OK``, a value, ``NOT_FOUND`` or ``ERROR <CODE> <message>``, and every failure,
-including an unreachable cluster or a typo, is one such line, never a traceback.
+including an unreachable cluster, a typo, unbalanced quotes or bytes that are not UTF-8, is one such
+line, never a traceback.
+
+Keys and values are bytes from end to end: lines are read from ``sys.stdin.buffer`` and split by
+``client.quoting`` (redis-cli's rules), one-shot arguments are the shell's bytes
+(``os.fsencode``), and output is written to ``sys.stdout.buffer``, so neither the locale nor
+``PYTHONIOENCODING`` can make a byte fail to read or print. How a value prints is a
+``ValueFormat``: quoted on a terminal, bare when unambiguous on a pipe, or raw.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
+import io
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from client.client import Client
 from client.errors import KVError
 from client.protocol import PeerState
+from client.quoting import BLANKS, QUOTES, QuotingError, is_bare, next_arg, quote, split_args
 
 DEFAULT_NODES = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002"
 """Where ``docker compose up`` publishes the three nodes, so ``kv`` works there with no flags."""
@@ -29,54 +41,112 @@ HISTORY_FILE = os.path.expanduser("~/.kv_history")
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: 128 + SIGINT, as a shell reports a command it interrupted."""
+
+STATUS_WORDS = frozenset({b"OK", b"NOT_FOUND", b"ERROR"})
+"""First words of the lines that are not values; a value starting with one prints quoted on a pipe."""
+
+
+class ValueFormat(enum.Enum):
+    """How ``GET`` prints a value (every other line is the same in all three)."""
+
+    QUOTED = "quoted"
+    """Always double-quoted and escaped (``"bar"``, ``"a\\nb"``, ``"\\xff"``): on a terminal, or ``--no-raw``."""
+    PLAIN = "plain"
+    """Bare when ``plain_value`` says it cannot be misread, quoted otherwise: on a pipe."""
+    RAW = "raw"
+    """The stored bytes as they are, then a newline (``--raw``); a value may then span several lines."""
+
+
+def plain_value(value: bytes) -> bool:
+    """Whether a value prints bare on a pipe: printable UTF-8 text, not empty, no blank at either
+    end, no quote at the start, and not starting with a status word (``OK``, ``NOT_FOUND``, ``ERROR``)."""
+    return is_bare(value) and value.split(b" ", 1)[0] not in STATUS_WORDS
+
+
+def format_value(value: bytes, value_format: ValueFormat) -> bytes:
+    """``value`` as ``GET`` prints it, without the newline."""
+    if value_format is ValueFormat.RAW or (value_format is ValueFormat.PLAIN and plain_value(value)):
+        return value
+    return quote(value)
+
+
+def one_line(text: str) -> bytes:
+    """A status or error line as UTF-8 on one line: control characters, and anything else that is
+    not printable (a node's message may hold any text), escaped as ``\\xHH``/``\\uHHHH``."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+    return text.encode("utf-8", errors="backslashreplace")
 
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command prints (one line) and the exit status it gives a one-shot ``kv``."""
+    """What a command prints and the exit status it gives a one-shot ``kv``. ``line`` is a status
+    line (``OK``, ``NOT_FOUND``, ``ERROR ...``, a report) as ``str``, or a stored value as ``bytes``,
+    which is printed in the session's ``ValueFormat``."""
 
-    line: str
+    line: str | bytes
     exit_code: int = EXIT_OK
+
+
+class Output:
+    """Writes one line per command to stdout as bytes, flushed, so a pipe reader sees each answer
+    as soon as it is ready."""
+
+    def __init__(self, value_format: ValueFormat) -> None:
+        self.value_format = value_format
+
+    def result(self, result: CommandResult) -> None:
+        line = result.line
+        self.write(format_value(line, self.value_format) if isinstance(line, bytes) else one_line(line))
+
+    def text(self, text: str) -> None:
+        """Lines this program wrote (help, banners), printed as they are."""
+        self.write(text.encode("utf-8", errors="backslashreplace"))
+
+    @staticmethod
+    def write(line: bytes) -> None:
+        stdout = sys.stdout
+        stdout.flush()  # whatever went through the text layer (the REPL's prompt) comes first
+        binary: IO[bytes] | None = getattr(stdout, "buffer", None)
+        if binary is None:  # a text-only stdout, such as a caller's StringIO
+            stdout.write(line.decode("utf-8", errors="backslashreplace") + "\n")
+            stdout.flush()
+            return
+        binary.write(line + b"\n")
+        binary.flush()
 
 
 @dataclass(frozen=True)
 class Command:
     usage: str
     summary: str
-    run: Callable[[Client, list[str]], CommandResult]
+    run: Callable[[Client, list[bytes]], CommandResult]
     min_args: int
-    max_args: int | None  # None: the last argument is the rest of the line
+    max_args: int | None  # None: the last argument is the rest of the line (PUT's value)
 
 
-def printable(value: bytes) -> str:
-    """A value as one line: UTF-8 text, with control characters and invalid bytes escaped."""
-    text = value.decode("utf-8", errors="backslashreplace")
-    if text.isprintable():
-        return text
-    escapes = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    return "".join(ch if ch.isprintable() else escapes.get(ch, f"\\x{ord(ch):02x}") for ch in text)
-
-
-def _get(client: Client, args: list[str]) -> CommandResult:
+def _get(client: Client, args: list[bytes]) -> CommandResult:
     value = client.get(args[0])
-    return CommandResult("NOT_FOUND", EXIT_NOT_FOUND) if value is None else CommandResult(printable(value))
+    return CommandResult("NOT_FOUND", EXIT_NOT_FOUND) if value is None else CommandResult(value)
 
 
-def _put(client: Client, args: list[str]) -> CommandResult:
+def _put(client: Client, args: list[bytes]) -> CommandResult:
     client.put(args[0], args[1])
     return CommandResult("OK")
 
 
-def _delete(client: Client, args: list[str]) -> CommandResult:
+def _delete(client: Client, args: list[bytes]) -> CommandResult:
     client.delete(args[0])
     return CommandResult("OK")
 
 
-def _where(client: Client, args: list[str]) -> CommandResult:
+def _where(client: Client, args: list[bytes]) -> CommandResult:
     return CommandResult(" ".join(client.where(args[0])))
 
 
-def _status(client: Client, args: list[str]) -> CommandResult:
+def _status(client: Client, args: list[bytes]) -> CommandResult:
     viewer, members = client.members()
     now_ms = int(time.time() * 1000)
     parts = []
@@ -90,7 +160,7 @@ def _status(client: Client, args: list[str]) -> CommandResult:
     return CommandResult(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_up else EXIT_ERROR)
 
 
-def _repair(client: Client, args: list[str]) -> CommandResult:
+def _repair(client: Client, args: list[bytes]) -> CommandResult:
     total_partitions = total_differing = total_repaired = 0
     unreached: list[str] = []
     nodes = [node.node_id for node in client.topology().nodes]
@@ -130,13 +200,35 @@ def _duration(seconds: float) -> str:
 
 COMMANDS: dict[str, Command] = {
     "GET": Command("GET key", "print the key's value, or NOT_FOUND", _get, 1, 1),
-    "PUT": Command("PUT key value...", "store the rest of the line as the key's value", _put, 2, None),
+    "PUT": Command(
+        "PUT key value...", "store the value: one quoted argument exactly, or the rest of the line", _put, 2, None
+    ),
     "DELETE": Command("DELETE key", "delete the key", _delete, 1, 1),
     "WHERE": Command("WHERE key", "the key's replicas as host:port, primary first", _where, 1, 1),
     "STATUS": Command("STATUS", "every node: up, suspect or down, as the cluster sees it", _status, 0, 0),
     "REPAIR": Command("REPAIR", "run anti-entropy on every node now; report keys that differed", _repair, 0, 0),
 }
 SESSION_COMMANDS = {"HELP": "this list", "EXIT": "leave (also QUIT or Ctrl-D)"}
+
+QUOTING_HELP = r"""quoting, as redis-cli:
+  Blanks separate arguments; outside quotes every byte stands for itself.
+  "..." takes the escapes \n \r \t \b \a \\ \" and \xHH; '...' takes \'.
+  PUT's value is one quoted argument, taken exactly ("" is the empty value,
+  " a " keeps its spaces), or else the rest of the line as written, less the
+  blanks at its ends: PUT k hello world stores "hello world".
+    PUT "sp key" "  two spaces each side  "
+    GET "sp key"
+    PUT bin "\xff\xfe\n"
+"""
+
+OUTPUT_HELP = r"""output:
+  On a terminal a value prints quoted and escaped: "bar", "a\nb", "\xff".
+  On a pipe it prints bare when it is printable text with no blank at its
+  ends that cannot be taken for OK, NOT_FOUND, ERROR or a quoted value, and
+  quoted otherwise ("NOT_FOUND", "" for the empty value). Either way a quoted
+  value reads back as the same bytes. --raw prints the stored bytes as they
+  are (a value with a newline then takes several lines); --no-raw always quotes.
+"""
 
 
 def help_text() -> str:
@@ -146,53 +238,127 @@ def help_text() -> str:
     return "\n".join(f"  {usage:<{width}}  {summary}" for usage, summary in rows)
 
 
-def split_command(line: str) -> tuple[str, list[str]]:
-    """``"PUT k a b"`` as ``("PUT", ["k", "a b"])``: the value of PUT is the rest of the line."""
-    words = line.strip().split(maxsplit=1)
-    if not words:
+def split_command(line: bytes) -> tuple[str, list[bytes]]:
+    r"""A line as its command name (upper case) and arguments: ``b'PUT "a b" hello world'`` is
+    ``("PUT", [b"a b", b"hello world"])``, ``b'GET "\xff"'`` is ``("GET", [b"\xff"])``, and a blank
+    line is ``("", [])``. Raises ``QuotingError`` for unbalanced quotes."""
+    first = next_arg(line)
+    if first is None:
         return "", []
-    name = words[0].upper()
-    rest = words[1] if len(words) > 1 else ""
+    name_bytes, position = first
+    name = _command_name(name_bytes)
     command = COMMANDS.get(name)
-    if command is not None and command.max_args is None:
-        key_and_value = rest.split(maxsplit=1)
-        return name, key_and_value
-    return name, rest.split()
+    if command is None or command.max_args is not None:
+        return name, split_args(line[position:])
+    args: list[bytes] = []
+    for _ in range(command.min_args - 1):  # the arguments before the value: PUT's key
+        found = next_arg(line, position)
+        if found is None:
+            return name, args
+        arg, position = found
+        args.append(arg)
+    rest = line[position:].strip(BLANKS)
+    return name, ([*args, _rest_of_line_value(rest)] if rest else args)
 
 
-def run_command(client: Client, name: str, args: list[str]) -> CommandResult:
+def _command_name(name: bytes) -> str:
+    """A command's name in upper case (ASCII letters only: no byte changes length), as text; a byte
+    that is not UTF-8 shows as ``\\xHH`` in the unknown-command error."""
+    return name.upper().decode("utf-8", errors="backslashreplace")
+
+
+def _rest_of_line_value(rest: bytes) -> bytes:
+    """PUT's value from the rest of its line, blanks at both ends removed: one quoted argument taken
+    exactly, or else the text as written (quotes and backslashes inside it are ordinary bytes)."""
+    if rest[0] not in QUOTES:
+        return rest
+    found = next_arg(rest)
+    assert found is not None  # rest starts with a quote, not a blank
+    value, end = found
+    if end != len(rest):
+        raise QuotingError('a value that starts with a quote must be one quoted argument: PUT key "a b c"')
+    return value
+
+
+def one_shot_command(name: str, args: list[str]) -> tuple[str, list[bytes]]:
+    """The command a shell's arguments ask for: each argument is its bytes as the shell passed them
+    (no escapes: the shell has done the quoting), and PUT's words after the key are joined by one
+    space, so ``kv put k hello world`` stores ``hello world``."""
+    name = _command_name(_argv_bytes(name))
+    raw = [_argv_bytes(arg) for arg in args]
+    command = COMMANDS.get(name)
+    if command is not None and command.max_args is None and len(raw) > command.min_args:
+        last = command.min_args - 1
+        raw = [*raw[:last], b" ".join(raw[last:])]
+    return name, raw
+
+
+def _argv_bytes(arg: str) -> bytes:
+    """The bytes of a command-line argument: Python decodes argv with ``surrogateescape``, and
+    ``os.fsencode`` undoes that exactly, so a byte that is not UTF-8 comes back as itself."""
+    try:
+        return os.fsencode(arg)
+    except UnicodeEncodeError:  # a str no OS argv can hold (a lone surrogate), from a caller of main()
+        return arg.encode("utf-8", errors="surrogatepass")
+
+
+def run_command(client: Client, name: str, args: list[bytes]) -> CommandResult:
     command = COMMANDS.get(name)
     if command is None:
-        return CommandResult(f"ERROR BAD_REQUEST unknown command {name!r}; try HELP", EXIT_ERROR)
+        return CommandResult(f"ERROR BAD_REQUEST unknown command '{name}'; try HELP", EXIT_ERROR)
     if len(args) < command.min_args or (command.max_args is not None and len(args) > command.max_args):
         return CommandResult(f"ERROR BAD_REQUEST usage: {command.usage}", EXIT_ERROR)
     try:
         return command.run(client, args)
     except KVError as exc:
         return CommandResult(f"ERROR {exc.code} {exc.message}", EXIT_ERROR)
+    except Exception as exc:  # a bug: still one line, and the next command still runs
+        return CommandResult(f"ERROR INTERNAL_ERROR kv failed: {type(exc).__name__}: {exc}", EXIT_ERROR)
 
 
-def run_lines(client: Client, lines: Iterable[str], interactive: bool) -> int:
-    """Run commands line by line until EXIT or end of input; print one line per command."""
+def run_lines(client: Client, lines: Iterable[bytes], output: Output, *, interactive: bool) -> int:
+    """Run commands line by line until EXIT or end of input; print one line per command. Returns 0:
+    each command's outcome is its own line, so a failed command does not fail the session."""
     for line in lines:
-        name, args = split_command(line)
+        try:
+            name, args = split_command(line)
+        except QuotingError as exc:
+            output.result(CommandResult(f"ERROR BAD_REQUEST {exc}", EXIT_ERROR))
+            continue
         if not name:
             if not interactive:
-                print("ERROR BAD_REQUEST empty command", flush=True)
+                output.result(CommandResult("ERROR BAD_REQUEST empty command", EXIT_ERROR))
             continue
         if name in ("EXIT", "QUIT"):
             break
         if name == "HELP":
-            print(help_text() if interactive else " | ".join(c.usage for c in COMMANDS.values()), flush=True)
+            usages = " | ".join(command.usage for command in COMMANDS.values())
+            output.text(f"{help_text()}\n\n{QUOTING_HELP.rstrip()}" if interactive else usages)
             continue
-        print(run_command(client, name, args).line, flush=True)
+        output.result(run_command(client, name, args))
     return EXIT_OK
 
 
-def _prompt_lines(prompt: str) -> Iterator[str]:
+def input_lines(stream: IO[str]) -> Iterator[bytes]:
+    """The lines of a piped stdin as bytes, newline included: read from its binary buffer, so no
+    byte has to decode; a text-only stream (a caller's StringIO) is encoded back losslessly."""
+    binary: IO[bytes] | None = getattr(stream, "buffer", None)
+    if binary is not None:
+        yield from binary
+        return
+    for line in stream:
+        yield line.encode("utf-8", errors="surrogateescape")
+
+
+def _prompt_lines(prompt: str) -> Iterator[bytes]:
+    """Lines typed at the prompt, as the bytes the terminal sent."""
+    stdin = sys.stdin
+    if isinstance(stdin, io.TextIOWrapper):
+        stdin.reconfigure(errors="surrogateescape")  # a byte the terminal's encoding rejects survives
+    encoding = getattr(stdin, "encoding", None) or "utf-8"
     while True:
         try:
-            yield input(prompt)
+            yield input(prompt).encode(encoding, errors="surrogateescape")
         except EOFError:
             print()
             return
@@ -200,7 +366,7 @@ def _prompt_lines(prompt: str) -> Iterator[str]:
             print()  # like a shell: Ctrl-C abandons the line, Ctrl-D leaves
 
 
-def repl(client: Client, nodes: str) -> int:
+def repl(client: Client, nodes: str, output: Output) -> int:
     try:
         import readline
     except ImportError:
@@ -208,9 +374,9 @@ def repl(client: Client, nodes: str) -> int:
     if readline is not None:
         with contextlib.suppress(OSError):
             readline.read_history_file(HISTORY_FILE)
-    print(f"kv: cluster at {nodes}. Type HELP for commands, EXIT to leave.")
+    output.text(f"kv: cluster at {nodes}. Type HELP for commands and quoting, EXIT to leave.")
     try:
-        return run_lines(client, _prompt_lines("kv> "), interactive=True)
+        return run_lines(client, _prompt_lines("kv> "), output, interactive=True)
     finally:
         if readline is not None:
             with contextlib.suppress(OSError):
@@ -221,10 +387,23 @@ EPILOG = f"""commands:
 {help_text()}
 
 Without a command, kv reads commands from stdin: with a prompt and history on a
-terminal, or silently from a pipe, printing exactly one line per command.
+terminal, or silently from a pipe, printing exactly one line per command (an
+empty line prints ERROR BAD_REQUEST empty command).
 Each command prints OK, the value, NOT_FOUND, or ERROR <CODE> <message>.
 
-exit status of a one-shot command: 0 done, 1 NOT_FOUND, 2 error.
+{QUOTING_HELP}
+  On kv's own command line the shell does the quoting: each argument is taken
+  as the bytes the shell passes (no escapes), and PUT's words after the key
+  are joined by one space:
+    kv put "sp key" v1            then, in kv or on a pipe: GET "sp key"
+    kv put k ""                   the empty value
+    kv put bin $'\\xff\\xfe'        bytes that are not text (bash's $'...')
+
+{OUTPUT_HELP}
+exit status: a one-shot command exits 0 done, 1 NOT_FOUND (GET of a missing
+key), 2 error. Reading stdin, kv exits 0 once it has run every line (or EXIT),
+whatever each command printed, and 2 if it could not write its output.
+Ctrl-C at the prompt abandons the line; anywhere else it exits 130.
 
 kv bench [options] measures throughput and latency of the cluster (and of
 Redis, for comparison); see kv bench --help.
@@ -236,6 +415,16 @@ examples:
   printf 'PUT a 1\\nGET a\\n' | kv
   kv bench --cluster 127.0.0.1:5000 --duration 5
 """
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,7 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KV_NODES", DEFAULT_NODES),
         help="comma-separated host:port of any cluster nodes (env KV_NODES; default %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=5.0, help="seconds to wait for a reply (default 5)"
+    )
+    value_format = parser.add_mutually_exclusive_group()
+    value_format.add_argument(
+        "--raw",
+        dest="value_format",
+        action="store_const",
+        const=ValueFormat.RAW,
+        help="print values as the stored bytes, unquoted (as redis-cli --raw)",
+    )
+    value_format.add_argument(
+        "--no-raw",
+        dest="value_format",
+        action="store_const",
+        const=ValueFormat.QUOTED,
+        help="print values quoted and escaped even on a pipe (the default on a terminal)",
+    )
     parser.add_argument("command", nargs="?", help="GET, PUT, DELETE, WHERE, STATUS or REPAIR (case-insensitive)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
     return parser
@@ -274,24 +480,45 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "bench":  # a tool of its own, with its own options
         return _bench(args[1:])
     options = build_parser().parse_args(args)
+    value_format = options.value_format or (ValueFormat.QUOTED if _is_terminal(sys.stdout) else ValueFormat.PLAIN)
+    try:
+        return _run(options, Output(value_format))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (kv ... | head -1): nothing more to say, to anyone
+        _discard_stdout()
+        return EXIT_ERROR
+
+
+def _run(options: argparse.Namespace, output: Output) -> int:
     try:
         client = Client(options.nodes, timeout=options.timeout, client_name="kv-cli")
     except ValueError as exc:
         print(f"ERROR BAD_REQUEST --nodes: {exc}", file=sys.stderr)
         return EXIT_ERROR
     with client:
-        if options.command:
-            name = options.command.upper()
-            args = options.args
-            command = COMMANDS.get(name)
-            if command is not None and command.max_args is None and len(args) > command.min_args:
-                args = [args[0], " ".join(args[1:])]
-            result = run_command(client, name, args)
-            print(result.line)
+        if options.command is not None:
+            result = run_command(client, *one_shot_command(options.command, options.args))
+            output.result(result)
             return result.exit_code
-        if sys.stdin.isatty():
-            return repl(client, options.nodes)
-        return run_lines(client, sys.stdin, interactive=False)
+        if _is_terminal(sys.stdin):
+            return repl(client, options.nodes, output)
+        return run_lines(client, input_lines(sys.stdin), output, interactive=False)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not report the broken pipe
+    again (the recipe in Python's ``signal`` documentation, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

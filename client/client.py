@@ -10,10 +10,18 @@ per request.
 
 Nodes advertise addresses valid inside their network (``node1:5000``); a client outside it reaches
 them by the seed addresses it was given, so a seed's address always wins over the advertised one.
+
+Arguments are checked before anything is sent: a key or value that is neither bytes nor str, a str
+that is not valid UTF-8, a quorum that is not 1..N, a timeout that is not a positive number or an
+unknown node id raises ``InvalidArgumentError`` (also a ``ValueError``) or ``InvalidArgumentTypeError``
+(also a ``TypeError``), both ``BadRequestError``s, never an encoder's ``struct.error`` or
+``UnicodeError``.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -27,6 +35,8 @@ from client.address import format_address, parse_address
 from client.connection import Connection, check_reply
 from client.errors import (
     ClockSkewError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     KeyTooLargeError,
     KVError,
     NodeUnreachableError,
@@ -61,6 +71,8 @@ REPAIR_TIMEOUT = 600.0
 """Seconds ``repair`` waits: a round compares every partition with every peer and may copy a lot."""
 PIPELINE_CONCURRENCY = 256
 """Requests a pipeline keeps in flight at once; the rest wait, so a huge batch cannot exhaust sockets."""
+MAX_CLIENT_NAME_BYTES = 255
+"""HELLO carries the client's name after a one-byte length (PROTOCOL.md)."""
 
 Key = bytes | str
 Value = bytes | str
@@ -80,11 +92,58 @@ class Limits(NamedTuple):
     max_frame_bytes: int
 
 
-def to_bytes(data: Key) -> bytes:
-    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+def to_bytes(data: Key, what: str = "key") -> bytes:
+    """A key or value as bytes: a ``str`` as UTF-8, a bytes-like object as it is.
+
+    Raises ``InvalidArgumentTypeError`` for anything else (``bytes(5)`` would silently be five zero
+    bytes) and ``InvalidArgumentError`` for a ``str`` UTF-8 cannot encode (a lone surrogate).
+    """
+    if isinstance(data, str):
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(
+                f"{what} is not valid UTF-8 text ({exc.reason} at index {exc.start}); pass bytes instead"
+            ) from None
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise InvalidArgumentTypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def to_quorum(value: int | None, name: str) -> int:
+    """The quorum byte a request carries for ``r`` or ``w``: ``None`` asks for the cluster's default
+    (0 on the wire), an int must be 1 or more. The upper bound, N, is checked once the ring is known.
+    Raises ``InvalidArgumentTypeError`` or ``InvalidArgumentError``."""
+    if value is None:
+        return protocol.DEFAULT_QUORUM
+    if isinstance(value, bool):  # an int to Python, but r=True is a mistake, not 1
+        raise InvalidArgumentTypeError(f"{name} must be an int or None, not bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentTypeError(f"{name} must be an int or None, not {type(value).__name__}") from None
+    if number < 1:
+        raise InvalidArgumentError(f"{name}={number}: a request waits for 1 to N replicas, or None for the default")
+    return number
+
+
+def _check_seconds(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentTypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidArgumentError(f"{name}={value}: must be a positive, finite number of seconds")
+    return value
 
 
 def split_addresses(nodes: str | Sequence[str]) -> list[str]:
+    """``"a:1, b:2"`` or ``["a:1", "b:2"]`` as ``["a:1", "b:2"]``. Raises ``InvalidArgumentTypeError``
+    for anything but a str or a sequence of str, and ``ValueError`` when no address is given."""
+    if not isinstance(nodes, str) and not (
+        isinstance(nodes, Sequence) and all(isinstance(item, str) for item in nodes)
+    ):
+        raise InvalidArgumentTypeError(
+            f"nodes must be a str 'host:port,...' or a sequence of str, not {type(nodes).__name__}"
+        )
     items = nodes.split(",") if isinstance(nodes, str) else list(nodes)
     addresses = [item.strip() for item in items if item.strip()]
     if not addresses:
@@ -109,9 +168,16 @@ class Client:
         client_name: str = "kv-client",
         connection_factory: Callable[..., Connection] = Connection,
     ) -> None:
-        self.seeds = [format_address(*parse_address(address)) for address in split_addresses(nodes)]
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
+        try:
+            self.seeds = [format_address(*parse_address(address)) for address in split_addresses(nodes)]
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        self.timeout = _check_seconds(timeout, "timeout")
+        self.connect_timeout = _check_seconds(connect_timeout, "connect_timeout")
+        if not isinstance(client_name, str):
+            raise InvalidArgumentTypeError(f"client_name must be a str, not {type(client_name).__name__}")
+        if len(to_bytes(client_name, "client_name")) > MAX_CLIENT_NAME_BYTES:
+            raise InvalidArgumentError(f"client_name is longer than {MAX_CLIENT_NAME_BYTES} bytes in UTF-8")
         self.client_name = client_name
         self._connection_factory = connection_factory
         self.routing: RoutingPolicy = ReplicasFirst()
@@ -126,8 +192,9 @@ class Client:
     # --- commands ---------------------------------------------------------------------------------
 
     def get(self, key: Key, *, r: int | None = None) -> bytes | None:
-        """The key's value, or ``None`` if it does not exist. ``r``: replies to wait for."""
-        frame = self._execute(protocol.Get(to_bytes(key), r or protocol.DEFAULT_QUORUM))
+        """The key's value, or ``None`` if it does not exist. ``r``: replies to wait for, 1 to N
+        (``None``: the cluster's R)."""
+        frame = self._execute(protocol.Get(to_bytes(key), to_quorum(r, "r")))
         if frame.code == Status.NOT_FOUND:
             return None
         version, value = protocol.decode_value(frame.body)
@@ -135,13 +202,14 @@ class Client:
         return value
 
     def put(self, key: Key, value: Value, *, w: int | None = None) -> Version:
-        """Store ``value`` under ``key``; returns the version it was stored with. ``w``: acks to wait for."""
-        request = protocol.Put(to_bytes(key), to_bytes(value), w or protocol.DEFAULT_QUORUM, self._seen_timestamp)
+        """Store ``value`` under ``key``; returns the version it was stored with. ``w``: acks to wait
+        for, 1 to N (``None``: the cluster's W)."""
+        request = protocol.Put(to_bytes(key), to_bytes(value, "value"), to_quorum(w, "w"), self._seen_timestamp)
         return self._saw(protocol.decode_version(self._execute(request).body))
 
     def delete(self, key: Key, *, w: int | None = None) -> Version:
         """Delete ``key`` (a versioned tombstone); returns the tombstone's version."""
-        request = protocol.Delete(to_bytes(key), w or protocol.DEFAULT_QUORUM, self._seen_timestamp)
+        request = protocol.Delete(to_bytes(key), to_quorum(w, "w"), self._seen_timestamp)
         return self._saw(protocol.decode_version(self._execute(request).body))
 
     def _saw(self, version: Version) -> Version:
@@ -200,7 +268,8 @@ class Client:
 
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
-        frame = self._connection(self.node_address(node_id)).call(protocol.Repair(), timeout=timeout)
+        address = self.node_address(node_id)
+        frame = self._connection(address).call(protocol.Repair(), timeout=_check_seconds(timeout, "timeout"))
         return protocol.decode_repair_reply(frame.body)
 
     def close(self) -> None:
@@ -217,12 +286,21 @@ class Client:
     # --- routing ----------------------------------------------------------------------------------
 
     def node_address(self, node_id: str) -> str:
-        """The address this client uses for ``node_id``."""
+        """The address this client uses for ``node_id``; ``InvalidArgumentError`` if no node has that id."""
         self._ensure_topology()
-        return self._addresses[node_id]
+        address = self._addresses.get(node_id) if isinstance(node_id, str) else None
+        if address is None:
+            raise InvalidArgumentError(f"unknown node id {node_id!r}; the nodes are {', '.join(self._addresses)}")
+        return address
 
     def call_node(self, address: str, request: Request) -> Frame:
         """Send ``request`` to the node at ``address`` only, with no failover (admin and tests)."""
+        if not isinstance(address, str):
+            raise InvalidArgumentTypeError(f"address must be a str 'host:port', not {type(address).__name__}")
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         return self._connection(address).call(request, timeout=self.timeout)
 
     def _execute(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:
@@ -325,10 +403,17 @@ class Client:
         return self._ring.preference_list(key, self._topology.n)
 
     def _check_limits(self, request: protocol.Get | protocol.Put | protocol.Delete) -> None:
-        """Refuse oversize keys and values here: sent, they would only come back as errors."""
-        limits = self._limits
-        if limits is None:
+        """Refuse a quorum above N and oversize keys and values here: sent, they would only come back
+        as errors, and a quorum or key too large for its field could not even be encoded."""
+        limits, topology = self._limits, self._topology
+        if limits is None or topology is None:
             return
+        if request.quorum > topology.n:
+            name = "r" if isinstance(request, protocol.Get) else "w"
+            raise InvalidArgumentError(
+                f"{name}={request.quorum} exceeds N={topology.n}: a request waits for 1 to {topology.n} replicas, "
+                "or None for the default"
+            )
         if len(request.key) > limits.max_key_bytes:
             raise KeyTooLargeError(f"key of {len(request.key)} bytes exceeds the limit of {limits.max_key_bytes}")
         if isinstance(request, protocol.Put) and len(request.value) > limits.max_value_bytes:
@@ -395,16 +480,21 @@ class Pipeline:
         self._client = client
         self._commands: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 
+    # Arguments are checked as each command is queued, so a bad one raises at the line that passed it.
+
     def get(self, key: Key, *, r: int | None = None) -> Pipeline:
-        self._commands.append((self._client.get, (key,), {"r": r}))
+        to_quorum(r, "r")
+        self._commands.append((self._client.get, (to_bytes(key),), {"r": r}))
         return self
 
     def put(self, key: Key, value: Value, *, w: int | None = None) -> Pipeline:
-        self._commands.append((self._client.put, (key, value), {"w": w}))
+        to_quorum(w, "w")
+        self._commands.append((self._client.put, (to_bytes(key), to_bytes(value, "value")), {"w": w}))
         return self
 
     def delete(self, key: Key, *, w: int | None = None) -> Pipeline:
-        self._commands.append((self._client.delete, (key,), {"w": w}))
+        to_quorum(w, "w")
+        self._commands.append((self._client.delete, (to_bytes(key),), {"w": w}))
         return self
 
     def __len__(self) -> int:

@@ -19,6 +19,16 @@ class BadRequestError(KVError):
     code = "BAD_REQUEST"
 
 
+class InvalidArgumentError(BadRequestError, ValueError):
+    """The client refused an argument before sending anything: a quorum out of range, a ``str``
+    that is not valid UTF-8, an unknown node id. Also a ``ValueError``, as Python code expects."""
+
+
+class InvalidArgumentTypeError(BadRequestError, TypeError):
+    """The client refused an argument of the wrong type (a key that is neither bytes nor str, a
+    quorum that is not an int). Also a ``TypeError``, as Python code expects."""
+
+
 class KeyTooLargeError(KVError):
     code = "KEY_TOO_LARGE"
 

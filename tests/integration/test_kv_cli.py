@@ -56,6 +56,41 @@ def test_cli_one_shot_commands_and_exit_codes(cluster: Cluster) -> None:
     assert exit_code == 2 and len(lines) == 1 and lines[0].startswith("ERROR BAD_REQUEST"), lines
 
 
+def test_cli_takes_any_bytes_inside_a_node_container_in_the_c_locale(cluster: Cluster) -> None:
+    """Quoting, bytes that are not UTF-8 and a stored status word, through the image's own kv and
+    Python, with LANG=C and an ASCII stdio encoding: exact bytes out, exit 0, nothing on stderr."""
+    container = cluster.containers["node1"].get_wrapped_container()
+    key = f"sp key {uuid.uuid4().hex[:8]}"
+
+    def kv(*args: str, stdin: str | None = None) -> tuple[int, bytes, bytes]:
+        command = shlex.join(["kv", "--nodes", IN_NETWORK_NODES, *args])
+        if stdin is not None:
+            command = f"printf {shlex.quote(stdin)} | {command}"
+        exit_code, (stdout, stderr) = container.exec_run(
+            ["sh", "-c", command], environment={"LANG": "C", "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}, demux=True
+        )
+        return exit_code, stdout or b"", stderr or b""
+
+    assert kv("put", key, "v1") == (0, b"OK\n", b"")  # kv put "sp key ..." v1
+    session = (
+        f'GET "{key}"\\n'  # printf turns \\n into a newline and \\377 into the byte 0xff
+        "PUT bin \\377\\376\\n"
+        "GET bin\\n"
+        'PUT nf "NOT_FOUND"\\n'
+        "GET nf\\n"
+        'PUT empty ""\\n'
+        "GET empty\\n"
+        'GET "unbalanced\\n'
+        "GET bin\\n"
+    )
+    assert kv(stdin=session) == (
+        0,
+        b'v1\nOK\n"\\xff\\xfe"\nOK\n"NOT_FOUND"\nOK\n""\nERROR BAD_REQUEST unbalanced quotes\n"\\xff\\xfe"\n',
+        b"",
+    )
+    assert kv("--raw", "get", "bin") == (0, b"\xff\xfe\n", b"")
+
+
 # --- the real compose.yaml ---------------------------------------------------------------------------------------
 
 

@@ -1,19 +1,29 @@
-"""The ``kv`` command line against three in-process nodes: one-shot commands, line mode, errors."""
+"""The ``kv`` command line against three in-process nodes: one-shot commands, line mode, quoting,
+any bytes in and out, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cluster import InProcessCluster, free_port
-from hypothesis import given
+from gevent import subprocess
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import cli
+from client.cli import ValueFormat
+from client.client import Client
 from client.protocol import MemberView, PeerState, Record, Version
+from client.quoting import QuotingError, quote
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -29,12 +39,44 @@ def kv(cluster: InProcessCluster, capsys: pytest.CaptureFixture[str]):
 
 
 def run_lines(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], nodes: str, text: str):
+    """Line mode with a text-only stdin (a StringIO, as a caller of ``main`` might pass)."""
     stdin = io.StringIO(text)
     assert not stdin.isatty()
     monkeypatch.setattr("sys.stdin", stdin)
     code = cli.main(["--nodes", nodes])
     captured = capsys.readouterr()
     return code, captured.out.splitlines(), captured.err
+
+
+def run_piped(nodes: str, data: bytes, *options: str) -> tuple[int, bytes, str]:
+    """``printf DATA | kv --nodes NODES OPTIONS...``: stdin and stdout are bytes under text wrappers
+    that can encode nothing but ASCII, as in the C locale, so only what goes through as bytes gets
+    through. Returns (exit code, stdout, stderr)."""
+    stdin = io.TextIOWrapper(io.BytesIO(data), encoding="ascii")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    stderr = io.StringIO()
+    original_stdin, sys.stdin = sys.stdin, stdin
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = cli.main(["--nodes", nodes, *options])
+    finally:
+        sys.stdin = original_stdin
+    stdout.flush()
+    return code, stdout.buffer.getvalue(), stderr.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pipe(cluster: InProcessCluster):
+    """Runs ``printf DATA | kv --nodes <cluster> OPTIONS...``; returns (exit code, stdout lines as
+    bytes, stderr as bytes)."""
+
+    def run(data: bytes, *options: str) -> tuple[int, list[bytes], bytes]:
+        code, out, err = run_piped(",".join(cluster.addresses), data, *options)
+        lines = out.split(b"\n")
+        assert lines.pop() == b"", out  # every line ends with a newline
+        return code, lines, err.encode()
+
+    return run
 
 
 # --- one-shot commands -----------------------------------------------------------------------------
@@ -187,7 +229,7 @@ def test_repair_with_a_node_down_names_what_was_not_compared(kv, cluster: InProc
 
 def test_a_value_with_a_newline_prints_on_one_line(kv) -> None:
     assert kv("put", "multi", "a\nb") == (0, ["OK"], "")
-    assert kv("get", "multi") == (0, ["a\\nb"], "")
+    assert kv("get", "multi") == (0, ['"a\\nb"'], "")
 
 
 @pytest.mark.parametrize(
@@ -300,7 +342,227 @@ def test_line_mode_against_an_unreachable_cluster(
     assert "Traceback" not in err
 
 
-# --- help and printable ----------------------------------------------------------------------------
+# --- quoting, as redis-cli does it ----------------------------------------------------------------
+
+
+def test_a_quoted_key_with_a_space_is_one_key(pipe, cluster: InProcessCluster) -> None:
+    assert pipe(b'PUT "a b" c\nGET "a b"\n') == (0, [b"OK", b"c"], b"")
+    client = cluster.client()
+    assert client.get(b"a b") == b"c"
+    assert client.get(b'"a') is None  # not the key `"a` with the value `b" c`
+
+
+def test_a_key_written_one_shot_reads_back_in_line_mode(kv, pipe) -> None:
+    assert kv("put", "sp key", "v1") == (0, ["OK"], "")  # what the shell passes for: kv put "sp key" v1
+    assert pipe(b"GET \"sp key\"\nGET 'sp key'\nGET sp key\n") == (
+        0,
+        [b"v1", b"v1", b"ERROR BAD_REQUEST usage: GET key"],
+        b"",
+    )
+
+
+def test_a_quoted_value_is_taken_exactly(pipe, cluster: InProcessCluster) -> None:
+    session = b'PUT pad "  padded  "\nGET pad\nPUT empty ""\nGET empty\nPUT single \' x \'\nGET single\n'
+    assert pipe(session) == (0, [b"OK", b'"  padded  "', b"OK", b'""', b"OK", b'" x "'], b"")
+    client = cluster.client()
+    assert client.get("pad") == b"  padded  "
+    assert client.get("empty") == b""  # an empty value exists: it is not a missing key
+    assert client.get("single") == b" x "
+
+
+def test_an_unquoted_value_is_the_rest_of_the_line_as_written(pipe, cluster: InProcessCluster) -> None:
+    session = b'PUT k   hello   big  world  \nGET k\nPUT it it\'s "fine"\\n\nGET it\n'
+    assert pipe(session) == (0, [b"OK", b"hello   big  world", b"OK", b'it\'s "fine"\\n'], b"")
+    assert cluster.client().get("it") == b'it\'s "fine"\\n'  # quotes and backslashes inside are bytes
+
+
+def test_a_stored_status_word_prints_quoted_unlike_the_status(pipe) -> None:
+    session = (
+        b'PUT nf NOT_FOUND\nPUT ok OK\nPUT err "ERROR BAD_REQUEST x"\nPUT q \'"quoted"\'\n'
+        b"GET nf\nGET ok\nGET err\nGET q\nGET missing\n"
+    )
+    code, lines, _ = pipe(session)
+    assert code == 0
+    assert lines[4:] == [b'"NOT_FOUND"', b'"OK"', b'"ERROR BAD_REQUEST x"', b'"\\"quoted\\""', b"NOT_FOUND"]
+
+
+def test_escapes_in_double_quotes(pipe, cluster: InProcessCluster) -> None:
+    assert pipe(b'PUT esc "a\\nb\\t\\x41\\\\\\"\\xff"\nGET esc\n') == (0, [b"OK", b'"a\\nb\\tA\\\\\\"\\xff"'], b"")
+    assert cluster.client().get("esc") == b'a\nb\tA\\"\xff'
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b'GET "abc', b"ERROR BAD_REQUEST unbalanced quotes"),
+        (b'PUT k "abc', b"ERROR BAD_REQUEST unbalanced quotes"),
+        (b"PUT 'k v", b"ERROR BAD_REQUEST unbalanced quotes"),
+        (b'GET "a"b', b"ERROR BAD_REQUEST unbalanced quotes: a closing quote must be followed by a blank"),
+        (b'PUT k "a" b', b"ERROR BAD_REQUEST a value that starts with a quote must be one quoted argument"),
+    ],
+)
+def test_unbalanced_quotes_are_one_error_line_and_the_session_goes_on(pipe, line: bytes, error: bytes) -> None:
+    code, lines, err = pipe(line + b"\nPUT after ok\nGET after\n")
+    assert (code, len(lines), lines[1:], err) == (0, 3, [b"OK", b"ok"], b"")
+    assert lines[0].startswith(error), lines[0]
+
+
+def test_bytes_that_are_not_utf8_on_stdin(pipe, cluster: InProcessCluster) -> None:
+    session = b'PUT bin \xff\xfe\nGET bin\nGET "bin"\nPUT \xff\xfe key\nGET \xff\xfe\nGET "\\xff\\xfe"\n'
+    assert pipe(session) == (0, [b"OK", b'"\\xff\\xfe"', b'"\\xff\\xfe"', b"OK", b"key", b"key"], b"")
+    client = cluster.client()
+    assert client.get(b"bin") == b"\xff\xfe"
+    assert client.get(b"\xff\xfe") == b"key"
+
+
+def test_one_shot_arguments_are_the_shells_bytes(kv, pipe, cluster: InProcessCluster) -> None:
+    assert kv("put", "empty", "") == (0, ["OK"], "")  # kv put empty ""
+    assert kv("get", "empty") == (0, ['""'], "")  # exists, so exit 0 and not NOT_FOUND
+    assert kv("put", "pad", " a ") == (0, ["OK"], "")
+    assert kv("put", "bin", os.fsdecode(b"\xff\xfe")) == (0, ["OK"], "")  # kv put bin $'\xff\xfe'
+    assert kv("put", "esc", "\\x41") == (0, ["OK"], "")  # no escapes: the shell did the quoting
+    client = cluster.client()
+    assert [client.get(key) for key in ("empty", "pad", "bin", "esc")] == [b"", b" a ", b"\xff\xfe", b"\\x41"]
+    assert pipe(b'GET pad\nGET bin\nGET esc\nPUT pad " a "\n') == (
+        0,
+        [b'" a "', b'"\\xff\\xfe"', b"\\x41", b"OK"],
+        b"",
+    )
+
+
+def test_raw_and_no_raw(pipe, cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.put("nl", b"a\nb\xff")
+    client.put("word", b"hello")
+    assert pipe(b"GET nl\nGET word\nGET missing\n", "--raw") == (0, [b"a", b"b\xff", b"hello", b"NOT_FOUND"], b"")
+    assert pipe(b"GET nl\nGET word\n", "--no-raw") == (0, [b'"a\\nb\\xff"', b'"hello"'], b"")
+    assert pipe(b"GET nl\nGET word\n") == (0, [b'"a\\nb\\xff"', b"hello"], b"")
+
+
+def test_on_a_terminal_values_print_quoted(kv, monkeypatch: pytest.MonkeyPatch) -> None:
+    kv("put", "word", "hello")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert kv("get", "word") == (0, ['"hello"'], "")
+    assert kv("get", "missing") == (1, ["NOT_FOUND"], "")
+    assert kv("--raw", "get", "word") == (0, ["hello"], "")
+
+
+def kv_subprocess(cluster: InProcessCluster, data: bytes, *options: str) -> subprocess.CompletedProcess[bytes]:
+    """``kv`` as its own process, in the C locale with an ASCII stdio encoding: nothing in the way
+    bytes are read or written may depend on the locale. (gevent's subprocess, so the in-process
+    nodes go on serving while the test waits for it.)"""
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "client", "--nodes", ",".join(cluster.addresses), *options]
+    return subprocess.run(command, input=data, capture_output=True, env=env, timeout=30, check=False)
+
+
+def test_bytes_in_and_out_of_a_real_pipe_in_the_c_locale(cluster: InProcessCluster) -> None:
+    session = b'PUT bin \xff\xfe\nGET bin\nGET nope\nPUT nl "a\\nb"\nGET nl\n'
+    session += b"PUT caf\xc3\xa9 \xe2\x98\x95\nGET caf\xc3\xa9\n"  # UTF-8 text prints as itself
+    result = kv_subprocess(cluster, session)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == b'OK\n"\\xff\\xfe"\nNOT_FOUND\nOK\n"a\\nb"\nOK\n\xe2\x98\x95\n'
+    result = kv_subprocess(cluster, b"GET bin\nGET nl\n", "--raw")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"\xff\xfe\na\nb\n", b"")
+
+
+# --- never a traceback -------------------------------------------------------------------------------
+
+keys_and_values = st.binary(max_size=64) | st.text(max_size=32).map(str.encode)
+
+
+def is_exit(line: bytes) -> bool:
+    try:
+        return cli.split_command(line)[0] in ("EXIT", "QUIT")
+    except QuotingError:
+        return False
+
+
+arguments = st.one_of(
+    st.binary(min_size=1, max_size=12),  # blanks in it make more arguments
+    keys_and_values.map(quote),
+    st.sampled_from([b'"', b"'", b"\\", b'"\\x', b'""', b'"a"b', b"'\\'", b"\r", b"\x00"]),
+)
+line_mode_lines = st.one_of(
+    st.binary(max_size=40),
+    st.tuples(st.sampled_from([b"GET", b"get", b"DELETE", b"WHERE", b'"GET"']), arguments).map(b" ".join),
+    st.tuples(st.sampled_from([b"PUT", b"put", b"'PUT'"]), arguments, arguments | st.binary(max_size=30)).map(
+        b" ".join
+    ),
+    st.lists(arguments, max_size=4).map(b" ".join),
+    st.sampled_from([b"", b" ", b"STATUS", b"HELP", b"GET", b"PUT k"]),
+).map(lambda line: line.replace(b"\n", b" "))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(line_mode_lines.filter(lambda line: not is_exit(line)), max_size=8), final_newline=st.booleans())
+def test_random_bytes_in_line_mode_give_one_line_per_command_and_no_traceback(
+    cluster: InProcessCluster, lines: list[bytes], final_newline: bool
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+    commands = len(list(io.BytesIO(data)))  # lines as a pipe delivers them: the last may lack its newline
+    code, output, err = run_piped(",".join(cluster.addresses), data)
+    assert (code, err) == (0, "")
+    printed = output.split(b"\n")
+    assert printed.pop() == b""
+    assert len(printed) == commands, (data, printed)
+    assert not any(line.startswith(b"ERROR INTERNAL_ERROR kv failed") for line in printed), printed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(keys_and_values, keys_and_values), min_size=1, max_size=5))
+def test_random_keys_and_values_round_trip_through_the_cli(
+    cluster: InProcessCluster, pairs: list[tuple[bytes, bytes]]
+) -> None:
+    """PUT each pair quoted, GET each key back on a pipe, and read the printed value as PUT's value
+    again: the same bytes, whatever they are."""
+    written = dict(pairs)
+    session = b"".join(b"PUT " + quote(key) + b" " + quote(value) + b"\n" for key, value in written.items())
+    session += b"".join(b"GET " + quote(key) + b"\n" for key in written)
+    code, output, err = run_piped(",".join(cluster.addresses), session)
+    assert (code, err) == (0, "")
+    printed = output.split(b"\n")[:-1]
+    assert printed[: len(written)] == [b"OK"] * len(written)
+    for (key, value), shown in zip(written.items(), printed[len(written) :], strict=True):
+        assert cli.split_command(b"PUT k " + shown) == ("PUT", [b"k", value]), (key, value, shown)
+
+
+def test_an_unexpected_failure_is_one_line_and_the_session_goes_on(
+    pipe, monkeypatch: pytest.MonkeyPatch, cluster: InProcessCluster
+) -> None:
+    def broken(self: Client, key: bytes, *, r: int | None = None) -> bytes | None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Client, "get", broken)
+    assert pipe(b"GET a\nPUT a 1\n") == (0, [b"ERROR INTERNAL_ERROR kv failed: RuntimeError: boom", b"OK"], b"")
+
+
+def test_ctrl_c_exits_130_without_a_traceback(kv, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: Client, key: bytes, *, r: int | None = None) -> bytes | None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Client, "get", interrupted)
+    assert kv("get", "k") == (130, [], "")
+
+
+class ClosedPipe(io.RawIOBase):
+    """A stdout whose reader has gone, as ``kv ... | head -0`` leaves it."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_exits_2_without_a_traceback(
+    cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(io.BufferedWriter(ClosedPipe()), encoding="ascii"))
+    assert cli.main(["--nodes", ",".join(cluster.addresses), "get", "k"]) == cli.EXIT_ERROR
+
+
+# --- help and how values print -------------------------------------------------------------------------
 
 
 def test_help_exits_0_and_documents_kv_nodes_and_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -313,29 +575,68 @@ def test_help_exits_0_and_documents_kv_nodes_and_every_command(capsys: pytest.Ca
         assert usage in out, usage
 
 
+def test_help_answers_the_quoting_question_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for text in ('"..." takes the escapes', 'PUT "sp key"', 'GET "sp key"', 'kv put k ""', "--raw", "--no-raw"):
+        assert text in out, text
+    interactive = io.StringIO()
+    with contextlib.redirect_stdout(interactive):
+        cli.run_lines(None, [b"help\n"], cli.Output(ValueFormat.QUOTED), interactive=True)  # type: ignore[arg-type]
+    assert 'PUT "sp key"' in interactive.getvalue()
+
+
 @pytest.mark.parametrize(
-    ("value", "expected"),
+    ("value", "plain", "quoted"),
     [
-        (b"plain text", "plain text"),
-        ("naïve ☕".encode(), "naïve ☕"),
-        (b"a\nb", "a\\nb"),
-        (b"a\r\nb\tc", "a\\r\\nb\\tc"),
-        (b"\x00\x1b[31m", "\\x00\\x1b[31m"),
-        (b"\xff\xfe", "\\xff\\xfe"),
-        (b"", ""),
+        (b"plain text", "plain text", '"plain text"'),
+        ("naïve ☕".encode(), "naïve ☕", '"naïve ☕"'),
+        (b"a\nb", '"a\\nb"', '"a\\nb"'),
+        (b"a\r\nb\tc", '"a\\r\\nb\\tc"', '"a\\r\\nb\\tc"'),
+        (b"\x00\x1b[31m", '"\\x00\\x1b[31m"', '"\\x00\\x1b[31m"'),
+        (b"\xff\xfe", '"\\xff\\xfe"', '"\\xff\\xfe"'),
+        (b"", '""', '""'),
+        (b" lead", '" lead"', '" lead"'),
+        (b"trail ", '"trail "', '"trail "'),
+        (b"NOT_FOUND", '"NOT_FOUND"', '"NOT_FOUND"'),
+        (b"OK", '"OK"', '"OK"'),
+        (b"ERROR", '"ERROR"', '"ERROR"'),
+        (b"ERROR TIMEOUT x", '"ERROR TIMEOUT x"', '"ERROR TIMEOUT x"'),
+        (b"OKAY", "OKAY", '"OKAY"'),
+        (b'"hi"', '"\\"hi\\""', '"\\"hi\\""'),
+        (b"'hi'", "\"'hi'\"", "\"'hi'\""),
+        (b"C:\\dir", "C:\\dir", '"C:\\\\dir"'),
     ],
 )
-def test_printable_escapes_control_characters(value: bytes, expected: str) -> None:
-    assert cli.printable(value) == expected
+def test_how_a_value_prints(value: bytes, plain: str, quoted: str) -> None:
+    assert cli.format_value(value, ValueFormat.PLAIN) == plain.encode()
+    assert cli.format_value(value, ValueFormat.QUOTED) == quoted.encode()
+    assert cli.format_value(value, ValueFormat.RAW) == value
 
 
-@given(st.binary(max_size=64) | st.text(max_size=32).map(str.encode))
-def test_printable_is_always_one_printable_line(value: bytes) -> None:
-    text = cli.printable(value)
-    assert text.isprintable()
-    assert len(text.splitlines()) <= 1
-    if value.isascii() and all(0x20 <= byte < 0x7F for byte in value):
-        assert text == value.decode()
+@given(
+    key=keys_and_values, value=keys_and_values, value_format=st.sampled_from([ValueFormat.PLAIN, ValueFormat.QUOTED])
+)
+def test_a_printed_value_reads_back_as_the_same_bytes(key: bytes, value: bytes, value_format: ValueFormat) -> None:
+    printed = cli.format_value(value, value_format)
+    assert b"\n" not in printed and b"\r" not in printed  # one line
+    line = b"PUT " + cli.format_value(key, ValueFormat.QUOTED) + b" " + printed + b"\n"
+    assert cli.split_command(line) == ("PUT", [key, value])
+    assert cli.split_command(b"get " + cli.format_value(key, ValueFormat.QUOTED)) == ("GET", [key])
+
+
+@given(key=keys_and_values.filter(bool), value=keys_and_values)
+def test_one_shot_arguments_map_to_the_same_command_as_a_quoted_line(key: bytes, value: bytes) -> None:
+    argv = [os.fsdecode(key), os.fsdecode(value)]  # what Python makes of the shell's bytes
+    assert cli.one_shot_command("put", argv) == ("PUT", [key, value])
+    assert cli.one_shot_command("put", argv) == cli.split_command(
+        b"PUT " + cli.format_value(key, ValueFormat.QUOTED) + b" " + cli.format_value(value, ValueFormat.QUOTED)
+    )
+
+
+def test_an_error_message_is_printed_on_one_line() -> None:
+    assert cli.one_line("node said:\nsecond line\x1b[31m \udcff") == b"node said:\\nsecond line\\x1b[31m \\udcff"
 
 
 def test_kv_bench_where_the_bench_package_is_missing_is_one_line_and_exit_2(

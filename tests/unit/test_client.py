@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from cluster import DEFAULT_SETTINGS, InProcessCluster, configure_logging, free_port
 from gevent import socket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polling import wait_until
 
 from client import protocol
@@ -17,6 +19,8 @@ from client.client import Client, Limits
 from client.connection import Connection
 from client.errors import (
     BadRequestError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     KeyTooLargeError,
     NodeUnreachableError,
     UnavailableError,
@@ -88,6 +92,31 @@ def test_values_come_back_byte_for_byte(cluster: InProcessCluster, key: bytes | 
     assert client.get(key) == expected
     if expected == b"":
         assert client.get(key) is not None  # an empty value exists; it is not a missing key
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pairs=st.dictionaries(
+        st.binary(max_size=100) | st.text(max_size=40).map(str.encode),  # b"" and "" are one key: compare bytes
+        st.binary(max_size=3000) | st.text(max_size=100),
+        min_size=1,
+        max_size=6,
+    ),
+    as_text=st.booleans(),
+)
+def test_random_keys_and_values_round_trip(
+    cluster: InProcessCluster, pairs: dict[bytes, bytes | str], as_text: bool
+) -> None:
+    client = cluster.client()
+    for key, value in pairs.items():
+        text_key = key.decode("utf-8", errors="ignore") if as_text else None
+        client.put(text_key if text_key is not None and text_key.encode() == key else key, value)
+    for key, value in pairs.items():
+        assert client.get(key) == (value.encode() if isinstance(value, str) else value)
+    with client.pipeline() as pipeline:
+        for key in pairs:
+            pipeline.get(key)
+        assert pipeline.execute() == [value.encode() if isinstance(value, str) else value for value in pairs.values()]
 
 
 def test_missing_key_is_none_and_deleting_it_is_fine(cluster: InProcessCluster) -> None:
@@ -365,6 +394,123 @@ def test_bad_seed_addresses_are_rejected_up_front() -> None:
         Client(" , ")
     with pytest.raises(ValueError, match="invalid port"):
         Client("127.0.0.1:99999")
+
+
+# --- arguments -------------------------------------------------------------------------------------
+
+BAD_QUORUMS = [
+    (256, InvalidArgumentError, "=256 exceeds N=2"),  # too big for the quorum byte, and above N
+    (3, InvalidArgumentError, "=3 exceeds N=2"),
+    (-1, InvalidArgumentError, "=-1: a request waits for 1 to N replicas"),
+    (0, InvalidArgumentError, "=0: a request waits for 1 to N replicas"),
+    ("2", InvalidArgumentTypeError, "must be an int or None, not str"),
+    (2.0, InvalidArgumentTypeError, "must be an int or None, not float"),
+    (True, InvalidArgumentTypeError, "must be an int or None, not bool"),
+]
+
+
+@pytest.mark.parametrize(("quorum", "error", "message"), BAD_QUORUMS)
+def test_a_bad_quorum_is_the_librarys_own_error_and_sends_nothing(
+    cluster: InProcessCluster,
+    counting: type[CountingConnection],
+    quorum: object,
+    error: type[BadRequestError],
+    message: str,
+) -> None:
+    client = Client(cluster.addresses, connection_factory=counting)
+    try:
+        client.topology()
+        counting.sent.clear()
+        calls = [
+            lambda: client.put("k", "v", w=quorum),  # type: ignore[arg-type]
+            lambda: client.delete("k", w=quorum),  # type: ignore[arg-type]
+            lambda: client.get("k", r=quorum),  # type: ignore[arg-type]
+            lambda: client.pipeline().put("k", "v", w=quorum).execute(),  # type: ignore[arg-type]
+            lambda: client.pipeline().get("k", r=quorum).execute(),  # type: ignore[arg-type]
+            lambda: client.pipeline().delete("k", w=quorum).execute(),  # type: ignore[arg-type]
+        ]
+        for call in calls:
+            with pytest.raises(error, match=message) as caught:
+                call()
+            assert caught.value.code == "BAD_REQUEST"
+            assert isinstance(caught.value, ValueError if error is InvalidArgumentError else TypeError)
+        assert counting.sent == []
+        assert client.put("k", "v", w=2) and client.get("k", r=2) == b"v"  # 1..N is fine
+    finally:
+        client.close()
+
+
+def test_a_fresh_client_refuses_w_256_before_encoding_it(cluster: InProcessCluster) -> None:
+    client = Client(cluster.addresses)
+    try:
+        with pytest.raises(InvalidArgumentError, match="w=256 exceeds N=2"):
+            client.put("k", "v", w=256)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error", "message"),
+    [
+        (5, "v", InvalidArgumentTypeError, "key must be bytes or str, not int"),
+        (None, "v", InvalidArgumentTypeError, "key must be bytes or str, not NoneType"),
+        ("k", 5, InvalidArgumentTypeError, "value must be bytes or str, not int"),  # not five zero bytes
+        ("k", None, InvalidArgumentTypeError, "value must be bytes or str, not NoneType"),
+        ("k", ["v"], InvalidArgumentTypeError, "value must be bytes or str, not list"),
+        ("\udcff", "v", InvalidArgumentError, "key is not valid UTF-8 text"),
+        ("k", "a\ud800b", InvalidArgumentError, "value is not valid UTF-8 text .* at index 1"),
+    ],
+)
+def test_a_key_or_value_of_the_wrong_kind_is_the_librarys_own_error(
+    cluster: InProcessCluster, key: object, value: object, error: type[BadRequestError], message: str
+) -> None:
+    client = cluster.client()
+    with pytest.raises(error, match=message):
+        client.put(key, value)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        client.pipeline().put(key, value)  # type: ignore[arg-type]
+    if "key" in message:
+        for call in (client.get, client.delete, client.where, client.pipeline().get, client.pipeline().delete):
+            with pytest.raises(error, match=message):
+                call(key)  # type: ignore[operator]
+
+
+def test_bytes_like_keys_and_values_are_their_bytes(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    client.put(bytearray(b"ba"), memoryview(b"mv"))
+    assert client.get(b"ba") == b"mv"
+    assert client.get(memoryview(b"ba")) == b"mv"
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"timeout": 0}, InvalidArgumentError, "timeout=0: must be a positive"),
+        ({"timeout": -1.0}, InvalidArgumentError, "timeout=-1.0"),
+        ({"timeout": float("nan")}, InvalidArgumentError, "timeout=nan"),
+        ({"connect_timeout": float("inf")}, InvalidArgumentError, "connect_timeout=inf"),
+        ({"timeout": "5"}, InvalidArgumentTypeError, "timeout must be a number of seconds, not str"),
+        ({"client_name": "x" * 256}, InvalidArgumentError, "client_name is longer than 255 bytes"),
+        ({"client_name": 7}, InvalidArgumentTypeError, "client_name must be a str"),
+        ({"nodes": 5000}, InvalidArgumentTypeError, "nodes must be a str"),
+        ({"nodes": [b"127.0.0.1:5000"]}, InvalidArgumentTypeError, "nodes must be a str"),
+        ({"nodes": "127.0.0.1:notaport"}, InvalidArgumentError, "invalid port"),
+    ],
+)
+def test_bad_client_options_are_refused_up_front(options: dict[str, object], error: type, message: str) -> None:
+    arguments: dict[str, object] = {"nodes": "127.0.0.1:5000", **options}
+    with pytest.raises(error, match=message):
+        Client(**arguments)  # type: ignore[arg-type]
+
+
+def test_an_unknown_node_id_is_the_librarys_own_error(cluster: InProcessCluster) -> None:
+    client = cluster.client()
+    with pytest.raises(InvalidArgumentError, match="unknown node id 'node9'; the nodes are node1, node2, node3"):
+        client.node_address("node9")
+    with pytest.raises(InvalidArgumentError, match="unknown node id 'node9'"):
+        client.repair("node9")
+    with pytest.raises(InvalidArgumentError, match="invalid port"):
+        client.call_node("127.0.0.1:99999", protocol.Ping())
 
 
 # --- limits ----------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def test_a_paused_node_fails_under_one_percent_of_requests_and_holds_none_for_lo
             f"ops/s before {before:.0f}, during the pause {during:.0f}; {done} done, {failed} failed: {load.errors[:3]}"
         )
         assert failed <= 0.01 * (done + failed), load.errors[:5]
-        assert load.longest < 2.5  # STALLED_GIVE_UP and SLOW_AFTER, with slack for a busy machine
+        assert (
+            load.longest < 4.0
+        )  # STALLED_GIVE_UP and SLOW_AFTER, far under the 5 s timeout, with slack for a busy machine
         assert during > 0
 
         # Nothing acknowledged was lost: once node3 is back and has the writes held for it as hints

@@ -69,11 +69,11 @@ class ClusterView:
 
     # --- /api/cluster ------------------------------------------------------------------------------
 
-    def cluster(self) -> Json:
-        """Every member with its figures, and the ring, as this node sees them now (at most
-        ``VIEW_MAX_AGE`` seconds ago)."""
+    def cluster(self, max_age: float = VIEW_MAX_AGE) -> Json:
+        """Every member with its figures, and the ring, as this node sees them now: gathered at most
+        ``max_age`` seconds ago."""
         with self._gathering:  # concurrent viewers wait for one gathering and share it
-            if self._last is not None and time.monotonic() - self._last[0] < VIEW_MAX_AGE:
+            if self._last is not None and time.monotonic() - self._last[0] < max_age:
                 return self._last[1]
             view = self._gather()
             self._last = (time.monotonic(), view)

@@ -224,6 +224,11 @@ class BodyReader:
     def i64(self) -> int:
         return self._unpack(_I64)
 
+    def fields(self, fmt: struct.Struct) -> tuple[int, ...]:
+        """Several integers at once, laid out as ``fmt``."""
+        values: tuple[int, ...] = fmt.unpack(self.take(fmt.size))
+        return values
+
     def bytes16(self) -> bytes:
         return self.take(self.u16())
 
@@ -959,48 +964,57 @@ class StatsReply:
     repair: RepairProgress
 
 
+_STATS_FIGURES = struct.Struct(">QQBQQQQQ")
+"""wall clock, uptime, flags, live keys, bytes on disk, bytes in use, storage limit, hints."""
+_REQUEST_WINDOW = struct.Struct(">IIIII")
+"""window ms, requests, p99 us, client requests, client p99 us."""
+_REPAIR_PROGRESS = struct.Struct(">BQQIIII")
+"""flags, started, finished, comparisons planned, made, keys differing, keys copied."""
+
+
 def encode_stats_reply(reply: StatsReply) -> bytes:
-    window = reply.requests
-    repair = reply.repair
+    window, repair = reply.requests, reply.repair
+    flags = PING_FLAG_STORAGE_FULL if reply.storage_full else 0
     parts = [
         _str8(reply.node_id),
-        _U64.pack(reply.wall_ms),
-        _U64.pack(reply.uptime_ms),
-        _U8.pack(PING_FLAG_STORAGE_FULL if reply.storage_full else 0),
-        _U64.pack(reply.live_keys),
-        _U64.pack(reply.disk_bytes),
-        _U64.pack(reply.disk_used_bytes),
-        _U64.pack(reply.storage_limit_bytes),
-        _U64.pack(reply.hints),
-        _U32.pack(window.window_ms),
-        _U32.pack(window.requests),
-        _U32.pack(window.p99_us),
-        _U32.pack(window.client_requests),
-        _U32.pack(window.client_p99_us),
+        _STATS_FIGURES.pack(
+            reply.wall_ms,
+            reply.uptime_ms,
+            flags,
+            reply.live_keys,
+            reply.disk_bytes,
+            reply.disk_used_bytes,
+            reply.storage_limit_bytes,
+            reply.hints,
+        ),
+        _REQUEST_WINDOW.pack(
+            window.window_ms, window.requests, window.p99_us, window.client_requests, window.client_p99_us
+        ),
         _members_body(reply.members),
         _U16.pack(len(reply.clock_offsets)),
         *(_str8(offset.node_id) + _I64.pack(offset.offset_us) for offset in reply.clock_offsets),
-        _U8.pack(REPAIR_FLAG_RUNNING if repair.running else 0),
-        _U64.pack(repair.started_ms),
-        _U64.pack(repair.finished_ms),
-        _U32.pack(repair.partitions_total),
-        _U32.pack(repair.partitions_compared),
-        _U32.pack(repair.keys_differing),
-        _U32.pack(repair.keys_copied),
+        _REPAIR_PROGRESS.pack(
+            REPAIR_FLAG_RUNNING if repair.running else 0,
+            repair.started_ms,
+            repair.finished_ms,
+            repair.partitions_total,
+            repair.partitions_compared,
+            repair.keys_differing,
+            repair.keys_copied,
+        ),
     ]
     return b"".join(parts)
 
 
 def decode_stats_reply(body: bytes) -> StatsReply:
     reader = BodyReader(body)
-    node_id, wall_ms, uptime_ms, flags = reader.str8(), reader.u64(), reader.u64(), reader.u8()
-    live_keys, disk_bytes, disk_used, limit, hints = (reader.u64() for _ in range(5))
-    window = RequestWindow(*(reader.u32() for _ in range(5)))
+    node_id = reader.str8()
+    wall_ms, uptime_ms, flags, live_keys, disk_bytes, disk_used, limit, hints = reader.fields(_STATS_FIGURES)
+    window = RequestWindow(*reader.fields(_REQUEST_WINDOW))
     members = tuple(_read_members(reader))
     offsets = tuple(PeerClockOffset(reader.str8(), reader.i64()) for _ in range(reader.u16()))
-    running = bool(reader.u8() & REPAIR_FLAG_RUNNING)
-    started_ms, finished_ms = reader.u64(), reader.u64()
-    repair = RepairProgress(running, started_ms, finished_ms, *(reader.u32() for _ in range(4)))
+    repair_flags, *progress = reader.fields(_REPAIR_PROGRESS)
+    repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
     reader.end()
     return StatsReply(
         node_id,

@@ -193,11 +193,12 @@
   }
 
   function repairText(repair, now) {
-    const done = `${fmtInt(repair.partitions_compared)}/${fmtInt(repair.partitions_total)} partitions, ` +
-      `${fmtInt(repair.keys_differing)} keys differed, ${fmtInt(repair.keys_copied)} copied`;
-    if (repair.running) return `running: ${done}`;
+    const keys = `${fmtInt(repair.keys_differing)} differed, ${fmtInt(repair.keys_copied)} copied`;
+    const partitions = `${fmtInt(repair.partitions_compared)}/${fmtInt(repair.partitions_total)} partitions`;
+    if (repair.running) return `running: ${partitions}, ${keys}`;
     if (!repair.finished_ms) return "no round yet";
-    return `${fmtDuration((now - repair.finished_ms) / 1000)} ago: ${done}`;
+    const partial = repair.partitions_compared < repair.partitions_total ? ` (${partitions})` : "";
+    return `${fmtDuration((now - repair.finished_ms) / 1000)} ago: ${keys}${partial}`;
   }
 
   // --- the ring and the shares ------------------------------------------------------------------
@@ -276,14 +277,20 @@
     const partitions = data.config.partitions;
     const nodes = data.nodes.length;
     const replicas = Math.min(data.config.n, nodes);
-    const known = data.nodes.filter((node) => node.stats);
-    const keys = known.reduce((sum, node) => sum + node.stats.live_keys, 0);
+    // A node down counts with the last keys it reported, so the others' shares do not jump.
+    const liveKeys = new Map();
+    for (const node of data.nodes) {
+      const stats = node.stats || (lastStats.get(node.id) || {}).stats;
+      if (stats) liveKeys.set(node.id, stats.live_keys);
+    }
+    const keys = [...liveKeys.values()].reduce((sum, n) => sum + n, 0);
     const rows = data.nodes.map((node) => {
       const owner = colourOf(data.ring, node.id);
+      const nodeKeys = liveKeys.has(node.id) ? liveKeys.get(node.id) : null;
       const shares = [
         ["Primary", node.partitions.primary, partitions, 1 / nodes],
         ["Replica", node.partitions.replica, partitions, (replicas - 1) / nodes],
-        ["Keys", node.stats ? node.stats.live_keys : null, keys, known.length ? 1 / known.length : 0],
+        ["Keys", nodeKeys, keys, liveKeys.size ? 1 / liveKeys.size : 0],
       ];
       return el("div", { className: "share-node", data: { node: node.id }, owner }, [
         el("h4", { text: node.id }),
@@ -341,13 +348,17 @@
       let currentClass = "";
       if (replica.current === true) [current, currentClass] = ["newest", "current"];
       if (replica.current === false) [current, currentClass] = ["stale", "stale"];
-      const written = record ? `${new Date(record.version.wall_ms).toLocaleString()} #${record.version.counter}` : "–";
+      let written = "–";
+      if (record) {
+        const counter = record.version.counter ? ` +${record.version.counter}` : "";
+        written = `${new Date(record.version.wall_ms).toLocaleString()}${counter}`;
+      }
       return el("tr", { data: { node: replica.node, outcome: replica.outcome } }, [
         el("td", { text: replica.node }),
         el("td", { text: replica.role }),
         el("td", {}, [el("span", { className: `state ${replica.state}`, text: replica.state })]),
         el("td", { text: holds, data: { field: "holds" } }),
-        el("td", { text: written }),
+        el("td", { text: written, data: { timestamp: record ? record.version.timestamp : "" } }),
         el("td", { text: record ? record.version.node : "–" }),
         el("td", { className: currentClass, text: current, data: { field: "current" } }),
       ]);

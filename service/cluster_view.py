@@ -125,7 +125,10 @@ class ClusterView:
         placement = KeyPlacement(
             key, ring.partition(key), preference, tuple(self.placement.ranking(key)[len(preference) :])
         )
-        states = {member.node_id: member.state for member in self.reports.members()}
+        detector = self.reports.detector
+        states = {
+            node_id: PeerState.UP if node_id == self.node_id else detector.state(node_id) for node_id in preference
+        }
         with self._lookups:
             reads = [gevent.spawn(self._read, node_id, states[node_id], key) for node_id in preference]
             gevent.joinall(reads)

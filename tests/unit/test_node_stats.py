@@ -1,5 +1,5 @@
 """STATS on real in-process nodes: what a node reports of itself, anti-entropy's progress while a
-round runs, and ``kv repair`` drawing that progress on a terminal."""
+round runs, and ``kv repair`` drawing that progress on a terminal; and how often hints are counted."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gevent.event import Event
 
 from client import cli, protocol
 from client.protocol import PeerState, Record, Version
+from service.node_stats import FEW_HINTS, HINT_SCAN_INTERVAL, NodeReports
 
 
 def test_stats_reports_the_nodes_figures(cluster: InProcessCluster) -> None:
@@ -143,3 +144,41 @@ def test_kv_repair_draws_no_status_line_off_a_terminal(
     err = capsys.readouterr().err
     assert "\r" not in err and len(err.splitlines()) == 3
     assert polled == []
+
+
+class CountingStore:
+    """Just what hint counting asks of a store, counting the scans."""
+
+    def __init__(self, held: dict[str, int]) -> None:
+        self.held = held
+        self.scans = 0
+
+    def pending_hints(self) -> int:
+        return sum(self.held.values())
+
+    def hint_counts(self) -> dict[str, int]:
+        self.scans += 1
+        return dict(self.held)
+
+
+def reports_over(store: CountingStore, clock: list[float]) -> NodeReports:
+    return NodeReports("node1", store, None, None, None, clock=lambda: clock[0])  # type: ignore[arg-type]
+
+
+def test_few_hints_are_counted_afresh_on_every_ask() -> None:
+    store, clock = CountingStore({"node2": 3}), [100.0]
+    reports = reports_over(store, clock)
+    assert reports.hint_counts() == {"node2": 3}
+    store.held = {"node2": 2, "node3": 1}  # one delivered, one stored: the same total
+    assert reports.hint_counts() == {"node2": 2, "node3": 1} and store.scans == 2
+
+
+def test_many_hints_are_scanned_at_most_every_interval() -> None:
+    store, clock = CountingStore({"node2": FEW_HINTS}), [100.0]
+    reports = reports_over(store, clock)
+    assert reports.hint_counts() == {"node2": FEW_HINTS}
+    store.held["node2"] += 500  # a peer down under heavy writes: hints grow on every ask
+    clock[0] += HINT_SCAN_INTERVAL / 2
+    assert reports.hint_counts() == {"node2": FEW_HINTS} and store.scans == 1
+    clock[0] += HINT_SCAN_INTERVAL / 2
+    assert reports.hint_counts() == {"node2": FEW_HINTS + 500} and store.scans == 2

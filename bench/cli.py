@@ -20,12 +20,13 @@ from typing import Any
 
 from bench.plot import plot_report
 from bench.report import compare, format_report
-from bench.runner import Progress, measure
+from bench.runner import measure
 from bench.targets import BenchError
 from bench.worker import TargetSpec
 from bench.workload import MAX_THETA, parse_mix
 from client.address import parse_address
 from client.client import split_addresses
+from client.progress import Progress
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a request may take before it counts as a TIMEOUT error; as ``Client``: above a node's own

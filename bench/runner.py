@@ -5,8 +5,8 @@ than Redis serves on one core. ``--processes P`` runs P worker processes (start 
 gevent's hub must not be forked), each with about ``connections / P`` connections; they connect,
 start together, and send back their histograms and counts, which are merged.
 
-Progress. On a terminal (or with ``--progress``) a status line on stderr, updated about once a
-second: rewritten in place with ``\\r`` on a terminal, one line a second otherwise (so a log stays
+Progress. On a terminal (or with ``--progress``) a status line on stderr (``client.progress``),
+updated about once a second: rewritten in place with ``\\r`` on a terminal, one line a second otherwise (so a log stays
 readable). Quiet by default when stderr is not a terminal.
 """
 
@@ -18,7 +18,7 @@ import queue
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 import gevent
 
@@ -36,49 +36,16 @@ from bench.report import (
 )
 from bench.targets import BenchError
 from bench.worker import CHECK_TIME_LIMIT, STARTUP_TIMEOUT, TargetSpec, Worker, WorkerSpec
+from client.progress import PROGRESS_INTERVAL, Progress
 
 RESULT_SLACK = 30.0
 """Beyond warm-up + measurement + check, how long to wait for a worker's result before giving up."""
-PROGRESS_INTERVAL = 1.0
-"""Seconds between status lines: often enough to watch, rarely enough to cost nothing."""
 MIN_PHASE_AGE = 0.5
 """A phase's first status line waits this long, so its rate is not computed from a handful of ops."""
 PUBLISH_INTERVAL = 0.2
 """How often a worker process copies its counters to the parent's progress array."""
 COUNTER_SLOTS = 4
 """Per worker process in that array: phase, ops, errors, seconds in the phase."""
-
-
-class Progress:
-    """The status line on stderr: in place on a terminal, one line a second otherwise."""
-
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.in_place = enabled and stream.isatty()
-        self._width = 0
-        self._last: float | None = None
-
-    def show(self, line: str) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self._last is not None and now - self._last < PROGRESS_INTERVAL * 0.9:
-            return
-        self._last = now
-        if self.in_place:
-            self.stream.write("\r" + line.ljust(self._width))
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.enabled and self.in_place and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-        self._width = 0
-        self._last = None
 
 
 def _planned(spec: WorkerSpec, phase: int) -> float:

@@ -29,8 +29,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+import gevent
+
+from client import protocol
 from client.client import Client
 from client.errors import KVError
+from client.progress import Progress
 from client.protocol import PeerState
 from client.quoting import BLANKS, QUOTES, QuotingError, is_bare, next_arg, quote, split_args
 
@@ -165,18 +169,19 @@ def _repair(client: Client, args: list[bytes]) -> CommandResult:
     unreached: list[str] = []
     nodes = [node.node_id for node in client.topology().nodes]
     for index, node_id in enumerate(nodes, 1):
+        label = f"repair {index}/{len(nodes)} {node_id}"
         try:
-            result = client.repair(node_id)
+            result = repair_with_progress(client, node_id, label)
         except KVError as exc:
             unreached.append(node_id)
-            _progress(f"repair {index}/{len(nodes)} {node_id}: ERROR {exc.code} {exc.message}")
+            _progress(f"{label}: ERROR {exc.code} {exc.message}")
             continue
         total_partitions += result.partitions
         total_differing += result.differing
         total_repaired += result.repaired
         unreached += [f"{node_id}->{peer}" for peer in result.failed_peers]
         _progress(
-            f"repair {index}/{len(nodes)} {node_id}: {result.partitions} partitions compared, "
+            f"{label}: {result.partitions} partitions compared, "
             f"{result.differing} keys differed, {result.repaired} copied"
         )
     line = f"{total_partitions} partitions compared, {total_differing} keys differed, {total_repaired} copied"
@@ -188,6 +193,52 @@ def _repair(client: Client, args: list[bytes]) -> CommandResult:
 def _progress(line: str) -> None:
     """Progress of long commands goes to stderr, so stdout keeps one line per command."""
     print(line, file=sys.stderr, flush=True)
+
+
+REPAIR_POLL_INTERVAL = 0.5
+"""Seconds between STATS polls while a node runs REPAIR: the line moves twice a second."""
+
+
+def repair_with_progress(client: Client, node_id: str, label: str) -> protocol.RepairReply:
+    """REPAIR on ``node_id``; meanwhile, when stderr is a terminal, a status line there with the
+    round's progress as the node's STATS tell it: partitions compared, keys found differing and
+    copied. The REPAIR call alone decides the outcome: a failed poll only draws nothing."""
+    line = Progress(sys.stderr, sys.stderr.isatty(), interval=REPAIR_POLL_INTERVAL)
+    if not line.enabled:
+        return client.repair(node_id)
+
+    def repair() -> protocol.RepairReply | KVError:
+        try:
+            return client.repair(node_id)
+        except KVError as exc:  # returned, not raised: gevent would print a dying greenlet's traceback
+            return exc
+
+    running = gevent.spawn(repair)
+    try:
+        while not running.ready():  # REPAIR's own timeout bounds this
+            running.join(timeout=REPAIR_POLL_INTERVAL)
+            if running.ready():
+                break
+            with contextlib.suppress(KVError, protocol.ProtocolError):
+                round_progress = client.stats(node_id).repair
+                if round_progress.running:
+                    line.show(f"{label}: {repair_progress_text(round_progress)}")
+    finally:
+        running.kill()  # only if this greenlet was interrupted: the REPAIR call is done otherwise
+        line.done()
+    outcome: protocol.RepairReply | KVError = running.get()
+    if isinstance(outcome, KVError):
+        raise outcome
+    return outcome
+
+
+def repair_progress_text(progress: protocol.RepairProgress) -> str:
+    """``"1365/2730 partitions compared (50%), 3 keys differed, 1 copied"``."""
+    share = 100 * progress.partitions_compared // max(1, progress.partitions_total)
+    return (
+        f"{progress.partitions_compared}/{progress.partitions_total} partitions compared ({share}%), "
+        f"{progress.keys_differing} keys differed, {progress.keys_copied} copied"
+    )
 
 
 def _duration(seconds: float) -> str:

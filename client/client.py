@@ -44,7 +44,7 @@ from client.errors import (
     ValueTooLargeError,
 )
 from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
-from client.protocol import Frame, MemberView, RepairReply, Request, Status, TopologyReply, Version
+from client.protocol import Frame, MemberView, RepairReply, Request, StatsReply, Status, TopologyReply, Version
 from client.ring import Ring
 from client.transport import ConnectionSlot
 
@@ -271,6 +271,12 @@ class Client:
         address = self.node_address(node_id)
         frame = self._connection(address).call(protocol.Repair(), timeout=_check_seconds(timeout, "timeout"))
         return protocol.decode_repair_reply(frame.body)
+
+    def stats(self, node_id: str) -> StatsReply:
+        """Node ``node_id``'s figures (STATS): keys, disk, hints, recent requests, its view of the
+        cluster, and the progress of its anti-entropy round."""
+        frame = self._connection(self.node_address(node_id)).call(protocol.Stats(), timeout=self.timeout)
+        return protocol.decode_stats_reply(frame.body)
 
     def close(self) -> None:
         for slot in self._slots.values():

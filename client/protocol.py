@@ -11,6 +11,7 @@ Every decoding failure raises ``ProtocolError`` or one of its subclasses, never 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple, Self
@@ -57,6 +58,7 @@ class Op(IntEnum):
     PARTITION_KEYS = 0x14
     REPAIR = 0x20
     MEMBERS = 0x21
+    STATS = 0x22
 
 
 class Status(IntEnum):
@@ -183,6 +185,7 @@ _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
 
 
 class BodyReader:
@@ -217,6 +220,14 @@ class BodyReader:
 
     def u64(self) -> int:
         return self._unpack(_U64)
+
+    def i64(self) -> int:
+        return self._unpack(_I64)
+
+    def fields(self, fmt: struct.Struct) -> tuple[int, ...]:
+        """Several integers at once, laid out as ``fmt``."""
+        values: tuple[int, ...] = fmt.unpack(self.take(fmt.size))
+        return values
 
     def bytes16(self) -> bytes:
         return self.take(self.u16())
@@ -477,16 +488,24 @@ class Members(_EmptyBody):
     OP: ClassVar[Op] = Op.MEMBERS
 
 
+@dataclass(frozen=True, slots=True)
+class Stats(_EmptyBody):
+    """Asks for the node's own figures (``StatsReply``): keys, disk, hints, recent requests, its view
+    of the cluster and the progress of anti-entropy. What the dashboard shows of each node."""
+
+    OP: ClassVar[Op] = Op.STATS
+
+
 Request = (
     Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | Repair | Members
+    | Digests | PartitionKeys | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
     request_type.OP: request_type
     for request_type in (
         Hello, Ping, Get, Put, Delete, Topology, ReplicaGet, ReplicaPut, HintedPut,
-        Digests, PartitionKeys, Repair, Members,
+        Digests, PartitionKeys, Repair, Members, Stats,
     )
 }  # fmt: skip
 """Op code -> request class: the one table ``decode_request`` reads."""
@@ -844,15 +863,14 @@ def decode_repair_reply(body: bytes) -> RepairReply:
     return RepairReply(partitions, differing, repaired, failed)
 
 
-def encode_members_reply(members: list[MemberView]) -> bytes:
+def _members_body(members: Sequence[MemberView]) -> bytes:
     parts = [_U16.pack(len(members))]
     for member in members:
         parts += [_str8(member.node_id), _U8.pack(member.state), _U64.pack(member.since_ms), _U32.pack(member.hints)]
     return b"".join(parts)
 
 
-def decode_members_reply(body: bytes) -> list[MemberView]:
-    reader = BodyReader(body)
+def _read_members(reader: BodyReader) -> list[MemberView]:
     members = []
     for _ in range(reader.u16()):
         node_id, state = reader.str8(), reader.u8()
@@ -861,5 +879,155 @@ def decode_members_reply(body: bytes) -> list[MemberView]:
         except ValueError:
             raise ProtocolError(f"unknown peer state {state}") from None
         members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32()))
+    return members
+
+
+def encode_members_reply(members: list[MemberView]) -> bytes:
+    return _members_body(members)
+
+
+def decode_members_reply(body: bytes) -> list[MemberView]:
+    reader = BodyReader(body)
+    members = _read_members(reader)
     reader.end()
     return members
+
+
+# --- STATS ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestWindow:
+    """The requests a node answered over a recent window, and their latency.
+
+    ``p99_us`` and ``client_p99_us`` are 0 when the window holds no such request. "Client" requests are
+    GET, PUT and DELETE; the others are replica traffic, heartbeats and administration.
+    """
+
+    window_ms: int  # how long the window is
+    requests: int  # requests answered in it, every op
+    p99_us: int  # their 99th-percentile latency, microseconds
+    client_requests: int  # GET, PUT and DELETE answered in it
+    client_p99_us: int
+
+    @property
+    def per_second(self) -> float:
+        return self.requests * 1000 / self.window_ms if self.window_ms else 0.0
+
+    @property
+    def client_per_second(self) -> float:
+        return self.client_requests * 1000 / self.window_ms if self.window_ms else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RepairProgress:
+    """The node's anti-entropy round: the one running, or else the last one (all 0 before the first).
+
+    ``partitions_total`` counts a partition once per peer it is compared with; peers down when the
+    round started are not counted.
+    """
+
+    running: bool
+    started_ms: int  # Unix ms the round started; 0 if no round ran yet
+    finished_ms: int  # Unix ms it finished; 0 while it runs
+    partitions_total: int  # partition comparisons the round will make
+    partitions_compared: int  # of those, made so far
+    keys_differing: int  # keys found to differ so far
+    keys_copied: int  # keys copied so far, either direction
+
+
+REPAIR_FLAG_RUNNING = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClockOffset:
+    node_id: str
+    offset_us: int  # the peer's wall clock minus this node's, microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """Body of an OK reply to STATS: one node's figures, as the dashboard shows them."""
+
+    node_id: str
+    wall_ms: int  # the node's wall clock when it answered, Unix ms
+    uptime_ms: int  # since the node started
+    storage_full: bool  # its store refuses writes (a full disk or storage limit)
+    live_keys: int  # keys whose newest record is a value
+    disk_bytes: int  # bytes its store's files take on disk
+    disk_used_bytes: int  # bytes of the store in use (LMDB pages)
+    storage_limit_bytes: int  # the most the store may grow to (KV_STORAGE_LIMIT_MB)
+    hints: int  # writes held here for other nodes
+    requests: RequestWindow
+    members: tuple[MemberView, ...]  # its failure detector's view, itself first, as MEMBERS
+    clock_offsets: tuple[PeerClockOffset, ...]  # peers whose clock offset it has measured
+    repair: RepairProgress
+
+
+_STATS_FIGURES = struct.Struct(">QQBQQQQQ")
+"""wall clock, uptime, flags, live keys, bytes on disk, bytes in use, storage limit, hints."""
+_REQUEST_WINDOW = struct.Struct(">IIIII")
+"""window ms, requests, p99 us, client requests, client p99 us."""
+_REPAIR_PROGRESS = struct.Struct(">BQQIIII")
+"""flags, started, finished, comparisons planned, made, keys differing, keys copied."""
+
+
+def encode_stats_reply(reply: StatsReply) -> bytes:
+    window, repair = reply.requests, reply.repair
+    flags = PING_FLAG_STORAGE_FULL if reply.storage_full else 0
+    parts = [
+        _str8(reply.node_id),
+        _STATS_FIGURES.pack(
+            reply.wall_ms,
+            reply.uptime_ms,
+            flags,
+            reply.live_keys,
+            reply.disk_bytes,
+            reply.disk_used_bytes,
+            reply.storage_limit_bytes,
+            reply.hints,
+        ),
+        _REQUEST_WINDOW.pack(
+            window.window_ms, window.requests, window.p99_us, window.client_requests, window.client_p99_us
+        ),
+        _members_body(reply.members),
+        _U16.pack(len(reply.clock_offsets)),
+        *(_str8(offset.node_id) + _I64.pack(offset.offset_us) for offset in reply.clock_offsets),
+        _REPAIR_PROGRESS.pack(
+            REPAIR_FLAG_RUNNING if repair.running else 0,
+            repair.started_ms,
+            repair.finished_ms,
+            repair.partitions_total,
+            repair.partitions_compared,
+            repair.keys_differing,
+            repair.keys_copied,
+        ),
+    ]
+    return b"".join(parts)
+
+
+def decode_stats_reply(body: bytes) -> StatsReply:
+    reader = BodyReader(body)
+    node_id = reader.str8()
+    wall_ms, uptime_ms, flags, live_keys, disk_bytes, disk_used, limit, hints = reader.fields(_STATS_FIGURES)
+    window = RequestWindow(*reader.fields(_REQUEST_WINDOW))
+    members = tuple(_read_members(reader))
+    offsets = tuple(PeerClockOffset(reader.str8(), reader.i64()) for _ in range(reader.u16()))
+    repair_flags, *progress = reader.fields(_REPAIR_PROGRESS)
+    repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
+    reader.end()
+    return StatsReply(
+        node_id,
+        wall_ms,
+        uptime_ms,
+        bool(flags & PING_FLAG_STORAGE_FULL),
+        live_keys,
+        disk_bytes,
+        disk_used,
+        limit,
+        hints,
+        window,
+        members,
+        offsets,
+        repair,
+    )

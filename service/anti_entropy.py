@@ -11,6 +11,8 @@ After a round, partitions that were compared with every other replica are record
 tombstones in them that ``reconcile.purgeable`` allows are purged.
 
 Rounds run every ``KV_ANTI_ENTROPY_INTERVAL_S`` seconds, and on demand (the REPAIR op, ``kv repair``).
+A round's progress (``progress``: partitions compared, keys found differing and copied, so far) is
+part of the node's STATS, which ``kv repair`` polls while it waits and the dashboard shows.
 A node whose data directory was wiped starts with every digest empty, so its first round pulls its
 whole share of the data back from the other replicas.
 """
@@ -29,7 +31,7 @@ import gevent.pool
 
 from client import protocol
 from client.errors import KVError
-from client.protocol import KeyVersion, RepairReply, Status
+from client.protocol import KeyVersion, RepairProgress, RepairReply, Status
 from service.local_store import LocalStore
 from service.peers import Peer
 from service.placement import Placement
@@ -60,6 +62,43 @@ class RoundResult:
 
     def reply(self) -> RepairReply:
         return RepairReply(self.partitions, self.differing, self.repaired, tuple(self.failed_peers))
+
+
+class RoundProgress:
+    """A round's progress so far, updated as it goes. ``total`` is the partition comparisons it will
+    make: each partition once per peer it is compared with. A partition counts as compared when its
+    digests matched, or once its differing keys were reconciled."""
+
+    def __init__(self, started_ms: int, total: int) -> None:
+        self.started_ms = started_ms
+        self.finished_ms = 0
+        self.total = total
+        self.compared = 0
+        self.differing = 0
+        self.copied = 0
+
+    def finish(self, now_ms: int) -> None:
+        self.finished_ms = max(now_ms, self.started_ms, 1)  # never 0, which means "running"
+
+    def reconciled(self, found: int, copied: int) -> None:
+        """One differing partition was reconciled: ``found`` keys differed, ``copied`` were copied."""
+        self.compared += 1
+        self.differing += found
+        self.copied += copied
+
+    def snapshot(self) -> RepairProgress:
+        return RepairProgress(
+            running=not self.finished_ms,
+            started_ms=self.started_ms,
+            finished_ms=self.finished_ms,
+            partitions_total=self.total,
+            partitions_compared=self.compared,
+            keys_differing=self.differing,
+            keys_copied=self.copied,
+        )
+
+
+NO_ROUND_YET = RepairProgress(False, 0, 0, 0, 0, 0, 0)
 
 
 class AntiEntropyEvents:
@@ -124,6 +163,7 @@ class AntiEntropy:
         self._last_purge_ms = 0
         self._shared = self._shared_partitions()
         self._round_lock = gevent.lock.Semaphore()
+        self._progress: RoundProgress | None = None
 
     def _shared_partitions(self) -> dict[str, list[int]]:
         """For each peer, the partitions both it and this node replicate."""
@@ -136,37 +176,51 @@ class AntiEntropy:
                         shared[peer].append(partition)
         return shared
 
+    def progress(self) -> RepairProgress:
+        """The running round's progress, or else the last round's (all 0 before the first)."""
+        return NO_ROUND_YET if self._progress is None else self._progress.snapshot()
+
     def run_round(self) -> RoundResult:
         """Reconcile with every peer that is not down, then purge what that made safe to purge."""
         with self._round_lock:
             started = time.monotonic()
-            round_start_ms = self.now_ms()
-            result = RoundResult()
-            synced_with: dict[int, int] = {}
-            for peer_id, partitions in self._shared.items():
-                if self.placement.is_down(peer_id):
-                    result.failed_peers.append(peer_id)
-                    continue
-                try:
-                    peer_result, unsettled = self.sync_with(peer_id, partitions)
-                except KVError:
-                    result.failed_peers.append(peer_id)
-                    continue
-                result.add(peer_result)
-                for partition in partitions:
-                    if partition not in unsettled:
-                        synced_with[partition] = synced_with.get(partition, 0) + 1
-            for partition, peers_synced in synced_with.items():
-                if peers_synced == len(self.placement.partition_replicas(partition)) - 1:
-                    self.synced_at[partition] = round_start_ms
-            self._purge_tombstones()
+            down = {peer_id for peer_id in self._shared if self.placement.is_down(peer_id)}
+            total = sum(len(partitions) for peer_id, partitions in self._shared.items() if peer_id not in down)
+            progress = self._progress = RoundProgress(self.now_ms(), total)
+            try:
+                result = self._reconcile_peers(down, progress)
+            finally:
+                progress.finish(self.now_ms())
             self.events.round_finished(result, time.monotonic() - started)
             return result
 
-    def sync_with(self, peer_id: str, partitions: list[int]) -> tuple[RoundResult, set[int]]:
-        """Compare ``partitions`` with one peer and copy every differing key both ways. Returns the
-        counts and the partitions left unsettled (a key failed to copy). Raises ``KVError`` if the
-        peer cannot be compared at all (copies made so far stay)."""
+    def _reconcile_peers(self, down: set[str], progress: RoundProgress) -> RoundResult:
+        result = RoundResult()
+        synced_with: dict[int, int] = {}
+        for peer_id, partitions in self._shared.items():
+            if peer_id in down:
+                result.failed_peers.append(peer_id)
+                continue
+            try:
+                peer_result, unsettled = self.sync_with(peer_id, partitions, progress)
+            except KVError:
+                result.failed_peers.append(peer_id)
+                continue
+            result.add(peer_result)
+            for partition in partitions:
+                if partition not in unsettled:
+                    synced_with[partition] = synced_with.get(partition, 0) + 1
+        for partition, peers_synced in synced_with.items():
+            if peers_synced == len(self.placement.partition_replicas(partition)) - 1:
+                self.synced_at[partition] = progress.started_ms
+        self._purge_tombstones()
+        return result
+
+    def sync_with(self, peer_id: str, partitions: list[int], progress: RoundProgress) -> tuple[RoundResult, set[int]]:
+        """Compare ``partitions`` with one peer and copy every differing key both ways, counting what
+        it does in ``progress`` as it goes. Returns the counts and the partitions left unsettled (a key
+        failed to copy). Raises ``KVError`` if the peer cannot be compared at all (copies made so far
+        stay)."""
         peer = self.peers[peer_id]
         theirs: list[bytes] = []
         for start in range(0, len(partitions), self.digests_per_request):
@@ -174,6 +228,7 @@ class AntiEntropy:
             theirs += protocol.decode_digests_reply(peer.call(protocol.Digests(chunk)).body)
         mine = self.store.digests(partitions)
         differing = [p for p, own, other in zip(partitions, mine, theirs, strict=True) if own != other]
+        progress.compared += len(partitions) - len(differing)
         result = RoundResult(partitions=len(partitions))
         unsettled: set[int] = set()
         pool = gevent.pool.Pool(PARTITION_CONCURRENCY)
@@ -182,6 +237,7 @@ class AntiEntropy:
             if isinstance(outcome, KVError):
                 raise outcome
             found, copied = outcome
+            progress.reconciled(found, copied)
             result.differing += found
             result.repaired += copied
             if copied < found:

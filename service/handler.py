@@ -2,7 +2,8 @@
 
 ``RequestHandler`` holds no connection state and sees no sockets (``server`` owns those). Each op is
 one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
-hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round.
+hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round;
+MEMBERS and STATS are this node's reports on itself (``NodeReports``).
 Refusals (an oversize key or value, an impossible quorum, a partition out of range) are
 ``RequestError``s with the status to send; every failure becomes an error reply, so a bad request
 costs one reply, never the connection.
@@ -10,14 +11,13 @@ costs one reply, never the connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from client import protocol
 from client.protocol import Status
 from service.anti_entropy import AntiEntropy
 from service.config import Config
 from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
+from service.node_stats import NodeReports
 from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import StorageError
 from service.versioning import ClockSkew
@@ -36,7 +36,7 @@ class RequestHandler:
     """Turns one decoded request into its reply frame. Holds no connection state.
 
     ``config`` gives the limits checked and advertised (HELLO), the ring's shape (TOPOLOGY) and the
-    default R and W; ``members`` returns this node's view of the cluster (MEMBERS).
+    default R and W; ``reports`` gives this node's view of the cluster (MEMBERS) and its figures (STATS).
     """
 
     def __init__(
@@ -45,12 +45,12 @@ class RequestHandler:
         coordinator: Coordinator,
         store: LocalStore,
         anti_entropy: AntiEntropy,
-        members: Callable[[], list[protocol.MemberView]],
+        reports: NodeReports,
     ) -> None:
         self.coordinator = coordinator
         self.store = store
         self.anti_entropy = anti_entropy
-        self.members = members
+        self.reports = reports
         self.hello = protocol.HelloReply(
             protocol.PROTOCOL_VERSION,
             config.node_id,
@@ -127,7 +127,9 @@ class RequestHandler:
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
             case protocol.Members():
-                return Status.OK, protocol.encode_members_reply(self.members())
+                return Status.OK, protocol.encode_members_reply(self.reports.members())
+            case protocol.Stats():
+                return Status.OK, protocol.encode_stats_reply(self.reports.stats())
             case protocol.Ping():
                 flags = protocol.PING_FLAG_STORAGE_FULL if self.store.storage_full else 0
                 return Status.OK, protocol.encode_ping_reply(

@@ -1,22 +1,32 @@
-"""The node's HTTP side: ``/metrics`` for Prometheus and ``/healthz`` for orchestrators.
+"""The node's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` for orchestrators, and whatever
+further routes the node adds (the dashboard's, from ``dashboard_app``).
 
 Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-def make_app(registry: CollectorRegistry, is_healthy: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+
+def make_app(
+    registry: CollectorRegistry, is_healthy: Callable[[], bool], routes: Mapping[str, WsgiApp] | None = None
+) -> Callable[..., Iterable[bytes]]:
+    """The node's WSGI app; ``routes`` maps further paths to their apps."""
     metrics_app = make_wsgi_app(registry)
+    extra = dict(routes or {})
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        route = extra.get(path)
+        if route is not None:
+            return route(environ, start_response)
         if path == "/metrics":
             response: Iterable[bytes] = metrics_app(environ, start_response)
             return response

@@ -22,7 +22,16 @@ from collections.abc import Callable, Generator, Sequence
 from client import protocol
 from client.protocol import KeyVersion, PartitionKeysReply, Record, Version, listing_size
 from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
-from service.storage import MAX_CURSOR_BYTES, DropHint, Hint, PurgeTombstone, PutHint, PutRecord, Storage
+from service.storage import (
+    MAX_CURSOR_BYTES,
+    DiskUsage,
+    DropHint,
+    Hint,
+    PurgeTombstone,
+    PutHint,
+    PutRecord,
+    Storage,
+)
 from service.versioning import ClockSkew, HybridLogicalClock, wall_clock_ms
 
 LISTING_PAGE_BYTES = 256 * 1024
@@ -185,6 +194,10 @@ class LocalStore:
     def live_keys(self) -> int:
         """Keys whose newest record is a value, not a tombstone."""
         return self._storage.live_keys
+
+    def disk_usage(self) -> DiskUsage:
+        """The room the store takes: on disk, in use, and at most."""
+        return self._storage.disk_usage()
 
     def sync(self) -> None:
         """fsync what was committed (``KV_FSYNC=periodic``), in a native thread so the loop serves on."""

@@ -1,18 +1,28 @@
-"""Every Prometheus metric the node exports, defined in one place.
+"""Every Prometheus metric the node exports, defined in one place, and the recent request window.
 
 Names and labels are part of the product: dashboards and the integration tests read them. Counters
 end in ``_total`` and durations are in seconds. Latency buckets start at 50 microseconds because a
 local read takes tens of microseconds and the default buckets (from 5 ms) would hide it.
+
+``RequestStats`` also keeps the last ``WINDOW_SECONDS`` of its latency histogram, as one snapshot of
+the bucket counts per ``tick`` (a background task ticks it every second), so that STATS can say how
+many requests a node answered lately and their p99 without a Prometheus server: the request path
+does no more work for it.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from client.protocol import RequestWindow
 
 # The *_created series double the exposition for no dashboard's benefit.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
@@ -48,15 +58,52 @@ class HotCounter(Collector):
         yield family
 
 
+WINDOW_SECONDS = 10
+"""How far back STATS' request rate and p99 look: long enough for a steady p99 at a few hundred
+requests a second, short enough that the dashboard shows a change within a few refreshes."""
+WINDOW_TICK_SECONDS = 1.0
+"""Seconds between the snapshots the window is made of: the window ends now and starts between
+``WINDOW_SECONDS`` and that plus one tick ago."""
+CLIENT_OPS = frozenset({"GET", "PUT", "DELETE"})
+"""The ops a client's request is: the rest are replica traffic, heartbeats and administration."""
+
+
+def histogram_quantile(quantile: float, counts: Sequence[int], bounds: Sequence[float] = LATENCY_BUCKETS) -> float:
+    """The ``quantile`` (0..1) of observations counted per bucket (``counts[i]`` in ``(bounds[i-1],
+    bounds[i]]``, one more for above the last bound), in the bounds' unit, interpolated linearly within
+    its bucket as Prometheus's ``histogram_quantile`` does; above the last bound it is that bound.
+    ``nan`` when nothing was counted."""
+    total = sum(counts)
+    if not total:
+        return math.nan
+    rank = quantile * total
+    below = 0
+    for index, count in enumerate(counts):
+        if count and below + count >= rank:
+            if index == len(bounds):
+                return bounds[-1]
+            lower = bounds[index - 1] if index else 0.0
+            return lower + (bounds[index] - lower) * (rank - below) / count
+        below += count
+    return bounds[-1]
+
+
 class RequestStats(Collector):
     """``kv_requests_total`` and ``kv_request_duration_seconds``: every request updates both, so
     like ``HotCounter`` they are plain dicts and lists (an update is a lookup, a bisect and two
-    additions)."""
+    additions). ``tick`` and ``window`` keep and read the recent window; ``now`` is the clock, in
+    seconds (``time.monotonic``; tests fake it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self._requests = HotCounter("kv_requests", "Requests handled, by op and status", ["op", "status"])
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
+        self._now = now
+        # (time, bucket counts of every op, of client ops) once a tick, the oldest about WINDOW_SECONDS old.
+        self._snapshots: deque[tuple[float, list[int], list[int]]] = deque(
+            maxlen=round(WINDOW_SECONDS / WINDOW_TICK_SECONDS) + 1
+        )
+        self.tick()
 
     def observe(self, op: str, status: str, seconds: float) -> None:
         self._requests.inc(op, status)
@@ -66,6 +113,28 @@ class RequestStats(Collector):
             self._sums[op] = 0.0
         buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._sums[op] += seconds
+
+    def tick(self) -> None:
+        """Snapshot the histogram for the window (every ``WINDOW_TICK_SECONDS``)."""
+        self._snapshots.append((self._now(), *self._totals()))
+
+    def window(self) -> RequestWindow:
+        """Requests answered since the oldest snapshot (about ``WINDOW_SECONDS`` ago, less after a
+        start) up to now, and their 99th-percentile latency."""
+        started, *base = self._snapshots[0]
+        window_ms = round((self._now() - started) * 1000)
+        figures: list[int] = []
+        for counts, before in zip(self._totals(), base, strict=True):
+            recent = [now - then for now, then in zip(counts, before, strict=True)]
+            p99 = histogram_quantile(0.99, recent)
+            figures += [sum(recent), 0 if math.isnan(p99) else round(p99 * 1_000_000)]
+        return RequestWindow(window_ms, *figures)
+
+    def _totals(self) -> tuple[list[int], list[int]]:
+        """The bucket counts summed over every op, and over client ops."""
+        every = _sum_buckets(self._buckets.values())
+        client = _sum_buckets(counts for op, counts in self._buckets.items() if op in CLIENT_OPS)
+        return every, client
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests.collect()
@@ -79,6 +148,14 @@ class RequestStats(Collector):
                 cumulative.append((bound, running))
             durations.add_metric([op], cumulative, self._sums[op])
         yield durations
+
+
+def _sum_buckets(histograms: Iterable[list[int]]) -> list[int]:
+    total = [0] * (len(LATENCY_BUCKETS) + 1)
+    for counts in histograms:
+        for index, count in enumerate(counts):
+            total[index] += count
+    return total
 
 
 def _bound(seconds: float) -> str:

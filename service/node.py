@@ -2,22 +2,25 @@
 
 This is the only module that knows every component. It opens the store, resumes the clock above
 the highest stored timestamp, builds the ring and the replicas (this store, and a ``Peer`` per other
-member), and runs the protocol server, the HTTP server, the heartbeat monitor, hinted handoff and
-anti-entropy. What those components report goes to ``events.NodeEvents``, which owns the metrics and
-log lines about it.
+member), and runs the protocol server, the HTTP server (metrics, health and the dashboard), the
+heartbeat monitor, hinted handoff and anti-entropy. What those components report goes to
+``events.NodeEvents``, which owns the metrics and log lines about it.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping
 
-from client.protocol import MemberView, PeerState
+from client.protocol import PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.clock_offsets import ClockOffsets
+from service.cluster_view import ClusterView
 from service.config import Config
 from service.coordinator import Coordinator, CoordinatorSettings
+from service.dashboard_app import dashboard_routes
 from service.events import NodeEvents
 from service.failure_detector import FailureDetector
 from service.handler import RequestHandler
@@ -26,7 +29,8 @@ from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_store import LocalStore
 from service.logging import get_logger
-from service.metrics import Metrics
+from service.metrics import WINDOW_TICK_SECONDS, Metrics
+from service.node_stats import NodeReports
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
@@ -86,7 +90,6 @@ class Node:
             config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
         )
         self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
-        self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
         self.stall_watch = StallWatch()
         self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
@@ -127,17 +130,29 @@ class Node:
             ),
             events=self.events,
         )
+        self.reports = NodeReports(
+            config.node_id,
+            self.store,
+            self.detector,
+            self.metrics.request_stats,
+            self.anti_entropy,
+            clock_offsets=self.clock_offsets,
+        )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
-            RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members),
+            RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports),
             self.metrics,
             self.log,
             ServerSettings(
                 config.max_connections, config.max_frame_bytes, config.log_commands, self.stall_watch.stalled_for
             ),
         )
+        self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
         self.http = HttpServer(
-            config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
+            config.host,
+            config.http_port,
+            make_app(self.metrics.registry, self.is_healthy, dashboard_routes(self.cluster_view)),
+            LogWriter(self.log),
         )
         self.tasks = self._background_tasks()
         self._serving = False
@@ -194,6 +209,13 @@ class Node:
             Periodic("stall_watch", self.stall_watch.tick, STALL_TICK, on_error=self.events.task_failed),
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
+            Periodic(
+                "request_window",
+                self.metrics.request_stats.tick,
+                WINDOW_TICK_SECONDS,
+                first_delay=WINDOW_TICK_SECONDS,
+                on_error=self.events.task_failed,
+            ),
         ]
         if config.anti_entropy_interval > 0:
             tasks.append(
@@ -218,15 +240,10 @@ class Node:
             )
         return {task.name: task for task in tasks}
 
-    def members(self) -> list[MemberView]:
-        """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
-        hints = self.store.hint_counts()
-        now_mono, now_wall = time.monotonic(), time.time()
-        view = [MemberView(self.config.node_id, PeerState.UP, int(self._started_wall * 1000), 0)]
-        for node_id, (state, since) in self.detector.view().items():
-            since_ms = int((now_wall - (now_mono - since)) * 1000)
-            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
-        return view
+    def clock_offsets(self) -> Mapping[str, float]:
+        """Each peer's wall clock minus this node's, in seconds, for the peers measured so far by the
+        heartbeats (STATS and the dashboard show them)."""
+        return {peer: offset_ms / 1000 for peer, offset_ms in self.offsets.offsets().items()}
 
     def _unavailable(self, node_id: str) -> bool:
         """Whether requests should go around ``node_id`` as if it were down. A peer: the failure

@@ -67,6 +67,12 @@ _META_MAX_TIMESTAMP = b"max_timestamp"
 _META_DIGESTS_SAVED = b"digests_saved"
 
 
+class DiskUsage(NamedTuple):
+    file_bytes: int  # what the store's files take on disk (allocated blocks)
+    used_bytes: int  # the pages LMDB has in use, free-list pages included
+    limit_bytes: int  # the map size: the most the store may grow to
+
+
 class StorageError(Exception):
     """The store cannot be opened or written; the message says why and what to do."""
 
@@ -388,6 +394,15 @@ class Storage:
             for skey, raw in txn.cursor():
                 record, full_key = decode_stored(raw)
                 yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
+
+    def disk_usage(self) -> DiskUsage:
+        """How much room the store takes, in bytes: on disk, in LMDB pages, and at most."""
+        info = self._env.info()
+        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        file_bytes = 0
+        with contextlib.suppress(OSError):  # a file gone under us is nothing to report as an error here
+            file_bytes = os.stat(os.path.join(self.path, "data.mdb")).st_blocks * 512
+        return DiskUsage(file_bytes, used, info["map_size"])
 
     def flush(self) -> None:
         """fsync everything committed so far (for a store opened with ``sync=False``)."""

@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket as stdlib_socket
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 from gevent import socket
 from polling import wait_until
 from proxy import PausableProxy
@@ -34,6 +37,7 @@ from service.node import Node
 from service.versioning import NodeClock
 
 LOCALHOST = "127.0.0.1"
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never a proxy
 
 DEFAULT_SETTINGS = {
     "KV_N": "2",
@@ -154,6 +158,21 @@ class InProcessCluster:
 
     def node(self, node_id: str) -> Node:
         return self.nodes[node_id]
+
+    def http(self, node_id: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        """A request to the node's HTTP port: status, headers and body. Made in gevent's thread pool,
+        so the nodes, which share this thread's event loop, go on serving meanwhile."""
+
+        def fetch() -> tuple[int, dict[str, str], bytes]:
+            request = urllib.request.Request(f"http://{LOCALHOST}:{self.nodes[node_id].http_port}{path}", method=method)
+            try:
+                with _HTTP.open(request, timeout=5) as response:
+                    return response.status, dict(response.headers), response.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, dict(exc.headers), exc.read()
+
+        result: tuple[int, dict[str, str], bytes] = gevent.get_hub().threadpool.apply(fetch)
+        return result
 
     def ring(self) -> Ring:
         return Ring(self.node_ids, self.config.partitions)

@@ -35,16 +35,21 @@ from client.protocol import (
     OversizeFrameError,
     PartitionKeys,
     PartitionKeysReply,
+    PeerClockOffset,
     PeerState,
     Ping,
     ProtocolError,
     Put,
     Record,
     Repair,
+    RepairProgress,
     RepairReply,
     ReplicaGet,
     ReplicaPut,
     Request,
+    RequestWindow,
+    Stats,
+    StatsReply,
     Status,
     Topology,
     TopologyReply,
@@ -81,8 +86,9 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(PartitionKeys, u16, keys),
     st.just(Repair()),
     st.just(Members()),
+    st.just(Stats()),
 )
-EMPTY_BODY_REQUESTS = (Ping, Topology, Repair, Members)
+EMPTY_BODY_REQUESTS = (Ping, Topology, Repair, Members, Stats)
 
 OP_CODES = {op.value for op in Op}
 
@@ -250,6 +256,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "PARTITION_KEYS": 0x14,
         "REPAIR": 0x20,
         "MEMBERS": 0x21,
+        "STATS": 0x22,
     }
     assert {state.name: state.value for state in PeerState} == {"UP": 0, "SUSPECT": 1, "DOWN": 2}
     assert {status.name: status.value for status in Status} == {
@@ -334,6 +341,49 @@ def test_members_reply_round_trips(reply: list[MemberView]) -> None:
     decoded = protocol.decode_members_reply(protocol.encode_members_reply(reply))
     assert decoded == reply
     assert all(type(member.state) is PeerState for member in decoded)
+
+
+i64 = st.integers(-(2**63), 2**63 - 1)
+stats_replies = st.builds(
+    StatsReply,
+    node_id=short_text,
+    wall_ms=u64,
+    uptime_ms=u64,
+    storage_full=st.booleans(),
+    live_keys=u64,
+    disk_bytes=u64,
+    disk_used_bytes=u64,
+    storage_limit_bytes=u64,
+    hints=u64,
+    requests=st.builds(RequestWindow, u32, u32, u32, u32, u32),
+    members=st.lists(member_views, max_size=8).map(tuple),
+    clock_offsets=st.lists(st.builds(PeerClockOffset, short_text, i64), max_size=8).map(tuple),
+    repair=st.builds(RepairProgress, st.booleans(), u64, u64, u32, u32, u32, u32),
+)
+
+
+@settings(max_examples=50)
+@given(stats_replies)
+def test_stats_reply_round_trips(reply: StatsReply) -> None:
+    decoded = protocol.decode_stats_reply(protocol.encode_stats_reply(reply))
+    assert decoded == reply
+    assert all(type(member.state) is PeerState for member in decoded.members)
+
+
+@given(stats_replies, st.integers(0, 400))
+def test_a_truncated_stats_reply_is_a_protocol_error(reply: StatsReply, cut: int) -> None:
+    body = protocol.encode_stats_reply(reply)
+    with pytest.raises(ProtocolError):
+        protocol.decode_stats_reply(body[: min(cut, len(body) - 1)])
+    with pytest.raises(ProtocolError, match="unexpected bytes"):
+        protocol.decode_stats_reply(body + b"\x00")
+
+
+def test_request_window_rates_are_per_second_of_the_window() -> None:
+    window = RequestWindow(window_ms=2500, requests=500, p99_us=10, client_requests=100, client_p99_us=20)
+    assert window.per_second == 200.0
+    assert window.client_per_second == 40.0
+    assert RequestWindow(0, 0, 0, 0, 0).per_second == 0.0
 
 
 def test_unknown_peer_state_is_a_protocol_error() -> None:

@@ -26,14 +26,19 @@ from client.protocol import (
     MemberView,
     PartitionKeys,
     PartitionKeysReply,
+    PeerClockOffset,
     PeerState,
     Ping,
     PingReply,
     Put,
     Record,
+    RepairProgress,
     RepairReply,
     ReplicaPut,
     Request,
+    RequestWindow,
+    Stats,
+    StatsReply,
     Status,
     Version,
 )
@@ -83,7 +88,33 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     ),
     "DIGESTS id=10, 2 partitions: 7, 4095": (10, Digests((7, 4095))),
     "PARTITION_KEYS id=11, partition 7, cursor empty": (11, PartitionKeys(7)),
+    "STATS id=14": (14, Stats()),
 }
+
+DOC_WALL_MS = 0x019AC1E2F3A0
+STATS_EXAMPLE = StatsReply(
+    node_id="node1",
+    wall_ms=DOC_WALL_MS,
+    uptime_ms=3_600_000,
+    storage_full=False,
+    live_keys=1000,
+    disk_bytes=1 << 20,
+    disk_used_bytes=48 << 10,
+    storage_limit_bytes=4 << 30,
+    hints=12,
+    requests=RequestWindow(window_ms=10_000, requests=5000, p99_us=850, client_requests=4000, client_p99_us=1200),
+    members=(MemberView("node1", PeerState.UP, DOC_WALL_MS, 0),),
+    clock_offsets=(PeerClockOffset("node2", -1500),),
+    repair=RepairProgress(
+        running=True,
+        started_ms=DOC_WALL_MS,
+        finished_ms=0,
+        partitions_total=2730,
+        partitions_compared=1365,
+        keys_differing=3,
+        keys_copied=1,
+    ),
+)
 
 REPLIES: dict[str, bytes] = {
     'OK id=1: version 1, node "node1", max key 1024, max value 1048576, max frame 1050624': reply(
@@ -118,6 +149,10 @@ REPLIES: dict[str, bytes] = {
     "OK id=13 to MEMBERS: node2 down since 0x019ac1e2f3a0 ms, 12 hints held for it": reply(
         13, protocol.encode_members_reply([MemberView("node2", PeerState.DOWN, 0x019AC1E2F3A0, 12)])
     ),
+    "OK id=14 to STATS: node1 at 0x019ac1e2f3a0 ms, up 1 h, 1000 keys, 1 MiB on disk, 48 KiB in use, 4 GiB limit, "
+    "12 hints; 5000 requests in 10 s, p99 850 us, 4000 client ones, p99 1200 us; node1 up since 0x019ac1e2f3a0; "
+    "node2's clock 1.5 ms behind; a repair running since 0x019ac1e2f3a0, 1365 of 2730 partitions compared, "
+    "3 keys differing, 1 copied": reply(14, protocol.encode_stats_reply(STATS_EXAMPLE)),
 }
 
 DOCUMENTED = documented_examples()

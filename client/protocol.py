@@ -75,6 +75,7 @@ class Status(IntEnum):
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
     STORAGE_FULL = 0x31
+    REPLICA_BEHIND = 0x32
 
     @property
     def is_error(self) -> bool:
@@ -693,7 +694,12 @@ def decode_replica_put_reply(body: bytes) -> Version | None:
 
 
 PING_FLAG_STORAGE_FULL = 0x01
-"""In a PING reply's flags: the node's store refuses writes (a full disk or storage limit)."""
+"""In a PING reply's (and a MEMBERS entry's) flags: the node's store refuses writes (a full disk or
+storage limit). It may lack writes acknowledged meanwhile, so it is not read from either."""
+PING_FLAG_CATCHING_UP = 0x02
+"""In a PING reply's (and a MEMBERS entry's) flags: the node's store takes writes again after it was
+full, but the writes held for it as hints meanwhile have not all arrived: it is not read from."""
+STORE_FLAGS = PING_FLAG_STORAGE_FULL | PING_FLAG_CATCHING_UP
 
 
 @dataclass(frozen=True, slots=True)
@@ -707,6 +713,10 @@ class PingReply:
     @property
     def storage_full(self) -> bool:
         return bool(self.flags & PING_FLAG_STORAGE_FULL)
+
+    @property
+    def catching_up(self) -> bool:
+        return bool(self.flags & PING_FLAG_CATCHING_UP)
 
 
 def encode_ping_reply(reply: PingReply) -> bytes:
@@ -785,6 +795,15 @@ class MemberView:
     state: PeerState
     since_ms: int  # wall-clock milliseconds when the node entered this state; 0 if never seen
     hints: int  # writes held here for that node
+    flags: int = 0  # its store's state as last heard: PING_FLAG_STORAGE_FULL, PING_FLAG_CATCHING_UP
+
+    @property
+    def storage_full(self) -> bool:
+        return bool(self.flags & PING_FLAG_STORAGE_FULL)
+
+    @property
+    def catching_up(self) -> bool:
+        return bool(self.flags & PING_FLAG_CATCHING_UP)
 
 
 def encode_digests_reply(digests: list[bytes]) -> bytes:
@@ -847,7 +866,13 @@ def decode_repair_reply(body: bytes) -> RepairReply:
 def encode_members_reply(members: list[MemberView]) -> bytes:
     parts = [_U16.pack(len(members))]
     for member in members:
-        parts += [_str8(member.node_id), _U8.pack(member.state), _U64.pack(member.since_ms), _U32.pack(member.hints)]
+        parts += [
+            _str8(member.node_id),
+            _U8.pack(member.state),
+            _U64.pack(member.since_ms),
+            _U32.pack(member.hints),
+            _U8.pack(member.flags),
+        ]
     return b"".join(parts)
 
 
@@ -860,6 +885,6 @@ def decode_members_reply(body: bytes) -> list[MemberView]:
             peer_state = PeerState(state)
         except ValueError:
             raise ProtocolError(f"unknown peer state {state}") from None
-        members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32()))
+        members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32(), reader.u8()))
     reader.end()
     return members

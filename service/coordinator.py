@@ -7,9 +7,13 @@ at once; the client is answered after W acks, and calls still running are left t
 Sloppy quorum: when a preferred replica is down, or its write fails, the write goes instead to the
 next node in the partition's ranking that is not down, as a hint naming the replica it was meant
 for; that node hands it over when the owner is back (``handoff``). A hinted write counts toward W,
-so with N=2, W=2 and one node down, writes go on succeeding.
+so with N=2, W=2 and one node down, writes go on succeeding. A replica whose store is full is
+routed around the same way (a tombstone is still offered to it first: it frees room there), and
+so is a full fallback. Only when W is out of reach because of full stores does the client get
+STORAGE_FULL rather than UNAVAILABLE.
 
-A read asks R of the preferred replicas that are up, this node first when it is one of them (its
+A read asks R of the preferred replicas that are up and not behind (a full or catching-up store
+may lack acknowledged writes: it is never read from), this node first when it is one of them (its
 answer costs no round trip), and answers with the newest version among their replies; a replica
 that fails is replaced by the next one up, and one still silent after a tenth of the timeout is
 joined by the next one (speculative retry). Any replica that answered with an older version (or
@@ -39,11 +43,17 @@ from typing import Any, Protocol
 import gevent
 from gevent.queue import Empty, Queue
 
-from client.protocol import Record, Version
+from client.errors import StorageFullError
+from client.protocol import Record, Status, Version
 from service.placement import Placement
-from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumRound
+from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumFailure, QuorumRound
 from service.read_plan import ReadPlan, asks_all, read_targets
+from service.storage import StorageFull
 from service.versioning import HybridLogicalClock
+
+STORAGE_FULL_ERRORS = (StorageFull, StorageFullError)
+"""A replica's refusal for lack of room: this node's store raises ``StorageFull``, a peer answers
+STORAGE_FULL (``StorageFullError``)."""
 
 
 class MustWait(Exception):
@@ -177,6 +187,7 @@ class Coordinator:
         self._chance = settings.chance
         # Looked up once: every request uses them.
         self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
+        self._is_full, self._is_behind = placement.is_full, placement.is_behind
         self._local = replicas.get(self.node_id)
 
     # --- reads ------------------------------------------------------------------------------------
@@ -188,7 +199,9 @@ class Coordinator:
         its own) raises ``MustWait`` instead of waiting on another node, before anything is sent.
         """
         # Plan: which replicas, and whether all of them (pure, see read_plan).
-        targets = read_targets(self._ring.preference_list(key, self._n), self._is_down, self.node_id, r)
+        targets = read_targets(
+            self._ring.preference_list(key, self._n), self._is_down, self.node_id, r, self._is_behind
+        )
         ask_all = asks_all(r, len(targets), self.read_repair_chance, self._chance)
         # Local read: this node's store answers alone, and at once; the common read.
         local = self._local
@@ -274,23 +287,31 @@ class Coordinator:
         owners = self._ring.owners(key)
         preferred, fallbacks = owners[: self._n], list(owners[self._n :])
 
+        full: dict[str, str] = {}  # owner -> why it or a fallback could not take its copy for lack of room
+
         def next_fallback() -> str | None:
             # Shared by every owner's greenlet: each fallback node is claimed by one owner only, so
             # two hints for one write never land on the same node.
             while fallbacks:
                 candidate = fallbacks.pop(0)
-                if not self._is_down(candidate):
+                if not self._is_down(candidate) and not self._is_full(candidate):
                     return candidate
             return None
 
         def write_to(owner: str) -> str:
-            failure = f"{owner} is down"
-            if not self._is_down(owner):
+            if self._is_down(owner):
+                failure = f"{owner} is down"
+            elif value is not None and owner != self.node_id and self._is_full(owner):
+                # This node's own store is asked anyway: it refuses at once, and says why.
+                failure = full[owner] = f"{owner}: storage full"
+            else:
                 try:
                     self.replicas[owner].write(key, record)
                 except Exception as exc:
                     self.events.replica_write(owner, False)
                     failure = str(exc) or type(exc).__name__
+                    if isinstance(exc, STORAGE_FULL_ERRORS):
+                        full[owner] = failure
                 else:
                     self.events.replica_write(owner, True)
                     return owner
@@ -298,6 +319,8 @@ class Coordinator:
                 try:
                     self.replicas[holder].write_hint(key, record, owner)
                 except Exception as exc:
+                    if not isinstance(exc, STORAGE_FULL_ERRORS):
+                        full.pop(owner, None)  # not for lack of room alone
                     failure += f"; hint to {holder} failed: {exc}"
                     continue
                 self.events.hinted_write(owner, holder)
@@ -305,7 +328,12 @@ class Coordinator:
             raise RuntimeError(f"{failure}; no fallback node took a hint")
 
         quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
-        self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
+        try:
+            self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
+        except QuorumFailure as failure:
+            if failure.status is Status.UNAVAILABLE and quorum.errors and set(quorum.errors) <= set(full):
+                raise _storage_full(failure, [full[owner] for owner in sorted(quorum.errors)]) from None
+            raise
         return record.version
 
     # --- the loop around a round ------------------------------------------------------------------
@@ -329,6 +357,18 @@ class Coordinator:
                 raise decision.failure
             else:
                 return decision
+
+
+def _storage_full(failure: QuorumFailure, reasons: list[str]) -> QuorumFailure:
+    """A write's UNAVAILABLE, when every replica short of W failed for lack of room, as STORAGE_FULL:
+    the client learns the cause it must act on (free space), not a quorum error."""
+    return QuorumFailure(
+        Status.STORAGE_FULL,
+        failure.acked,
+        failure.required,
+        f"{failure.acked} of {failure.required} required replicas acked; {'; '.join(reasons)}; "
+        "no other node could take a hint",
+    )
 
 
 def _outcome_of(call: Callable[[str], Any], node_id: str, timeout: float | None) -> tuple[str, bool, Any]:

@@ -3,8 +3,9 @@
 ``RequestHandler`` holds no connection state and sees no sockets (``server`` owns those). Each op is
 one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
 hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round.
-Refusals (an oversize key or value, an impossible quorum, a partition out of range) are
-``RequestError``s with the status to send; every failure becomes an error reply, so a bad request
+Refusals (an oversize key or value, an impossible quorum, a partition out of range, a replica read
+while this node's store is full or catching up) are ``RequestError``s with the status to send; a
+store with no room answers STORAGE_FULL; every failure becomes an error reply, so a bad request
 costs one reply, never the connection.
 """
 
@@ -19,7 +20,7 @@ from service.config import Config
 from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
 from service.quorum import QuorumFailure, resolve_quorum
-from service.storage import StorageError
+from service.storage import StorageError, StorageFull
 from service.versioning import wall_clock_ms
 
 
@@ -77,6 +78,8 @@ class RequestHandler:
             return protocol.encode_error(request_id, exc.status, exc.message)
         except QuorumFailure as exc:
             return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
+        except StorageFull as exc:
+            return protocol.encode_error(request_id, Status.STORAGE_FULL, str(exc))
         except StorageError as exc:
             return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
         return protocol.encode_response(request_id, status, body)
@@ -100,6 +103,12 @@ class RequestHandler:
                 return Status.OK, protocol.encode_version(version)
             case protocol.ReplicaGet(key):
                 self._check_key(key)
+                if not self.store.readable_alone:
+                    raise RequestError(
+                        Status.REPLICA_BEHIND,
+                        f"{self.hello.node_id}: {self.store.state_description()}; "
+                        "its store may lack acknowledged writes, ask another replica",
+                    )
                 stored = self.store.read(key)
                 if stored is None:
                     return Status.NOT_FOUND, b""
@@ -128,8 +137,7 @@ class RequestHandler:
             case protocol.Members():
                 return Status.OK, protocol.encode_members_reply(self.members())
             case protocol.Ping():
-                flags = protocol.PING_FLAG_STORAGE_FULL if self.store.storage_full else 0
-                return Status.OK, protocol.encode_ping_reply(protocol.PingReply(wall_clock_ms(), flags))
+                return Status.OK, protocol.encode_ping_reply(protocol.PingReply(wall_clock_ms(), self.store.flags))
             case protocol.Topology():
                 return Status.OK, self._topology_body
             case protocol.Hello():

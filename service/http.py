@@ -1,4 +1,8 @@
-"""The node's HTTP side: ``/metrics`` for Prometheus and ``/healthz`` for orchestrators.
+"""The node's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for orchestrators.
+
+``/healthz`` is 200 while the node is whole, 503 while it drains or its store is full; ``/readyz`` is
+200 once it can coordinate requests (its store is open and it has a verdict on every peer), which
+is what a load balancer, a container healthcheck or a test should wait for. A 503's body says why.
 
 Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic.
 """
@@ -11,22 +15,27 @@ from typing import Any
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+Check = Callable[[], str | None]
+"""A health or readiness check: ``None`` when it passes, else why not, in a line."""
 
-def make_app(registry: CollectorRegistry, is_healthy: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
+
+def make_app(registry: CollectorRegistry, health: Check, readiness: Check) -> Callable[..., Iterable[bytes]]:
     metrics_app = make_wsgi_app(registry)
+    checks = {"/healthz": health, "/readyz": readiness}
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             response: Iterable[bytes] = metrics_app(environ, start_response)
             return response
-        if path == "/healthz":
-            healthy = is_healthy()
-            status = "200 OK" if healthy else "503 Service Unavailable"
+        check = checks.get(path)
+        if check is not None:
+            problem = check()
+            status = "200 OK" if problem is None else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if healthy else b"unavailable\n"]
+            return [b"ok\n" if problem is None else f"{problem}\n".encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /healthz\n"]
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
 
     return app
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 
-from client.protocol import MemberView, PeerState
+from client.protocol import PING_FLAG_STORAGE_FULL, MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.config import Config
@@ -30,8 +30,11 @@ from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
+from service.recovery import PASS_INTERVAL as RECOVERY_INTERVAL
+from service.recovery import StorageRecovery
 from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
+from service.store_flags import StoreFlags
 from service.versioning import HybridLogicalClock
 
 FLUSH_INTERVAL = 1.0
@@ -71,13 +74,19 @@ class Node:
         peer_settings = PeerSettings(
             config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
         )
-        self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
+        self.store_flags = StoreFlags(config.node_id, lambda: self.store.flags, self._peer_store_changed)
+        self.peers = {
+            node.node_id: Peer(node, peer_settings, self._peer_request_failed, self.store_flags.refused)
+            for node in config.peers
+        }
         self._started_wall = time.time()
         self.detector = FailureDetector(self.peers, time.monotonic)
-        self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed)
+        self.monitor = PeerMonitor(self.peers.values(), self.detector, self._peer_state_changed, self.store_flags)
         self.events.track(self.store, self.peers)
 
-        placement = Placement(self.ring, config.n, self.detector.is_down)
+        placement = Placement(
+            self.ring, config.n, self.detector.is_down, self.store_flags.is_full, self.store_flags.is_behind
+        )
         self.coordinator = Coordinator(
             CoordinatorSettings(config.node_id, config.request_timeout, config.read_repair_chance),
             placement,
@@ -88,10 +97,13 @@ class Node:
         self.handoff = HintedHandoff(
             self.store,
             self.peers,
-            lambda node_id: self.detector.state(node_id) is PeerState.UP,
+            lambda node_id: self.detector.state(node_id) is PeerState.UP and not self.store_flags.is_full(node_id),
             HandoffSettings(config.hint_window),
             events=self.events,
         )
+        # Writes under way when the peers learn this store has room again still reach their hints
+        # within a request timeout each; twice that covers a write that tries a second fallback.
+        self.recovery = StorageRecovery(self.store, self.peers, self.detector.is_down, 2 * config.request_timeout)
         self.anti_entropy = AntiEntropy(
             self.store,
             placement,
@@ -107,7 +119,10 @@ class Node:
             ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands),
         )
         self.http = HttpServer(
-            config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
+            config.host,
+            config.http_port,
+            make_app(self.metrics.registry, self.health_problem, self.readiness_problem),
+            LogWriter(self.log),
         )
         self.tasks = self._background_tasks()
         self._serving = False
@@ -120,8 +135,26 @@ class Node:
     def http_port(self) -> int:
         return self.http.port
 
-    def is_healthy(self) -> bool:
-        return self._serving
+    def health_problem(self) -> str | None:
+        """Why the node is not whole (``/healthz`` 503), or ``None``: it drains, or its store is full."""
+        if not self._serving:
+            return "draining: the node is stopping"
+        if self.store.storage_full:
+            return f"{self.config.node_id}: {self.store.state_description()}; it refuses writes and still serves reads"
+        return None
+
+    def readiness_problem(self) -> str | None:
+        """Why the node cannot coordinate requests yet (``/readyz`` 503), or ``None``: it is not
+        serving, its store must be reopened, or it has no verdict yet on some peer (a write sent
+        now could find that live peer unreachable and fail)."""
+        if not self._serving:
+            return "not serving: the node is starting or stopping"
+        if self.storage.panicked:
+            return "the store is being reopened after a fatal LMDB error"
+        undecided = self.detector.undecided()
+        if undecided:
+            return f"waiting to hear from {', '.join(undecided)} (or to give up on them)"
+        return None
 
     def start(self) -> None:
         self.server.start()
@@ -163,6 +196,7 @@ class Node:
         tasks = [
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
+            Periodic("storage_recovery", self.recovery.run_pass, RECOVERY_INTERVAL, on_error=self.events.task_failed),
         ]
         if config.anti_entropy_interval > 0:
             tasks.append(
@@ -188,17 +222,23 @@ class Node:
         return {task.name: task for task in tasks}
 
     def members(self) -> list[MemberView]:
-        """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
+        """This node's view of the cluster: itself (up), and each peer as the failure detector sees
+        it; each with its store's flags as last heard."""
         hints = self.store.hint_counts()
         now_mono, now_wall = time.monotonic(), time.time()
-        view = [MemberView(self.config.node_id, PeerState.UP, int(self._started_wall * 1000), 0)]
+        view = [MemberView(self.config.node_id, PeerState.UP, int(self._started_wall * 1000), 0, self.store.flags)]
         for node_id, (state, since) in self.detector.view().items():
             since_ms = int((now_wall - (now_mono - since)) * 1000)
-            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
+            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0), self.store_flags.flags(node_id)))
         return view
 
     def _peer_request_failed(self, node_id: str) -> None:
         self.monitor.request_failed(node_id)  # the monitor is built after the peers it watches
+
+    def _peer_store_changed(self, node_id: str, old: int, new: int) -> None:
+        self.events.peer_store_changed(node_id, old, new)
+        if old & PING_FLAG_STORAGE_FULL and not new & PING_FLAG_STORAGE_FULL:
+            self.tasks["hinted_handoff"].wake()  # it has room again: deliver its hints now
 
     def _peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
         self.events.peer_state_changed(peer, old, new)

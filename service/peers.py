@@ -6,7 +6,9 @@ at once until the reconnection policy (``client.policies``) allows the next dial
 paying a connect timeout.
 
 The ``PeerMonitor`` pings every peer (the node does it once a second) and feeds the answers, and every
-failed request, to the failure detector; it reports each change of a peer's state to the node.
+failed request, to the failure detector; it reports each change of a peer's state to the node. The
+store flags in each answer (storage full, catching up) go to ``store_flags.StoreFlags``, as does a
+refusal that shows them (STORAGE_FULL, REPLICA_BEHIND) between heartbeats.
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ import gevent
 
 from client import protocol
 from client.connection import Connection, Framing
-from client.errors import KVError, NodeUnreachableError
-from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
+from client.errors import KVError, NodeUnreachableError, ReplicaBehindError, StorageFullError
+from client.protocol import (
+    PING_FLAG_CATCHING_UP,
+    PING_FLAG_STORAGE_FULL,
+    Frame,
+    NodeAddress,
+    PeerState,
+    Record,
+    Request,
+    Status,
+)
 from client.transport import ConnectionSlot
 from service.failure_detector import FailureDetector
+from service.store_flags import StoreFlags
 
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
@@ -46,7 +58,8 @@ class Peer:
     One multiplexed connection (``node``'s address) carries every request to the peer, opened on
     first use and reopened after a failure once the reconnection policy allows: until then requests fail
     at once with ``NodeUnreachableError``. ``on_failure(node_id)`` hears of every request that could
-    not reach the peer (the failure detector's evidence).
+    not reach the peer (the failure detector's evidence), ``on_refusal(node_id, flag)`` of every
+    STORAGE_FULL or REPLICA_BEHIND answer (the store flag it shows).
     """
 
     reads_block = True
@@ -57,6 +70,7 @@ class Peer:
         node: NodeAddress,
         settings: PeerSettings,
         on_failure: Callable[[str], None] = lambda node_id: None,
+        on_refusal: Callable[[str, int], None] = lambda node_id, flag: None,
     ) -> None:
         self.node = node
         self.node_id = node.node_id
@@ -66,19 +80,31 @@ class Peer:
         self._request_timeout = settings.request_timeout
         self._max_frame_bytes = settings.max_frame_bytes
         self._on_failure = on_failure
+        self._on_refusal = on_refusal
         self._slot = ConnectionSlot(self._dial, node.address)
 
     # --- the replica interface --------------------------------------------------------------------
 
     def read(self, key: bytes) -> Record | None:
-        frame = self.call(protocol.ReplicaGet(key))
+        try:
+            frame = self.call(protocol.ReplicaGet(key))
+        except ReplicaBehindError:
+            self._on_refusal(self.node_id, PING_FLAG_CATCHING_UP)
+            raise
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
     def write(self, key: bytes, record: Record) -> None:
-        self.call(protocol.ReplicaPut(key, record))
+        self._write(protocol.ReplicaPut(key, record))
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
-        self.call(protocol.HintedPut(key, record, owner))
+        self._write(protocol.HintedPut(key, record, owner))
+
+    def _write(self, request: protocol.ReplicaPut | protocol.HintedPut) -> None:
+        try:
+            self.call(request)
+        except StorageFullError:
+            self._on_refusal(self.node_id, PING_FLAG_STORAGE_FULL)
+            raise
 
     # --- transport --------------------------------------------------------------------------------
 
@@ -128,7 +154,8 @@ class Peer:
 class PeerMonitor:
     """Heartbeats: ``beat`` pings every peer at once and keeps the failure detector current.
 
-    ``on_change(peer, old, new)`` runs for every state change, whatever noticed it.
+    ``on_change(peer, old, new)`` runs for every state change, whatever noticed it; each answer's
+    store flags go to ``store_flags``.
     """
 
     def __init__(
@@ -136,10 +163,12 @@ class PeerMonitor:
         peers: Iterable[Peer],
         detector: FailureDetector,
         on_change: Callable[[Peer, PeerState, PeerState], None],
+        store_flags: StoreFlags | None = None,
     ) -> None:
         self._peers = {peer.node_id: peer for peer in peers}
         self._detector = detector
         self._on_change = on_change
+        self._store_flags = store_flags
 
     def request_failed(self, node_id: str) -> None:
         """A request to ``node_id`` failed to reach it: evidence for the detector."""
@@ -151,6 +180,8 @@ class PeerMonitor:
         gevent.joinall(list(pings.values()))
         for node_id, ping in pings.items():
             answered = ping.value is not None
+            if answered and self._store_flags is not None:
+                self._store_flags.observe(node_id, ping.value.flags)
             self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
         self._report(self._detector.evaluate())
 

@@ -266,6 +266,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
         "STORAGE_FULL": 0x31,
+        "REPLICA_BEHIND": 0x32,
     }
     assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
 
@@ -325,7 +326,7 @@ def test_repair_reply_round_trips(reply: RepairReply) -> None:
     assert protocol.decode_repair_reply(protocol.encode_repair_reply(reply)) == reply
 
 
-member_views = st.builds(MemberView, short_text, st.sampled_from(PeerState), u64, u32)
+member_views = st.builds(MemberView, short_text, st.sampled_from(PeerState), u64, u32, u8)
 
 
 @settings(max_examples=50)
@@ -570,6 +571,16 @@ def test_a_ping_reply_carries_the_wall_clock_and_the_storage_full_flag() -> None
     reply = protocol.PingReply(0x019AC1E2F3A0, protocol.PING_FLAG_STORAGE_FULL)
     assert protocol.decode_ping_reply(protocol.encode_ping_reply(reply)) == reply
     assert reply.storage_full
+    assert not reply.catching_up
     assert not protocol.PingReply(1).storage_full
+    assert protocol.PingReply(1, protocol.PING_FLAG_CATCHING_UP).catching_up
     with pytest.raises(ProtocolError):
         protocol.decode_ping_reply(b"")
+
+
+def test_a_members_entry_carries_the_store_flags_its_node_last_reported() -> None:
+    member = MemberView("node1", PeerState.UP, 1, 0, protocol.PING_FLAG_STORAGE_FULL)
+    (decoded,) = protocol.decode_members_reply(protocol.encode_members_reply([member]))
+    assert decoded.storage_full
+    assert not decoded.catching_up
+    assert not MemberView("node1", PeerState.UP, 1, 0).storage_full

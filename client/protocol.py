@@ -387,17 +387,30 @@ class Topology(_EmptyBody):
     OP: ClassVar[Op] = Op.TOPOLOGY
 
 
+REPLICA_GET_BEHIND_OK = 0x01
+"""In REPLICA_GET's flags: answer even if this node's store is behind."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaGet:
+    """A replica's own record for ``key``. A node whose store may lack acknowledged writes (full, or
+    catching up) refuses it with REPLICA_BEHIND unless ``behind_ok``: the coordinator knows, and has
+    no better replica left to ask."""
+
     OP: ClassVar[Op] = Op.REPLICA_GET
     key: bytes
+    behind_ok: bool = False
 
     def encode(self) -> bytes:
-        return _bytes16(self.key)
+        return _bytes16(self.key) + _U8.pack(REPLICA_GET_BEHIND_OK if self.behind_ok else 0)
 
     @classmethod
     def decode(cls, reader: BodyReader) -> ReplicaGet:
-        return cls(reader.bytes16())
+        key = reader.bytes16()
+        flags = reader.u8()
+        if flags & ~REPLICA_GET_BEHIND_OK:
+            raise ProtocolError(f"unknown REPLICA_GET flags 0x{flags:02x}")
+        return cls(key, bool(flags))
 
 
 @dataclass(frozen=True, slots=True)

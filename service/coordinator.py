@@ -12,9 +12,9 @@ routed around the same way (a tombstone is still offered to it first: it frees r
 so is a full fallback. Only when W is out of reach because of full stores does the client get
 STORAGE_FULL rather than UNAVAILABLE.
 
-A read asks R of the preferred replicas that are up and not behind (a full or catching-up store
-may lack acknowledged writes: it is never read from), this node first when it is one of them (its
-answer costs no round trip), and answers with the newest version among their replies; a replica
+A read asks R of the preferred replicas that are up, this node first when it is one of them (its
+answer costs no round trip), and a replica whose store is behind (full, or catching up: it may
+lack acknowledged writes) only when no other is left, and answers with the newest version among their replies; a replica
 that fails is replaced by the next one up, and one still silent after a tenth of the timeout is
 joined by the next one (speculative retry). Any replica that answered with an older version (or
 nothing) is then sent the newest one, in the background: read repair. Asking only R replicas
@@ -71,8 +71,9 @@ class Replica(Protocol):
         coordinator bounds it with the timeout; the local store, one LMDB lookup, says ``False``."""
         ...
 
-    def read(self, key: bytes) -> Record | None:
-        """The replica's record for ``key``, or ``None``."""
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
+        """The replica's record for ``key``, or ``None``. A replica whose store is behind (full, or
+        catching up) refuses unless ``behind_ok``."""
         ...
 
     def write(self, key: bytes, record: Record) -> object:
@@ -202,7 +203,11 @@ class Coordinator:
         targets = read_targets(
             self._ring.preference_list(key, self._n), self._is_down, self.node_id, r, self._is_behind
         )
-        ask_all = asks_all(r, len(targets), self.read_repair_chance, self._chance)
+        # Asking them all is for read repair; with a replica behind (full: a repair cannot land; or
+        # about to get its hints) the read asks R and keeps the behind one as the last spare, so its
+        # reply is never among the first R while another can answer.
+        behind = self._is_behind(targets[-1])  # read_targets puts behind replicas last
+        ask_all = not behind and asks_all(r, len(targets), self.read_repair_chance, self._chance)
         # Local read: this node's store answers alone, and at once; the common read.
         local = self._local
         if r == 1 and targets[0] == self.node_id and local is not None and not local.reads_block:
@@ -226,7 +231,7 @@ class Coordinator:
         if ask_all and len(targets) > 1:
             plan = ReadPlan(targets, 1, ask_all=True, now=time.monotonic(), timeout=self.timeout)
             plan.on_success(self.node_id, record)
-            fan = FanOut(targets[1:], lambda node_id: self.replicas[node_id].read(key))
+            fan = FanOut(targets[1:], lambda node_id: self._read_from(node_id, key))
             gevent.spawn(self._repair_after_read, key, fan, plan)
         return record
 
@@ -234,7 +239,7 @@ class Coordinator:
         plan = ReadPlan(targets, r, ask_all=ask_all, now=time.monotonic(), timeout=self.timeout)
         fan = FanOut(
             plan.ask_first,
-            lambda node_id: self.replicas[node_id].read(key),
+            lambda node_id: self._read_from(node_id, key),
             inline=self.node_id,
             inline_timeout=self.timeout if self._local is None or self._local.reads_block else None,
         )
@@ -245,6 +250,11 @@ class Coordinator:
         if plan.needs_repair:
             gevent.spawn(self._repair_after_read, key, fan, plan)
         return answer.record
+
+    def _read_from(self, node_id: str, key: bytes) -> Record | None:
+        """One replica's record; a replica known to be behind is asked to answer anyway (it is asked
+        only when no current replica is left), one not known to be refuses if it is."""
+        return self.replicas[node_id].read(key, behind_ok=self._is_behind(node_id))
 
     def _repair_after_read(self, key: bytes, fan: FanOut, plan: ReadPlan) -> None:
         """Collect the replies still due (until the plan's deadline), then send the newest record

@@ -160,6 +160,9 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
     def storage_caught_up(self, seconds: float) -> None:
         self.log.info("storage_caught_up", seconds=round(seconds, 1))
 
+    def marker_failed(self, path: str, error: str) -> None:
+        self.log.warning("storage_marker_failed", path=path, error=error)
+
     def storage_reopened(self, error: str | None) -> None:
         if error is None:
             self.log.warning("storage_reopened", reason="LMDB reported a fatal error after a failed write")

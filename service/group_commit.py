@@ -27,8 +27,26 @@ Starter = Callable[[Callable[..., Any], Sequence[Any]], AsyncResult]
 
 def start_in_threadpool(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:
     """For a store that fsyncs on commit: the commit runs in a native thread, so the event loop
-    keeps serving while the disk syncs."""
-    return gevent.get_hub().threadpool.spawn(function, *args)
+    keeps serving while the disk syncs. Its exception, if any, is the result's (gevent would also
+    print it with a traceback if it escaped the thread: a full disk must cost one log line)."""
+    result = AsyncResult()
+
+    def settle(job: AsyncResult) -> None:
+        ok, value = job.value
+        if ok:
+            result.set(value)
+        else:
+            result.set_exception(value)
+
+    gevent.get_hub().threadpool.spawn(_outcome, function, args).rawlink(settle)
+    return result
+
+
+def _outcome(function: Callable[..., Any], args: Sequence[Any]) -> tuple[bool, Any]:
+    try:
+        return True, function(*args)
+    except Exception as exc:
+        return False, exc
 
 
 def start_inline(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:

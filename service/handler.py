@@ -101,9 +101,9 @@ class RequestHandler:
                 self._check_key(key)
                 version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
-            case protocol.ReplicaGet(key):
+            case protocol.ReplicaGet(key, behind_ok):
                 self._check_key(key)
-                if not self.store.readable_alone:
+                if not behind_ok and not self.store.readable_alone:
                     raise RequestError(
                         Status.REPLICA_BEHIND,
                         f"{self.hello.node_id}: {self.store.state_description()}; "

@@ -23,6 +23,7 @@ another thread is inside it.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TypeVar
@@ -46,6 +47,11 @@ from service.storage_health import StorageHealth
 from service.versioning import HybridLogicalClock, wall_clock_ms
 
 T = TypeVar("T")
+
+BEHIND_MARKER = "store-behind"
+"""An empty file in the data directory while the store is full or catching up, so that a restart in
+that state resumes catching up rather than answering reads the store may lack. Empty: creating it
+needs no data block, so it fits on a full disk."""
 
 LISTING_PAGE_BYTES = 256 * 1024
 """Largest PARTITION_KEYS page: large enough that a typical partition is one round trip."""
@@ -101,6 +107,9 @@ class StoreEvents:
     def storage_reopened(self, error: str | None) -> None:
         """The store was reopened after LMDB's fatal error; ``error`` if that failed too."""
 
+    def marker_failed(self, path: str, error: str) -> None:
+        """The file marking the store as behind could not be created or removed."""
+
 
 class LocalStore:
     """This node's records and hints, behind one object; every write goes through group commit.
@@ -126,7 +135,8 @@ class LocalStore:
         self._storage = storage
         self._clock = clock
         self._events = events or StoreEvents()
-        self.health = StorageHealth(time.monotonic())
+        self._marker = os.path.join(storage.path, BEHIND_MARKER)
+        self.health = StorageHealth(time.monotonic(), catching_up=os.path.exists(self._marker))
         self._syncing = False  # a periodic fsync is running in a native thread
 
     # --- health -----------------------------------------------------------------------------------
@@ -160,8 +170,26 @@ class LocalStore:
     def _no_room(self, error: StorageFull) -> StorageFull:
         """A commit found no room: the store is full (reported once), and ``error`` names this node."""
         if self.health.no_room(error.cause, time.monotonic()):
+            self._set_marker(True)
             self._events.storage_full(error.cause)
         return StorageFull(f"{self.node_id}: storage full: {error.cause}", error.cause)
+
+    def _set_marker(self, behind: bool) -> None:
+        """Create (``behind``) or remove the ``BEHIND_MARKER``; if the disk refuses even that, a
+        restart starts WRITABLE (and reads may miss the hints not yet delivered, as after any failure)."""
+        try:
+            if behind:
+                os.close(os.open(self._marker, os.O_CREAT | os.O_WRONLY, 0o644))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._marker)
+            directory = os.open(os.path.dirname(self._marker), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            self._events.marker_failed(self._marker, str(exc))
 
     def probe(self, *, has_peers: bool) -> bool:
         """While full: commit ``SpaceProbe`` records, then delete them; if that fits, the store
@@ -177,6 +205,8 @@ class LocalStore:
             self.committer.submit(SpaceProbe(fill=False))
         now = time.monotonic()
         if self.health.room_found(now, has_peers=has_peers):
+            if self.health.readable_alone:
+                self._set_marker(False)
             self._events.storage_recovered(now - full_since, catching_up=has_peers)
         return False
 
@@ -185,6 +215,7 @@ class LocalStore:
         since = self.health.since
         now = time.monotonic()
         if self.health.caught_up(now):
+            self._set_marker(False)
             self._events.storage_caught_up(now - since)
 
     def _reopen_between_commits(self) -> None:
@@ -218,7 +249,10 @@ class LocalStore:
 
     # --- the replica interface --------------------------------------------------------------------
 
-    def read(self, key: bytes) -> Record | None:
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
+        """This store's record for ``key``, whatever its state: ``behind_ok`` is for peers (the handler
+        refuses their REPLICA_GET while this store is behind); this node's own coordinator knows the
+        state, and reads here while behind only when no other replica is left."""
         try:
             return self._storage.get(key)
         except StorageError:  # inline rather than through _read: every local read comes here

@@ -74,7 +74,9 @@ class Node:
         peer_settings = PeerSettings(
             config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
         )
-        self.store_flags = StoreFlags(config.node_id, lambda: self.store.flags, self._peer_store_changed)
+        self.store_flags = StoreFlags(
+            config.node_id, lambda: self.store.flags, [node.node_id for node in config.peers], self._peer_store_changed
+        )
         self.peers = {
             node.node_id: Peer(node, peer_settings, self._peer_request_failed, self.store_flags.refused)
             for node in config.peers
@@ -169,6 +171,7 @@ class Node:
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
             hints_pending=self.store.pending_hints(),
+            storage=self.store.state_description(),
             members=[node.node_id for node in self.config.cluster],
             n=self.config.n,
             r=self.config.read_quorum,

@@ -85,9 +85,9 @@ class Peer:
 
     # --- the replica interface --------------------------------------------------------------------
 
-    def read(self, key: bytes) -> Record | None:
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
         try:
-            frame = self.call(protocol.ReplicaGet(key))
+            frame = self.call(protocol.ReplicaGet(key, behind_ok))
         except ReplicaBehindError:
             self._on_refusal(self.node_id, PING_FLAG_CATCHING_UP)
             raise

@@ -5,9 +5,10 @@ Pure, in the step/tick style: the coordinator feeds a ``ReadPlan`` each replica'
 (``on_success``/``on_failure``) and the clock (``tick``) and does what it says (see ``quorum`` for the
 decisions), so these rules are tested without greenlets, sockets or sleeps:
 
-* a read asks R of the key's replicas that are not down and not behind (a full or catching-up store
-  may lack acknowledged writes), this node first when it is one (its answer costs no round trip);
-  fewer than R such replicas fails UNAVAILABLE before anything is sent (``read_targets``);
+* a read asks R of the key's replicas that are not down, this node first when it is one (its answer
+  costs no round trip), and replicas that are behind (a full or catching-up store may lack
+  acknowledged writes) only after every other, as a last resort; fewer than R up fails UNAVAILABLE
+  before anything is sent (``read_targets``);
 * with probability ``read_repair_chance``, and always when R is every replica up, it asks them all
   instead (``asks_all``), so stale replicas outside the R get found;
 * a replica that fails is replaced by the next one up (a spare);
@@ -46,26 +47,30 @@ def read_targets(
     r: int,
     is_behind: Callable[[str], bool] = _never,
 ) -> list[str]:
-    """The replicas a read may ask, in the order it asks them: the ``preferred`` ones neither down
-    nor behind, with ``node_id`` (this node) first if it is one. Raises ``QuorumFailure`` UNAVAILABLE
-    if fewer than ``r`` are left."""
+    """The replicas a read may ask, in the order it asks them: the ``preferred`` ones not down, those
+    not behind first (a full or catching-up store may lack acknowledged writes, so it answers only
+    when too few others can), and within each group ``node_id`` (this node) first if it is one.
+    Raises ``QuorumFailure`` UNAVAILABLE if fewer than ``r`` are up."""
     up = [replica for replica in preferred if not is_down(replica)]
-    targets = [replica for replica in up if not is_behind(replica)]
-    if len(targets) < r:
-        readable = "are up"
-        if len(targets) < len(up):
-            behind = ", ".join(replica for replica in up if replica not in targets)
-            readable = f"can be read ({behind}: store full or catching up)"
+    if len(up) < r:
         raise QuorumFailure(
             Status.UNAVAILABLE,
             0,
             r,
-            f"only {len(targets)} of the key's {len(preferred)} replicas {readable}; the read needs {r}",
+            f"only {len(up)} of the key's {len(preferred)} replicas are up; the read needs {r}",
         )
-    if targets[0] != node_id and node_id in targets:
-        targets.remove(node_id)
-        targets.insert(0, node_id)
-    return targets
+    behind = [replica for replica in up if is_behind(replica)]
+    if not behind:
+        return _this_node_first(up, node_id)
+    current = [replica for replica in up if replica not in behind]
+    return _this_node_first(current, node_id) + _this_node_first(behind, node_id)
+
+
+def _this_node_first(replicas: list[str], node_id: str) -> list[str]:
+    if replicas and replicas[0] != node_id and node_id in replicas:
+        replicas.remove(node_id)
+        replicas.insert(0, node_id)
+    return replicas
 
 
 def asks_all(r: int, up: int, read_repair_chance: float, chance: Callable[[], float]) -> bool:

@@ -94,8 +94,10 @@ class StorageRecovery:
         if state is StoreState.FULL:
             self.catch_up.reset()
             self.store.probe(has_peers=bool(self.peers))
-        elif state is StoreState.CATCHING_UP and self.catch_up.step(time.monotonic(), self._views()):
-            self.store.caught_up()
+        elif state is StoreState.CATCHING_UP and (
+            not self.peers or self.catch_up.step(time.monotonic(), self._views())
+        ):
+            self.store.caught_up()  # (a node with no peers has no hints to wait for)
 
     def _views(self) -> dict[str, MemberView | None]:
         """Each peer not down, and its MEMBERS entry for this node (``None`` if it did not answer)."""

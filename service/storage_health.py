@@ -9,7 +9,9 @@ Pure: ``LocalStore`` reports what its commits and probes found, with the time, a
   held elsewhere as hints, so it lacks acknowledged writes and must not be read from alone.
 * CATCHING_UP, once a probe commit found room again: it takes writes, but the hints written
   meanwhile have not all arrived, so it is still not read from alone (``recovery`` decides when
-  they have). A node with no peers has no hints to wait for and goes straight to WRITABLE.
+  they have). A node with no peers has no hints to wait for and goes straight to WRITABLE. A store
+  that was full or catching up when the node stopped starts CATCHING_UP (``LocalStore`` keeps a
+  marker file for that): the hints it missed are still out there.
 
 Any write that finds no room makes the store FULL again, whatever the state.
 """
@@ -34,8 +36,8 @@ class StorageHealth:
     Each method returns whether the state changed, so the caller reports each change once.
     """
 
-    def __init__(self, now: float) -> None:
-        self.state = StoreState.WRITABLE
+    def __init__(self, now: float, *, catching_up: bool = False) -> None:
+        self.state = StoreState.CATCHING_UP if catching_up else StoreState.WRITABLE
         self.since = now
         self.cause = ""
 

@@ -12,7 +12,7 @@ go to a fallback as hints), and neither a full nor a catching-up node is read fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from client.protocol import PING_FLAG_STORAGE_FULL, STORE_FLAGS
 
@@ -22,7 +22,8 @@ def _ignore_change(node_id: str, old: int, new: int) -> None:
 
 
 class StoreFlags:
-    """Every node's store flags: ``node_id`` (this node) reads ``local_flags()``; peers start with none.
+    """Every node's store flags: ``node_id`` (this node) reads ``local_flags()``; its ``peers`` start
+    with none.
 
     ``on_change(peer, old, new)`` runs whenever a peer's flags change, from a PING reply or a refusal.
     """
@@ -31,12 +32,13 @@ class StoreFlags:
         self,
         node_id: str,
         local_flags: Callable[[], int],
+        peers: Iterable[str],
         on_change: Callable[[str, int, int], None] = _ignore_change,
     ) -> None:
         self._node_id = node_id
         self._local_flags = local_flags
         self._on_change = on_change
-        self._peers: dict[str, int] = {}
+        self._peers: dict[str, int] = dict.fromkeys(peers, 0)
 
     def observe(self, peer: str, flags: int) -> None:
         """``peer`` answered a PING with ``flags``: its state as it says it now."""
@@ -63,5 +65,7 @@ class StoreFlags:
 
     def is_behind(self, node_id: str) -> bool:
         """Whether the node's store may lack acknowledged writes (full, or catching up): it must not
-        answer a read alone."""
+        answer a read alone. A node with no peers lacks nothing: no other node took a write for it."""
+        if node_id == self._node_id and not self._peers:
+            return False
         return bool(self.flags(node_id) & STORE_FLAGS)

@@ -321,7 +321,7 @@ class Cluster:
         raw_key = key.encode() if isinstance(key, str) else key
         admin = self.admin()
         # The node's own 127.0.0.1 address, never one the admin client learned from TOPOLOGY.
-        frame = admin.call_node(self.address(node), ReplicaGet(raw_key))
+        frame = admin.call_node(self.address(node), ReplicaGet(raw_key, behind_ok=True))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
     def members(self, node: str) -> dict[str, MemberView]:

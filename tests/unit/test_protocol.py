@@ -73,7 +73,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Put, keys, values, u8, u64),
     st.builds(Delete, keys, u8, u64),
     st.just(Topology()),
-    st.builds(ReplicaGet, keys),
+    st.builds(ReplicaGet, keys, st.booleans()),
     st.builds(ReplicaPut, keys, records),
     st.builds(ReplicaPut, keys, tombstones),
     st.builds(HintedPut, keys, records, short_text),
@@ -576,6 +576,15 @@ def test_a_ping_reply_carries_the_wall_clock_and_the_storage_full_flag() -> None
     assert protocol.PingReply(1, protocol.PING_FLAG_CATCHING_UP).catching_up
     with pytest.raises(ProtocolError):
         protocol.decode_ping_reply(b"")
+
+
+def test_a_replica_get_says_whether_a_store_behind_may_answer_and_nothing_else() -> None:
+    (frame,) = protocol.FrameDecoder().feed(protocol.encode_request(7, ReplicaGet(b"k", behind_ok=True)))
+    assert frame.body == b"\x00\x01k\x01"
+    assert protocol.decode_request(frame) == ReplicaGet(b"k", True)
+    (frame,) = protocol.FrameDecoder().feed(protocol.encode_frame(7, protocol.Op.REPLICA_GET, b"\x00\x01k\x02"))
+    with pytest.raises(ProtocolError, match="flags"):
+        protocol.decode_request(frame)
 
 
 def test_a_members_entry_carries_the_store_flags_its_node_last_reported() -> None:

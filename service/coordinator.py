@@ -14,13 +14,13 @@ STORAGE_FULL rather than UNAVAILABLE.
 
 A read asks R of the preferred replicas that are up, this node first when it is one of them (its
 answer costs no round trip), and a replica whose store is behind (full, or catching up: it may
-lack acknowledged writes) only when no other is left, and answers with the newest version among their replies; a replica
-that fails is replaced by the next one up, and one still silent after a tenth of the timeout is
-joined by the next one (speculative retry). Any replica that answered with an older version (or
-nothing) is then sent the newest one, in the background: read repair. Asking only R replicas
-means a stale replica outside them goes unseen, so a read also asks all of them, and repairs
-what it finds, with probability ``read_repair_chance`` (always when R is every replica up); hints
-and anti-entropy repair the rest. Asking every replica on every read would double the
+lack acknowledged writes) only when no other is left; it answers with the newest version among
+their replies. A replica that fails is replaced by the next one up, and one still silent after a
+tenth of the timeout is joined by the next one (speculative retry). Any replica that answered with
+an older version (or nothing) is then sent the newest one, in the background: read repair. Asking
+only R replicas means a stale replica outside them goes unseen, so a read also asks all of them,
+and repairs what it finds, with probability ``read_repair_chance`` (always when R is every replica
+up); hints and anti-entropy repair the rest. Asking every replica on every read would double the
 cross-node work of an R=1 read for the sake of replicas that are almost always current.
 
 Every one of those decisions is made by the pure ``read_plan.ReadPlan`` (and, for writes,

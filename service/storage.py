@@ -412,9 +412,13 @@ class Storage:
         return self._map_size
 
     def used_bytes(self) -> int:
-        """Bytes of the store file in use or free for reuse (LMDB's pages up to the last one used)."""
-        info = self._env.info()
-        psize: int = self._env.stat()["psize"]
+        """Bytes of the store file in use or free for reuse (LMDB's pages up to the last one used);
+        0 while the environment is closed (a reopen failed)."""
+        try:
+            info = self._env.info()
+            psize: int = self._env.stat()["psize"]
+        except lmdb.Error:
+            return 0
         return (int(info["last_pgno"]) + 1) * psize
 
     def disk_free_bytes(self) -> int | None:
@@ -518,8 +522,10 @@ class Storage:
                 yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
 
     def flush(self) -> None:
-        """fsync everything committed so far (for a store opened with ``sync=False``)."""
-        self._env.sync(True)
+        """fsync everything committed so far (for a store opened with ``sync=False``); nothing to do
+        while the environment must be reopened (its last commit failed)."""
+        if not self.panicked:
+            self._env.sync(True)
 
     def close(self) -> None:
         # If the digests cannot be saved (a full disk), the flag still says so: the next open

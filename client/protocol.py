@@ -715,13 +715,11 @@ full, but the writes held for it as hints meanwhile have not all arrived: it is 
 STORE_FLAGS = PING_FLAG_STORAGE_FULL | PING_FLAG_CATCHING_UP
 
 
-@dataclass(frozen=True, slots=True)
-class PingReply:
-    """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
-    and flags about its state (``PING_FLAG_STORAGE_FULL``)."""
+class StoreFlagged:
+    """What the store flags in a message's ``flags`` field say (PING replies, MEMBERS entries)."""
 
-    wall_ms: int  # Unix milliseconds when the node answered
-    flags: int = 0
+    __slots__ = ()
+    flags: int
 
     @property
     def storage_full(self) -> bool:
@@ -730,6 +728,15 @@ class PingReply:
     @property
     def catching_up(self) -> bool:
         return bool(self.flags & PING_FLAG_CATCHING_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class PingReply(StoreFlagged):
+    """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
+    and its store flags (``PING_FLAG_STORAGE_FULL``, ``PING_FLAG_CATCHING_UP``)."""
+
+    wall_ms: int  # Unix milliseconds when the node answered
+    flags: int = 0
 
 
 def encode_ping_reply(reply: PingReply) -> bytes:
@@ -803,20 +810,12 @@ class PeerState(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class MemberView:
+class MemberView(StoreFlagged):
     node_id: str
     state: PeerState
     since_ms: int  # wall-clock milliseconds when the node entered this state; 0 if never seen
     hints: int  # writes held here for that node
-    flags: int = 0  # its store's state as last heard: PING_FLAG_STORAGE_FULL, PING_FLAG_CATCHING_UP
-
-    @property
-    def storage_full(self) -> bool:
-        return bool(self.flags & PING_FLAG_STORAGE_FULL)
-
-    @property
-    def catching_up(self) -> bool:
-        return bool(self.flags & PING_FLAG_CATCHING_UP)
+    flags: int = 0  # its store flags as last heard: PING_FLAG_STORAGE_FULL, PING_FLAG_CATCHING_UP
 
 
 def encode_digests_reply(digests: list[bytes]) -> bytes:

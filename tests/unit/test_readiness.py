@@ -1,14 +1,18 @@
 """Readiness (``/readyz``): a node says it can coordinate only once its store is open and it has a
 verdict on every peer, so writes sent the moment every node is ready succeed; ``/healthz`` says
-whether the node is whole; the failure detector's verdicts behind it."""
+whether the node is whole; the failure detector's verdicts behind it; and the container
+HEALTHCHECK, which passes on readiness and reports a degraded node without failing it."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cluster import DEFAULT_SETTINGS, InProcessCluster, configure_logging, http_get
+from gevent import subprocess
 from polling import wait_until
 
 from client.protocol import PeerState
@@ -82,3 +86,33 @@ def test_a_draining_node_is_neither_healthy_nor_ready(unstarted: InProcessCluste
         assert http_get(node.http_port, "/readyz")[0] == 503
     finally:
         node._serving = True
+
+
+def healthcheck(port: int) -> tuple[int, str]:
+    """The container HEALTHCHECK against ``port``: its exit status, and what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service.healthcheck"],
+        env={**os.environ, "KV_HTTP_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_the_container_healthcheck_passes_once_ready_and_says_when_degraded(unstarted: InProcessCluster) -> None:
+    node1 = unstarted.start("node1")
+    node1.monitor.beat()
+    status, output = healthcheck(node1.http_port)
+    assert status == 1
+    assert "not ready" in output
+    assert "node2" in output
+
+    for node_id in ("node2", "node3"):
+        unstarted.start(node_id)
+    wait_until(lambda: healthcheck(node1.http_port)[0] == 0, 5, message="the healthcheck to pass")
+    node1.store.health.no_room("the disk holding /data is full", 0.0)
+    status, output = healthcheck(node1.http_port)
+    assert status == 0  # still healthy: restarting it would not free the disk
+    assert "degraded: node1: storage full: the disk holding /data is full" in output

@@ -193,7 +193,9 @@ class LocalStore:
 
     def probe(self, *, has_peers: bool) -> bool:
         """While full: commit ``SpaceProbe`` records, then delete them; if that fits, the store
-        takes writes again (catching up first when it ``has_peers``). Returns whether it is full."""
+        takes writes again (catching up first when it ``has_peers``). Returns whether it is full.
+        The probe shares its commit with whatever else is pending (tombstones, dropped hints): while
+        it does not fit, those fail with it, and are hinted or retried like any refused write."""
         if not self.health.full:
             return False
         full_since = self.health.since

@@ -22,7 +22,7 @@ import pytest
 from cluster import InProcessCluster, LogSink, http_get
 from polling import wait_until
 
-from client import protocol
+from client import cli, protocol
 from client.client import Client
 from client.errors import KVError, ReplicaBehindError, StorageFullError
 from client.protocol import MemberView, PeerState, Record, Status, Version
@@ -466,7 +466,7 @@ def full_node1(make_cluster: MakeCluster) -> Iterator[tuple[InProcessCluster, Cl
 
 
 def test_with_one_store_full_every_write_succeeds_and_every_key_reads_through_every_node(
-    full_node1: tuple[InProcessCluster, Client, list[str]],
+    full_node1: tuple[InProcessCluster, Client, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cluster, client, acked = full_node1
     node1 = cluster.node("node1")
@@ -486,6 +486,10 @@ def test_with_one_store_full_every_write_succeeds_and_every_key_reads_through_ev
         assert members["node1"].storage_full
     with pytest.raises(ReplicaBehindError):  # its own store would answer NOT_FOUND for some keys
         client.call_node(cluster.address("node1"), protocol.ReplicaGet(acked[-1].encode()))
+    capsys.readouterr()
+    assert cli.main(["--nodes", cluster.address("node2"), "status"]) == 2  # degraded
+    status_line = capsys.readouterr().out
+    assert f"node1 {cluster.address('node1')} up (storage full)" in status_line
 
 
 def test_a_full_node_recovers_by_itself_catches_up_on_its_hints_then_serves_reads_again(

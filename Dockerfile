@@ -29,5 +29,6 @@ USER kv
 VOLUME /data
 EXPOSE 5000 8000
 ENV KV_DATA_DIR=/data
+# Healthy once ready (/readyz); a full disk stays healthy, and /healthz and the check's output say so.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["python3", "-m", "service.healthcheck"]
 CMD ["python3", "-m", "service"]

@@ -158,10 +158,14 @@ def _status(client: Client, args: list[bytes]) -> CommandResult:
         state = member.state.name.lower()
         if member.state is not PeerState.UP and member.since_ms:
             state += f" for {_duration((now_ms - member.since_ms) / 1000)}"
+        if member.storage_full:
+            state += " (storage full)"
+        elif member.catching_up:
+            state += " (catching up)"
         hints = f" ({member.hints} hints held for it)" if member.hints else ""
         parts.append(f"{member.node_id} {client.node_address(member.node_id)} {state}{hints}")
-    all_up = all(member.state is PeerState.UP for member in members)
-    return CommandResult(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_up else EXIT_ERROR)
+    all_well = all(member.state is PeerState.UP and not member.flags for member in members)
+    return CommandResult(", ".join(parts) + f" [as seen by {viewer}]", EXIT_OK if all_well else EXIT_ERROR)
 
 
 def _repair(client: Client, args: list[bytes]) -> CommandResult:
@@ -256,7 +260,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "DELETE": Command("DELETE key", "delete the key", _delete, 1, 1),
     "WHERE": Command("WHERE key", "the key's replicas as host:port, primary first", _where, 1, 1),
-    "STATUS": Command("STATUS", "every node: up, suspect or down, as the cluster sees it", _status, 0, 0),
+    "STATUS": Command(
+        "STATUS", "every node: up, suspect or down (and storage full), as the cluster sees it", _status, 0, 0
+    ),
     "REPAIR": Command("REPAIR", "run anti-entropy on every node now; report keys that differed", _repair, 0, 0),
 }
 SESSION_COMMANDS = {"HELP": "this list", "EXIT": "leave (also QUIT or Ctrl-D)"}

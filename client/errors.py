@@ -64,6 +64,14 @@ class StorageFullError(KVError):
     code = "STORAGE_FULL"
 
 
+class ReplicaBehindError(KVError):
+    """A replica read was refused: the node's store may lack acknowledged writes (it is full, or the
+    writes held for it meanwhile have not all arrived). Nodes send it to each other; a coordinator
+    asks another replica."""
+
+    code = "REPLICA_BEHIND"
+
+
 class QuorumError(KVError):
     """Too few replicas answered: ``acked`` of the ``required`` replies came back."""
 
@@ -106,6 +114,7 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.TOO_MANY_CONNECTIONS: TooManyConnectionsError,
     Status.CLOCK_SKEW: ClockSkewError,
     Status.STORAGE_FULL: StorageFullError,
+    Status.REPLICA_BEHIND: ReplicaBehindError,
     Status.UNAVAILABLE: UnavailableError,
     Status.TIMEOUT: RequestTimeoutError,
     Status.INTERNAL_ERROR: InternalServerError,

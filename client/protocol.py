@@ -77,6 +77,7 @@ class Status(IntEnum):
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
     STORAGE_FULL = 0x31
+    REPLICA_BEHIND = 0x32
 
     @property
     def is_error(self) -> bool:
@@ -397,17 +398,30 @@ class Topology(_EmptyBody):
     OP: ClassVar[Op] = Op.TOPOLOGY
 
 
+REPLICA_GET_BEHIND_OK = 0x01
+"""In REPLICA_GET's flags: answer even if this node's store is behind."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaGet:
+    """A replica's own record for ``key``. A node whose store may lack acknowledged writes (full, or
+    catching up) refuses it with REPLICA_BEHIND unless ``behind_ok``: the coordinator knows, and has
+    no better replica left to ask."""
+
     OP: ClassVar[Op] = Op.REPLICA_GET
     key: bytes
+    behind_ok: bool = False
 
     def encode(self) -> bytes:
-        return _bytes16(self.key)
+        return _bytes16(self.key) + _U8.pack(REPLICA_GET_BEHIND_OK if self.behind_ok else 0)
 
     @classmethod
     def decode(cls, reader: BodyReader) -> ReplicaGet:
-        return cls(reader.bytes16())
+        key = reader.bytes16()
+        flags = reader.u8()
+        if flags & ~REPLICA_GET_BEHIND_OK:
+            raise ProtocolError(f"unknown REPLICA_GET flags 0x{flags:02x}")
+        return cls(key, bool(flags))
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,20 +726,36 @@ def decode_replica_put_reply(body: bytes) -> Version | None:
 
 
 PING_FLAG_STORAGE_FULL = 0x01
-"""In a PING reply's flags: the node's store refuses writes (a full disk or storage limit)."""
+"""In a PING reply's (and a MEMBERS entry's) flags: the node's store refuses writes (a full disk or
+storage limit). It may lack writes acknowledged meanwhile, so it is not read from either."""
+PING_FLAG_CATCHING_UP = 0x02
+"""In a PING reply's (and a MEMBERS entry's) flags: the node's store takes writes again after it was
+full, but the writes held for it as hints meanwhile have not all arrived: it is not read from."""
+STORE_FLAGS = PING_FLAG_STORAGE_FULL | PING_FLAG_CATCHING_UP
 
 
-@dataclass(frozen=True, slots=True)
-class PingReply:
-    """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
-    and flags about its state (``PING_FLAG_STORAGE_FULL``)."""
+class StoreFlagged:
+    """What the store flags in a message's ``flags`` field say (PING replies, MEMBERS entries)."""
 
-    wall_ms: int  # Unix milliseconds when the node answered
-    flags: int = 0
+    __slots__ = ()
+    flags: int
 
     @property
     def storage_full(self) -> bool:
         return bool(self.flags & PING_FLAG_STORAGE_FULL)
+
+    @property
+    def catching_up(self) -> bool:
+        return bool(self.flags & PING_FLAG_CATCHING_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class PingReply(StoreFlagged):
+    """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
+    and its store flags (``PING_FLAG_STORAGE_FULL``, ``PING_FLAG_CATCHING_UP``)."""
+
+    wall_ms: int  # Unix milliseconds when the node answered
+    flags: int = 0
 
 
 def encode_ping_reply(reply: PingReply) -> bytes:
@@ -799,11 +829,12 @@ class PeerState(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class MemberView:
+class MemberView(StoreFlagged):
     node_id: str
     state: PeerState
     since_ms: int  # wall-clock milliseconds when the node entered this state; 0 if never seen
     hints: int  # writes held here for that node
+    flags: int = 0  # its store flags as last heard: PING_FLAG_STORAGE_FULL, PING_FLAG_CATCHING_UP
 
 
 def encode_digests_reply(digests: list[bytes]) -> bytes:
@@ -866,7 +897,13 @@ def decode_repair_reply(body: bytes) -> RepairReply:
 def _members_body(members: Sequence[MemberView]) -> bytes:
     parts = [_U16.pack(len(members))]
     for member in members:
-        parts += [_str8(member.node_id), _U8.pack(member.state), _U64.pack(member.since_ms), _U32.pack(member.hints)]
+        parts += [
+            _str8(member.node_id),
+            _U8.pack(member.state),
+            _U64.pack(member.since_ms),
+            _U32.pack(member.hints),
+            _U8.pack(member.flags),
+        ]
     return b"".join(parts)
 
 
@@ -878,7 +915,7 @@ def _read_members(reader: BodyReader) -> list[MemberView]:
             peer_state = PeerState(state)
         except ValueError:
             raise ProtocolError(f"unknown peer state {state}") from None
-        members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32()))
+        members.append(MemberView(node_id, peer_state, reader.u64(), reader.u32(), reader.u8()))
     return members
 
 

@@ -7,16 +7,20 @@ at once; the client is answered after W acks, and calls still running are left t
 Sloppy quorum: when a preferred replica is down, or its write fails, the write goes instead to the
 next node in the partition's ranking that is not down, as a hint naming the replica it was meant
 for; that node hands it over when the owner is back (``handoff``). A hinted write counts toward W,
-so with N=2, W=2 and one node down, writes go on succeeding.
+so with N=2, W=2 and one node down, writes go on succeeding. A replica whose store is full is
+routed around the same way (a tombstone is still offered to it first: it frees room there), and
+so is a full fallback. Only when W is out of reach because of full stores does the client get
+STORAGE_FULL rather than UNAVAILABLE.
 
 A read asks R of the preferred replicas that are up, this node first when it is one of them (its
-answer costs no round trip), and answers with the newest version among their replies; a replica
-that fails is replaced by the next one up, and one still silent after a tenth of the timeout is
-joined by the next one (speculative retry). Any replica that answered with an older version (or
-nothing) is then sent the newest one, in the background: read repair. Asking only R replicas
-means a stale replica outside them goes unseen, so a read also asks all of them, and repairs
-what it finds, with probability ``read_repair_chance`` (always when R is every replica up); hints
-and anti-entropy repair the rest. Asking every replica on every read would double the
+answer costs no round trip), and a replica whose store is behind (full, or catching up: it may
+lack acknowledged writes) only when no other is left; it answers with the newest version among
+their replies. A replica that fails is replaced by the next one up, and one still silent after a
+tenth of the timeout is joined by the next one (speculative retry). Any replica that answered with
+an older version (or nothing) is then sent the newest one, in the background: read repair. Asking
+only R replicas means a stale replica outside them goes unseen, so a read also asks all of them,
+and repairs what it finds, with probability ``read_repair_chance`` (always when R is every replica
+up); hints and anti-entropy repair the rest. Asking every replica on every read would double the
 cross-node work of an R=1 read for the sake of replicas that are almost always current.
 
 Every one of those decisions is made by the pure ``read_plan.ReadPlan`` (and, for writes,
@@ -39,10 +43,12 @@ from typing import Any, Protocol
 import gevent
 from gevent.queue import Empty, Queue
 
-from client.protocol import Record, Version
+from client.errors import StorageFullError
+from client.protocol import Record, Status, Version
 from service.placement import Placement
-from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumRound
+from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumFailure, QuorumRound
 from service.read_plan import ReadPlan, asks_all, read_targets
+from service.storage import StorageFull
 from service.versioning import ClockSkew, HybridLogicalClock
 
 HINT_AFTER = 0.25
@@ -56,6 +62,10 @@ MAX_RESTAMPS = 2
 """Times a write is stamped again above a newer version a replica reported. One restamp suffices
 against clocks that disagree (the new stamp is above every version the replicas held); a newer
 version met after it was written concurrently, and a second restamp is slack for races."""
+
+STORAGE_FULL_ERRORS = (StorageFull, StorageFullError)
+"""A replica's refusal for lack of room: this node's store raises ``StorageFull``, a peer answers
+STORAGE_FULL (``StorageFullError``)."""
 
 
 class MustWait(Exception):
@@ -73,8 +83,9 @@ class Replica(Protocol):
         coordinator bounds it with the timeout; the local store, one LMDB lookup, says ``False``."""
         ...
 
-    def read(self, key: bytes) -> Record | None:
-        """The replica's record for ``key``, or ``None``."""
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
+        """The replica's record for ``key``, or ``None``. A replica whose store is behind (full, or
+        catching up) refuses unless ``behind_ok``."""
         ...
 
     def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
@@ -203,6 +214,7 @@ class Coordinator:
         self._hint_after = settings.timeout * HINT_AFTER
         # Looked up once: every request uses them.
         self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
+        self._is_full, self._is_behind = placement.is_full, placement.is_behind
         self._local = replicas.get(self.node_id)
 
     # --- reads ------------------------------------------------------------------------------------
@@ -214,8 +226,14 @@ class Coordinator:
         its own) raises ``MustWait`` instead of waiting on another node, before anything is sent.
         """
         # Plan: which replicas, and whether all of them (pure, see read_plan).
-        targets = read_targets(self._ring.preference_list(key, self._n), self._is_down, self.node_id, r)
-        ask_all = asks_all(r, len(targets), self.read_repair_chance, self._chance)
+        targets = read_targets(
+            self._ring.preference_list(key, self._n), self._is_down, self.node_id, r, self._is_behind
+        )
+        # Asking them all is for read repair; with a replica behind (full: a repair cannot land; or
+        # about to get its hints) the read asks R and keeps the behind one as the last spare, so its
+        # reply is never among the first R while another can answer.
+        behind = self._is_behind(targets[-1])  # read_targets puts behind replicas last
+        ask_all = not behind and asks_all(r, len(targets), self.read_repair_chance, self._chance)
         # Local read: this node's store answers alone, and at once; the common read.
         local = self._local
         if r == 1 and targets[0] == self.node_id and local is not None and not local.reads_block:
@@ -239,7 +257,7 @@ class Coordinator:
         if ask_all and len(targets) > 1:
             plan = ReadPlan(targets, 1, ask_all=True, now=time.monotonic(), timeout=self.timeout)
             plan.on_success(self.node_id, record)
-            fan = FanOut(targets[1:], lambda node_id: self.replicas[node_id].read(key))
+            fan = FanOut(targets[1:], lambda node_id: self._read_from(node_id, key))
             gevent.spawn(self._repair_after_read, key, fan, plan)
         return record
 
@@ -247,7 +265,7 @@ class Coordinator:
         plan = ReadPlan(targets, r, ask_all=ask_all, now=time.monotonic(), timeout=self.timeout)
         fan = FanOut(
             plan.ask_first,
-            lambda node_id: self.replicas[node_id].read(key),
+            lambda node_id: self._read_from(node_id, key),
             inline=self.node_id,
             inline_timeout=self.timeout if self._local is None or self._local.reads_block else None,
         )
@@ -258,6 +276,11 @@ class Coordinator:
         if plan.needs_repair:
             gevent.spawn(self._repair_after_read, key, fan, plan)
         return answer.record
+
+    def _read_from(self, node_id: str, key: bytes) -> Record | None:
+        """One replica's record; a replica known to be behind is asked to answer anyway (it is asked
+        only when no current replica is left), one not known to be refuses if it is."""
+        return self.replicas[node_id].read(key, behind_ok=self._is_behind(node_id))
 
     def _repair_after_read(self, key: bytes, fan: FanOut, plan: ReadPlan) -> None:
         """Collect the replies still due (until the plan's deadline), then send the newest record
@@ -337,18 +360,24 @@ class Coordinator:
         preferred, fallbacks = owners[: self._n], list(owners[self._n :])
         newer: list[Version] = []
 
+        full: dict[str, str] = {}  # owner -> why it or a fallback could not take its copy for lack of room
+
         def next_fallback() -> str | None:
             # Shared by every owner's greenlet: each fallback node is claimed by one owner only, so
             # two hints for one write never land on the same node.
             while fallbacks:
                 candidate = fallbacks.pop(0)
-                if not self._is_down(candidate):
+                if not self._is_down(candidate) and not self._is_full(candidate):
                     return candidate
             return None
 
         def write_to(owner: str) -> str:
-            failure = f"{owner} is down"
-            if not self._is_down(owner):
+            if self._is_down(owner):
+                failure = f"{owner} is down"
+            elif record.value is not None and owner != self.node_id and self._is_full(owner):
+                # This node's own store is asked anyway: it refuses at once, and says why.
+                failure = full[owner] = f"{owner}: storage full"
+            else:
                 # With a fallback left to take a hint, a replica that answers nothing at all (paused,
                 # not merely busy) is given up on soon; with none, it is waited for to the deadline.
                 patience = self._hint_after if fallbacks else None
@@ -357,6 +386,8 @@ class Coordinator:
                 except Exception as exc:
                     self.events.replica_write(owner, False)
                     failure = str(exc) or type(exc).__name__
+                    if isinstance(exc, STORAGE_FULL_ERRORS):
+                        full[owner] = failure
                 else:
                     self.events.replica_write(owner, True)
                     if held is not None:
@@ -366,6 +397,8 @@ class Coordinator:
                 try:
                     self.replicas[holder].write_hint(key, record, owner)
                 except Exception as exc:
+                    if not isinstance(exc, STORAGE_FULL_ERRORS):
+                        full.pop(owner, None)  # not for lack of room alone
                     failure += f"; hint to {holder} failed: {exc}"
                     continue
                 self.events.hinted_write(owner, holder)
@@ -373,7 +406,12 @@ class Coordinator:
             raise RuntimeError(f"{failure}; no fallback node took a hint")
 
         quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
-        self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
+        try:
+            self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
+        except QuorumFailure as failure:
+            if failure.status is Status.UNAVAILABLE and quorum.errors and set(quorum.errors) <= set(full):
+                raise _storage_full(failure, [full[owner] for owner in sorted(quorum.errors)]) from None
+            raise
         return max(newer, default=None)
 
     # --- the loop around a round ------------------------------------------------------------------
@@ -397,6 +435,18 @@ class Coordinator:
                 raise decision.failure
             else:
                 return decision
+
+
+def _storage_full(failure: QuorumFailure, reasons: list[str]) -> QuorumFailure:
+    """A write's UNAVAILABLE, when every replica short of W failed for lack of room, as STORAGE_FULL:
+    the client learns the cause it must act on (free space), not a quorum error."""
+    return QuorumFailure(
+        Status.STORAGE_FULL,
+        failure.acked,
+        failure.required,
+        f"{failure.acked} of {failure.required} required replicas acked; {'; '.join(reasons)}; "
+        "no other node could take a hint",
+    )
 
 
 def _outcome_of(call: Callable[[str], Any], node_id: str, timeout: float | None) -> tuple[str, bool, Any]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from client.protocol import PeerState, Version
+from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Version
 from service.anti_entropy import AntiEntropyEvents, RoundResult
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.coordinator import CoordinatorEvents
@@ -22,6 +22,34 @@ from service.local_store import LocalStore, StoreEvents
 from service.logging import printable_key
 from service.metrics import Metrics
 from service.peers import MonitorEvents, Peer
+from service.storage import StorageError
+
+HINT_FAILURE_LOG_INTERVAL_S = 30.0
+"""At most one ``hint_delivery_failed`` warning per owner in this many seconds: a pass runs every
+second, and an owner that keeps refusing must not flood the log."""
+
+
+class Throttle:
+    """At most one report per key per ``interval`` seconds (on the ``now`` clock); what is held back
+    is counted into the next report."""
+
+    def __init__(self, interval: float, now: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._now = now
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def add(self, key: str, count: int) -> int | None:
+        """``count`` more events for ``key``: the total to report now, or ``None`` to hold them back."""
+        total = self._held.pop(key, 0) + count
+        now = self._now()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = total
+            return None
+        self._last[key] = now
+        return total
+
 
 REFUSAL_LOG_INTERVAL_S = 10.0
 """Timestamps refused for clock skew are logged at most this often per source."""
@@ -43,14 +71,21 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self.on_peer_up: Callable[[str], None] = lambda peer: None
         """Called when a peer comes up (the node wakes hinted handoff)."""
         self._offset_logged_at: dict[str, int] = {}
-        self._refusals: dict[str, tuple[int, float]] = {}  # source -> (refused since logged, logged at)
+        self._skew_refusals = Throttle(REFUSAL_LOG_INTERVAL_S)
         self._fenced: str | None = None
+        self._space: Callable[[], tuple[int, int, int | None]] = lambda: (0, 0, None)
+        self._hint_failures = Throttle(HINT_FAILURE_LOG_INTERVAL_S)
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
-        """Read the store's key and hint counts at each scrape; show every peer as not up until the
-        failure detector says otherwise."""
+        """Read the store's key and hint counts and its state at each scrape; show every peer as not
+        up until the failure detector says otherwise."""
         self._pending_hints = store.pending_hints
-        self.metrics.track_store(lambda: store.live_keys, store.pending_hints)
+        self._space = store.space
+
+        def state() -> tuple[bool, bool, int, int, int | None]:
+            return (store.storage_full, bool(store.flags & PING_FLAG_CATCHING_UP), *store.space())
+
+        self.metrics.track_store(lambda: store.live_keys, _or_zero(store.pending_hints), state)
         for peer_id in peer_ids:
             self.metrics.peer_up.labels(peer_id).set(0)
 
@@ -98,13 +133,9 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         ``fenced``) was refused; logged at most once per ``REFUSAL_LOG_INTERVAL_S`` per source, with
         the count since the last line (a hostile client must not flood the log)."""
         self.metrics.clock_skew_refusals.labels(source).inc()
-        now = time.monotonic()
-        count, logged_at = self._refusals.get(source, (0, -REFUSAL_LOG_INTERVAL_S))
-        if now - logged_at >= REFUSAL_LOG_INTERVAL_S:
-            self.log.warning("clock_skew_refused", source=source, reason=reason, refused_since_last=count + 1)
-            self._refusals[source] = (0, now)
-        else:
-            self._refusals[source] = (count + 1, logged_at)
+        refused = self._skew_refusals.add(source, 1)
+        if refused is not None:
+            self.log.warning("clock_skew_refused", source=source, reason=reason, refused_since_last=refused)
 
     def write_restamped(self, key: bytes, superseded: Version, newer: Version) -> None:
         self.metrics.writes_restamped.inc()
@@ -115,6 +146,17 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
             newer=newer.timestamp,
             newer_writer=newer.node_id,
         )
+
+    def peer_store_changed(self, peer: str, old: int, new: int) -> None:
+        """A peer's store flags changed (its PING reply, or a refusal, said so)."""
+        if new & PING_FLAG_STORAGE_FULL:
+            self.log.warning("peer_storage_full", peer=peer)
+        elif new & PING_FLAG_CATCHING_UP:
+            self.log.info("peer_storage_catching_up", peer=peer)
+        else:
+            self.log.info(
+                "peer_storage_writable", peer=peer, previous="full" if old & PING_FLAG_STORAGE_FULL else "catching up"
+            )
 
     def task_failed(self, name: str, error: Exception) -> None:
         """A pass of background task ``name`` raised; the task runs again at its next interval."""
@@ -147,6 +189,44 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self.metrics.hints_expired.labels(owner).inc(count)
         self.log.warning("hints_expired", owner=owner, count=count, window_s=self._hint_window_s)
 
+    def delivery_failed(self, owner: str, count: int, error: str) -> None:
+        self.metrics.hint_delivery_failures.labels(owner).inc(count)
+        failed = self._hint_failures.add(owner, count)
+        if failed is not None:
+            self.log.warning(
+                "hint_delivery_failed",
+                owner=owner,
+                failed=failed,
+                last_error=error,
+                pending=self._pending_hints(),
+            )
+
+    def storage_full(self, cause: str) -> None:
+        used, limit, free = self._space()
+        self.log.warning(
+            "storage_full",
+            cause=cause,
+            used_bytes=used,
+            limit_bytes=limit,
+            disk_free_bytes=free,
+            action="free space on the disk or raise KV_STORAGE_LIMIT_MB; writes resume by themselves",
+        )
+
+    def storage_recovered(self, full_s: float, catching_up: bool) -> None:
+        self.log.info("storage_recovered", full_s=round(full_s, 1), catching_up=catching_up)
+
+    def storage_caught_up(self, seconds: float) -> None:
+        self.log.info("storage_caught_up", seconds=round(seconds, 1))
+
+    def marker_failed(self, path: str, error: str) -> None:
+        self.log.warning("storage_marker_failed", path=path, error=error)
+
+    def storage_reopened(self, error: str | None) -> None:
+        if error is None:
+            self.log.warning("storage_reopened", reason="LMDB reported a fatal error after a failed write")
+        else:
+            self.log.error("storage_reopen_failed", error=error)
+
     # --- anti-entropy -----------------------------------------------------------------------------
 
     def round_finished(self, result: RoundResult, seconds: float) -> None:
@@ -167,3 +247,15 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
     def tombstones_purged(self, count: int) -> None:
         self.metrics.tombstones_purged.inc(count)
         self.log.info("tombstones_purged", count=count)
+
+
+def _or_zero(read: Callable[[], int]) -> Callable[[], int]:
+    """``read`` for a gauge: 0 while the store cannot be read (it is being reopened), not a failed scrape."""
+
+    def reading() -> int:
+        try:
+            return read()
+        except StorageError:
+            return 0
+
+    return reading

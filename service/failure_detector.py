@@ -100,5 +100,14 @@ class FailureDetector:
     def since(self, peer: str) -> float:
         return self._peers[peer].since
 
+    def undecided(self) -> list[str]:
+        """Peers with no verdict yet: never heard from since start, and not yet given up on (DOWN).
+        A node that coordinates before it has a verdict on each may find a live peer unreachable."""
+        return [
+            peer
+            for peer, record in self._peers.items()
+            if record.last_heard is None and record.state is not PeerState.DOWN
+        ]
+
     def view(self) -> dict[str, tuple[PeerState, float]]:
         return {peer: (record.state, record.since) for peer, record in self._peers.items()}

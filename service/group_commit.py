@@ -4,6 +4,8 @@ A writer greenlet calls ``submit()`` and blocks until its operation is on disk. 
 while a commit is in progress wait for the next one, so under load each fsync carries many writes,
 and with a single writer the latency is one commit. The commit itself runs in a native thread
 (``start_in_threadpool``) because an fsync would otherwise stall every greenlet on the node.
+Between two commits, with none running, ``before_batch`` may prepare the store (``LocalStore``
+reopens it there after a fatal LMDB error).
 """
 
 from __future__ import annotations
@@ -25,8 +27,26 @@ Starter = Callable[[Callable[..., Any], Sequence[Any]], AsyncResult]
 
 def start_in_threadpool(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:
     """For a store that fsyncs on commit: the commit runs in a native thread, so the event loop
-    keeps serving while the disk syncs."""
-    return gevent.get_hub().threadpool.spawn(function, *args)
+    keeps serving while the disk syncs. Its exception, if any, is the result's (gevent would also
+    print it with a traceback if it escaped the thread: a full disk must cost one log line)."""
+    result = AsyncResult()
+
+    def settle(job: AsyncResult) -> None:
+        ok, value = job.value
+        if ok:
+            result.set(value)
+        else:
+            result.set_exception(value)
+
+    gevent.get_hub().threadpool.spawn(_outcome, function, args).rawlink(settle)
+    return result
+
+
+def _outcome(function: Callable[..., Any], args: Sequence[Any]) -> tuple[bool, Any]:
+    try:
+        return True, function(*args)
+    except Exception as exc:
+        return False, exc
 
 
 def start_inline(function: Callable[..., Any], args: Sequence[Any]) -> AsyncResult:
@@ -50,11 +70,19 @@ class GroupCommitter:
     happens to the greenlet that submitted first.
     """
 
-    def __init__(self, storage: Storage, start: Starter = start_in_threadpool) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        start: Starter = start_in_threadpool,
+        before_batch: Callable[[], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._start = start
+        self._before_batch = before_batch
         self._pending: list[tuple[Operation, AsyncResult]] = []
         self._busy = False  # a commit is scheduled or running
+        self.committing = False
+        """A commit is running now (in a native thread, with ``start_in_threadpool``)."""
         self._idle = Event()
         self._idle.set()
         self.commits = 0  # transactions committed, for tests and metrics
@@ -92,6 +120,9 @@ class GroupCommitter:
         batch = self._pending[:MAX_BATCH]
         del self._pending[:MAX_BATCH]
         try:
+            if self._before_batch is not None:  # on the event loop's thread, with no commit running
+                self._before_batch()
+            self.committing = True
             job = self._start(self._storage.apply, ([operation for operation, _ in batch],))
         except Exception as exc:  # could not even start: the batch fails rather than waits forever
             job = AsyncResult()
@@ -99,6 +130,7 @@ class GroupCommitter:
         job.rawlink(lambda finished: self._finish(batch, finished))
 
     def _finish(self, batch: list[tuple[Operation, AsyncResult]], job: AsyncResult) -> None:
+        self.committing = False
         if job.successful():
             self.commits += 1
             for (_, done), changed in zip(batch, job.value, strict=True):

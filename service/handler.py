@@ -4,9 +4,10 @@
 one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
 hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round;
 MEMBERS and STATS are this node's reports on itself (``NodeReports``).
-Refusals (an oversize key or value, an impossible quorum, a partition out of range) are
-``RequestError``s with the status to send; every failure becomes an error reply, so a bad request
-costs one reply, never the connection.
+Refusals (an oversize key or value, an impossible quorum, a partition out of range, a replica read
+while this node's store is full or catching up) are ``RequestError``s with the status to send; a
+store with no room answers STORAGE_FULL, a timestamp too far ahead CLOCK_SKEW; every failure
+becomes an error reply, so a bad request costs one reply, never the connection.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
 from service.node_stats import NodeReports
 from service.quorum import QuorumFailure, resolve_quorum
-from service.storage import StorageError
+from service.storage import StorageError, StorageFull
 from service.versioning import ClockSkew
 
 
@@ -79,6 +80,8 @@ class RequestHandler:
             return protocol.encode_error(request_id, exc.status, exc.message, exc.acked, exc.required)
         except ClockSkew as exc:
             return protocol.encode_error(request_id, Status.CLOCK_SKEW, str(exc))
+        except StorageFull as exc:
+            return protocol.encode_error(request_id, Status.STORAGE_FULL, str(exc))
         except StorageError as exc:
             return protocol.encode_error(request_id, Status.INTERNAL_ERROR, str(exc))
         return protocol.encode_response(request_id, status, body)
@@ -100,8 +103,14 @@ class RequestHandler:
                 self._check_key(key)
                 version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
-            case protocol.ReplicaGet(key):
+            case protocol.ReplicaGet(key, behind_ok):
                 self._check_key(key)
+                if not behind_ok and not self.store.readable_alone:
+                    raise RequestError(
+                        Status.REPLICA_BEHIND,
+                        f"{self.hello.node_id}: {self.store.state_description()}; "
+                        "its store may lack acknowledged writes, ask another replica",
+                    )
                 stored = self.store.read(key)
                 if stored is None:
                     return Status.NOT_FOUND, b""
@@ -131,10 +140,8 @@ class RequestHandler:
             case protocol.Stats():
                 return Status.OK, protocol.encode_stats_reply(self.reports.stats())
             case protocol.Ping():
-                flags = protocol.PING_FLAG_STORAGE_FULL if self.store.storage_full else 0
-                return Status.OK, protocol.encode_ping_reply(
-                    protocol.PingReply(self.coordinator.clock.physical_now(), flags)
-                )
+                reply = protocol.PingReply(self.coordinator.clock.physical_now(), self.store.flags)
+                return Status.OK, protocol.encode_ping_reply(reply)
             case protocol.Topology():
                 return Status.OK, self._topology_body
             case protocol.Hello():

@@ -2,9 +2,10 @@
 
 Hints live in the store's ``hints`` database (durable, apart from the data, not served to reads),
 reached through ``LocalStore``.
-A delivery pass takes each owner that the failure detector sees as up, sends its hints in batches
-as ordinary REPLICA_PUTs (the owner keeps whichever version is newer), and drops each hint once the
-owner has acknowledged it. A failed send stops that owner's pass; the next pass retries.
+A delivery pass takes each owner that the failure detector sees as up (and whose store is not
+full), sends its hints in batches as ordinary REPLICA_PUTs (the owner keeps whichever version is
+newer), and drops each hint once the owner has acknowledged it. A failed send stops that owner's
+pass, and is reported (``delivery_failed``); the next pass retries.
 
 Hints older than the hint window (``KV_HINT_WINDOW_S``) are dropped undelivered: a node down that
 long has missed too much for hints to be the way back, and anti-entropy brings it up to date.
@@ -42,6 +43,10 @@ class HandoffEvents:
     def expired(self, owner: str, count: int) -> None:
         """``count`` hints for ``owner`` outlived the hint window and were dropped undelivered."""
 
+    def delivery_failed(self, owner: str, count: int, error: str) -> None:
+        """``count`` hints could not be sent to ``owner`` (the last failure: ``error``); they stay
+        for the next pass."""
+
 
 @dataclass(frozen=True)
 class HandoffSettings:
@@ -59,7 +64,8 @@ class HintedHandoff:
     """Delivers the hints this node holds to their owners, one ``run_pass`` at a time.
 
     ``peers``: the other nodes by id (a hint for a node that is not one is kept); ``is_up(node_id)``:
-    whether the failure detector sees that owner up, the only time its hints are sent.
+    whether that owner can take its hints now (the failure detector sees it up and its store is not
+    full), the only time they are sent.
     """
 
     def __init__(
@@ -103,9 +109,12 @@ class HintedHandoff:
                     continue
                 if peer is None or not self.is_up(owner):
                     return
-                sent = [hint for hint, ok in zip(fresh, self._send(peer, fresh), strict=True) if ok]
+                errors = self._send(peer, fresh)
+                sent = [hint for hint, error in zip(fresh, errors, strict=True) if error is None]
                 delivered += self._drop(sent)
                 if len(sent) < len(fresh):
+                    failures = [error for error in errors if error is not None]
+                    self.events.delivery_failed(owner, len(failures), failures[-1])
                     return
         finally:
             if delivered:
@@ -113,13 +122,15 @@ class HintedHandoff:
             if expired:
                 self.events.expired(owner, expired)
 
-    def _send(self, peer: Peer, hints: list[Hint]) -> list[bool]:
-        def send(hint: Hint) -> bool:
+    def _send(self, peer: Peer, hints: list[Hint]) -> list[str | None]:
+        """Send each hint; per hint, ``None`` if the owner took it, else why not."""
+
+        def send(hint: Hint) -> str | None:
             try:
                 peer.write(hint.key, hint.record)
-            except Exception:  # the owner went away again; the hint stays for the next pass
-                return False
-            return True
+            except Exception as exc:  # the owner went away again, or is full; the hint stays
+                return str(exc) or type(exc).__name__
+            return None
 
         return list(gevent.pool.Pool(SEND_CONCURRENCY).imap(send, hints))
 

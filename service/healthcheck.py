@@ -1,23 +1,39 @@
-"""Container healthcheck: exit 0 if this node's /healthz answers 200, 1 otherwise.
+"""Container HEALTHCHECK: exit 0 if this node's /readyz answers 200 (it can coordinate requests), 1
+otherwise, printing why.
 
+Readiness, not /healthz: a node whose store is full still coordinates (its share of each write
+goes to other nodes as hints) and serves reads, and restarting it would not free its disk, so
+the container stays healthy while /healthz reports the degraded state; ``docker inspect`` shows it.
 Python rather than curl because the base images carry no curl.
 """
 
 import os
 import sys
+import urllib.error
 import urllib.request
 
 TIMEOUT_S = 2.0
 
 
 def main() -> int:
-    port = os.environ.get("KV_HTTP_PORT", "8000")
+    base = f"http://127.0.0.1:{os.environ.get('KV_HTTP_PORT', '8000')}"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S) as response:
-            return 0 if response.status == 200 else 1
-    except OSError as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
+        with urllib.request.urlopen(f"{base}/readyz", timeout=TIMEOUT_S) as response:
+            ready = response.status == 200
+    except urllib.error.HTTPError as exc:
+        print(f"not ready: {exc.read().decode('utf-8', errors='replace').strip()}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"not ready: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as exc:  # ready but degraded: say so, stay healthy
+        print(f"degraded: {exc.read().decode('utf-8', errors='replace').strip()}")
+    except OSError:
+        pass
+    return 0 if ready else 1
 
 
 if __name__ == "__main__":

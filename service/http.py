@@ -1,5 +1,9 @@
-"""The node's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` for orchestrators, and whatever
-further routes the node adds (the dashboard's, from ``dashboard_app``).
+"""The node's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for
+orchestrators, and whatever further routes the node adds (the dashboard's, from ``dashboard_app``).
+
+``/healthz`` is 200 while the node is whole, 503 while it drains or its store is full; ``/readyz`` is
+200 once it can coordinate requests (its store is open and it has a verdict on every peer), which
+is what a load balancer, a container healthcheck or a test should wait for. A 503's body says why.
 
 Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic.
 """
@@ -13,13 +17,16 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Check = Callable[[], str | None]
+"""A health or readiness check: ``None`` when it passes, else why not, in a line."""
 
 
 def make_app(
-    registry: CollectorRegistry, is_healthy: Callable[[], bool], routes: Mapping[str, WsgiApp] | None = None
+    registry: CollectorRegistry, health: Check, readiness: Check, routes: Mapping[str, WsgiApp] | None = None
 ) -> Callable[..., Iterable[bytes]]:
     """The node's WSGI app; ``routes`` maps further paths to their apps."""
     metrics_app = make_wsgi_app(registry)
+    checks = {"/healthz": health, "/readyz": readiness}
     extra = dict(routes or {})
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -30,13 +37,14 @@ def make_app(
         if path == "/metrics":
             response: Iterable[bytes] = metrics_app(environ, start_response)
             return response
-        if path == "/healthz":
-            healthy = is_healthy()
-            status = "200 OK" if healthy else "503 Service Unavailable"
+        check = checks.get(path)
+        if check is not None:
+            problem = check()
+            status = "200 OK" if problem is None else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if healthy else b"unavailable\n"]
+            return [b"ok\n" if problem is None else f"{problem}\n".encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /healthz\n"]
+        return [b"not found: try /metrics, /healthz, /readyz or /dashboard\n"]
 
     return app
 

@@ -12,12 +12,21 @@ It is also the local replica the coordinator asks, with the same ``read``, ``wri
 Listings are where the store meets the wire: ``Storage`` iterates a partition in key order, and
 this module cuts that into PARTITION_KEYS pages that fit a frame (``listing_page_bytes``), so
 storage knows nothing of frame sizes and the handler nothing of storage keys.
+
+It also keeps the store's health (``storage_health``): after a write finds no room, writes that add
+data are refused at once with ``StorageFull`` until ``probe`` finds room again; removals (tombstones,
+delivered hints, purges) are still tried, since they are how room comes back. And after LMDB's
+fatal error (MDB_PANIC) it reopens the store, between two commits or before a read, never while
+another thread is inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 from client import protocol
 from client.protocol import KeyVersion, PartitionKeysReply, Record, Version, listing_size
@@ -30,9 +39,20 @@ from service.storage import (
     PurgeTombstone,
     PutHint,
     PutRecord,
+    SpaceProbe,
     Storage,
+    StorageError,
+    StorageFull,
 )
+from service.storage_health import StorageHealth
 from service.versioning import ClockSkew, HybridLogicalClock, wall_clock_ms
+
+T = TypeVar("T")
+
+BEHIND_MARKER = "store-behind"
+"""An empty file in the data directory while the store is full or catching up, so that a restart in
+that state resumes catching up rather than answering reads the store may lack. Empty: creating it
+needs no data block, so it fits on a full disk."""
 
 LISTING_PAGE_BYTES = 256 * 1024
 """Largest PARTITION_KEYS page: large enough that a typical partition is one round trip."""
@@ -77,6 +97,23 @@ class StoreEvents:
     def clock_skew_refused(self, source: str, reason: str) -> None:
         """A version from ``source`` (``replica_write``, ``hint``) was refused: too far ahead."""
 
+    def storage_full(self, cause: str) -> None:
+        """A write found no room (``cause`` says why): writes are refused until a probe finds room."""
+
+    def storage_recovered(self, full_s: float, catching_up: bool) -> None:
+        """A probe found room again after ``full_s`` seconds; ``catching_up``: the writes held
+        elsewhere meanwhile are still to arrive."""
+
+    def storage_caught_up(self, seconds: float) -> None:
+        """Every write held elsewhere for this node while it was full has arrived, ``seconds`` after
+        it took writes again."""
+
+    def storage_reopened(self, error: str | None) -> None:
+        """The store was reopened after LMDB's fatal error; ``error`` if that failed too."""
+
+    def marker_failed(self, path: str, error: str) -> None:
+        """The file marking the store as behind could not be created or removed."""
+
 
 class LocalStore:
     """This node's records and hints, behind one object; every write goes through group commit.
@@ -101,39 +138,171 @@ class LocalStore:
         events: StoreEvents | None = None,
     ) -> None:
         self.node_id = node_id
-        self.committer = GroupCommitter(storage, start_in_threadpool if storage.syncs_on_commit else start_inline)
+        self.committer = GroupCommitter(
+            storage,
+            start_in_threadpool if storage.syncs_on_commit else start_inline,
+            before_batch=self._reopen_between_commits,
+        )
         self._now_ms = now_ms
         self._storage = storage
         self._clock = clock
         self._events = events or StoreEvents()
+        self._marker = os.path.join(storage.path, BEHIND_MARKER)
+        self.health = StorageHealth(time.monotonic(), catching_up=os.path.exists(self._marker))
+        self._syncing = False  # a periodic fsync is running in a native thread
+
+    # --- health -----------------------------------------------------------------------------------
 
     @property
     def storage_full(self) -> bool:
         """Whether the store refuses writes for lack of space (a full disk or storage limit)."""
+        return self.health.full
+
+    @property
+    def flags(self) -> int:
+        """The store's state as PING and MEMBERS carry it (``client.protocol`` store flags)."""
+        return self.health.flags
+
+    @property
+    def readable_alone(self) -> bool:
+        """Whether this store holds every write acknowledged for it (not full, not catching up), so
+        a read may be answered from it alone."""
+        return self.health.readable_alone
+
+    def state_description(self) -> str:
+        """The store's state in a line: "writable", or why it is full, or that it is catching up."""
+        if self.health.full:
+            return f"storage full: {self.health.cause}"
+        return self.health.state.value
+
+    def _refuse_if_full(self) -> None:
+        if self.health.full:
+            raise StorageFull(f"{self.node_id}: storage full: {self.health.cause}", self.health.cause)
+
+    def _no_room(self, error: StorageFull) -> StorageFull:
+        """A commit found no room: the store is full (reported once), and ``error`` names this node."""
+        if self.health.no_room(error.cause, time.monotonic()):
+            self._set_marker(True)
+            self._events.storage_full(error.cause)
+        return StorageFull(f"{self.node_id}: storage full: {error.cause}", error.cause)
+
+    def _set_marker(self, behind: bool) -> None:
+        """Create (``behind``) or remove the ``BEHIND_MARKER``; if the disk refuses even that, a
+        restart starts WRITABLE (and reads may miss the hints not yet delivered, as after any failure)."""
+        try:
+            if behind:
+                os.close(os.open(self._marker, os.O_CREAT | os.O_WRONLY, 0o644))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._marker)
+            directory = os.open(os.path.dirname(self._marker), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            self._events.marker_failed(self._marker, str(exc))
+
+    def probe(self, *, has_peers: bool) -> bool:
+        """While full: commit ``SpaceProbe`` records, then delete them; if that fits, the store
+        takes writes again (catching up first when it ``has_peers``). Returns whether it is full.
+        The probe shares its commit with whatever else is pending (tombstones, dropped hints): while
+        it does not fit, those fail with it, and are hinted or retried like any refused write."""
+        if not self.health.full:
+            return False
+        full_since = self.health.since
+        try:
+            self.committer.submit(SpaceProbe(fill=True))
+        except StorageError:
+            return True  # still no room (a StorageFull), or the disk fails in another way
+        with contextlib.suppress(StorageError):  # if it stays, the next probe overwrites it
+            self.committer.submit(SpaceProbe(fill=False))
+        now = time.monotonic()
+        if self.health.room_found(now, has_peers=has_peers):
+            if self.health.readable_alone:
+                self._set_marker(False)
+            self._events.storage_recovered(now - full_since, catching_up=has_peers)
         return False
+
+    def caught_up(self) -> None:
+        """Every write held elsewhere for this node while it was full has arrived (``recovery``)."""
+        since = self.health.since
+        now = time.monotonic()
+        if self.health.caught_up(now):
+            self._set_marker(False)
+            self._events.storage_caught_up(now - since)
+
+    def _reopen_between_commits(self) -> None:
+        """Before each commit (the committer calls it with no commit running): reopen the store if
+        LMDB's fatal error needs it. Raises ``StorageError`` if it cannot be reopened."""
+        if self._storage.panicked and not self._syncing:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        try:
+            self._storage.reopen()
+        except StorageError as exc:
+            self._events.storage_reopened(str(exc))
+            raise
+        self._events.storage_reopened(None)
+
+    def _read(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)``, a read; after LMDB's fatal error, reopen the store (if no other
+        thread is in it) and read again."""
+        try:
+            return function(*args)
+        except StorageError:
+            if not self._may_reopen_now():
+                raise
+            self._reopen()
+            return function(*args)
+
+    def _may_reopen_now(self) -> bool:
+        """Whether the store needs reopening and no other thread (a commit, an fsync) is in it."""
+        return self._storage.panicked and not self.committer.committing and not self._syncing
 
     # --- the replica interface --------------------------------------------------------------------
 
-    def read(self, key: bytes) -> Record | None:
-        return self._storage.get(key)
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
+        """This store's record for ``key``, whatever its state: ``behind_ok`` is for peers (the handler
+        refuses their REPLICA_GET while this store is behind); this node's own coordinator knows the
+        state, and reads here while behind only when no other replica is left."""
+        try:
+            return self._storage.get(key)
+        except StorageError:  # inline rather than through _read: every local read comes here
+            if not self._may_reopen_now():
+                raise
+            self._reopen()
+            return self._storage.get(key)
 
     def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
         """Store ``record`` durably unless the key holds a newer version; return that newer version,
         or ``None`` when ``record`` was stored (or was already). Raises ``ClockSkew`` for a version
-        too far ahead of this node's clock, storing nothing. ``stalled_after`` is not used: the
-        coordinator bounds a local write itself (``FanOut``'s inline timeout)."""
+        too far ahead of this node's clock, storing nothing, and ``StorageFull`` when there is no
+        room; while full, at once for a value (a tombstone is still tried: it replaces a value, so
+        it frees room). ``stalled_after`` is not used: the coordinator bounds a local write itself
+        (``FanOut``'s inline timeout)."""
+        if record.value is not None:
+            self._refuse_if_full()
         # Observing every version written keeps this node's clock ahead of all data it holds, so its
         # own later writes to these keys are ordered after them.
         self._observe(record, "replica_write")
         put = PutRecord(key, record)
-        self.committer.submit(put)
+        try:
+            self.committer.submit(put)
+        except StorageFull as exc:
+            raise self._no_room(exc) from exc
         return put.held if put.held is not None and put.held > record.version else None
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> bool:
         """Hold ``record`` durably for ``owner`` until the handoff delivers it. Raises ``ClockSkew``
-        as ``write`` does."""
+        as ``write`` does, and ``StorageFull`` when there is no room, at once while the store is full."""
+        self._refuse_if_full()
         self._observe(record, "hint")
-        stored = self.committer.submit(PutHint(owner, key, record, self._now_ms()))
+        try:
+            stored = self.committer.submit(PutHint(owner, key, record, self._now_ms()))
+        except StorageFull as exc:
+            raise self._no_room(exc) from exc
         self._events.hint_stored(owner, key)
         return stored
 
@@ -148,20 +317,23 @@ class LocalStore:
 
     def pending_hints(self) -> int:
         """Hints held here for any node."""
-        return self._storage.pending_hints()
+        return self._read(self._storage.pending_hints)
 
     def hint_counts(self) -> dict[str, int]:
         """Hints held per owner."""
-        return self._storage.hint_counts()
+        return self._read(self._storage.hint_counts)
 
     def hints_for(self, owner: str, limit: int) -> list[Hint]:
         """Up to ``limit`` hints held for ``owner``."""
-        return self._storage.hints_for(owner, limit)
+        return self._read(self._storage.hints_for, owner, limit)
 
     def drop_hints(self, hints: Sequence[Hint]) -> None:
         """Forget delivered or expired hints, in one commit (a hint replaced meanwhile by a newer
         one stays). Raises ``StorageError`` if the commit fails."""
-        self.committer.submit_all([DropHint(hint.owner, hint.key, hint.record.version) for hint in hints])
+        try:
+            self.committer.submit_all([DropHint(hint.owner, hint.key, hint.record.version) for hint in hints])
+        except StorageFull as exc:
+            raise self._no_room(exc) from exc
 
     # --- anti-entropy -----------------------------------------------------------------------------
 
@@ -175,18 +347,26 @@ class LocalStore:
 
     def partition_records(self, partition: int) -> dict[bytes, Record]:
         """Every record of ``partition``, tombstones included, by key."""
+        return self._read(self._partition_records, partition)
+
+    def _partition_records(self, partition: int) -> dict[bytes, Record]:
         return {key: record for _, key, record in self._storage.partition_entries(partition)}
 
     def partition_keys(self, partition: int, cursor: bytes, limit_bytes: int) -> PartitionKeysReply:
         """One PARTITION_KEYS page: the keys of ``partition`` after ``cursor`` that fit ``limit_bytes``
         (``listing_page_bytes``), and the cursor for the next page (empty after the last)."""
-        page, next_cursor = listing_page(self._storage.partition_entries(partition, cursor), limit_bytes)
+        page, next_cursor = self._read(
+            lambda: listing_page(self._storage.partition_entries(partition, cursor), limit_bytes)
+        )
         entries = tuple(KeyVersion(key, record.version, record.value is None) for key, record in page)
         return PartitionKeysReply(entries, next_cursor)
 
     def purge_tombstone(self, key: bytes, version: Version) -> bool:
         """Delete the key's record if it is still this tombstone; return whether it was."""
-        return self.committer.submit(PurgeTombstone(key, version))
+        try:
+            return self.committer.submit(PurgeTombstone(key, version))
+        except StorageFull as exc:
+            raise self._no_room(exc) from exc
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -199,9 +379,20 @@ class LocalStore:
         """The room the store takes: on disk, in use, and at most."""
         return self._storage.disk_usage()
 
+    def space(self) -> tuple[int, int, int | None]:
+        """``(used, limit, disk free)`` in bytes: the store file's pages in use or free for reuse,
+        ``KV_STORAGE_LIMIT_MB``, and what the disk holding it has free (``None`` if unknown)."""
+        return self._storage.used_bytes(), self._storage.limit_bytes, self._storage.disk_free_bytes()
+
     def sync(self) -> None:
         """fsync what was committed (``KV_FSYNC=periodic``), in a native thread so the loop serves on."""
-        start_in_threadpool(self._storage.flush, ()).get()
+        if self._storage.panicked:  # nothing to sync until the next commit reopens the store
+            return
+        self._syncing = True
+        try:
+            start_in_threadpool(self._storage.flush, ()).get()
+        finally:
+            self._syncing = False
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every write handed in so far to commit; ``False`` if

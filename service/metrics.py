@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from client.protocol import RequestWindow
@@ -162,6 +162,31 @@ def _bound(seconds: float) -> str:
     return repr(float(seconds))
 
 
+class StoreState(Collector):
+    """The store's state and space, read once per scrape from ``read()``: ``(full, catching up,
+    used bytes, limit bytes, disk free bytes or None)``."""
+
+    def __init__(self, read: Callable[[], tuple[bool, bool, int, int, int | None]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        full, catching_up, used, limit, free = self._read()
+        yield GaugeMetricFamily(
+            "kv_storage_full", "1 while the store refuses writes: its disk or KV_STORAGE_LIMIT_MB is full", int(full)
+        )
+        yield GaugeMetricFamily(
+            "kv_storage_catching_up",
+            "1 while the store takes writes again after being full, until the hints held for it arrive",
+            int(catching_up),
+        )
+        yield GaugeMetricFamily(
+            "kv_storage_used_bytes", "Bytes of the store file in use or free for reuse (LMDB pages)", used
+        )
+        yield GaugeMetricFamily("kv_storage_limit_bytes", "The most the store may grow to (KV_STORAGE_LIMIT_MB)", limit)
+        if free is not None:
+            yield GaugeMetricFamily("kv_disk_free_bytes", "Bytes free on the disk holding the store", free)
+
+
 class Metrics:
     """The node's metrics, on their own registry so in-process test nodes do not collide."""
 
@@ -219,6 +244,12 @@ class Metrics:
         self.hints_expired = Counter(
             "kv_hints_expired", "Hints dropped undelivered after the hint window", ["owner"], registry=self.registry
         )
+        self.hint_delivery_failures = Counter(
+            "kv_hint_delivery_failures",
+            "Hints whose delivery to their owner failed (they stay for the next pass)",
+            ["owner"],
+            registry=self.registry,
+        )
         self.read_repairs = Counter(
             "kv_read_repairs", "Stale replicas sent the newest version after a read", registry=self.registry
         )
@@ -236,6 +267,13 @@ class Metrics:
         """One write sent to a replica (every write lands here, hence ``HotCounter``)."""
         self.replica_writes.inc(peer, status)
 
-    def track_store(self, live_keys: Callable[[], int], pending_hints: Callable[[], int]) -> None:
+    def track_store(
+        self,
+        live_keys: Callable[[], int],
+        pending_hints: Callable[[], int],
+        state: Callable[[], tuple[bool, bool, int, int, int | None]],
+    ) -> None:
+        """Read the store's counts and its ``StoreState`` at each scrape."""
         self.keys.set_function(live_keys)
         self.hints_pending.set_function(pending_hints)
+        self.registry.register(StoreState(state))

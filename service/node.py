@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from client.protocol import PeerState
+from client.protocol import PING_FLAG_STORAGE_FULL, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.clock_offsets import ClockOffsets
@@ -31,13 +31,16 @@ from service.local_store import LocalStore
 from service.logging import get_logger
 from service.metrics import WINDOW_TICK_SECONDS, Metrics
 from service.node_stats import NodeReports
-from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
+from service.peers import HEARTBEAT_INTERVAL, HeartbeatRecords, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
+from service.recovery import PASS_INTERVAL as RECOVERY_INTERVAL
+from service.recovery import StorageRecovery
 from service.server import ProtocolServer, ServerSettings
 from service.stall_watch import TICK as STALL_TICK
 from service.stall_watch import StallWatch
 from service.storage import Storage
+from service.store_flags import StoreFlags
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 
 FLUSH_INTERVAL = 1.0
@@ -89,18 +92,29 @@ class Node:
         peer_settings = PeerSettings(
             config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
         )
-        self.peers = {node.node_id: Peer(node, peer_settings, self._peer_request_failed) for node in config.peers}
+        self.store_flags = StoreFlags(
+            config.node_id, lambda: self.store.flags, [node.node_id for node in config.peers], self._peer_store_changed
+        )
+        self.peers = {
+            node.node_id: Peer(node, peer_settings, self._peer_request_failed, self.store_flags.refused)
+            for node in config.peers
+        }
         self.detector = FailureDetector(self.peers, time.monotonic)
         self.stall_watch = StallWatch()
         self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
         self.monitor = PeerMonitor(
-            self.peers.values(), self.detector, self.events, self.offsets, self.node_clock.wall_ms
+            self.peers.values(),
+            self.detector,
+            self.events,
+            HeartbeatRecords(self.offsets, self.store_flags, self.node_clock.wall_ms),
         )
         self.events.track(self.store, self.peers)
         # Hints held for a peer that came back can go now, not at the next pass.
         self.events.on_peer_up = lambda peer: self.tasks["hinted_handoff"].wake()
 
-        placement = Placement(self.ring, config.n, self._unavailable)
+        placement = Placement(
+            self.ring, config.n, self._unavailable, self.store_flags.is_full, self.store_flags.is_behind
+        )
         self.coordinator = Coordinator(
             CoordinatorSettings(
                 config.node_id, config.request_timeout, config.read_repair_chance, clock_fenced=self.offsets.fenced
@@ -113,10 +127,13 @@ class Node:
         self.handoff = HintedHandoff(
             self.store,
             self.peers,
-            lambda node_id: self.detector.state(node_id) is PeerState.UP,
+            lambda node_id: self.detector.state(node_id) is PeerState.UP and not self.store_flags.is_full(node_id),
             HandoffSettings(config.hint_window, self.node_clock.steady_ms, may_expire=self.offsets.trusted),
             events=self.events,
         )
+        # Writes under way when the peers learn this store has room again still reach their hints
+        # within a request timeout each; twice that covers a write that tries a second fallback.
+        self.recovery = StorageRecovery(self.store, self.peers, self.detector.is_down, 2 * config.request_timeout)
         self.anti_entropy = AntiEntropy(
             self.store,
             placement,
@@ -137,6 +154,7 @@ class Node:
             self.metrics.request_stats,
             self.anti_entropy,
             clock_offsets=self.clock_offsets,
+            store_flags=self.store_flags.flags,
         )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
@@ -151,7 +169,12 @@ class Node:
         self.http = HttpServer(
             config.host,
             config.http_port,
-            make_app(self.metrics.registry, self.is_healthy, dashboard_routes(self.cluster_view)),
+            make_app(
+                self.metrics.registry,
+                self.health_problem,
+                self.readiness_problem,
+                dashboard_routes(self.cluster_view),
+            ),
             LogWriter(self.log),
         )
         self.tasks = self._background_tasks()
@@ -165,8 +188,26 @@ class Node:
     def http_port(self) -> int:
         return self.http.port
 
-    def is_healthy(self) -> bool:
-        return self._serving
+    def health_problem(self) -> str | None:
+        """Why the node is not whole (``/healthz`` 503), or ``None``: it drains, or its store is full."""
+        if not self._serving:
+            return "draining: the node is stopping"
+        if self.store.storage_full:
+            return f"{self.config.node_id}: {self.store.state_description()}; it refuses writes and still serves reads"
+        return None
+
+    def readiness_problem(self) -> str | None:
+        """Why the node cannot coordinate requests yet (``/readyz`` 503), or ``None``: it is not
+        serving, its store must be reopened, or it has no verdict yet on some peer (a write sent
+        now could find that live peer unreachable and fail)."""
+        if not self._serving:
+            return "not serving: the node is starting or stopping"
+        if self.storage.panicked:
+            return "the store is being reopened after a fatal LMDB error"
+        undecided = self.detector.undecided()
+        if undecided:
+            return f"waiting to hear from {', '.join(undecided)} (or to give up on them)"
+        return None
 
     def start(self) -> None:
         self.server.start()
@@ -181,6 +222,7 @@ class Node:
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
             hints_pending=self.store.pending_hints(),
+            storage=self.store.state_description(),
             members=[node.node_id for node in self.config.cluster],
             n=self.config.n,
             r=self.config.read_quorum,
@@ -216,6 +258,7 @@ class Node:
                 first_delay=WINDOW_TICK_SECONDS,
                 on_error=self.events.task_failed,
             ),
+            Periodic("storage_recovery", self.recovery.run_pass, RECOVERY_INTERVAL, on_error=self.events.task_failed),
         ]
         if config.anti_entropy_interval > 0:
             tasks.append(
@@ -261,3 +304,8 @@ class Node:
 
     def _peer_request_failed(self, node_id: str) -> None:
         self.monitor.request_failed(node_id)  # the monitor is built after the peers it watches
+
+    def _peer_store_changed(self, node_id: str, old: int, new: int) -> None:
+        self.events.peer_store_changed(node_id, old, new)
+        if old & PING_FLAG_STORAGE_FULL and not new & PING_FLAG_STORAGE_FULL:
+            self.tasks["hinted_handoff"].wake()  # it has room again: deliver its hints now

@@ -49,6 +49,8 @@ class NodeReports:
     requests: RequestStats
     anti_entropy: AntiEntropy
     clock_offsets: Callable[[], Mapping[str, float]] = no_clock_offsets
+    store_flags: Callable[[str], int] = lambda node_id: 0
+    """Each node's store flags as last heard (``StoreFlags.flags``; this node's own for its id)."""
     clock: Callable[[], float] = time.monotonic
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -56,13 +58,15 @@ class NodeReports:
     """The last count of hints per owner, and when it was made."""
 
     def members(self) -> list[MemberView]:
-        """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""
+        """This node's view of the cluster: itself (up), and each peer as the failure detector sees
+        it; each with its store's flags as last heard."""
         hints = self.hint_counts()
         now_mono, now_wall = time.monotonic(), time.time()
-        view = [MemberView(self.node_id, PeerState.UP, int(self.started_wall * 1000), 0)]
+        flags = self.store_flags
+        view = [MemberView(self.node_id, PeerState.UP, int(self.started_wall * 1000), 0, flags(self.node_id))]
         for node_id, (state, since) in self.detector.view().items():
             since_ms = int((now_wall - (now_mono - since)) * 1000)
-            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0)))
+            view.append(MemberView(node_id, state, since_ms, hints.get(node_id, 0), flags(node_id)))
         return view
 
     def hint_counts(self) -> dict[str, int]:

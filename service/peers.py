@@ -6,7 +6,9 @@ at once until the reconnection policy (``client.policies``) allows the next dial
 paying a connect timeout.
 
 The ``PeerMonitor`` pings every peer (the node does it once a second) and feeds the answers, and every
-failed request, to the failure detector; it reports each change of a peer's state to the node.
+failed request, to the failure detector; it reports each change of a peer's state to the node. The
+store flags in each answer (storage full, catching up) go to ``store_flags.StoreFlags``, as does a
+refusal that shows them (STORAGE_FULL, REPLICA_BEHIND) between heartbeats.
 """
 
 from __future__ import annotations
@@ -18,11 +20,22 @@ import gevent
 
 from client import protocol
 from client.connection import Connection, Framing
-from client.errors import KVError, NodeUnreachableError
-from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status, Version
+from client.errors import KVError, NodeUnreachableError, ReplicaBehindError, StorageFullError
+from client.protocol import (
+    PING_FLAG_CATCHING_UP,
+    PING_FLAG_STORAGE_FULL,
+    Frame,
+    NodeAddress,
+    PeerState,
+    Record,
+    Request,
+    Status,
+    Version,
+)
 from client.transport import ConnectionSlot
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.failure_detector import FailureDetector
+from service.store_flags import StoreFlags
 
 STALLED_AFTER = 0.25
 """The share of the request timeout (0.5 s by default) a peer may leave requests unanswered before
@@ -50,7 +63,8 @@ class Peer:
     One multiplexed connection (``node``'s address) carries every request to the peer, opened on
     first use and reopened after a failure once the reconnection policy allows: until then requests fail
     at once with ``NodeUnreachableError``. ``on_failure(node_id)`` hears of every request that could
-    not reach the peer (the failure detector's evidence).
+    not reach the peer (the failure detector's evidence), ``on_refusal(node_id, flag)`` of every
+    STORAGE_FULL or REPLICA_BEHIND answer (the store flag it shows).
     """
 
     reads_block = True
@@ -61,6 +75,7 @@ class Peer:
         node: NodeAddress,
         settings: PeerSettings,
         on_failure: Callable[[str], None] = lambda node_id: None,
+        on_refusal: Callable[[str, int], None] = lambda node_id, flag: None,
     ) -> None:
         self.node = node
         self.node_id = node.node_id
@@ -70,24 +85,36 @@ class Peer:
         self._request_timeout = settings.request_timeout
         self._max_frame_bytes = settings.max_frame_bytes
         self._on_failure = on_failure
+        self._on_refusal = on_refusal
         self._slot = ConnectionSlot(self._dial, node.address)
 
     # --- the replica interface --------------------------------------------------------------------
 
-    def read(self, key: bytes) -> Record | None:
-        frame = self.call(protocol.ReplicaGet(key))
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
+        try:
+            frame = self.call(protocol.ReplicaGet(key, behind_ok))
+        except ReplicaBehindError:
+            self._on_refusal(self.node_id, PING_FLAG_CATCHING_UP)
+            raise
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
     def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
         """Store ``record`` on the peer; the newer version it holds instead, or ``None`` (see
-        ``LocalStore.write``). A CLOCK_SKEW refusal raises ``ClockSkewError``; no reply within the
-        request timeout, or (with ``stalled_after``) nothing at all heard from the peer for that many
-        seconds, raises ``RequestTimeoutError``."""
-        frame = self.call(protocol.ReplicaPut(key, record), stalled_after=stalled_after)
+        ``LocalStore.write``). A CLOCK_SKEW refusal raises ``ClockSkewError``, a STORAGE_FULL one
+        ``StorageFullError``; no reply within the request timeout, or (with ``stalled_after``)
+        nothing at all heard from the peer for that many seconds, raises ``RequestTimeoutError``."""
+        frame = self._write(protocol.ReplicaPut(key, record), stalled_after)
         return protocol.decode_replica_put_reply(frame.body)
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
-        self.call(protocol.HintedPut(key, record, owner))
+        self._write(protocol.HintedPut(key, record, owner))
+
+    def _write(self, request: protocol.ReplicaPut | protocol.HintedPut, stalled_after: float | None = None) -> Frame:
+        try:
+            return self.call(request, stalled_after=stalled_after)
+        except StorageFullError:
+            self._on_refusal(self.node_id, PING_FLAG_STORAGE_FULL)
+            raise
 
     # --- transport --------------------------------------------------------------------------------
 
@@ -159,23 +186,32 @@ class MonitorEvents:
         """A heartbeat measured ``peer``'s clock offset (``sample``); ``offsets`` holds the verdicts."""
 
 
+@dataclass(frozen=True)
+class HeartbeatRecords:
+    """Where what a heartbeat answer says is kept, besides the failure detector: the peer's clock
+    offset (read on ``wall_ms``, this node's clock) and its store flags."""
+
+    offsets: ClockOffsets
+    store_flags: StoreFlags
+    wall_ms: Callable[[], int]
+
+
 class PeerMonitor:
     """Heartbeats: ``beat`` pings every peer at once, keeps the failure detector current, and
-    measures each peer's clock offset from its PING reply (``offsets``, on this node's ``wall_ms``)."""
+    records each answer's clock offset and store flags (``records``); ``events`` hears of every
+    state change, whatever noticed it, and of every offset measured."""
 
     def __init__(
         self,
         peers: Iterable[Peer],
         detector: FailureDetector,
         events: MonitorEvents,
-        offsets: ClockOffsets,
-        wall_ms: Callable[[], int],
+        records: HeartbeatRecords,
     ) -> None:
         self._peers = {peer.node_id: peer for peer in peers}
         self._detector = detector
         self._events = events
-        self._offsets = offsets
-        self._wall_ms = wall_ms
+        self._records = records
 
     def request_failed(self, node_id: str) -> None:
         """A request to ``node_id`` failed to reach it: evidence for the detector."""
@@ -185,19 +221,21 @@ class PeerMonitor:
         """One heartbeat round: ping every peer at once, then update the detector and the offsets."""
         pings = {node_id: gevent.spawn(self._ping, peer) for node_id, peer in self._peers.items()}
         gevent.joinall(list(pings.values()))
+        records = self._records
         for node_id, ping in pings.items():
             answered = ping.value is not None
-            self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
             if answered:
                 sent_ms, received_ms, reply = ping.value
-                sample = self._offsets.record(node_id, sent_ms, received_ms, reply.wall_ms)
-                self._events.clock_offset(node_id, sample, self._offsets)
+                records.store_flags.observe(node_id, reply.flags)
+                sample = records.offsets.record(node_id, sent_ms, received_ms, reply.wall_ms)
+                self._events.clock_offset(node_id, sample, records.offsets)
+            self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
         self._report(self._detector.evaluate())
 
     def _ping(self, peer: Peer) -> tuple[int, int, protocol.PingReply] | None:
-        sent_ms = self._wall_ms()
+        sent_ms = self._records.wall_ms()
         reply = peer.ping()
-        return None if reply is None else (sent_ms, self._wall_ms(), reply)
+        return None if reply is None else (sent_ms, self._records.wall_ms(), reply)
 
     def _report(self, changes: list[tuple[str, PeerState, PeerState]]) -> None:
         for node_id, old, new in changes:

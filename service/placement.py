@@ -1,8 +1,10 @@
-"""Placement as this node uses it: which nodes hold a key or a partition, and which are down.
+"""Placement as this node uses it: which nodes hold a key or a partition, which are down, and
+whose stores are full or behind.
 
-Pure: the ring and N say where keys live; ``is_down`` is the failure detector's verdict, injected
-as a function. The coordinator, the read plan and anti-entropy ask it, so each takes this one
-value instead of a ring, an N and a detector of its own.
+Pure: the ring and N say where keys live; ``is_down`` is the failure detector's verdict, and
+``is_full`` and ``is_behind`` the nodes' store flags (``store_flags``), injected as functions. The
+coordinator, the read plan and anti-entropy ask it, so each takes this one value instead of a ring,
+an N and a detector of its own.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from dataclasses import dataclass
 from client.ring import Ring
 
 
-def _never_down(node_id: str) -> bool:
+def _never(node_id: str) -> bool:
     return False
 
 
 @dataclass(frozen=True)
 class Placement:
-    """The ring, N (``n``: replicas per key) and which nodes are down (default: none)."""
+    """The ring, N (``n``: replicas per key), which nodes are down, whose stores are full (they take
+    no writes that add data) and whose stores are behind (full, or catching up: they may lack
+    acknowledged writes, so no read is answered from them). Default: none of any."""
 
     ring: Ring
     n: int
-    is_down: Callable[[str], bool] = _never_down
+    is_down: Callable[[str], bool] = _never
+    is_full: Callable[[str], bool] = _never
+    is_behind: Callable[[str], bool] = _never
 
     def preference_list(self, key: bytes) -> list[str]:
         """The ``n`` nodes that hold ``key``, primary first, down or not."""

@@ -6,7 +6,9 @@ Pure, in the step/tick style: the coordinator feeds a ``ReadPlan`` each replica'
 decisions), so these rules are tested without greenlets, sockets or sleeps:
 
 * a read asks R of the key's replicas that are not down, this node first when it is one (its answer
-  costs no round trip); fewer than R up fails UNAVAILABLE before anything is sent (``read_targets``);
+  costs no round trip), and replicas that are behind (a full or catching-up store may lack
+  acknowledged writes) only after every other, as a last resort; fewer than R up fails UNAVAILABLE
+  before anything is sent (``read_targets``);
 * with probability ``read_repair_chance``, and always when R is every replica up, it asks them all
   instead (``asks_all``), so stale replicas outside the R get found;
 * a replica that fails is replaced by the next one up (a spare);
@@ -34,22 +36,41 @@ also asks the next replica up: a hung replica is not marked down for seconds, an
 must not cost every read of its keys the whole timeout."""
 
 
-def read_targets(preferred: Sequence[str], is_down: Callable[[str], bool], node_id: str, r: int) -> list[str]:
-    """The replicas a read may ask, in the order it asks them: the ``preferred`` ones not down, with
-    ``node_id`` (this node) first if it is one. Raises ``QuorumFailure`` UNAVAILABLE if fewer than
-    ``r`` are up."""
-    targets = [replica for replica in preferred if not is_down(replica)]
-    if len(targets) < r:
+def _never(node_id: str) -> bool:
+    return False
+
+
+def read_targets(
+    preferred: Sequence[str],
+    is_down: Callable[[str], bool],
+    node_id: str,
+    r: int,
+    is_behind: Callable[[str], bool] = _never,
+) -> list[str]:
+    """The replicas a read may ask, in the order it asks them: the ``preferred`` ones not down, those
+    not behind first (a full or catching-up store may lack acknowledged writes, so it answers only
+    when too few others can), and within each group ``node_id`` (this node) first if it is one.
+    Raises ``QuorumFailure`` UNAVAILABLE if fewer than ``r`` are up."""
+    up = [replica for replica in preferred if not is_down(replica)]
+    if len(up) < r:
         raise QuorumFailure(
             Status.UNAVAILABLE,
             0,
             r,
-            f"only {len(targets)} of the key's {len(preferred)} replicas are up; the read needs {r}",
+            f"only {len(up)} of the key's {len(preferred)} replicas are up; the read needs {r}",
         )
-    if targets[0] != node_id and node_id in targets:
-        targets.remove(node_id)
-        targets.insert(0, node_id)
-    return targets
+    behind = [replica for replica in up if is_behind(replica)]
+    if not behind:
+        return _this_node_first(up, node_id)
+    current = [replica for replica in up if replica not in behind]
+    return _this_node_first(current, node_id) + _this_node_first(behind, node_id)
+
+
+def _this_node_first(replicas: list[str], node_id: str) -> list[str]:
+    if replicas and replicas[0] != node_id and node_id in replicas:
+        replicas.remove(node_id)
+        replicas.insert(0, node_id)
+    return replicas
 
 
 def asks_all(r: int, up: int, read_repair_chance: float, chance: Callable[[], float]) -> bool:

@@ -22,7 +22,14 @@ transaction per batch):
   pages per fsync (a quarter of a commit's time), and they can always be rebuilt from ``data``:
   after a crash (the ``meta`` flag says they were not saved), opening the store rebuilds them with
   one scan.
-* ``meta``: the live key count, the highest timestamp ever stored, and whether ``digests`` is current.
+* ``meta``: the live key count, the highest timestamp ever stored, and whether ``digests`` is current
+  (and, for a moment, the records a ``SpaceProbe`` writes).
+
+A write that finds no room, on the disk (ENOSPC, or the short write LMDB reports as EIO when a disk
+fills mid-commit) or under the storage limit (LMDB's map-full), raises ``StorageFull``: to the user
+both are one condition. A failed commit leaves the environment usable, unless LMDB could not
+write its meta page (a failing or copy-on-write disk): every transaction then raises MDB_PANIC until
+the environment is reopened, which ``reopen`` does without losing anything committed.
 
 This class is synchronous and knows nothing of gevent or of the wire format: ``group_commit`` decides
 when ``apply`` runs, and ``local_store``, the only caller that writes, cuts ``partition_entries``
@@ -32,12 +39,13 @@ into listing pages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import struct
 import time
 from collections.abc import Generator, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lmdb
 
@@ -65,6 +73,16 @@ Buffer = bytes | memoryview
 _META_LIVE_KEYS = b"live_keys"
 _META_MAX_TIMESTAMP = b"max_timestamp"
 _META_DIGESTS_SAVED = b"digests_saved"
+_META_SPACE_PROBE = b"space_probe/"
+
+MIB = 1024 * 1024
+LOW_DISK_BYTES = MIB
+"""After a write fails with an I/O error, a disk with less than this free (beyond what the batch
+needed) counts as full: LMDB reports a write the disk cut short as EIO, not ENOSPC."""
+PROBE_PIECE_BYTES = 16 * 1024
+PROBE_PIECES = 16
+"""A space probe writes this many records of ``PROBE_PIECE_BYTES``: 256 KiB, room for a dozen
+ordinary values, in pieces small enough to fit the page runs that deleted values leave free."""
 
 
 class DiskUsage(NamedTuple):
@@ -75,6 +93,15 @@ class DiskUsage(NamedTuple):
 
 class StorageError(Exception):
     """The store cannot be opened or written; the message says why and what to do."""
+
+
+class StorageFull(StorageError):
+    """A write found no room: the disk holding the store is full, or the store reached its limit
+    (``KV_STORAGE_LIMIT_MB``). ``cause`` says which, in a phrase."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 # --- what a batch can hold ----------------------------------------------------------------------
@@ -130,7 +157,14 @@ class PurgeTombstone(NamedTuple):
     version: Version
 
 
-Operation = PutRecord | PutHint | DropHint | PurgeTombstone
+class SpaceProbe(NamedTuple):
+    """Write ``PROBE_PIECES`` records of ``PROBE_PIECE_BYTES`` (``fill``), or delete them (not
+    ``fill``): a full store's test of whether it has room again."""
+
+    fill: bool
+
+
+Operation = PutRecord | PutHint | DropHint | PurgeTombstone | SpaceProbe
 
 
 class Hint(NamedTuple):
@@ -218,48 +252,64 @@ class Storage:
     """One node's records. Reads are direct; ``apply`` writes a batch in one durable transaction."""
 
     def __init__(self, path: str, map_size: int, partitions: int = DEFAULT_PARTITIONS, *, sync: bool = True) -> None:
-        try:
-            os.makedirs(path, exist_ok=True)
-            self._env = lmdb.open(
-                path,
-                map_size=map_size,
-                max_dbs=8,
-                # sync: a commit returns only after fsync, which is what an ack promises. Without it a
-                # commit is in the OS page cache (safe from a process crash) and flush() syncs it.
-                sync=sync,
-                metasync=sync,
-                readahead=False,  # random point reads; readahead would only evict useful pages
-            )
-        except (OSError, lmdb.Error) as exc:
-            raise StorageError(f"cannot open the data directory {path!r}: {exc}") from exc
-        self._data = self._env.open_db(b"data")
-        self._hints = self._env.open_db(b"hints")
-        self._saved_digests = self._env.open_db(b"digests")
-        self._meta = self._env.open_db(b"meta")
+        self.path = path
         self.partitions = partitions
         self.syncs_on_commit = sync
+        self._map_size = map_size
+        self.panicked = False
+        """LMDB reported a fatal error (MDB_PANIC): nothing works until ``reopen``."""
+        self._open_env()
         with self._env.begin(db=self._meta) as txn:
             self._live_keys = _read_u64(txn.get(_META_LIVE_KEYS))
             self._max_timestamp = _read_u64(txn.get(_META_MAX_TIMESTAMP))
             saved = txn.get(_META_DIGESTS_SAVED) == b"\x01"
-        self.path = path
         self.digests_rebuilt: tuple[int, float] | None = None
         """``(records scanned, seconds)`` when opening had to rebuild the digests, else ``None``."""
+        self._digests_flag_pending = False  # the next commit must also mark the saved digests stale
         if saved:
             self._digests = self._load_digests()
-            # From here until close() saves them again, the saved digests fall behind; a crash in
-            # between must leave the flag saying so, on disk, whatever KV_FSYNC says.
-            try:
-                with self._env.begin(write=True, db=self._meta) as txn:
-                    txn.put(_META_DIGESTS_SAVED, b"\x00")
-                self._env.sync(True)
-            except lmdb.Error as exc:
-                self._env.close()
-                raise StorageError(f"cannot write to the data directory {path!r}: {exc}") from exc
+            self._mark_saved_digests_stale()
         else:
             started = time.monotonic()
             self._digests, records = self._rebuild_digests()
             self.digests_rebuilt = (records, time.monotonic() - started)
+
+    def _open_env(self) -> None:
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._env = lmdb.open(
+                self.path,
+                map_size=self._map_size,
+                max_dbs=8,
+                # sync: a commit returns only after fsync, which is what an ack promises. Without it a
+                # commit is in the OS page cache (safe from a process crash) and flush() syncs it.
+                sync=self.syncs_on_commit,
+                metasync=self.syncs_on_commit,
+                readahead=False,  # random point reads; readahead would only evict useful pages
+            )
+            self._data = self._env.open_db(b"data")
+            self._hints = self._env.open_db(b"hints")
+            self._saved_digests = self._env.open_db(b"digests")
+            self._meta = self._env.open_db(b"meta")
+        except (OSError, lmdb.Error) as exc:
+            raise StorageError(f"cannot open the data directory {self.path!r}: {exc}") from exc
+
+    def _mark_saved_digests_stale(self) -> None:
+        """From here until close() saves them again, the saved digests fall behind; a crash in
+        between must leave the flag saying so, on disk, whatever KV_FSYNC says. On a full store the
+        flag cannot be written now: it then goes into the first commit that succeeds, which is the
+        first that changes anything, so no state on disk has changes under a flag saying "saved"."""
+        try:
+            with self._env.begin(write=True, db=self._meta) as txn:
+                txn.put(_META_DIGESTS_SAVED, b"\x00")
+            self._env.sync(True)
+        except lmdb.Error as exc:
+            if self._full_cause(exc, 0) is None:
+                self._env.close()
+                raise StorageError(f"cannot write to the data directory {self.path!r}: {exc}") from exc
+            self._env.close()  # start from a clean environment, whatever the failed commit left
+            self._open_env()
+            self._digests_flag_pending = True
 
     @property
     def live_keys(self) -> int:
@@ -272,9 +322,25 @@ class Storage:
         return self._max_timestamp
 
     def get(self, key: bytes) -> Record | None:
-        with self._env.begin(db=self._data, buffers=True) as txn:
-            raw = txn.get(storage_key(key))
-            return None if raw is None else decode_stored(raw)[0]
+        try:
+            with self._env.begin(db=self._data, buffers=True) as txn:
+                raw = txn.get(storage_key(key))
+                return None if raw is None else decode_stored(raw)[0]
+        except lmdb.PanicError as exc:
+            raise self._fatal(exc) from exc
+
+    @contextlib.contextmanager
+    def _reading(self, db: Any = None) -> Iterator[lmdb.Transaction[bytes]]:
+        """A read transaction; MDB_PANIC becomes a ``StorageError`` and marks the store for ``reopen``."""
+        try:
+            with self._env.begin(db=db) as txn:
+                yield txn
+        except lmdb.PanicError as exc:
+            raise self._fatal(exc) from exc
+
+    def _fatal(self, exc: lmdb.Error) -> StorageError:
+        self.panicked = True
+        return StorageError(f"the store hit a fatal LMDB error and is being reopened ({exc})")
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -294,14 +360,83 @@ class Storage:
         except lmdb.Error as exc:
             if folded:  # the commit itself failed: XOR the changes out again
                 self._fold_digests(batch.digest_changes)
-            if isinstance(exc, lmdb.MapFullError):
-                raise StorageError(
-                    f"the store is full ({self._env.info()['map_size']} bytes); raise KV_STORAGE_LIMIT_MB"
-                ) from exc
+            if isinstance(exc, lmdb.PanicError) or self._env_panicked():
+                self.panicked = True
+            cause = self._full_cause(exc, batch.bytes_written)
+            if cause is not None:
+                raise StorageFull(f"storage full: {cause}", cause) from exc
             raise StorageError(f"write failed: {exc}") from exc
         self._live_keys = batch.live_keys
         self._max_timestamp = batch.max_timestamp
+        self._digests_flag_pending = False
         return results
+
+    def _full_cause(self, exc: lmdb.Error, needed_bytes: int) -> str | None:
+        """Why ``exc``, a failed write, means the store is full, in a phrase; ``None`` if it is another
+        failure. Map-full is the storage limit; ENOSPC and EDQUOT are the disk; any other I/O error
+        counts as the disk when the disk is (nearly) full, because LMDB reports a short write as EIO."""
+        if isinstance(exc, lmdb.MapFullError):
+            return f"the store reached its limit of {_mib(self._map_size)} (KV_STORAGE_LIMIT_MB)"
+        message = str(exc)
+        disk_errors = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+        free = self.disk_free_bytes()
+        if (
+            isinstance(exc, lmdb.DiskError)
+            or any(text in message for text in disk_errors)
+            or (free is not None and free < needed_bytes + LOW_DISK_BYTES)
+        ):
+            return f"the disk holding {self.path} is full ({message}; {free} bytes free)"
+        return None
+
+    def _env_panicked(self) -> bool:
+        try:
+            self._env.begin().abort()
+        except lmdb.PanicError:
+            return True
+        except lmdb.Error:
+            return False
+        return False
+
+    def reopen(self) -> None:
+        """Close and open the environment again after MDB_PANIC. Everything committed is on disk and
+        stays; the transaction that failed is not. The counters and digests in memory cover exactly
+        the batches that committed; if the disk says otherwise, they are read and rebuilt from it.
+        Raises ``StorageError`` if the store cannot be opened. Call only while no transaction is
+        open: reads run on the caller's thread, and no commit or flush may be running."""
+        with contextlib.suppress(lmdb.Error):
+            self._env.close()
+        self._open_env()
+        with self._env.begin(db=self._meta) as txn:
+            counters = (_read_u64(txn.get(_META_LIVE_KEYS)), _read_u64(txn.get(_META_MAX_TIMESTAMP)))
+        if counters != (self._live_keys, self._max_timestamp):
+            self._live_keys, self._max_timestamp = counters
+            self._digests, _ = self._rebuild_digests()
+        self.panicked = False
+
+    # --- space ------------------------------------------------------------------------------------
+
+    @property
+    def limit_bytes(self) -> int:
+        """The most the store may grow to (``KV_STORAGE_LIMIT_MB``; LMDB's map size)."""
+        return self._map_size
+
+    def used_bytes(self) -> int:
+        """Bytes of the store file in use or free for reuse (LMDB's pages up to the last one used);
+        0 while the environment is closed (a reopen failed)."""
+        try:
+            info = self._env.info()
+            psize: int = self._env.stat()["psize"]
+        except lmdb.Error:
+            return 0
+        return (int(info["last_pgno"]) + 1) * psize
+
+    def disk_free_bytes(self) -> int | None:
+        """Bytes free to this process on the disk holding the store; ``None`` if it cannot be read."""
+        try:
+            stats = os.statvfs(self.path)
+        except OSError:
+            return None
+        return stats.f_bavail * stats.f_frsize
 
     def _fold_digests(self, changes: dict[int, int]) -> None:
         digests = self._digests
@@ -314,7 +449,7 @@ class Storage:
         return [self._digests.get(partition, 0).to_bytes(DIGEST_SIZE, "big") for partition in partitions]
 
     def _load_digests(self) -> dict[int, int]:
-        with self._env.begin(db=self._saved_digests) as txn:
+        with self._reading(self._saved_digests) as txn:
             return {_U16.unpack(pkey)[0]: int.from_bytes(raw, "big") for pkey, raw in txn.cursor()}
 
     def _rebuild_digests(self) -> tuple[dict[int, int], int]:
@@ -344,7 +479,7 @@ class Storage:
         transaction: exhaust or close the generator soon."""
         start = after or partition_start(partition, self.partitions)
         end = partition_start(partition + 1, self.partitions) if partition + 1 < self.partitions else None
-        with self._env.begin(db=self._data) as txn:
+        with self._reading(self._data) as txn:
             db_cursor = txn.cursor()
             if not db_cursor.set_range(start):
                 return
@@ -359,13 +494,13 @@ class Storage:
     # --- hints ------------------------------------------------------------------------------------
 
     def pending_hints(self) -> int:
-        with self._env.begin() as txn:
+        with self._reading() as txn:
             return txn.stat(self._hints)["entries"]
 
     def hint_counts(self) -> dict[str, int]:
         """Hints held per owner."""
         counts: dict[str, int] = {}
-        with self._env.begin(db=self._hints) as txn:
+        with self._reading(self._hints) as txn:
             for hkey in txn.cursor().iternext(keys=True, values=False):
                 owner = bytes(hkey[1 : 1 + hkey[0]]).decode()
                 counts[owner] = counts.get(owner, 0) + 1
@@ -375,7 +510,7 @@ class Storage:
         """Up to ``limit`` hints held for ``owner``."""
         prefix = _owner_prefix(owner)
         hints: list[Hint] = []
-        with self._env.begin(db=self._hints) as txn:
+        with self._reading(self._hints) as txn:
             db_cursor = txn.cursor()
             if not db_cursor.set_range(prefix):
                 return hints
@@ -390,7 +525,7 @@ class Storage:
 
     def records(self) -> Iterator[tuple[bytes, Record]]:
         """Every record, in storage-key order (for tests and tools; a read transaction per call)."""
-        with self._env.begin(db=self._data) as txn:
+        with self._reading(self._data) as txn:
             for skey, raw in txn.cursor():
                 record, full_key = decode_stored(raw)
                 yield (full_key if full_key is not None else skey[POSITION_SIZE:]), record
@@ -405,8 +540,10 @@ class Storage:
         return DiskUsage(file_bytes, used, info["map_size"])
 
     def flush(self) -> None:
-        """fsync everything committed so far (for a store opened with ``sync=False``)."""
-        self._env.sync(True)
+        """fsync everything committed so far (for a store opened with ``sync=False``); nothing to do
+        while the environment must be reopened (its last commit failed)."""
+        if not self.panicked:
+            self._env.sync(True)
 
     def close(self) -> None:
         # If the digests cannot be saved (a full disk), the flag still says so: the next open
@@ -426,9 +563,11 @@ class _Batch:
         self.live_keys = storage.live_keys
         self.max_timestamp = storage.max_timestamp
         self.digest_changes: dict[int, int] = {}
+        self.bytes_written = 0  # the records' bytes, what the disk needed room for at least
 
     def run(self, txn: lmdb.Transaction, operation: Operation) -> bool:
         if type(operation) is PutRecord:  # nearly every operation: skip the pattern matching
+            self.bytes_written += len(operation.encoded)
             return self._put_record(txn, operation)
         match operation:
             case PutHint(owner, key, record, created_ms):
@@ -437,7 +576,20 @@ class _Batch:
                 return self._drop_hint(txn, owner, key, version)
             case PurgeTombstone(key, version):
                 return self._purge(txn, key, version)
+            case SpaceProbe(fill):
+                return self._probe(txn, fill)
         raise TypeError(f"not a storage operation: {operation!r}")
+
+    def _probe(self, txn: lmdb.Transaction, fill: bool) -> bool:
+        meta = self.storage._meta
+        for piece in range(PROBE_PIECES):
+            probe_key = _META_SPACE_PROBE + _U16.pack(piece)
+            if fill:
+                txn.put(probe_key, bytes(PROBE_PIECE_BYTES), db=meta)
+                self.bytes_written += PROBE_PIECE_BYTES
+            else:
+                txn.delete(probe_key, db=meta)
+        return True
 
     def _put_record(self, txn: lmdb.Transaction, put: PutRecord) -> bool:
         skey, version = put.skey, put.record.version
@@ -458,7 +610,9 @@ class _Batch:
         raw = txn.get(hkey, db=self.storage._hints)
         if raw is not None and record.version <= stored_version(raw[_U64.size :])[0]:
             return False
-        txn.put(hkey, _U64.pack(created_ms) + encode_stored(key, record, full_key=True), db=self.storage._hints)
+        encoded = encode_stored(key, record, full_key=True)
+        self.bytes_written += len(encoded)
+        txn.put(hkey, _U64.pack(created_ms) + encoded, db=self.storage._hints)
         self.max_timestamp = max(self.max_timestamp, record.version.timestamp)
         return True
 
@@ -491,7 +645,13 @@ class _Batch:
         storage = self.storage
         txn.put(_META_LIVE_KEYS, _U64.pack(self.live_keys), db=storage._meta)
         txn.put(_META_MAX_TIMESTAMP, _U64.pack(self.max_timestamp), db=storage._meta)
+        if storage._digests_flag_pending:
+            txn.put(_META_DIGESTS_SAVED, b"\x00", db=storage._meta)
 
 
 def _read_u64(raw: bytes | None) -> int:
     return 0 if raw is None else _U64.unpack(raw)[0]
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:g} MiB"

@@ -87,11 +87,14 @@ def cluster(
 
 @pytest.fixture(scope="session")
 def cluster_factory(docker_client: docker.DockerClient, kv_image: str) -> Callable[..., Any]:
-    """``cluster_factory(label, env)``: a context manager for one more cluster, configured with ``env``,
-    for modules that need clusters configured in different ways."""
+    """``cluster_factory(label, env, data_tmpfs=None)``: a context manager for one more cluster,
+    configured with ``env`` (and small tmpfs disks), for modules that need clusters configured in
+    different ways."""
 
-    def make(label: str, env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[Cluster]:
-        return running_cluster(docker_client, kv_image, label, env)
+    def make(
+        label: str, env: dict[str, str] | None = None, data_tmpfs: dict[str, str] | None = None
+    ) -> contextlib.AbstractContextManager[Cluster]:
+        return running_cluster(docker_client, kv_image, label, env, data_tmpfs)
 
     return make
 

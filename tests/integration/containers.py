@@ -12,8 +12,9 @@ Rules the helpers follow, because this machine has no registry and a slow storag
 * Ryuk (the testcontainers reaper) cannot be pulled, so it is disabled and every fixture removes
   its containers, network and volumes in a ``finally`` that always runs.
 * Nothing waits on a log line (a restarted container's log still holds the old "started" line):
-  readiness is ``/healthz`` answering 200 plus a PING over the protocol, and, for the cluster,
-  every node reporting every peer up in ``kv_peer_up``.
+  readiness is ``/readyz`` answering 200 (the node can coordinate: it has a verdict on every peer)
+  plus a PING over the protocol, and, for the cluster, every node reporting every peer up in
+  ``kv_peer_up``.
 * A restarted container gets a new host port, so ports are read again after every start.
 * Every wait polls a condition with a deadline (``polling.wait_until``); there are no fixed sleeps.
 """
@@ -142,15 +143,25 @@ def base_image(docker_client: docker.DockerClient) -> str:
 
 
 class Cluster:
-    """Three nodes on one network, each with its own volume; kill and restart them for real."""
+    """Three nodes on one network, each with its own volume; kill and restart them for real.
+
+    ``data_tmpfs``: nodes whose /data is a tmpfs of the given size instead (``{"node1": "3m"}``): a
+    small disk that fills up. A tmpfs is emptied when its container stops.
+    """
 
     def __init__(
-        self, docker_client: docker.DockerClient, image: str, name: str, env: dict[str, str] | None = None
+        self,
+        docker_client: docker.DockerClient,
+        image: str,
+        name: str,
+        env: dict[str, str] | None = None,
+        data_tmpfs: dict[str, str] | None = None,
     ) -> None:
         self.docker = docker_client
         self.image = image
         self.name = name
         self.env = dict(env or {})  # extra environment for every node, e.g. KV_ANTI_ENTROPY_INTERVAL_S
+        self.data_tmpfs = dict(data_tmpfs or {})
         self.labels = {RUN_LABEL: RUN_ID, "kvtest.cluster": name}
         self.network = Network()
         self.network.name = f"{name}-net"
@@ -166,7 +177,9 @@ class Cluster:
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
-    def start_all(self) -> None:
+    def start_all(self, *, wait_peers: bool = True) -> None:
+        """Start every node and wait until each is ready (``/readyz``) and, unless not ``wait_peers``,
+        until every node reports every peer up."""
         self.network.create()
         self._network_created = True
         for node in NODE_IDS:
@@ -174,7 +187,8 @@ class Cluster:
             self._run_container(node)
         for node in NODE_IDS:
             self._wait_serving(node)
-        self.wait_peers_up()
+        if wait_peers:
+            self.wait_peers_up()
 
     def _create_volume(self, node: str) -> None:
         volume = f"{self.name}-{node}-data"
@@ -198,16 +212,24 @@ class Cluster:
                     "KV_HTTP_PORT": str(HTTP_PORT),
                 }
             )
-            .with_volume_mapping(self.volumes[node], "/data", "rw")
-            .with_kwargs(labels=self.labels, hostname=node)
         )
+        container.with_kwargs(labels=self.labels, hostname=node)
+        if node in self.data_tmpfs:  # docker's tmpfs options, owned by the user the image runs as
+            container.tmpfs["/data"] = f"size={self.data_tmpfs[node]},uid={self._image_uid_gid()}"
+        else:
+            container.with_volume_mapping(self.volumes[node], "/data", "rw")
         for host_path, path in self.node_binds.get(node, {}).items():
-            container = container.with_volume_mapping(host_path, path, "ro")
+            container.with_volume_mapping(host_path, path, "ro")
         # Published on 127.0.0.1 only, each on a random free host port (docker SDK port syntax).
         container.ports[f"{PROTOCOL_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         container.ports[f"{HTTP_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         self.containers[node] = container
         container.start()
+
+    def _image_uid_gid(self) -> str:
+        """``"<uid>,gid=<gid>"`` of the image's user (the tmpfs must be its; docker ignores a mode)."""
+        output = self.docker.containers.run(self.image, ["sh", "-c", "echo $(id -u),gid=$(id -g)"], remove=True)
+        return str(output.decode().strip())
 
     def close(self) -> None:
         """Remove containers, volumes and the network; try every step, report every failure at the end."""
@@ -343,7 +365,7 @@ class Cluster:
         raw_key = key.encode() if isinstance(key, str) else key
         admin = self.admin()
         # The node's own 127.0.0.1 address, never one the admin client learned from TOPOLOGY.
-        frame = admin.call_node(self.address(node), ReplicaGet(raw_key))
+        frame = admin.call_node(self.address(node), ReplicaGet(raw_key, behind_ok=True))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
     def members(self, node: str) -> dict[str, MemberView]:
@@ -382,6 +404,9 @@ class Cluster:
 
     def healthz(self, node: str) -> int:
         return http_get(self.http_ports[node], "/healthz")[0]
+
+    def readyz(self, node: str) -> int:
+        return http_get(self.http_ports[node], "/readyz")[0]
 
     def metrics_text(self, node: str) -> str:
         status, body = http_get(self.http_ports[node], "/metrics")
@@ -449,23 +474,23 @@ class Cluster:
         return True
 
     def _wait_serving(self, node: str, timeout: float = START_TIMEOUT) -> None:
-        """Wait until Docker publishes the node's ports, /healthz answers 200 and a PING answers OK."""
+        """Wait until Docker publishes the node's ports, /readyz answers 200 and a PING answers OK."""
         deadline = time.monotonic() + timeout
         wait_until(lambda: self._read_ports(node), timeout, message=f"{node}'s published ports")
 
         def serving() -> bool:
             if not self._read_ports(node):  # also fails at once if the node exited
                 raise AssertionError("its ports are not published")
-            status = self.healthz(node)
+            status, body = http_get(self.http_ports[node], "/readyz")
             if status != 200:
-                raise AssertionError(f"/healthz answered {status}")
+                raise AssertionError(f"/readyz answered {status}: {body.strip()}")
             return self.ping(node)
 
         wait_until(
             serving,
             max(1.0, deadline - time.monotonic()),
             interval=0.2,
-            message=f"{node} to answer /healthz 200 and PING on 127.0.0.1:{self.ports[node]}",
+            message=f"{node} to answer /readyz 200 and PING on 127.0.0.1:{self.ports[node]}",
         )
 
     def _log_tail(self, node: str) -> str:
@@ -475,13 +500,18 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(
-    docker_client: docker.DockerClient, image: str, label: str, env: dict[str, str] | None = None
+    docker_client: docker.DockerClient,
+    image: str,
+    label: str,
+    env: dict[str, str] | None = None,
+    data_tmpfs: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A started cluster, removed with its network and volumes however the block ends.
 
-    ``env``: extra environment for every node, e.g. ``{"KV_ANTI_ENTROPY_INTERVAL_S": "3"}``.
+    ``env``: extra environment for every node, e.g. ``{"KV_ANTI_ENTROPY_INTERVAL_S": "3"}``;
+    ``data_tmpfs``: nodes whose /data is a small tmpfs, e.g. ``{"node1": "3m"}``.
     """
-    cluster = Cluster(docker_client, image, f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}", env)
+    cluster = Cluster(docker_client, image, f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}", env, data_tmpfs)
     try:
         cluster.start_all()
         yield cluster

@@ -98,6 +98,18 @@ def listen_socket(port: int = 0) -> socket.socket:
     return sock
 
 
+def http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """``(status, body)`` of ``GET http://127.0.0.1:<port><path>``, over a gevent socket: in-process
+    nodes serve HTTP on this thread's event loop, which a blocking client would stall."""
+    with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {LOCALHOST}\r\n\r\n".encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
 def free_port() -> int:
     """A port nothing listens on right now (bound, read, released)."""
     sock = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)

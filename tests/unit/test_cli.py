@@ -17,7 +17,7 @@ from gevent import subprocess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import cli
+from client import cli, protocol
 from client.cli import ValueFormat
 from client.client import Client
 from client.protocol import MemberView, PeerState, Record, Version
@@ -169,6 +169,17 @@ def test_status_shows_how_long_a_node_has_been_down(state: PeerState, seconds: i
     outcome = cli.run_command(StubClient("a", members), "STATUS", [])  # type: ignore[arg-type]
     assert outcome.exit_code == 2
     assert outcome.line == f"a a.example:5000 up, b b.example:5000 {shown} (7 hints held for it) [as seen by a]"
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown"),
+    [(protocol.PING_FLAG_STORAGE_FULL, "up (storage full)"), (protocol.PING_FLAG_CATCHING_UP, "up (catching up)")],
+)
+def test_status_shows_a_node_whose_store_is_full_or_catching_up(flags: int, shown: str) -> None:
+    members = [MemberView("a", PeerState.UP, 1, 0), MemberView("b", PeerState.UP, 1, 40, flags)]
+    outcome = cli.run_command(StubClient("a", members), "STATUS", [])  # type: ignore[arg-type]
+    assert outcome.exit_code == 2  # degraded: a script checking the exit status sees it
+    assert outcome.line == f"a a.example:5000 up, b b.example:5000 {shown} (40 hints held for it) [as seen by a]"
 
 
 def test_status_of_an_unreachable_cluster_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:

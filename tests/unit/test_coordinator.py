@@ -15,6 +15,7 @@ import pytest
 from gevent.event import Event
 from polling import wait_until
 
+from client.errors import ReplicaBehindError, StorageFullError
 from client.protocol import Record, Status, Version
 from client.ring import Ring
 from service.coordinator import Coordinator, CoordinatorEvents, CoordinatorSettings, MustWait
@@ -54,6 +55,7 @@ class FakeReplica:
         self.hints: list[tuple[bytes, Record, str]] = []
         self.reads = 0
         self.before_failing: Event | None = None  # a failing replica waits for this before raising
+        self.behind = False  # its store is full or catching up: it refuses reads not marked behind_ok
 
     def _wait(self, timeout: float | None = None) -> None:
         if self.gate is not None and not self.gate.wait(timeout):
@@ -63,9 +65,11 @@ class FakeReplica:
                 self.before_failing.wait()
             raise self.error
 
-    def read(self, key: bytes) -> Record | None:
+    def read(self, key: bytes, *, behind_ok: bool = False) -> Record | None:
         self.reads += 1
         self._wait()
+        if self.behind and not behind_ok:
+            raise ReplicaBehindError(f"{self.node_id}: storage full")
         return self.records.get(key)
 
     def write(self, key: bytes, record: Record, *, stalled_after: float | None = None) -> Version | None:
@@ -113,6 +117,8 @@ class Harness:
     timeout: float = 5.0
     now_ms: int | None = None
     down: set[str] = field(default_factory=set)
+    full: set[str] = field(default_factory=set)  # stores that refuse writes (their PING flag says so)
+    catching_up: set[str] = field(default_factory=set)  # stores that take writes but may lack some
     read_repair_chance: float = 1.0
     chance: float = 0.5
 
@@ -124,7 +130,13 @@ class Harness:
         self.events = RecordingEvents()
         self.coordinator = Coordinator(
             CoordinatorSettings("a", self.timeout, self.read_repair_chance, chance=lambda: self.chance),
-            Placement(self.ring, self.n, lambda node_id: node_id in self.down),
+            Placement(
+                self.ring,
+                self.n,
+                lambda node_id: node_id in self.down,
+                lambda node_id: node_id in self.full,
+                lambda node_id: node_id in self.full or node_id in self.catching_up,
+            ),
             self.replicas,
             self.clock,
             events=self.events,
@@ -506,6 +518,130 @@ def test_in_a_ring_of_exactly_n_nodes_a_down_replica_has_no_fallback() -> None:
     assert "b: b is down; no fallback node took a hint" in caught.value.message
     assert harness.replicas["b"].calls == 0
     assert harness.events.hinted_writes == []
+
+
+# --- full stores -----------------------------------------------------------------------------------
+
+
+def test_a_write_for_a_full_replica_goes_to_a_fallback_as_a_hint_without_asking_it() -> None:
+    harness = Harness(five_nodes(), n=2)
+    first, second, fallback, *_ = harness.ranking()
+    harness.full.add(second)
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)
+
+    assert harness.replicas[second].calls == 0  # its PING flag said it is full: no round trip
+    assert harness.replicas[first].records == {KEY: Record(version, b"v")}
+    assert harness.replicas[fallback].hints == [(KEY, Record(version, b"v"), second)]
+
+
+def test_a_replica_answering_storage_full_is_routed_around_like_a_failed_one() -> None:
+    harness = Harness(five_nodes(), n=2)
+    _first, second, fallback, *_ = harness.ranking()
+    harness.replicas[second].write_error = StorageFullError(f"{second}: storage full: the disk is full")
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)
+
+    assert harness.replicas[fallback].hints == [(KEY, Record(version, b"v"), second)]
+    assert (second, False) in harness.reports
+
+
+def test_a_tombstone_is_still_offered_to_a_full_replica_since_it_frees_room() -> None:
+    harness = Harness(five_nodes(), n=2)
+    _first, second, fallback, *_ = harness.ranking()
+    harness.full.add(second)
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.delete(KEY, 2)
+
+    assert harness.replicas[second].records == {KEY: Record(version, None)}
+    assert harness.replicas[fallback].hints == []
+
+
+def test_a_full_fallback_is_passed_over_for_the_next() -> None:
+    harness = Harness(five_nodes(), n=2)
+    _first, second, fallback1, fallback2, _ = harness.ranking()
+    harness.full.update({second, fallback1})
+
+    with gevent.Timeout(GUARD):
+        version = harness.coordinator.put(KEY, b"v", 2)
+
+    assert harness.replicas[fallback1].calls == 0
+    assert harness.replicas[fallback2].hints == [(KEY, Record(version, b"v"), second)]
+
+
+def test_a_write_that_cannot_reach_w_because_stores_are_full_fails_storage_full() -> None:
+    # Three nodes, N=2: the full replica's only fallback is full too.
+    harness = Harness([FakeReplica("a"), FakeReplica("b"), FakeReplica("c")], n=2)
+    _first, second, fallback = harness.ranking()
+    harness.full.add(second)
+    harness.replicas[fallback].error = StorageFullError(f"{fallback}: storage full: the disk is full")
+
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
+        harness.coordinator.put(KEY, b"v", 2)
+    assert caught.value.status == Status.STORAGE_FULL  # not UNAVAILABLE: free space is the fix
+    assert (caught.value.acked, caught.value.required) == (1, 2)
+    assert f"{second}: storage full" in caught.value.message
+    assert "UNAVAILABLE" not in caught.value.message
+    assert len(caught.value.message) < 300  # one flat line, not nested replies
+
+
+def test_a_write_short_of_w_for_another_reason_too_stays_unavailable() -> None:
+    harness = Harness([FakeReplica("a"), FakeReplica("b"), FakeReplica("c")], n=2)
+    first, second, fallback = harness.ranking()
+    harness.full.add(second)
+    harness.down.add(fallback)  # its copy failed for lack of a node, not of room
+    harness.down.add(first)
+
+    with gevent.Timeout(GUARD), pytest.raises(QuorumFailure) as caught:
+        harness.coordinator.put(KEY, b"v", 2)
+    assert caught.value.status == Status.UNAVAILABLE
+
+
+@pytest.mark.parametrize("state", ["full", "catching_up"])
+def test_a_read_asks_a_replica_whose_store_is_behind_only_when_no_other_is_left(state: str) -> None:
+    replicas = [FakeReplica(node_id) for node_id in NODES]
+    replicas[0].records[KEY] = record(100, "a", b"missing the newest write")
+    replicas[1].records[KEY] = record(300, "b", b"newest")
+    replicas[2].records[KEY] = record(300, "b", b"newest")
+    for read_repair_chance in (0.0, 1.0):  # asking every replica asks every current one
+        harness = Harness(replicas, read_repair_chance=read_repair_chance)
+        getattr(harness, state).add("a")  # "a" is this node: even its own store is not read alone
+        for _ in range(5):
+            with gevent.Timeout(GUARD):
+                assert harness.coordinator.get(KEY, 1) == record(300, "b", b"newest")
+        run_until_idle()
+        assert harness.replicas["a"].reads == 0
+
+    harness.down.update({"b", "c"})  # no current replica left: the behind one answers, as it can
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == record(100, "a", b"missing the newest write")
+
+
+def test_a_replica_known_to_be_behind_is_asked_to_answer_anyway_as_the_last_one() -> None:
+    harness = Harness([FakeReplica(node_id) for node_id in NODES], n=2)
+    first, second, _ = harness.ranking()
+    other = first if first != "a" else second
+    harness.replicas[other].behind = True
+    harness.replicas[other].records[KEY] = record(100, other, b"v")
+    harness.full.add(other)
+    harness.down.update(set(harness.owners()) - {other})
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 1) == record(100, other, b"v")
+
+
+def test_a_behind_replica_not_yet_known_as_such_refuses_and_the_next_one_answers() -> None:
+    harness = Harness([FakeReplica(node_id) for node_id in NODES], n=3)
+    for replica in harness.replica_list:
+        replica.records[KEY] = record(100, "b", b"v")
+    first, second, _ = harness.ranking()
+    behind = first if first != "a" else second  # not this node: its own state it always knows
+    harness.replicas[behind].behind = True  # its PING flag has not reached the coordinator yet
+    harness.replicas[behind].records[KEY] = record(50, "b", b"stale")
+    with gevent.Timeout(GUARD):
+        assert harness.coordinator.get(KEY, 2) == record(100, "b", b"v")
 
 
 # --- reads skip down replicas ----------------------------------------------------------------------

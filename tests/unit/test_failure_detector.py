@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from client.protocol import PeerState, PingReply
 from service.clock_offsets import ClockOffsets
 from service.failure_detector import DOWN_AFTER, SUSPECT_AFTER, FailureDetector
-from service.peers import MonitorEvents, Peer, PeerMonitor
+from service.peers import HeartbeatRecords, MonitorEvents, Peer, PeerMonitor
+from service.store_flags import StoreFlags
 from service.versioning import wall_clock_ms
 
 UP, SUSPECT, DOWN = PeerState.UP, PeerState.SUSPECT, PeerState.DOWN
@@ -287,12 +288,12 @@ class MonitorHarness:
             def peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:
                 harness.changes.append((peer.node_id, old, new))
 
+        self.store_flags = StoreFlags("a", lambda: 0, self.peers)
         self.monitor = PeerMonitor(
             peers,  # type: ignore[arg-type]
             self.detector,
             Events(),
-            self.offsets,
-            wall_clock_ms,
+            HeartbeatRecords(self.offsets, self.store_flags, wall_clock_ms),
         )
 
 

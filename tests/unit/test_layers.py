@@ -22,7 +22,16 @@ def run_python(code: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["service.config", "client.protocol", "client.ring", "client.address", "service.cluster_report"]
+    "module",
+    [
+        "service.config",
+        "service.storage_health",
+        "service.store_flags",
+        "service.cluster_report",
+        "client.protocol",
+        "client.ring",
+        "client.address",
+    ],
 )
 def test_a_pure_module_imports_no_gevent(module: str) -> None:
     run_python(f"import {module}, sys; assert 'gevent' not in sys.modules, sorted(sys.modules)")

@@ -78,7 +78,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Put, keys, values, u8, u64),
     st.builds(Delete, keys, u8, u64),
     st.just(Topology()),
-    st.builds(ReplicaGet, keys),
+    st.builds(ReplicaGet, keys, st.booleans()),
     st.builds(ReplicaPut, keys, records),
     st.builds(ReplicaPut, keys, tombstones),
     st.builds(HintedPut, keys, records, short_text),
@@ -273,6 +273,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
         "STORAGE_FULL": 0x31,
+        "REPLICA_BEHIND": 0x32,
     }
     assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
 
@@ -332,7 +333,7 @@ def test_repair_reply_round_trips(reply: RepairReply) -> None:
     assert protocol.decode_repair_reply(protocol.encode_repair_reply(reply)) == reply
 
 
-member_views = st.builds(MemberView, short_text, st.sampled_from(PeerState), u64, u32)
+member_views = st.builds(MemberView, short_text, st.sampled_from(PeerState), u64, u32, u8)
 
 
 @settings(max_examples=50)
@@ -620,6 +621,25 @@ def test_a_ping_reply_carries_the_wall_clock_and_the_storage_full_flag() -> None
     reply = protocol.PingReply(0x019AC1E2F3A0, protocol.PING_FLAG_STORAGE_FULL)
     assert protocol.decode_ping_reply(protocol.encode_ping_reply(reply)) == reply
     assert reply.storage_full
+    assert not reply.catching_up
     assert not protocol.PingReply(1).storage_full
+    assert protocol.PingReply(1, protocol.PING_FLAG_CATCHING_UP).catching_up
     with pytest.raises(ProtocolError):
         protocol.decode_ping_reply(b"")
+
+
+def test_a_replica_get_says_whether_a_store_behind_may_answer_and_nothing_else() -> None:
+    (frame,) = protocol.FrameDecoder().feed(protocol.encode_request(7, ReplicaGet(b"k", behind_ok=True)))
+    assert frame.body == b"\x00\x01k\x01"
+    assert protocol.decode_request(frame) == ReplicaGet(b"k", True)
+    (frame,) = protocol.FrameDecoder().feed(protocol.encode_frame(7, protocol.Op.REPLICA_GET, b"\x00\x01k\x02"))
+    with pytest.raises(ProtocolError, match="flags"):
+        protocol.decode_request(frame)
+
+
+def test_a_members_entry_carries_the_store_flags_its_node_last_reported() -> None:
+    member = MemberView("node1", PeerState.UP, 1, 0, protocol.PING_FLAG_STORAGE_FULL)
+    (decoded,) = protocol.decode_members_reply(protocol.encode_members_reply([member]))
+    assert decoded.storage_full
+    assert not decoded.catching_up
+    assert not MemberView("node1", PeerState.UP, 1, 0).storage_full

@@ -146,8 +146,11 @@ REPLIES: dict[str, bytes] = {
     "OK id=12 to REPAIR: 1365 partitions compared, 3 keys differed, 3 copied, no peer missed": reply(
         12, protocol.encode_repair_reply(RepairReply(1365, 3, 3, ()))
     ),
-    "OK id=13 to MEMBERS: node2 down since 0x019ac1e2f3a0 ms, 12 hints held for it": reply(
-        13, protocol.encode_members_reply([MemberView("node2", PeerState.DOWN, 0x019AC1E2F3A0, 12)])
+    "OK id=13 to MEMBERS: node2 up since 0x019ac1e2f3a0 ms, 12 hints held for it, flags 01 (storage full)": reply(
+        13,
+        protocol.encode_members_reply(
+            [MemberView("node2", PeerState.UP, 0x019AC1E2F3A0, 12, protocol.PING_FLAG_STORAGE_FULL)]
+        ),
     ),
     "OK id=14 to STATS: node1 at 0x019ac1e2f3a0 ms, up 1 h, 1000 keys, 1 MiB on disk, 48 KiB in use, 4 GiB limit, "
     "12 hints; 5000 requests in 10 s, p99 850 us, 4000 client ones, p99 1200 us; node1 up since 0x019ac1e2f3a0; "

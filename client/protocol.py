@@ -149,7 +149,9 @@ class FrameDecoder:
         """Append ``data`` and return every frame now complete; keep any partial frame buffered.
 
         Raises ``OversizeFrameError`` for a frame over the limit and ``ProtocolError`` for a length
-        too short to hold a header. Either way the stream is unusable afterwards.
+        too short to hold a header. Either way the stream is unusable afterwards. The frames complete
+        before the bad header are returned first, and the next call (``feed(b"")`` will do) raises:
+        so what a reader gets never depends on how the bytes were split into reads.
         """
         buffer = self._buffer
         buffer += data
@@ -158,9 +160,11 @@ class FrameDecoder:
         available = len(buffer)
         while available - offset >= HEADER.size:
             length, request_id, code = HEADER.unpack_from(buffer, offset)
-            if length < MIN_FRAME_LENGTH:
-                raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
-            if length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
+            if length < MIN_FRAME_LENGTH or length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
+                if frames:  # the bad header stays first in the buffer, for the next call to raise on
+                    break
+                if length < MIN_FRAME_LENGTH:
+                    raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
                 raise OversizeFrameError(request_id, length + LENGTH_FIELD_SIZE, self.max_frame_bytes)
             end = offset + LENGTH_FIELD_SIZE + length
             if end > available:

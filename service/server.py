@@ -166,10 +166,14 @@ class Session:
         self.sock.close()
 
     def _read_frames(self) -> None:
+        recheck = False
         while not self._stopping:
-            data = receive(self.sock)
-            if not data:
-                return
+            if recheck:  # see below: feed nothing, to raise a break that the last frames stood before
+                data = b""
+            else:
+                data = receive(self.sock)
+                if not data:
+                    return
             try:
                 frames = self._decoder.feed(data)
             except protocol.OversizeFrameError as exc:
@@ -187,6 +191,9 @@ class Session:
                         return
             finally:
                 self._writer.release()
+            # The decoder returns the frames before a break in framing and raises on its next feed;
+            # make that feed now rather than after the client's next bytes, which may never come.
+            recheck = bool(frames) and self._decoder.buffered >= protocol.HEADER.size
 
     def _dispatch(self, frame: Frame) -> bool:
         """Start ``frame``'s request; ``False`` ends the connection."""

@@ -248,6 +248,29 @@ def test_bad_framing_closes_only_that_connection(
     assert_node_serves(address)
 
 
+@pytest.mark.parametrize("frame_too_large", [False, True])
+def test_requests_before_bad_framing_in_the_same_write_are_answered_then_the_connection_closes(
+    node1: InProcessCluster, connect, frame_too_large: bool
+) -> None:
+    # Found by the fuzzer: the frame decoder dropped the complete frames that shared a read with
+    # a bad header, so what a client got back depended on how TCP split its bytes.
+    victim = connect(node1.addresses[0])
+    bad = struct.pack(">IIB", 1 << 31, 77, Op.PUT) if frame_too_large else struct.pack(">IIB", 2, 77, Op.PING)
+    victim.send(
+        protocol.encode_request(1, protocol.Hello(client_name="raw-test"))
+        + protocol.encode_request(2, protocol.Ping())
+        + protocol.encode_request(3, protocol.Get(b"absent"))
+        + bad
+    )
+    frames = victim.read_until_closed()
+    codes = [(frame.request_id, frame.code) for frame in frames]
+    expected = [(1, Status.OK), (2, Status.OK), (3, Status.NOT_FOUND)]
+    if frame_too_large:
+        expected.append((77, Status.FRAME_TOO_LARGE))
+    assert codes == expected
+    assert_node_serves(node1.addresses[0])
+
+
 def test_bad_framing_before_hello_also_closes_only_that_connection(node1: InProcessCluster, connect) -> None:
     victim = connect(node1.addresses[0])
     victim.send(b"\x00\x00\x00\x01garbage")

@@ -7,11 +7,12 @@ Nodes run as ``python -m service`` subprocesses (``fuzz.nodes``), so the figures
 alone. ``--connections`` greenlets each open a connection to a node, usually send HELLO, then a few
 batches of frames from ``fuzz.mutations`` each followed by a PING whose reply marks the end of the
 batch, and read the replies; a connection the node closes is replaced by a new one. Meanwhile a
-normal ``Client`` writes and reads back a fresh key every ``--health-interval`` seconds, and every
-node's RSS is sampled. The run stops at ``--frames`` frames or ``--seconds``, whichever comes first,
-then checks once more that a write reads back, stops the nodes, and reports: frames sent by kind,
-connections opened and closed by whom, replies by status, the fuzzer's socket errors, health
-checks, node exits, RSS before, at the peak and after, and the nodes' error log lines.
+normal ``Client`` writes, overwrites, reads back and deletes a fresh key every ``--health-interval``
+seconds, and every node's RSS is sampled. The run stops at ``--frames`` frames or ``--seconds``,
+whichever comes first, checks the client once more, stops the nodes, and reports: frames sent by
+kind, connections opened and closed by whom, replies by status, the fuzzer's socket errors, health
+checks, how far ahead the nodes' clocks were pushed, node exits, RSS before, at the peak and after,
+and the nodes' log lines counted by event.
 The exit status is 1 if anything in ``LiveReport.problems`` went wrong.
 """
 
@@ -38,7 +39,7 @@ from client.client import Client
 from client.connection import Connection
 from client.protocol import FrameDecoder, ProtocolError, Status
 from fuzz.mutations import FrameSource
-from fuzz.nodes import NodeProcess, start_nodes
+from fuzz.nodes import LOCALHOST, NodeProcess, start_nodes
 
 CONNECT_TIMEOUT = 2.0
 SEND_TIMEOUT = 5.0
@@ -101,6 +102,9 @@ class LiveReport:
     replies: Counter[str] = field(default_factory=Counter)
     bad_replies: list[str] = field(default_factory=list)
     fuzzer_errors: Counter[str] = field(default_factory=Counter)
+    clock_ahead_s: float = 0.0
+    """How far ahead of the wall clock the version of a health check's write was, at most: how far
+    the fuzzed timestamps pushed the nodes' hybrid logical clocks (0 when they did not)."""
     health_ok: int = 0
     health_failures: list[str] = field(default_factory=list)
     node_exits: dict[str, int | None] = field(default_factory=dict)
@@ -143,7 +147,8 @@ class LiveReport:
             f"replies by status {dict(self.replies.most_common())}",
             f"bad replies       {len(self.bad_replies)}",
             f"fuzzer errors     {dict(self.fuzzer_errors.most_common())}",
-            f"health checks     {self.health_ok} ok, {len(self.health_failures)} failed",
+            f"health checks     {self.health_ok} ok, {len(self.health_failures)} failed; "
+            f"versions up to {self.clock_ahead_s:.0f} s ahead of the wall clock",
             f"node exits        {len(self.node_exits)} {self.node_exits or ''}".rstrip(),
         ]
         for node_id in self.rss_before_kib:
@@ -199,24 +204,31 @@ class LiveFuzz:
 
     # --- health and memory ------------------------------------------------------------------------
 
-    def _write_reads_back(self) -> None:
-        """A fresh key written and read back through a normal client; raises what the client raised."""
+    def _serve_a_client(self) -> None:
+        """A normal client writes a fresh key, overwrites it, reads the second value back, deletes
+        the key and finds it gone; raises what the client raised, or ``AssertionError``."""
         self._health_checks += 1
         key = b"health:%d:%d" % (self.settings.seed, self._health_checks)
-        value = self.rng.randbytes(32)
+        first, second = self.rng.randbytes(32), self.rng.randbytes(32)
         client = Client([node.address for node in self.nodes], timeout=HEALTH_TIMEOUT, client_name="fuzz-health")
         try:
-            client.put(key, value)
+            client.put(key, first)
+            version = client.put(key, second)
             read = client.get(key)
+            client.delete(key)
+            gone = client.get(key)
         finally:
             client.close()
-        if read != value:
-            raise AssertionError(f"{key!r} read back {read!r}, not what was written")
+        self.report.clock_ahead_s = max(self.report.clock_ahead_s, ((version.timestamp >> 16) / 1000 - time.time()))
+        if read != second:
+            raise AssertionError(f"{key!r} read back {read!r} after an overwrite, not the second value")
+        if gone is not None:
+            raise AssertionError(f"{key!r} read back {gone!r} after its delete")
 
     def _check_health(self) -> None:
         report = self.report
         try:
-            self._write_reads_back()
+            self._serve_a_client()
             report.health_ok += 1
         except Exception as exc:  # the check reports every failure; it must not stop the run
             report.health_failures.append(f"at {time.monotonic() - self._started:.1f} s: {type(exc).__name__}: {exc}")
@@ -251,7 +263,7 @@ class LiveFuzz:
 
     def _one_connection(self, node: NodeProcess) -> None:
         report = self.report
-        sock = socket.create_connection((node.address.rsplit(":", 1)[0], node.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((LOCALHOST, node.port), timeout=CONNECT_TIMEOUT)
         report.connections_opened += 1
         replies = FrameDecoder(1 << 26)
         hello = protocol.encode_request(0, protocol.Hello(client_name="fuzz")) if self.rng.random() < 0.9 else b""
@@ -259,7 +271,8 @@ class LiveFuzz:
             for _ in range(self.rng.randint(1, BATCHES_PER_CONNECTION)):
                 if not self._budget_left():
                     break
-                frames = [self.source.next() for _ in range(self.rng.randint(1, FRAMES_PER_BATCH))]
+                count = min(self.rng.randint(1, FRAMES_PER_BATCH), self.settings.frames - report.frames_sent)
+                frames = [self.source.next() for _ in range(count)]
                 report.frames_sent += len(frames)
                 marker = self.rng.randrange(1 << 32)
                 payload = hello + b"".join(frames) + protocol.encode_request(marker, protocol.Ping())
@@ -323,8 +336,7 @@ class LiveFuzz:
 
 def coordinates_a_write(node: NodeProcess) -> bool:
     """Whether ``node``, asked directly, stores a write at the cluster's W."""
-    host, port = node.address.rsplit(":", 1)
-    connection = Connection(host, int(port), connect_timeout=CONNECT_TIMEOUT, client_name="fuzz-ready")
+    connection = Connection(LOCALHOST, node.port, connect_timeout=CONNECT_TIMEOUT, client_name="fuzz-ready")
     try:
         connection.connect()
         reply = connection.call(protocol.Put(b"ready:" + node.node_id.encode(), b"1"), timeout=HEALTH_TIMEOUT)

@@ -83,6 +83,10 @@ class NodeProcess:
         finally:
             connection.close()
 
+    def answers_ping_or_exited(self) -> bool:
+        """Whether start-up is over: the node answers PING, or its process exited."""
+        return not self.alive or self.answers_ping()
+
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in ``STOP_TIMEOUT`` s; its exit status."""
         if self.process is None:
@@ -136,7 +140,9 @@ def start_nodes(directory: Path, count: int, settings: dict[str, str]) -> list[N
             (directory / node.node_id).mkdir(parents=True, exist_ok=True)
             node.start(node_environ(node, nodes, settings))
         for node in nodes:
-            wait_until(node.answers_ping, START_TIMEOUT, message=f"{node.node_id} to answer PING")
+            wait_until(node.answers_ping_or_exited, START_TIMEOUT, message=f"{node.node_id} to answer PING")
+            if not node.alive:
+                raise RuntimeError(f"{node.node_id} exited at start-up: {node.log_path.read_text()[-2000:]}")
     except BaseException:
         for node in nodes:
             node.stop()

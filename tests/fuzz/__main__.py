@@ -21,10 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fuzz import live, properties
+from fuzz import live, properties, seeds
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = ROOT / ".fuzz"
 STATUS_LINE = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/\S+.*?exec/s: (\d+)", re.M)
 
 
@@ -49,8 +48,8 @@ class CodecRun:
 
 def run_codec_target(target: str, seconds: int, seed: int) -> CodecRun:
     """One atheris target for ``seconds`` s in its own process; libFuzzer's last status line, parsed."""
-    corpus = WORK / "corpus" / target
-    crashes = WORK / "crashes"
+    corpus = seeds.DEFAULT_CORPUS / target
+    crashes = seeds.DEFAULT_CORPUS.parent / "crashes"
     crashes.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,

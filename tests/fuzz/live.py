@@ -8,12 +8,12 @@ alone. ``--connections`` greenlets each open a connection to a node, usually sen
 batches of frames from ``fuzz.mutations`` each followed by a PING whose reply marks the end of the
 batch, and read the replies; a connection the node closes is replaced by a new one. Meanwhile a
 normal ``Client`` writes, overwrites, reads back and deletes a fresh key every ``--health-interval``
-seconds, and every node's RSS is sampled. The run stops at ``--frames`` frames or ``--seconds``,
-whichever comes first, checks the client once more, stops the nodes, and reports: frames sent by
-kind, connections opened and closed by whom, replies by status, the fuzzer's socket errors, health
-checks, how far ahead the nodes' clocks were pushed, node exits, RSS before, at the peak and after,
-and the nodes' log lines counted by event.
-The exit status is 1 if anything in ``LiveReport.problems`` went wrong.
+seconds (``--no-overwrites``: writes and reads back only), and every node's RSS is sampled. The run
+stops at ``--frames`` frames or ``--seconds``, whichever comes first, checks the client once more,
+stops the nodes, and reports: frames sent by kind, connections opened and closed by whom, replies
+by status, the fuzzer's socket errors, health checks, how far ahead the nodes' clocks were pushed,
+node exits, RSS before, at the peak and after, and the nodes' log lines counted by event. The exit
+status is 1 if anything in ``LiveReport.problems`` went wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -68,6 +69,9 @@ class LiveSettings:
     """Seconds between the normal client's write-and-read-back checks."""
     rss_growth_mib: int = 64
     """Largest growth of a node's RSS, after the run against before, that counts as bounded."""
+    overwrites: bool = True
+    """Whether the health check also overwrites and deletes its key: it then catches acknowledged
+    writes lost to a clock that fuzzed timestamps pushed to its maximum (issue 9, part 1)."""
 
 
 def node_settings(nodes: int) -> dict[str, str]:
@@ -205,23 +209,26 @@ class LiveFuzz:
     # --- health and memory ------------------------------------------------------------------------
 
     def _serve_a_client(self) -> None:
-        """A normal client writes a fresh key, overwrites it, reads the second value back, deletes
-        the key and finds it gone; raises what the client raised, or ``AssertionError``."""
+        """A normal client writes a fresh key and reads it back; with ``overwrites``, it also writes
+        the key again, reads the second value back, deletes the key and finds it gone. Raises what
+        the client raised, or ``AssertionError``."""
         self._health_checks += 1
         key = b"health:%d:%d" % (self.settings.seed, self._health_checks)
-        first, second = self.rng.randbytes(32), self.rng.randbytes(32)
+        values = [self.rng.randbytes(32) for _ in range(2 if self.settings.overwrites else 1)]
         client = Client([node.address for node in self.nodes], timeout=HEALTH_TIMEOUT, client_name="fuzz-health")
         try:
-            client.put(key, first)
-            version = client.put(key, second)
+            for value in values:
+                version = client.put(key, value)
             read = client.get(key)
-            client.delete(key)
-            gone = client.get(key)
+            gone = None
+            if self.settings.overwrites:
+                client.delete(key)
+                gone = client.get(key)
         finally:
             client.close()
-        self.report.clock_ahead_s = max(self.report.clock_ahead_s, ((version.timestamp >> 16) / 1000 - time.time()))
-        if read != second:
-            raise AssertionError(f"{key!r} read back {read!r} after an overwrite, not the second value")
+        self.report.clock_ahead_s = max(self.report.clock_ahead_s, (version.timestamp >> 16) / 1000 - time.time())
+        if read != values[-1]:
+            raise AssertionError(f"{key!r} read back {read!r}, not the last value written, {values[-1]!r}")
         if gone is not None:
             raise AssertionError(f"{key!r} read back {gone!r} after its delete")
 
@@ -375,28 +382,24 @@ def run(settings: LiveSettings, directory: Path) -> LiveReport:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.live", description=__doc__.split("\n\n")[0])
-    defaults = LiveSettings()
-    parser.add_argument("--frames", type=int, default=defaults.frames)
-    parser.add_argument("--seconds", type=float, default=defaults.seconds)
-    parser.add_argument("--nodes", type=int, default=defaults.nodes, choices=[1, 3])
-    parser.add_argument("--connections", type=int, default=defaults.connections)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--health-interval", type=float, default=defaults.health_interval)
-    parser.add_argument("--rss-growth-mib", type=int, default=defaults.rss_growth_mib)
+    for setting in dataclasses.fields(LiveSettings):  # one option per setting, named as it is
+        option = f"--{setting.name.replace('_', '-')}"
+        if isinstance(setting.default, bool):
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=setting.default)
+        else:
+            parser.add_argument(option, type=type(setting.default), default=setting.default)
     parser.add_argument("--json", type=Path, help="also write the report here, as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data and logs; print where")
     args = parser.parse_args(argv)
-    settings = LiveSettings(
-        frames=args.frames,
-        seconds=args.seconds,
-        nodes=args.nodes,
-        connections=args.connections,
-        seed=args.seed,
-        health_interval=args.health_interval,
-        rss_growth_mib=args.rss_growth_mib,
-    )
+    settings = LiveSettings(**{item.name: getattr(args, item.name) for item in dataclasses.fields(LiveSettings)})
+    if settings.nodes not in (1, 3):
+        parser.error("--nodes must be 1 or 3")
     directory = Path(tempfile.mkdtemp(prefix="fuzz-live-"))
-    report = run(settings, directory)
+    try:
+        report = run(settings, directory)
+    finally:
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
     print(report.summary())
     if args.keep:
         print(f"nodes' data and logs: {directory}")

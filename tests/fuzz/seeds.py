@@ -3,10 +3,14 @@
 Coverage-guided fuzzing finds deep paths much faster from inputs that already parse, and the live
 fuzz mutates well-formed frames so that most of what it sends gets past framing into the decoders
 and the handler. ``client/PROTOCOL.md``'s byte examples come first, then one or more values of every
-request class in ``REQUEST_TYPES`` and of every reply that has a ``decode_*`` function.
+request class in ``REQUEST_TYPES`` and of every reply that has a ``decode_*`` function. ``corpus``
+lays them out as each atheris target reads its input.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 from protocol_examples import documented_examples, documented_requests
 
@@ -26,6 +30,7 @@ from client.protocol import (
     TopologyReply,
     Version,
 )
+from fuzz import properties
 
 TIMESTAMP = 0x01A2B3C4D5E60000  # an HLC timestamp in 2024, as in PROTOCOL.md's examples
 VERSION = Version(TIMESTAMP, "node2")
@@ -100,3 +105,33 @@ def frame_streams() -> list[bytes]:
     """Byte streams of several frames: the whole documented session, and each documented frame."""
     examples = list(documented_examples().values())
     return [b"".join(examples), *examples]
+
+
+# --- the corpora of the atheris targets (``fuzz.codec``) ------------------------------------------
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / ".fuzz" / "corpus"
+"""Where each atheris target keeps its corpus unless told otherwise (git ignores ``.fuzz/``)."""
+
+
+def corpus(target: str) -> list[bytes]:
+    """Valid inputs for ``target``, in the layout its check reads (``properties``' docstring)."""
+    if target == "frames":
+        # One chunk of 256 bytes; chunks of 1-4 bytes; the 64-byte frame limit in 16-byte chunks.
+        prefixes = (b"\x00\xff", b"\x03\x00\x01\x02\x03", b"\x80\x0f")
+        return [prefix + stream for stream in frame_streams() for prefix in prefixes]
+    if target == "requests":
+        return [frame[protocol.CODE_OFFSET :] for frame in request_frames()]
+    if target == "replies":
+        return [
+            bytes([properties.REPLY_NAMES.index(name)]) + body
+            for name, bodies in reply_bodies().items()
+            for body in bodies
+        ]
+    raise ValueError(f"unknown target {target!r}: choose from {', '.join(properties.CHECKS)}")
+
+
+def write_corpus(target: str, directory: Path) -> None:
+    """``corpus(target)`` as files in ``directory`` (made if missing), named by content."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for seed in corpus(target):
+        (directory / f"seed-{hashlib.sha1(seed).hexdigest()}").write_bytes(seed)

@@ -40,7 +40,7 @@ from client.client import Client
 from client.connection import Connection
 from client.protocol import FrameDecoder, ProtocolError, Status
 from fuzz.mutations import FrameSource
-from fuzz.nodes import LOCALHOST, NodeProcess, start_nodes
+from fuzz.nodes import LOCALHOST, NodeProcess, start_nodes, stop_nodes
 
 CONNECT_TIMEOUT = 2.0
 SEND_TIMEOUT = 5.0
@@ -369,10 +369,10 @@ def run(settings: LiveSettings, directory: Path) -> LiveReport:
     try:
         report = LiveFuzz(nodes, settings).run()
     finally:
-        statuses = {node.node_id: (node.alive, node.stop()) for node in nodes}
-    for node_id, (alive, status) in statuses.items():
-        if not alive:
-            report.node_exits.setdefault(node_id, status)
+        exited_early = {node.node_id for node in nodes if not node.alive}
+        statuses = stop_nodes(nodes)
+    for node_id in exited_early:
+        report.node_exits.setdefault(node_id, statuses[node_id])
     for node in nodes:
         counts, problems = node.log_summary()
         report.node_logs[node.node_id] = dict(counts)

@@ -87,12 +87,17 @@ class NodeProcess:
         """Whether start-up is over: the node answers PING, or its process exited."""
         return not self.alive or self.answers_ping()
 
+    def terminate(self) -> None:
+        """SIGTERM, if it still runs: it drains and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited in ``STOP_TIMEOUT`` s; its exit status."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.terminate()
+            self.terminate()
             try:
                 self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -144,7 +149,13 @@ def start_nodes(directory: Path, count: int, settings: dict[str, str]) -> list[N
             if not node.alive:
                 raise RuntimeError(f"{node.node_id} exited at start-up: {node.log_path.read_text()[-2000:]}")
     except BaseException:
-        for node in nodes:
-            node.stop()
+        stop_nodes(nodes)
         raise
     return nodes
+
+
+def stop_nodes(nodes: list[NodeProcess]) -> dict[str, int | None]:
+    """Stop every node, all draining at once; each one's exit status."""
+    for node in nodes:
+        node.terminate()
+    return {node.node_id: node.stop() for node in nodes}

@@ -1,7 +1,7 @@
 """The long fuzz pass, one command: every atheris target for a while, then the live fuzz of one node
 and of three.
 
-    tests/fuzz/run.sh [--codec-seconds 300] [--frames 100000] [--live-seconds 600] [--seed 1]
+    tests/fuzz/run.sh [--codec-seconds 300] [--frames 100000] [--live-seconds 600] [--seed 1] [--no-overwrites]
 
 Each codec target (``fuzz.codec``) runs as its own process for ``--codec-seconds``, keeping its
 corpus in ``.fuzz/corpus/TARGET`` so that later passes start where this one stopped, and any crash
@@ -80,6 +80,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=100_000, help="frames per live run (0: skip)")
     parser.add_argument("--live-seconds", type=float, default=600.0, help="time limit of each live run")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--overwrites",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the live health check also overwrites and deletes its key (LiveSettings.overwrites)",
+    )
     args = parser.parse_args(argv)
 
     failed = False
@@ -90,7 +96,9 @@ def main(argv: list[str]) -> int:
             failed |= result.returncode != 0
     if args.frames:
         for nodes in (1, 3):
-            settings = live.LiveSettings(frames=args.frames, seconds=args.live_seconds, nodes=nodes, seed=args.seed)
+            settings = live.LiveSettings(
+                frames=args.frames, seconds=args.live_seconds, nodes=nodes, seed=args.seed, overwrites=args.overwrites
+            )
             with tempfile.TemporaryDirectory(prefix="fuzz-live-") as directory:
                 report = live.run(settings, Path(directory))
             print(f"\nlive fuzz of {nodes} node{'s' if nodes > 1 else ''}\n{report.summary()}", flush=True)

@@ -152,7 +152,9 @@ class FrameDecoder:
         """Append ``data`` and return every frame now complete; keep any partial frame buffered.
 
         Raises ``OversizeFrameError`` for a frame over the limit and ``ProtocolError`` for a length
-        too short to hold a header. Either way the stream is unusable afterwards.
+        too short to hold a header. Either way the stream is unusable afterwards. The frames complete
+        before the bad header are returned first, and the next call (``feed(b"")`` will do) raises:
+        so what a reader gets never depends on how the bytes were split into reads.
         """
         buffer = self._buffer
         buffer += data
@@ -161,9 +163,11 @@ class FrameDecoder:
         available = len(buffer)
         while available - offset >= HEADER.size:
             length, request_id, code = HEADER.unpack_from(buffer, offset)
-            if length < MIN_FRAME_LENGTH:
-                raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
-            if length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
+            if length < MIN_FRAME_LENGTH or length + LENGTH_FIELD_SIZE > self.max_frame_bytes:
+                if frames:  # the bad header stays first in the buffer, for the next call to raise on
+                    break
+                if length < MIN_FRAME_LENGTH:
+                    raise ProtocolError(f"frame length {length} is shorter than the {MIN_FRAME_LENGTH}-byte header")
                 raise OversizeFrameError(request_id, length + LENGTH_FIELD_SIZE, self.max_frame_bytes)
             end = offset + LENGTH_FIELD_SIZE + length
             if end > available:
@@ -983,13 +987,13 @@ class PeerClockOffset:
 
 
 @dataclass(frozen=True, slots=True)
-class StatsReply:
+class StatsReply(StoreFlagged):
     """Body of an OK reply to STATS: one node's figures, as the dashboard shows them."""
 
     node_id: str
     wall_ms: int  # the node's wall clock when it answered, Unix ms
     uptime_ms: int  # since the node started
-    storage_full: bool  # its store refuses writes (a full disk or storage limit)
+    flags: int  # its store's flags, as in PING's reply (``storage_full``, ``catching_up``)
     live_keys: int  # keys whose newest record is a value
     disk_bytes: int  # bytes its store's files take on disk
     disk_used_bytes: int  # bytes of the store in use (LMDB pages)
@@ -1011,13 +1015,12 @@ _REPAIR_PROGRESS = struct.Struct(">BQQIIII")
 
 def encode_stats_reply(reply: StatsReply) -> bytes:
     window, repair = reply.requests, reply.repair
-    flags = PING_FLAG_STORAGE_FULL if reply.storage_full else 0
     parts = [
         _str8(reply.node_id),
         _STATS_FIGURES.pack(
             reply.wall_ms,
             reply.uptime_ms,
-            flags,
+            reply.flags,
             reply.live_keys,
             reply.disk_bytes,
             reply.disk_used_bytes,
@@ -1051,13 +1054,15 @@ def decode_stats_reply(body: bytes) -> StatsReply:
     members = tuple(_read_members(reader))
     offsets = tuple(PeerClockOffset(reader.str8(), reader.i64()) for _ in range(reader.u16()))
     repair_flags, *progress = reader.fields(_REPAIR_PROGRESS)
+    if repair_flags & ~REPAIR_FLAG_RUNNING:
+        raise ProtocolError(f"unknown repair flags 0x{repair_flags:02x}")
     repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
     reader.end()
     return StatsReply(
         node_id,
         wall_ms,
         uptime_ms,
-        bool(flags & PING_FLAG_STORAGE_FULL),
+        flags,
         live_keys,
         disk_bytes,
         disk_used,

@@ -65,6 +65,7 @@ class RequestHandler:
             protocol.TopologyReply(config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster)
         )
         self.n = config.n
+        self._members = frozenset(node.node_id for node in config.cluster)
         self.read_quorum = config.read_quorum
         self.write_quorum = config.write_quorum
 
@@ -124,6 +125,9 @@ class RequestHandler:
                 self._check_key(key)
                 if record.value is not None:
                     self._check_value(record.value)
+                if owner not in self._members or owner == self.hello.node_id:
+                    # Nobody would ever take it: it would sit on disk for the whole hint window.
+                    raise RequestError(Status.BAD_REQUEST, f"a hint for {owner!r}, which is not another member")
                 self.store.write_hint(key, record, owner)
                 return Status.OK, b""
             case protocol.Digests(partitions):

@@ -91,7 +91,7 @@ class NodeReports:
             node_id=self.node_id,
             wall_ms=int(time.time() * 1000),
             uptime_ms=int((self.clock() - self.started) * 1000),
-            storage_full=self.store.storage_full,
+            flags=self.store.flags,
             live_keys=self.store.live_keys,
             disk_bytes=disk.file_bytes,
             disk_used_bytes=disk.used_bytes,

@@ -172,10 +172,14 @@ class Session:
         self.sock.close()
 
     def _read_frames(self) -> None:
+        recheck = False
         while not self._stopping:
-            data = receive(self.sock)
-            if not data:
-                return
+            if recheck:  # see below: feed nothing, to raise a break that the last frames stood before
+                data = b""
+            else:
+                data = receive(self.sock)
+                if not data:
+                    return
             try:
                 frames = self._decoder.feed(data)
             except protocol.OversizeFrameError as exc:
@@ -197,6 +201,9 @@ class Session:
                         return
             finally:
                 self._writer.release()
+            # The decoder returns the frames before a break in framing and raises on its next feed;
+            # make that feed now rather than after the client's next bytes, which may never come.
+            recheck = bool(frames) and self._decoder.buffered >= protocol.HEADER.size
 
     def _refuse_stale(self, frame: Frame, stalled: float) -> None:
         """A client write that waited out a stall of this process: its client has given up on it."""

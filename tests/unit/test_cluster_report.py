@@ -59,7 +59,7 @@ def stats(node_id: str, members: tuple[MemberView, ...] = (), requests: int = 0)
         node_id=node_id,
         wall_ms=5_000,
         uptime_ms=60_000,
-        storage_full=False,
+        flags=0,
         live_keys=7,
         disk_bytes=4096,
         disk_used_bytes=4096,

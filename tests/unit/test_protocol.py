@@ -350,7 +350,7 @@ stats_replies = st.builds(
     node_id=short_text,
     wall_ms=u64,
     uptime_ms=u64,
-    storage_full=st.booleans(),
+    flags=st.integers(0, 255),
     live_keys=u64,
     disk_bytes=u64,
     disk_used_bytes=u64,
@@ -512,10 +512,28 @@ def test_length_over_the_limit_raises_frame_too_large_with_the_request_id(
 def test_frame_too_large_after_a_good_frame_reports_the_offending_request_id() -> None:
     good = protocol.encode_request(1, Ping())
     huge = HEADER.pack(DEFAULT_MAX_FRAME_BYTES, 42, Op.PUT)
+    decoder = FrameDecoder()
+    assert decoder.feed(good + huge) == [Frame(1, Op.PING, b"")]
     with pytest.raises(OversizeFrameError) as caught:
-        FrameDecoder().feed(good + huge)
+        decoder.feed(b"")
     assert caught.value.request_id == 42
     assert isinstance(caught.value, ProtocolError)
+
+
+@pytest.mark.parametrize("bad_header", [HEADER.pack(0xFFFFFFFF, 7, Op.GET), HEADER.pack(2, 7, Op.GET)])
+def test_frames_before_a_bad_header_are_returned_whatever_the_split_then_the_next_feed_raises(
+    bad_header: bytes,
+) -> None:
+    # Found by the fuzzer (tests/fuzz, target "frames"): fed in one piece, a frame followed by an
+    # oversize or undersize header was lost with the error; fed in pieces, it was returned first.
+    good = protocol.encode_request(3, Get(b"foo"))
+    for pieces in ([good + bad_header], [good, bad_header], [good[:5], good[5:] + bad_header[:2], bad_header[2:]]):
+        decoder = FrameDecoder()
+        frames: list[Frame] = []
+        with pytest.raises(ProtocolError):
+            for piece in [*pieces, b""]:
+                frames += decoder.feed(piece)
+        assert frames == [Frame(3, Op.GET, protocol.request_body(Get(b"foo"))[1])]
 
 
 @pytest.mark.parametrize("length", [0, 1, 2, 3, 4])

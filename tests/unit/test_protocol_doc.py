@@ -8,10 +8,8 @@ and a documented example with no entry here fails too (none goes unchecked).
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
+from protocol_examples import documented_examples
 
 from client import protocol
 from client.protocol import (
@@ -43,26 +41,7 @@ from client.protocol import (
     Version,
 )
 
-PROTOCOL_MD = Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md"
 DOC_TIMESTAMP = 0x01A2B3C4D5E60000
-HEX_LINE = re.compile(r"^\s+[0-9a-f]{2}( +[0-9a-f]{2})*\s*$")
-
-
-def documented_examples() -> dict[str, bytes]:
-    """Each ``->``/``<-`` line of the "Byte examples" section, and the bytes under it."""
-    text = PROTOCOL_MD.read_text(encoding="utf-8")
-    section = text.split("## Byte examples", 1)[1].split("\n## ", 1)[0]
-    examples: dict[str, bytes] = {}
-    heading = ""
-    for block in re.findall(r"```\n(.*?)```", section, flags=re.S):
-        for line in block.splitlines():
-            if line.startswith(("->", "<-")):
-                heading = line[2:].strip()
-                assert heading not in examples, f"two examples are both headed {heading!r}"
-                examples[heading] = b""
-            elif HEX_LINE.match(line):
-                examples[heading] += bytes.fromhex(line)
-    return examples
 
 
 def reply(request_id: int, body: bytes) -> bytes:
@@ -96,7 +75,7 @@ STATS_EXAMPLE = StatsReply(
     node_id="node1",
     wall_ms=DOC_WALL_MS,
     uptime_ms=3_600_000,
-    storage_full=False,
+    flags=0,
     live_keys=1000,
     disk_bytes=1 << 20,
     disk_used_bytes=48 << 10,

@@ -14,6 +14,7 @@ from gevent.event import AsyncResult, Event
 from polling import wait_until
 
 from client import protocol
+from client.errors import BadRequestError
 from client.protocol import Frame, Op, Status
 from service.node import Node
 from service.server import InFlight
@@ -246,6 +247,29 @@ def test_bad_framing_closes_only_that_connection(
 
     assert_usable(bystander)
     assert_node_serves(address)
+
+
+@pytest.mark.parametrize("frame_too_large", [False, True])
+def test_requests_before_bad_framing_in_the_same_write_are_answered_then_the_connection_closes(
+    node1: InProcessCluster, connect, frame_too_large: bool
+) -> None:
+    # Found by the fuzzer: the frame decoder dropped the complete frames that shared a read with
+    # a bad header, so what a client got back depended on how TCP split its bytes.
+    victim = connect(node1.addresses[0])
+    bad = struct.pack(">IIB", 1 << 31, 77, Op.PUT) if frame_too_large else struct.pack(">IIB", 2, 77, Op.PING)
+    victim.send(
+        protocol.encode_request(1, protocol.Hello(client_name="raw-test"))
+        + protocol.encode_request(2, protocol.Ping())
+        + protocol.encode_request(3, protocol.Get(b"absent"))
+        + bad
+    )
+    frames = victim.read_until_closed()
+    codes = [(frame.request_id, frame.code) for frame in frames]
+    expected = [(1, Status.OK), (2, Status.OK), (3, Status.NOT_FOUND)]
+    if frame_too_large:
+        expected.append((77, Status.FRAME_TOO_LARGE))
+    assert codes == expected
+    assert_node_serves(node1.addresses[0])
 
 
 def test_bad_framing_before_hello_also_closes_only_that_connection(node1: InProcessCluster, connect) -> None:
@@ -786,3 +810,13 @@ def test_a_local_read_that_fails_moves_off_the_reading_greenlet_and_holds_up_not
     assert (first.request_id, first.code) == (3, Status.OK)  # the PING behind it did not wait
     assert second.request_id == 2 and second.code == Status.OK
     assert protocol.decode_value(second.body)[1] == b"from both replicas"  # from the other replica
+
+
+def test_a_hint_for_a_node_that_is_not_another_member_is_refused(cluster: InProcessCluster) -> None:
+    """Found by the live fuzz: hints for made-up owners were stored, and kept for the hint window."""
+    record = protocol.Record(protocol.Version(1 << 16, "node2"), b"v")
+    with cluster.running_client() as kv:
+        for owner in ("node9", "node1"):  # not a member; the receiving node itself
+            with pytest.raises(BadRequestError, match="not another member"):
+                kv.call_node(cluster.address("node1"), protocol.HintedPut(b"k", record, owner))
+    assert cluster.node("node1").store.pending_hints() == 0

@@ -23,7 +23,7 @@ import gevent.pool
 from client import protocol
 from client.address import format_address, parse_address
 from client.connection import Connection
-from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, ValueTooLargeError
+from client.errors import KeyTooLargeError, KVError, NodeUnreachableError, TooManyConnectionsError, ValueTooLargeError
 from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
 from client.protocol import Frame, MemberView, RepairReply, Request, Status, TopologyReply, Version
 from client.ring import Ring
@@ -161,18 +161,18 @@ class Client:
     def members(self) -> tuple[str, list[MemberView]]:
         """The cluster as the first reachable node's failure detector sees it: that node's id, and
         every member's state (up, suspect, down), since when, and the hints held for it."""
-        failures: list[str] = []
+        failures: list[KVError] = []
         self._ensure_topology()
         for address in dict.fromkeys([*self.seeds, *self._addresses.values()]):
             try:
                 connection = self._connection(address)
                 frame = connection.call(protocol.Members(), timeout=self.timeout)
             except NodeUnreachableError as exc:
-                failures.append(exc.message)
+                failures.append(exc)
                 continue
             assert connection.hello is not None
             return connection.hello.node_id, protocol.decode_members_reply(frame.body)
-        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+        raise none_reachable(failures)
 
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
@@ -207,20 +207,29 @@ class Client:
         self._check_limits(request)
         assert self._ring is not None and self._topology is not None
         routing = self.routing
-        failures: list[str] = []
+        failures: list[KVError] = []
         for node_id in routing.plan(request.key, self._ring, self._topology.n, self._backing_off):
             slot = self._slot(self._addresses[node_id])
+            reused = slot.usable
             try:
                 connection = slot.get(dial_backing_off=routing.dials_backing_off)
             except NodeUnreachableError as exc:  # refused while backing off, or a failed dial (the slot counts it)
-                failures.append(exc.message)
+                failures.append(exc)
                 continue
             try:
                 return connection.call(request, timeout=self.timeout)
             except NodeUnreachableError as exc:
+                failure = exc
+                if reused and not connection.is_open:
+                    # The node may have closed this connection while it sat unused (its idle
+                    # timeout, or a restart), unseen until now: dial it once more before moving on.
+                    try:
+                        return slot.get().call(request, timeout=self.timeout)
+                    except NodeUnreachableError as again:
+                        failure = again
                 slot.failed()
-                failures.append(exc.message)
-        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+                failures.append(failure)
+        raise none_reachable(failures)
 
     def _backing_off(self, node_id: str) -> bool:
         """Whether the node failed so recently that the reconnection policy would rather wait."""
@@ -252,10 +261,10 @@ class Client:
         """Connect to the seeds, learn their node ids, and fetch the ring from the first that answers."""
         probes = [gevent.spawn(_capture, (self._connection, (address,), {})) for address in self.seeds]
         outcomes = [probe.get() for probe in probes]
-        failures = [outcome.message for outcome in outcomes if isinstance(outcome, KVError)]
+        failures = [outcome for outcome in outcomes if isinstance(outcome, KVError)]
         reachable = [outcome for outcome in outcomes if isinstance(outcome, Connection)]
         if not reachable:
-            raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+            raise none_reachable(failures)
         topology = protocol.decode_topology_reply(reachable[0].call(protocol.Topology(), timeout=self.timeout).body)
         addresses = {node.node_id: node.address for node in topology.nodes}
         for connection in reachable:
@@ -335,6 +344,15 @@ class Pipeline:
 
     def __exit__(self, *exc_info: object) -> None:
         self._commands.clear()
+
+
+def none_reachable(failures: Sequence[KVError]) -> NodeUnreachableError:
+    """The error when no node could take a request, listing why each failed: TOO_MANY_CONNECTIONS
+    when every node refused for that reason, else UNREACHABLE."""
+    message = "no node reachable: " + "; ".join(failure.message for failure in failures)
+    if failures and all(isinstance(failure, TooManyConnectionsError) for failure in failures):
+        return TooManyConnectionsError(message)
+    return NodeUnreachableError(message)
 
 
 def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:

@@ -16,6 +16,7 @@ from client.protocol import MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.config import Config
+from service.connection_limits import ConnectionLimits
 from service.coordinator import Coordinator, CoordinatorSettings
 from service.events import NodeEvents
 from service.failure_detector import FailureDetector
@@ -103,9 +104,21 @@ class Node:
             listener if listener is not None else (config.host, config.port),
             RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members),
             self.metrics,
-            self.log,
-            ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands),
+            self.events,
+            ServerSettings(
+                config.max_connections,
+                config.max_frame_bytes,
+                config.log_commands,
+                ConnectionLimits(
+                    config.client_output_limit_bytes,
+                    config.client_output_timeout,
+                    config.handshake_timeout,
+                    config.idle_timeout,
+                ),
+                members=tuple(self.peers),
+            ),
         )
+        self.metrics.track_connections(lambda: self.server.buffered_bytes)
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
         )

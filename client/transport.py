@@ -141,20 +141,17 @@ class FrameWriter:
             try:
                 outbox, sendall = self._outbox, self._sock.sendall
                 while outbox:
-                    first = outbox[0]
-                    if len(first) < SEND_CHUNK_BYTES:
-                        chunk = first if len(outbox) == 1 else self._join_small()
+                    if len(outbox[0]) < SEND_CHUNK_BYTES:
+                        chunk = outbox.pop() if len(outbox) == 1 else self._join_small()
                         sendall(chunk)
-                        if chunk is first:
-                            del outbox[0]
                         self._sent(len(chunk))
-                    else:
-                        view = memoryview(first)
-                        for start in range(0, len(first), SEND_CHUNK_BYTES):
-                            piece = view[start : start + SEND_CHUNK_BYTES]
-                            sendall(piece)
-                            self._sent(len(piece))
-                        del outbox[0]
+                        continue
+                    frame = outbox.pop(0)
+                    view = memoryview(frame)
+                    for start in range(0, len(frame), SEND_CHUNK_BYTES):
+                        piece = view[start : start + SEND_CHUNK_BYTES]
+                        sendall(piece)
+                        self._sent(len(piece))
             except BaseException:
                 self._drop()
                 raise

@@ -27,6 +27,7 @@ from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.memory import RELEASE_INTERVAL, MemoryReleaser
 from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
@@ -122,6 +123,7 @@ class Node:
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
         )
+        self.memory = MemoryReleaser()
         self.tasks = self._background_tasks()
         self._serving = False
 
@@ -177,6 +179,10 @@ class Node:
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
         ]
+        if self.memory.available:
+            tasks.append(
+                Periodic("release_memory", self._release_memory, RELEASE_INTERVAL, on_error=self.events.task_failed)
+            )
         if config.anti_entropy_interval > 0:
             tasks.append(
                 Periodic(
@@ -199,6 +205,11 @@ class Node:
                 )
             )
         return {task.name: task for task in tasks}
+
+    def _release_memory(self) -> None:
+        freed = self.memory.run_pass()
+        if freed:
+            self.log.info("memory_released", free_mb=round(freed / 1024 / 1024, 1))
 
     def members(self) -> list[MemberView]:
         """This node's view of the cluster: itself (up), and each peer as the failure detector sees it."""

@@ -206,7 +206,7 @@ class Session:
         self._waiting_for_room = False
         self._negotiated = False
         self._stopping = False
-        self._aborted = False
+        self._broken = False  # a send failed, or abort(): no reply can be delivered any more
         self._watch: Watch | None = None  # from HELLO on
         self.bytes_received = 0
         self.requests_received = 0
@@ -263,7 +263,7 @@ class Session:
     def abort(self) -> None:
         """Close the connection now, dropping what it holds: its client does not read, so nothing
         more can be delivered. Whatever waits on the socket gets an error; the replies queued go."""
-        self._stopping = self._aborted = True
+        self._stopping = self._broken = True
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
         self.sock.close()
@@ -273,7 +273,7 @@ class Session:
         """Close without losing replies: closing a socket that still has unread input makes Linux
         send RST, which discards replies the client has not read yet. So end our side first, let
         the client see EOF after its last reply, and read what it still sends until it closes."""
-        if not self._aborted:
+        if not self._broken:
             with contextlib.suppress(OSError, _StopReading):
                 self.sock.shutdown(socket.SHUT_WR)
                 with gevent.Timeout(LINGER_SECONDS, False):
@@ -392,6 +392,8 @@ class Session:
                 writer.hold()
                 try:
                     for frame in frames:
+                        if self._broken:  # the client is gone: what it sent needs no answer
+                            return
                         self._dispatch(frame)
                 finally:
                     writer.release()
@@ -430,7 +432,7 @@ class Session:
         in_flight, writer, budget = self._in_flight, self._writer, self.limits.buffer_bytes
         writer.release()
         try:
-            while not self._aborted:
+            while not self._broken:
                 pending = in_flight.reserved + writer.queued
                 if len(in_flight) < in_flight.limit and (not pending or pending + need <= budget):
                     return
@@ -461,6 +463,7 @@ class Session:
         try:
             self._writer.write(reply, wait_for_more=len(self._in_flight) > 1)
         except OSError:
+            self._broken = True
             self.stop_reading()
         elapsed = time.perf_counter() - started
         status = protocol.status_name(protocol.frame_code(reply))

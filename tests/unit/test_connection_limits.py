@@ -4,6 +4,7 @@ connection may hold, against real in-process nodes over raw sockets."""
 from __future__ import annotations
 
 import socket as stdlib_socket
+import struct
 from collections.abc import Callable
 
 import gevent
@@ -276,6 +277,23 @@ def test_a_client_that_never_reads_is_disconnected_while_another_is_served(
     wait_until(lambda: sample(cluster, "kv_connection_buffered_bytes") == 0, message="its buffers to be dropped")
     sender.kill()
     attacker.close()
+
+
+def test_requests_a_client_left_behind_are_not_run(make_cluster: Callable[..., InProcessCluster]) -> None:
+    """A client sends 2,000 GETs at once and leaves without reading: the node stops at the first
+    reply it cannot deliver instead of reading and encoding the 2,000 values for nobody."""
+    cluster = make_cluster(1, **SMALL_FRAMES)
+    address = cluster.addresses[0]
+    with Client(address) as client:
+        client.put("big", VALUE)
+    attacker = never_reading(address)
+    attacker.sendall(get_burst(2000))  # 30 KB: the node reads it all at once
+    gets = lambda: sample(cluster, "kv_requests_total", {"op": "GET", "status": "OK"})  # noqa: E731
+    wait_until(lambda: gets() > 0, message="the node to start answering")
+    attacker.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
+    attacker.close()  # reset: every later send fails
+    wait_until(lambda: sample(cluster, "kv_connections") == 0, message="the node to drop the connection")
+    assert gets() < 500
 
 
 def test_inline_gets_count_toward_the_bytes_in_flight(make_cluster: Callable[..., InProcessCluster], connect) -> None:

@@ -1,20 +1,23 @@
-"""Test helpers that speak the protocol over a bare socket, and hold a node's commits.
+"""Test helpers that speak the protocol over a bare socket, hold a node's commits, or play a node.
 
 ``RawConnection`` sends and reads frames with no client logic in the way, so tests can send what a
 real client never would (pipelined bursts, partial frames, nothing at all). ``HeldCommits`` keeps a
-node's writes in flight until released.
+node's writes in flight until released. ``FakeNode`` answers as a script says, to show a client
+what no real node would (a close in the middle of a request, an error with request id 0).
 """
 
 from __future__ import annotations
 
+import socket as stdlib_socket
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent import socket
 from gevent.event import AsyncResult, Event
 
 from client import protocol
-from client.protocol import Frame, Status
+from client.protocol import Frame, Op, Status
 from service.node import Node
 
 READ_TIMEOUT = 3.0
@@ -103,3 +106,50 @@ class HeldCommits:
 
     def release(self) -> None:
         self.gate.set()
+
+
+class FakeNode:
+    """A listening socket that answers each frame as ``script(connection_number, frame)`` says: the
+    bytes to send back, or ``None`` to close that connection. HELLO is answered for it."""
+
+    def __init__(self, script: Callable[[int, Frame], bytes | None]) -> None:
+        self._script = script
+        self._listener = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.port: int = self._listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        self._server = gevent.spawn(self._accept)
+
+    def hello_reply(self, request_id: int) -> bytes:
+        hello = protocol.HelloReply(protocol.PROTOCOL_VERSION, "fake", 1024, 1024, 1 << 20)
+        return protocol.encode_response(request_id, Status.OK, protocol.encode_hello_reply(hello))
+
+    def topology_reply(self, request_id: int) -> bytes:
+        topology = protocol.TopologyReply(1, 1, 1, 16, (protocol.NodeAddress("fake", "127.0.0.1", self.port),))
+        return protocol.encode_response(request_id, Status.OK, protocol.encode_topology_reply(topology))
+
+    def _accept(self) -> None:
+        while True:
+            sock, _ = self._listener.accept()
+            self.connections += 1
+            gevent.spawn(self._serve, sock, self.connections)
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        decoder = protocol.FrameDecoder()
+        try:
+            while data := sock.recv(65536):
+                for frame in decoder.feed(data):
+                    reply = (
+                        self.hello_reply(frame.request_id) if frame.code == Op.HELLO else self._script(number, frame)
+                    )
+                    if reply is None:
+                        return
+                    sock.sendall(reply)
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self._server.kill()
+        self._listener.close()

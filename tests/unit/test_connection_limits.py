@@ -12,10 +12,11 @@ import pytest
 from cluster import InProcessCluster, LogSink
 from gevent import socket
 from polling import wait_until
-from raw_connection import HeldCommits, RawConnection
+from raw_connection import FakeNode, HeldCommits, RawConnection
 
 from client import protocol
 from client.client import Client
+from client.connection import Connection
 from client.errors import TooManyConnectionsError
 from client.protocol import Frame, Status
 from service import server
@@ -109,36 +110,25 @@ def test_refused_connections_are_counted_and_logged_without_a_line_each(
     assert lines[0]["level"] == "warning" and lines[0]["limit"] == SLOTS
 
 
-def test_an_id_0_error_fails_every_request_waiting_on_the_connection(connect) -> None:
+def test_an_id_0_error_fails_every_request_waiting_on_the_connection() -> None:
     """A frame with request id 0 is about the connection: the client library fails everything
     pending on it with that error, instead of "closed the connection"."""
-    from client.connection import Connection
+    seen: list[Frame] = []
 
-    listener = socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    def script(number: int, frame: Frame) -> bytes | None:
+        seen.append(frame)
+        return protocol.encode_error(0, Status.TOO_MANY_CONNECTIONS, "go away") if len(seen) == 2 else b""
 
-    def fake_node() -> None:
-        sock, _ = listener.accept()
-        decoder = protocol.FrameDecoder()
-        frames: list[Frame] = []
-        while len(frames) < 3:  # HELLO, then two requests
-            frames += decoder.feed(sock.recv(4096))
-            if frames and frames[0].code == protocol.Op.HELLO and len(frames) == 1:
-                hello = protocol.encode_hello_reply(protocol.HelloReply(1, "fake", 1024, 1024, 4096))
-                sock.sendall(protocol.encode_response(frames[0].request_id, Status.OK, hello))
-        sock.sendall(protocol.encode_error(0, Status.TOO_MANY_CONNECTIONS, "go away"))
-        sock.close()
-
-    node = gevent.spawn(fake_node)
-    connection = Connection("127.0.0.1", listener.getsockname()[1])
-    connection.connect()
-    first, second = connection.send(protocol.Ping()), connection.send(protocol.Ping())
-    for pending in (first, second):
-        with pytest.raises(TooManyConnectionsError, match="go away"):
-            pending.get(timeout=2)
-    node.get(timeout=2)
-    listener.close()
+    node = FakeNode(script)
+    try:
+        connection = Connection("127.0.0.1", node.port)
+        connection.connect()
+        first, second = connection.send(protocol.Ping()), connection.send(protocol.Ping())
+        for pending in (first, second):
+            with pytest.raises(TooManyConnectionsError, match="go away"):
+                pending.get(timeout=2)
+    finally:
+        node.close()
 
 
 # --- connections that never finish the handshake free their slots ---------------------------------

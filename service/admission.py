@@ -20,7 +20,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from service.peers import PEER_NAME_PREFIX
+PEER_NAME_PREFIX = "node:"
+"""A node names itself ``node:<id>`` in HELLO when it connects to another member (``service.peers``)."""
 
 
 class Seat(enum.Enum):

@@ -21,13 +21,11 @@ from client.connection import Connection, Framing
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import Frame, NodeAddress, PeerState, Record, Request, Status
 from client.transport import ConnectionSlot
+from service.admission import PEER_NAME_PREFIX
 from service.failure_detector import FailureDetector
 
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
-PEER_NAME_PREFIX = "node:"
-"""A node names itself ``node:<id>`` in HELLO; the receiving node admits it as a peer link
-(``service.admission``), outside the client connection slots."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 from cluster import InProcessCluster, LogSink
 from gevent import socket
 from polling import wait_until
-from raw_connection import FakeNode, HeldCommits, RawConnection
+from raw_connection import FakeNode, HeldCommits
 
 from client import protocol
 from client.client import Client
@@ -23,20 +23,6 @@ from service import server
 
 SLOTS = 8
 HANDSHAKE_MS = 300
-
-
-@pytest.fixture
-def connect() -> Callable[..., RawConnection]:
-    opened: list[RawConnection] = []
-
-    def open_connection(address: str) -> RawConnection:
-        connection = RawConnection(address)
-        opened.append(connection)
-        return connection
-
-    yield open_connection
-    for connection in opened:
-        connection.close()
 
 
 def error_of(frame: Frame) -> protocol.ErrorReply:

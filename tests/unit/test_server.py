@@ -21,20 +21,6 @@ SMALL_LIMITS = {"KV_MAX_KEY_BYTES": "16", "KV_MAX_VALUE_BYTES": "64"}
 
 
 @pytest.fixture
-def connect() -> Callable[[str], RawConnection]:
-    opened: list[RawConnection] = []
-
-    def open_connection(address: str) -> RawConnection:
-        connection = RawConnection(address)
-        opened.append(connection)
-        return connection
-
-    yield open_connection
-    for connection in opened:
-        connection.close()
-
-
-@pytest.fixture
 def node1(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
     """One node (N=W=R=1) with a 16-byte key limit and a 64-byte value limit."""
     return make_cluster(1, **SMALL_LIMITS)

@@ -4,6 +4,7 @@ machine's glibc returns heap memory that malloc alone would keep."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ for _ in range(64):
     block = libc.malloc(MB)
     ctypes.memset(block, 1, MB)  # resident
     blocks.append(block)
-    pins.append(libc.malloc(1024))  # between the large blocks: the heap cannot shrink from its top
+    pins.append(libc.malloc(128 * 1024))  # between the large blocks (too large for any hole below them)
 releaser.run_pass()  # count from what this process holds free already
 alive = rss()
 for block in blocks:
@@ -81,3 +82,46 @@ def test_a_release_returns_heap_memory_that_malloc_would_keep() -> None:
     assert figures["freed"] > figures["alive"] - 8 * MB  # malloc alone keeps it
     assert figures["released"] >= 60 * MB
     assert figures["after"] <= figures["alive"] - 48 * MB
+
+
+TUNED = """
+import ctypes, ctypes.util, json, sys
+from service.memory import _glibc, tune_malloc
+
+libc = _glibc()
+if libc is None:
+    print(json.dumps({"available": False}))
+    sys.exit()
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                      "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = tune_malloc(1024 * 1024 + 2048)
+mapped = libc.mallinfo2().hblks
+block = libc.malloc(2 * 1024 * 1024)  # a frame's size: from the heap once tuned, mapped by default
+print(json.dumps({"available": True, "tuned": tuned, "mapped": libc.mallinfo2().hblks > mapped}))
+libc.free(block)
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"MALLOC_MMAP_THRESHOLD_": "131072"}], ids=["default", "operator-set"])
+def test_frame_sized_blocks_come_from_the_heap_unless_the_operator_says_otherwise(env: dict[str, str]) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", TUNED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=True,
+        env={**os.environ, **env},
+    )
+    figures = json.loads(run.stdout)
+    if not figures["available"]:
+        pytest.skip("malloc is not glibc 2.33 or later here")
+    assert figures["tuned"] is not bool(env)
+    assert figures["mapped"] is bool(env)

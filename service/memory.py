@@ -32,8 +32,8 @@ MIN_MMAP_THRESHOLD = 4 * 1024 * 1024
 """Blocks below this always come from the heap (at least two of the largest frames)."""
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 """The most glibc accepts on 64-bit (half its heap size); larger frames get mappings of their own."""
-TRIM_FACTOR = 4
-"""Free memory at the heap's top kept for reuse: this many times the mmap threshold (16 MiB)."""
+TRIM_FACTOR = 2
+"""Free memory at the heap's top kept for reuse: this many times the mmap threshold (8 MiB)."""
 RELEASE_FREE_BYTES = 32 * 1024 * 1024
 """Growth of malloc's free memory that is given back: above the churn of normal traffic (a few large
 values in flight), far below what a burst of clients can leave (100 MB and more)."""
@@ -53,7 +53,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 def tune_malloc(max_frame_bytes: int) -> bool:
     """Fix glibc's mmap threshold above two of the largest frames (from 4 to 32 MiB) and its trim
-    threshold at four times that. Returns whether it did (not where the environment sets either,
+    threshold at twice that. Returns whether it did (not where the environment sets either,
     or malloc is not glibc's)."""
     libc = _glibc()
     if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:

@@ -41,6 +41,7 @@ from client.errors import (
     KVError,
     NodeUnreachableError,
     RequestTimeoutError,
+    TooManyConnectionsError,
     ValueTooLargeError,
 )
 from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
@@ -253,18 +254,18 @@ class Client:
     def members(self) -> tuple[str, list[MemberView]]:
         """The cluster as the first reachable node's failure detector sees it: that node's id, and
         every member's state (up, suspect, down), since when, and the hints held for it."""
-        failures: list[str] = []
+        failures: list[KVError] = []
         self._ensure_topology()
         for address in dict.fromkeys([*self.seeds, *self._addresses.values()]):
             try:
                 connection = self._connection(address)
                 frame = connection.call(protocol.Members(), timeout=self.timeout)
             except NodeUnreachableError as exc:
-                failures.append(exc.message)
+                failures.append(exc)
                 continue
             assert connection.hello is not None
             return connection.hello.node_id, protocol.decode_members_reply(frame.body)
-        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+        raise none_reachable(failures)
 
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
@@ -317,26 +318,31 @@ class Client:
         plan = self.routing.plan(request.key, self._ring, self._topology.n, self._avoided)
         if isinstance(request, protocol.Get) and len(plan) > 1:
             return self._read(request, plan)
-        failures: list[str] = []
-        refused = False
+        failures: list[KVError] = []
         for node_id in plan:
-            address = self._addresses[node_id]
+            slot = self._slot(self._addresses[node_id])
+            reused = slot.usable
             try:
-                connection = self._connection_for(address)
+                connection = slot.get(dial_backing_off=self.routing.dials_backing_off)
             except NodeUnreachableError as exc:  # refused while backing off, or a failed dial (the slot counts it)
-                failures.append(exc.message)
+                failures.append(exc)
                 continue
             try:
                 return connection.call(request, self.timeout, stalled_after=STALLED_GIVE_UP)
             except NodeUnreachableError as exc:
-                self._slots[address].failed()
-                failures.append(exc.message)
+                failure = exc
+                if reused and not connection.is_open:
+                    # The node may have closed this connection while it sat unused (its idle
+                    # timeout, or a restart), unseen until now: dial it once more before moving on.
+                    try:
+                        return slot.get().call(request, self.timeout, stalled_after=STALLED_GIVE_UP)
+                    except NodeUnreachableError as again:
+                        failure = again
+                slot.failed()
+                failures.append(failure)
             except ClockSkewError as exc:  # this coordinator's clock is off, and it wrote nothing: try another
-                refused = True
-                failures.append(f"{address}: {exc.message}")
-        if refused:
-            raise ClockSkewError("; ".join(failures))
-        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+                failures.append(exc)
+        raise none_reachable(failures)
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
         """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not
@@ -344,7 +350,7 @@ class Client:
         deadline = time.monotonic() + self.timeout
         nodes = iter(plan)
         waiting: dict[AsyncResult, str] = {}  # a reply due -> its node's address
-        failures: list[str] = []
+        failures: list[KVError] = []
         more = self._send_to_next(nodes, request, waiting, failures)
         # Each turn sends to one more node, takes one reply, or waits SPECULATIVE_READ_AFTER: bounded.
         for _ in range(2 * len(plan) + int(self.timeout / SPECULATIVE_READ_AFTER) + 2):
@@ -367,13 +373,13 @@ class Client:
                 return check_reply(ready[0].get())
             except NodeUnreachableError as exc:
                 self._slots[address].failed()
-                failures.append(exc.message)
+                failures.append(exc)
         if waiting:
             raise RequestTimeoutError(f"no reply within {self.timeout:g} s from {', '.join(waiting.values())}")
-        raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+        raise none_reachable(failures)
 
     def _send_to_next(
-        self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[str]
+        self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[KVError]
     ) -> bool:
         """Send ``request`` to the next node of ``nodes`` that can be reached, adding its reply to
         ``waiting``; ``False`` when no node is left."""
@@ -382,7 +388,7 @@ class Client:
             try:
                 waiting[self._connection_for(address).send(request)] = address
             except NodeUnreachableError as exc:
-                failures.append(exc.message)
+                failures.append(exc)
                 continue
             return True
         return False
@@ -435,10 +441,10 @@ class Client:
         """Connect to the seeds, learn their node ids, and fetch the ring from the first that answers."""
         probes = [gevent.spawn(_capture, (self._connection, (address,), {})) for address in self.seeds]
         outcomes = [probe.get() for probe in probes]
-        failures = [outcome.message for outcome in outcomes if isinstance(outcome, KVError)]
+        failures = [outcome for outcome in outcomes if isinstance(outcome, KVError)]
         reachable = [outcome for outcome in outcomes if isinstance(outcome, Connection)]
         if not reachable:
-            raise NodeUnreachableError("no node reachable: " + "; ".join(failures))
+            raise none_reachable(failures)
         topology = protocol.decode_topology_reply(reachable[0].call(protocol.Topology(), timeout=self.timeout).body)
         addresses = {node.node_id: node.address for node in topology.nodes}
         for connection in reachable:
@@ -523,6 +529,18 @@ class Pipeline:
 
     def __exit__(self, *exc_info: object) -> None:
         self._commands.clear()
+
+
+def none_reachable(failures: Sequence[KVError]) -> KVError:
+    """The error when no node could take a request, listing why each failed: TOO_MANY_CONNECTIONS
+    when every node refused for that reason, CLOCK_SKEW when a coordinator refused for its clock (the
+    request was fine, but no node with a trusted clock could be reached), else UNREACHABLE."""
+    message = "no node reachable: " + "; ".join(failure.message for failure in failures)
+    if failures and all(isinstance(failure, TooManyConnectionsError) for failure in failures):
+        return TooManyConnectionsError(message)
+    if any(isinstance(failure, ClockSkewError) for failure in failures):
+        return ClockSkewError(message)
+    return NodeUnreachableError(message)
 
 
 def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:

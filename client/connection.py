@@ -15,7 +15,13 @@ from gevent.event import AsyncResult
 
 from client import protocol
 from client.address import format_address
-from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError, error_from_reply
+from client.errors import (
+    KVError,
+    NodeUnreachableError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    error_from_frame,
+)
 from client.protocol import Frame, HelloReply, Request, Status
 from client.transport import ById, PipelinedSocket, open_socket
 
@@ -127,9 +133,4 @@ def check_reply(frame: Frame) -> Frame:
     """``frame`` if it is OK or NOT_FOUND; otherwise the error it carries, raised."""
     if frame.code in (Status.OK, Status.NOT_FOUND):
         return frame
-    try:
-        status = Status(frame.code)
-        reply = protocol.decode_error(status, frame.body)
-    except (ValueError, protocol.ProtocolError):
-        raise ProtocolViolationError(f"unknown reply status 0x{frame.code:02x}") from None
-    raise error_from_reply(reply)
+    raise error_from_frame(frame)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.protocol import ErrorReply, Status
+from client.protocol import ErrorReply, Frame, ProtocolError, Status, decode_error
 
 
 class KVError(Exception):
@@ -43,12 +43,6 @@ class FrameTooLargeError(KVError):
 
 class UnsupportedVersionError(KVError):
     code = "UNSUPPORTED_VERSION"
-
-
-class TooManyConnectionsError(KVError):
-    """The node is serving as many client connections as it may; it closed this one."""
-
-    code = "TOO_MANY_CONNECTIONS"
 
 
 class ClockSkewError(KVError):
@@ -99,6 +93,13 @@ class NodeUnreachableError(KVError):
     code = "UNREACHABLE"
 
 
+class TooManyConnectionsError(NodeUnreachableError):
+    """The node is serving as many client connections as it may; it closed this one. A kind of
+    unreachable: the client fails over to another node, and backs off from this one."""
+
+    code = "TOO_MANY_CONNECTIONS"
+
+
 class ProtocolViolationError(KVError):
     """A node sent bytes that do not follow the protocol."""
 
@@ -127,3 +128,12 @@ def error_from_reply(reply: ErrorReply) -> KVError:
     if issubclass(error_class, QuorumError):
         return error_class(reply.message, reply.acked or 0, reply.required or 0)
     return error_class(reply.message)
+
+
+def error_from_frame(frame: Frame) -> KVError:
+    """The exception for a frame whose code is an error status; ``ProtocolViolationError`` for a code
+    that is no status, or a body that does not parse."""
+    try:
+        return error_from_reply(decode_error(Status(frame.code), frame.body))
+    except (ValueError, ProtocolError):
+        return ProtocolViolationError(f"unknown reply status 0x{frame.code:02x}")

@@ -38,6 +38,13 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = DEFAULT_MAX_VALUE_BYTES + DEFAULT_MAX_KEY_BYTES + FRAME_OVERHEAD
 
 MAX_REQUEST_ID = 0xFFFFFFFF
+CONNECTION_REQUEST_ID = 0
+"""Never a request's id: an error frame the node sends with it is about the whole connection (for
+example TOO_MANY_CONNECTIONS before the node closes it), not a reply to one request."""
+
+MAX_ERROR_MESSAGE_BYTES = 512
+"""The longest error message a node sends: enough to name every failed replica with a short reason,
+and small enough that no reply can be bloated by a message built from other messages."""
 MAX_KEY_FIELD = 0xFFFF  # keys carry a u16 length, so no configuration can allow a longer key
 
 
@@ -650,12 +657,22 @@ def encode_response(request_id: int, status: Status, body: bytes = b"") -> bytes
 def encode_error(
     request_id: int, status: Status, message: str, acked: int | None = None, required: int | None = None
 ) -> bytes:
-    """An error response. UNAVAILABLE and TIMEOUT also carry ``acked`` and ``required``."""
-    raw = message.encode("utf-8")[:0xFFFF]
+    """An error response. UNAVAILABLE and TIMEOUT also carry ``acked`` and ``required``. The message
+    is clipped to ``MAX_ERROR_MESSAGE_BYTES`` (``clip_message``)."""
+    raw = clip_message(message).encode("utf-8")
     body = _U16.pack(len(raw)) + raw
     if status in QUORUM_STATUSES:
         body = _U8.pack(acked or 0) + _U8.pack(required or 0) + body
     return encode_frame(request_id, status, body)
+
+
+def clip_message(message: str, max_bytes: int = MAX_ERROR_MESSAGE_BYTES) -> str:
+    """``message`` if its UTF-8 takes at most ``max_bytes``; else as much of it as fits with "..."
+    appended, cut between characters, never inside one."""
+    raw = message.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return message
+    return raw[: max(0, max_bytes - 3)].decode("utf-8", errors="ignore") + "..."
 
 
 def decode_error(status: Status, body: bytes) -> ErrorReply:

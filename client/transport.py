@@ -28,12 +28,23 @@ from gevent import socket
 from gevent.event import AsyncResult
 
 from client.address import format_address
-from client.errors import KVError, NodeUnreachableError, ProtocolViolationError, RequestTimeoutError
+from client.errors import (
+    KVError,
+    NodeUnreachableError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    error_from_frame,
+)
 from client.policies import Backoff
-from client.protocol import MAX_REQUEST_ID, FrameDecoder, ProtocolError
+from client.protocol import CONNECTION_REQUEST_ID, MAX_REQUEST_ID, Frame, FrameDecoder, ProtocolError, Status
 
 RECV_BYTES = 256 * 1024
 """Bytes asked of each recv. Large enough that a pipelined burst of replies arrives in few calls."""
+SEND_CHUNK_BYTES = 256 * 1024
+"""Most bytes of small frames joined into one send: a burst's frames leave in few sends, and the
+join never copies more than this at once."""
+HELD_FLUSH_BYTES = 256 * 1024
+"""Bytes a held ``FrameWriter`` may queue before it sends anyway."""
 
 
 def receive(sock: socket.socket) -> bytes:
@@ -78,29 +89,40 @@ def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> sock
 
 
 class FrameWriter:
-    """Writes frames to a socket from many greenlets without interleaving them.
+    """Writes frames to a socket from many greenlets without interleaving them, and counts its bytes:
+    ``queued`` (written by callers, not yet taken by the kernel) and ``sent`` (taken, in total).
 
     The first greenlet to write becomes the writer and keeps flushing until the outbox is empty;
-    frames queued meanwhile by others leave in the same ``sendall``. Two ways to get more frames
-    into one send, since each send on loopback costs about as much as handling a small request:
+    frames queued meanwhile by others leave with it, small ones joined into sends of up to
+    ``SEND_CHUNK_BYTES``, a large one alone, in pieces of that size (never copied), so ``sent``
+    moves as a slow reader takes it. Two ways to get more frames into one send, since each send on
+    loopback costs about as much as handling a small request:
 
     * ``write(frame, wait_for_more=True)``: when other requests on the connection are in flight,
       the writer first lets the rest of this turn of the event loop run, so the replies (or
       requests) those greenlets produce in the same turn join its send;
     * ``hold()`` ... ``release()``: frames written in between are queued, and leave together at
-      ``release`` (a session answering a burst of pipelined requests that need no waiting).
+      ``release`` (a session answering a burst of pipelined requests that need no waiting), or as
+      soon as they reach ``HELD_FLUSH_BYTES``: holding saves sends, it must never pile up replies.
+
+    ``on_sent`` runs after each send (a session waiting for its buffers to drain). A failed send
+    drops everything queued, so a dead connection holds no memory, and raises ``OSError``.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, on_sent: Callable[[], None] | None = None) -> None:
         self._sock = sock
         self._outbox: list[bytes] = []
         self._writing = False
         self._held = False
+        self.queued = 0
+        self.sent = 0
+        self._on_sent = on_sent
 
     def write(self, frame: bytes, *, wait_for_more: bool = False) -> None:
         self._outbox.append(frame)
-        if not self._writing and not self._held:
-            self._send_outbox(wait_for_more)
+        self.queued += len(frame)
+        if not self._writing and (not self._held or self.queued >= HELD_FLUSH_BYTES):
+            self._send_outbox(wait_for_more and not self._held)
 
     def hold(self) -> None:
         self._held = True
@@ -118,12 +140,49 @@ class FrameWriter:
         finally:
             # Even if the sleep was interrupted, the frames already queued must still go out.
             try:
-                while self._outbox:
-                    chunk = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
-                    self._outbox.clear()
-                    self._sock.sendall(chunk)
+                outbox, sendall = self._outbox, self._sock.sendall
+                while outbox:
+                    if len(outbox[0]) < SEND_CHUNK_BYTES:
+                        chunk = outbox.pop() if len(outbox) == 1 else self._join_small()
+                        sendall(chunk)
+                        self._sent(len(chunk))
+                        continue
+                    frame = outbox.pop(0)
+                    view = memoryview(frame)
+                    for start in range(0, len(frame), SEND_CHUNK_BYTES):
+                        piece = view[start : start + SEND_CHUNK_BYTES]
+                        sendall(piece)
+                        self._sent(len(piece))
+            except BaseException:
+                self._drop()
+                raise
             finally:
                 self._writing = False
+
+    def _join_small(self) -> bytes:
+        """The frames at the head of the outbox that fit in ``SEND_CHUNK_BYTES``, joined, taken off it."""
+        outbox = self._outbox
+        size, count = 0, 0
+        for frame in outbox:
+            if count and size + len(frame) > SEND_CHUNK_BYTES:
+                break
+            size += len(frame)
+            count += 1
+        chunk = b"".join(outbox[:count])
+        del outbox[:count]
+        return chunk
+
+    def _sent(self, size: int) -> None:
+        self.queued -= size
+        self.sent += size
+        if self._on_sent is not None:
+            self._on_sent()
+
+    def _drop(self) -> None:
+        self._outbox.clear()
+        self.queued = 0
+        if self._on_sent is not None:
+            self._on_sent()
 
 
 ReplyT = TypeVar("ReplyT")
@@ -165,7 +224,11 @@ class ReplyMatching(Protocol[ReplyT_co]):
 
 
 class ById:
-    """Our protocol's matching: a request carries an id, its reply the same id, in any order."""
+    """Our protocol's matching: a request carries an id, its reply the same id, in any order.
+
+    Ids run from 1 and wrap around past 0: request id 0 (``CONNECTION_REQUEST_ID``) is the node's
+    for errors about the whole connection, and such a frame fails every request waiting on it.
+    """
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._decoder = FrameDecoder(max_frame_bytes)
@@ -174,13 +237,19 @@ class ById:
 
     def expect(self) -> tuple[int, AsyncResult]:
         request_id = next(self._ids) & MAX_REQUEST_ID
+        if request_id == CONNECTION_REQUEST_ID:
+            request_id = next(self._ids) & MAX_REQUEST_ID
         done = AsyncResult()
         self._pending[request_id] = done
         return request_id, done
 
     def feed(self, data: bytes) -> None:
+        """Resolve the waiters of the replies in ``data``. Raises the error of a connection-level
+        error frame (request id 0), and ``ProtocolError`` for bytes that are not frames."""
         pending = self._pending
         for frame in self._decoder.feed(data):
+            if frame.request_id == CONNECTION_REQUEST_ID:
+                raise _connection_error(frame)
             done = pending.pop(frame.request_id, None)
             if done is not None:  # None: its request timed out, and the late reply is dropped
                 done.set(frame)
@@ -194,6 +263,12 @@ class ById:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+def _connection_error(frame: Frame) -> KVError:
+    if frame.code < Status.BAD_REQUEST:  # an answer, not an error: no request has id 0
+        return ProtocolViolationError(f"a reply with request id {CONNECTION_REQUEST_ID}, which no request has")
+    return error_from_frame(frame)
 
 
 class InOrder(Generic[ReplyT]):

@@ -13,6 +13,7 @@ from gevent.event import Event  # noqa: E402
 
 from service import logging as node_logging  # noqa: E402
 from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
+from service.memory import tune_malloc  # noqa: E402
 from service.storage import StorageError  # noqa: E402
 
 USAGE = """usage: python -m service
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> int:
 
     node_logging.configure(config.node_id, config.log_level)
     log = node_logging.get_logger()
+    tune_malloc(config.max_frame_bytes)  # before the node allocates anything frame-sized
     from service.node import Node  # after logging is configured, so module loggers pick it up
 
     try:

@@ -19,6 +19,12 @@ from client.ring import DEFAULT_PARTITIONS
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_N = 255  # N, R and W travel as one byte (and R, W <= N)
+MB = 1024 * 1024
+DEFAULT_OUTPUT_LIMIT_BYTES = 16 * MB
+"""A client connection's default hard limit: 16 requests for 1 MiB values in flight, or their replies
+unsent, before the node stops reading it (Redis holds a replica's output to 256 MB, a pub/sub
+client's to 32 MB; a client here has back-pressure, so it needs less)."""
+OUTPUT_LIMIT_FRAMES = 4  # the default hard limit holds at least this many of the largest frames
 
 
 class ConfigError(Exception):
@@ -45,6 +51,10 @@ class Config:
     max_value_bytes: int
     max_frame_bytes: int
     max_connections: int
+    handshake_timeout: float  # seconds to complete HELLO, or for a started frame's next byte
+    idle_timeout: float  # seconds; 0: never
+    client_output_limit_bytes: int  # requests in flight and unsent replies, per connection
+    client_output_timeout: float  # seconds replies may wait with none taken; 0: forever
     request_timeout: float
     connect_timeout: float
     drain_timeout: float
@@ -85,7 +95,24 @@ SETTINGS = [
     Setting("KV_MAX_KEY_BYTES", str(protocol.DEFAULT_MAX_KEY_BYTES), "largest key accepted"),
     Setting("KV_MAX_VALUE_BYTES", str(protocol.DEFAULT_MAX_VALUE_BYTES), "largest value accepted"),
     Setting("KV_MAX_FRAME_BYTES", "", "largest frame; default: max value + max key + 1024"),
-    Setting("KV_MAX_CONNECTIONS", "1024", "client connections served at once"),
+    Setting("KV_MAX_CONNECTIONS", "1024", "client connections served at once (links from other members apart)"),
+    Setting(
+        "KV_HANDSHAKE_TIMEOUT_MS", "5000", "time a new connection has to send HELLO, and a started frame its next byte"
+    ),
+    Setting(
+        "KV_IDLE_TIMEOUT_S", "300", "a connection with no request and nothing in flight this long is closed (0: never)"
+    ),
+    Setting(
+        "KV_CLIENT_OUTPUT_LIMIT_MB",
+        "",
+        "hard limit on a connection's requests in flight and unsent replies; at it the node stops reading "
+        "the connection; default 16, or room for 4 of the largest frames if more",
+    ),
+    Setting(
+        "KV_CLIENT_OUTPUT_TIMEOUT_S",
+        "30",
+        "a client whose replies wait this long with none read is not reading, and is disconnected (0: never)",
+    ),
     Setting("KV_REQUEST_TIMEOUT_MS", "2000", "how long a coordinator waits for replicas"),
     Setting("KV_CONNECT_TIMEOUT_MS", "500", "how long connecting to a peer may take"),
     Setting("KV_DRAIN_TIMEOUT_S", "10", "on SIGTERM, how long in-flight requests may take to finish"),
@@ -216,6 +243,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     else:
         max_frame = smallest_frame
 
+    output_limit = _output_limit(raw, integer, max_frame, problems)
+
     hint_window = integer("KV_HINT_WINDOW_S", 1, 365 * 86400)
     tombstone_grace = integer("KV_TOMBSTONE_GRACE_S", 1, 3650 * 86400)
     if tombstone_grace <= hint_window and valid("KV_HINT_WINDOW_S", "KV_TOMBSTONE_GRACE_S"):
@@ -256,6 +285,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_value_bytes=max_value,
         max_frame_bytes=max_frame,
         max_connections=integer("KV_MAX_CONNECTIONS", 1, 1_000_000),
+        handshake_timeout=integer("KV_HANDSHAKE_TIMEOUT_MS", 1, 600_000) / 1000,
+        idle_timeout=float(integer("KV_IDLE_TIMEOUT_S", 0, 7 * 86400)),
+        client_output_limit_bytes=output_limit,
+        client_output_timeout=float(integer("KV_CLIENT_OUTPUT_TIMEOUT_S", 0, 86400)),
         request_timeout=integer("KV_REQUEST_TIMEOUT_MS", 1, 3_600_000) / 1000,
         connect_timeout=integer("KV_CONNECT_TIMEOUT_MS", 1, 600_000) / 1000,
         drain_timeout=float(integer("KV_DRAIN_TIMEOUT_S", 0, 3600)),
@@ -272,6 +305,25 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _output_limit(
+    raw: Callable[[str], str], integer: Callable[[str, int, int], int], max_frame: int, problems: list[str]
+) -> int:
+    """``KV_CLIENT_OUTPUT_LIMIT_MB`` in bytes, or its default; what is wrong goes to ``problems``.
+
+    The limit must hold two of the largest frames: a request carrying one and a reply carrying
+    another are always admitted, however full the connection is."""
+    smallest = 2 * max_frame
+    if not raw("KV_CLIENT_OUTPUT_LIMIT_MB"):
+        return max(DEFAULT_OUTPUT_LIMIT_BYTES, -(-OUTPUT_LIMIT_FRAMES * max_frame // MB) * MB)
+    limit = integer("KV_CLIENT_OUTPUT_LIMIT_MB", 1, 1 << 20) * MB
+    if limit < smallest:
+        problems.append(
+            f"KV_CLIENT_OUTPUT_LIMIT_MB={limit // MB} cannot hold two of the largest frames ({smallest} bytes): "
+            f"set it to at least {-(-smallest // MB)}, or lower KV_MAX_VALUE_BYTES"
+        )
+    return limit
 
 
 def _boolean(text: str) -> bool:

@@ -44,7 +44,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from client.errors import StorageFullError
-from client.protocol import Record, Status, Version
+from client.protocol import Record, Status, Version, clip_message
 from service.placement import Placement
 from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumFailure, QuorumRound
 from service.read_plan import ReadPlan, asks_all, read_targets
@@ -97,6 +97,11 @@ class Replica(Protocol):
     def write_hint(self, key: bytes, record: Record, owner: str) -> object:
         """Hold ``record`` durably for ``owner``, to hand over later; raise if it cannot."""
         ...
+
+
+REASON_BYTES = 120
+"""The most of a failed replica's error quoted in an UNAVAILABLE message, so the message names every
+failed replica within the protocol's cap on error messages."""
 
 
 class CoordinatorEvents:
@@ -385,25 +390,30 @@ class Coordinator:
                     held = self.replicas[owner].write(key, record, stalled_after=patience)
                 except Exception as exc:
                     self.events.replica_write(owner, False)
-                    failure = str(exc) or type(exc).__name__
-                    if isinstance(exc, STORAGE_FULL_ERRORS):
-                        full[owner] = failure
+                    failure = clip_message(str(exc) or type(exc).__name__, REASON_BYTES // 2)
+                    if isinstance(exc, STORAGE_FULL_ERRORS):  # its cause and fix, whole: the client's answer
+                        full[owner] = clip_message(str(exc), 2 * REASON_BYTES)
                 else:
                     self.events.replica_write(owner, True)
                     if held is not None:
                         newer.append(held)
                     return owner
+            hint_failures: list[str] = []
             while (holder := next_fallback()) is not None:
                 try:
                     self.replicas[holder].write_hint(key, record, owner)
                 except Exception as exc:
                     if not isinstance(exc, STORAGE_FULL_ERRORS):
                         full.pop(owner, None)  # not for lack of room alone
-                    failure += f"; hint to {holder} failed: {exc}"
+                    hint_failures.append(f"hint to {holder} failed: {clip_message(str(exc), REASON_BYTES // 3)}")
                     continue
                 self.events.hinted_write(owner, holder)
                 return holder
-            raise RuntimeError(f"{failure}; no fallback node took a hint")
+            # The summary before the details, so that clipping the reason cuts only details.
+            if len(hint_failures) > 1:
+                hint_failures[1:] = [f"{len(hint_failures) - 1} more failed"]
+            details = f" ({', '.join(hint_failures)})" if hint_failures else ""
+            raise RuntimeError(f"{failure}; no fallback node took a hint{details}")
 
         quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
         try:
@@ -456,4 +466,4 @@ def _outcome_of(call: Callable[[str], Any], node_id: str, timeout: float | None)
         with gevent.Timeout(max(0.0, timeout), TimeoutError(f"{node_id} did not answer in time")):
             return node_id, True, call(node_id)
     except Exception as exc:  # one replica's failure is its vote, not the request's end
-        return node_id, False, str(exc) or type(exc).__name__
+        return node_id, False, clip_message(str(exc) or type(exc).__name__, REASON_BYTES)

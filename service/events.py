@@ -1,10 +1,12 @@
 """What the node's parts report, turned into metrics and log lines, in one place.
 
-The coordinator, hinted handoff, anti-entropy, the local store, the peer monitor and the background
-tasks each report events through a small interface of their own (``CoordinatorEvents``,
-``HandoffEvents``, ``AntiEntropyEvents``, ``StoreEvents``, and the callbacks for peer state changes
-and failed tasks), and know nothing of Prometheus or structlog. ``NodeEvents`` implements all of
-them: every counter the node increments, and every log line about something a part did, is here.
+The coordinator, hinted handoff, anti-entropy, the local store, the protocol server, the peer monitor
+and the background tasks each report events through a small interface of their own
+(``CoordinatorEvents``, ``HandoffEvents``, ``AntiEntropyEvents``, ``StoreEvents``,
+``ConnectionEvents``, and the callbacks for peer state changes and failed tasks), and know nothing of
+Prometheus or structlog. ``NodeEvents`` implements all of them: every counter the node increments,
+and every log line about something a part did, is here. Events a client can cause by the thousand
+(refused or timed-out connections) are logged through a ``Throttle``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from typing import Any
 from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Version
 from service.anti_entropy import AntiEntropyEvents, RoundResult
 from service.clock_offsets import ClockOffsets, OffsetSample
+from service.connection_limits import Close
 from service.coordinator import CoordinatorEvents
 from service.handoff import HandoffEvents
 from service.local_store import LocalStore, StoreEvents
 from service.logging import printable_key
 from service.metrics import Metrics
 from service.peers import MonitorEvents, Peer
+from service.server import ConnectionEvents
 from service.storage import StorageError
 
 HINT_FAILURE_LOG_INTERVAL_S = 30.0
@@ -51,13 +55,15 @@ class Throttle:
         return total
 
 
+CONNECTION_LOG_INTERVAL_S = 1.0
+"""At most one line a second for each event a flood of connections could repeat."""
 REFUSAL_LOG_INTERVAL_S = 10.0
 """Timestamps refused for clock skew are logged at most this often per source."""
 OFFSET_LOG_INTERVAL_MS = 60_000
 """A peer's clock offset is logged at most once a minute while it stays above half the maximum."""
 
 
-class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents, MonitorEvents):
+class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents, MonitorEvents, ConnectionEvents):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
 
     ``hint_window_s`` is only quoted in the log line for expired hints.
@@ -75,6 +81,7 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self._fenced: str | None = None
         self._space: Callable[[], tuple[int, int, int | None]] = lambda: (0, 0, None)
         self._hint_failures = Throttle(HINT_FAILURE_LOG_INTERVAL_S)
+        self._connection_lines = Throttle(CONNECTION_LOG_INTERVAL_S)
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
         """Read the store's key and hint counts and its state at each scrape; show every peer as not
@@ -161,6 +168,26 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
     def task_failed(self, name: str, error: Exception) -> None:
         """A pass of background task ``name`` raised; the task runs again at its next interval."""
         self.log.error("background_task_failed", task=name, error=str(error) or type(error).__name__)
+
+    # --- connections ------------------------------------------------------------------------------
+
+    def refused(self, peer: str, limit: int) -> None:
+        self.metrics.connections_refused.inc()
+        self._throttled("connection_refused", self.log.warning, peer=peer, limit=limit)
+
+    def closed(self, reason: Close, peer: str, details: dict[str, Any]) -> None:
+        self.metrics.connections_closed.labels(reason.value).inc()
+        if reason is Close.OUTPUT_LIMIT:
+            self.log.warning("client_output_limit", peer=peer, **details)
+        elif reason is Close.IDLE_TIMEOUT:
+            self.log.debug("connection_idle", peer=peer, **details)
+        else:
+            self._throttled(reason.value, self.log.info, peer=peer, **details)
+
+    def _throttled(self, event: str, log: Callable[..., Any], **fields: Any) -> None:
+        count = self._connection_lines.add(event, 1)
+        if count is not None:
+            log(event, **fields, **({"suppressed": count - 1} if count > 1 else {}))
 
     # --- coordinator ------------------------------------------------------------------------------
 

@@ -232,6 +232,22 @@ class Metrics:
             registry=self.registry,
         )
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
+        self.connections_refused = Counter(
+            "kv_connections_refused",
+            "Connections answered TOO_MANY_CONNECTIONS and closed: every client slot was taken",
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "kv_connections_closed",
+            "Connections the node closed itself: handshake_timeout, frame_timeout, idle_timeout, output_limit",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.connection_buffered = Gauge(
+            "kv_connection_buffered_bytes",
+            "Bytes held for all connections: requests in flight, with the replies they may produce, and unsent replies",
+            registry=self.registry,
+        )
         self.hints_pending = Gauge(
             "kv_hints_pending", "Writes held here for other nodes, waiting for delivery", registry=self.registry
         )
@@ -266,6 +282,9 @@ class Metrics:
     def count_replica_write(self, peer: str, status: str) -> None:
         """One write sent to a replica (every write lands here, hence ``HotCounter``)."""
         self.replica_writes.inc(peer, status)
+
+    def track_connections(self, buffered: Callable[[], int]) -> None:
+        self.connection_buffered.set_function(buffered)
 
     def track_store(
         self,

@@ -19,6 +19,7 @@ from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.clock_offsets import ClockOffsets
 from service.cluster_view import ClusterView
 from service.config import Config
+from service.connection_limits import ConnectionLimits
 from service.coordinator import Coordinator, CoordinatorSettings
 from service.dashboard_app import dashboard_routes
 from service.events import NodeEvents
@@ -29,6 +30,7 @@ from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, make_app
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.memory import RELEASE_INTERVAL, MemoryReleaser
 from service.metrics import WINDOW_TICK_SECONDS, Metrics
 from service.node_stats import NodeReports
 from service.peers import HEARTBEAT_INTERVAL, HeartbeatRecords, Peer, PeerMonitor, PeerSettings
@@ -160,11 +162,22 @@ class Node:
             listener if listener is not None else (config.host, config.port),
             RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports),
             self.metrics,
-            self.log,
+            self.events,
             ServerSettings(
-                config.max_connections, config.max_frame_bytes, config.log_commands, self.stall_watch.stalled_for
+                config.max_connections,
+                config.max_frame_bytes,
+                config.log_commands,
+                ConnectionLimits(
+                    config.client_output_limit_bytes,
+                    config.client_output_timeout,
+                    config.handshake_timeout,
+                    config.idle_timeout,
+                ),
+                members=tuple(self.peers),
+                stalled_for=self.stall_watch.stalled_for,
             ),
         )
+        self.metrics.track_connections(lambda: self.server.buffered_bytes)
         self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
         self.http = HttpServer(
             config.host,
@@ -177,6 +190,7 @@ class Node:
             ),
             LogWriter(self.log),
         )
+        self.memory = MemoryReleaser()
         self.tasks = self._background_tasks()
         self._serving = False
 
@@ -260,6 +274,10 @@ class Node:
             ),
             Periodic("storage_recovery", self.recovery.run_pass, RECOVERY_INTERVAL, on_error=self.events.task_failed),
         ]
+        if self.memory.available:
+            tasks.append(
+                Periodic("release_memory", self._release_memory, RELEASE_INTERVAL, on_error=self.events.task_failed)
+            )
         if config.anti_entropy_interval > 0:
             tasks.append(
                 Periodic(
@@ -301,6 +319,11 @@ class Node:
             return True
         peer = self.peers.get(node_id)
         return peer is not None and peer.stalled()
+
+    def _release_memory(self) -> None:
+        freed = self.memory.run_pass()
+        if freed:
+            self.log.info("memory_released", free_mb=round(freed / 1024 / 1024, 1))
 
     def _peer_request_failed(self, node_id: str) -> None:
         self.monitor.request_failed(node_id)  # the monitor is built after the peers it watches

@@ -33,6 +33,7 @@ from client.protocol import (
     Version,
 )
 from client.transport import ConnectionSlot
+from service.admission import PEER_NAME_PREFIX
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.failure_detector import FailureDetector
 from service.store_flags import StoreFlags
@@ -129,8 +130,13 @@ class Peer:
         """Send ``request`` and return the reply frame (``Connection.call``: ``timeout`` defaults to
         the request timeout); connection failures raise ``NodeUnreachableError`` and are reported to
         the failure detector."""
+        if not retry_now and self._slot.backing_off:
+            # last_error stays the failure that started the backoff: quoting this message in it
+            # would nest one more "is unreachable (...)" in every refusal.
+            self._on_failure(self.node_id)
+            raise NodeUnreachableError(f"{self.node_id} is unreachable ({self.last_error})")
         try:
-            connection = self._open_connection(retry_now)
+            connection = self._slot.get()
             return connection.call(request, timeout or self._request_timeout, stalled_after=stalled_after)
         except NodeUnreachableError as exc:
             self.last_error = exc.message
@@ -159,17 +165,12 @@ class Peer:
     def close(self) -> None:
         self._slot.close()
 
-    def _open_connection(self, retry_now: bool) -> Connection:
-        if not retry_now and self._slot.backing_off:
-            raise NodeUnreachableError(f"{self.node_id} is unreachable ({self.last_error})")
-        return self._slot.get()
-
     def _dial(self) -> Connection:
         connection = Connection(
             self.node.host,
             self.node.port,
             connect_timeout=self._connect_timeout,
-            client_name=f"node:{self._local_node_id}",
+            client_name=PEER_NAME_PREFIX + self._local_node_id,
             framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True),
         )
         connection.connect()  # a failure counts in the slot's backoff

@@ -1,9 +1,28 @@
-"""The protocol server: accepts connections, reads frames, hands requests to the handler, writes replies.
+"""The protocol server: accepts connections, admits them, reads frames, hands requests to the handler,
+writes replies, and closes connections that hold what they should not.
 
 Each connection is a ``Session``. It reads frames off the socket and runs each request in its own
 greenlet, so a slow PUT does not hold up the GETs pipelined behind it; replies go back in completion
-order, matched by request id. At most ``MAX_IN_FLIGHT_PER_CONNECTION`` requests run per connection;
-past that the session stops reading, which pushes back on the client through TCP.
+order, matched by request id. Requests that need no waiting (``INLINE_REQUESTS``) are answered in the
+reading greenlet itself.
+
+No client can exhaust the node:
+
+* **Admission** (``service.admission``). Every connection is accepted, never left in the listen
+  backlog. A new connection takes a client slot (``KV_MAX_CONNECTIONS``), or, with all taken, waits
+  a moment for its HELLO: a link from another member of the cluster (``node:<id>``) gets one of that
+  member's own links, anything else gets ``TOO_MANY_CONNECTIONS`` (as the reply to its HELLO, or with
+  request id 0 if it sent none) and is closed. HELLO must come within ``KV_HANDSHAKE_TIMEOUT_MS``.
+* **Bytes and requests per connection** (``service.connection_limits``). A connection may have
+  ``MAX_IN_FLIGHT_PER_CONNECTION`` requests running and, together with its unsent replies, requests
+  reserving at most its hard byte limit (each reserves its frame and the largest reply it may
+  produce). Before each request, inline ones included, the session waits for room; meanwhile it
+  reads nothing more, which pushes back on the client through TCP. So a client's memory on the
+  node is bounded whatever it sends, and whether or not it reads.
+* **Timeouts.** A watch over every negotiated connection (``check_connections``, a few times a
+  second) closes one idle for ``KV_IDLE_TIMEOUT_S``, one that started a frame and sent nothing more
+  for the handshake timeout, and one whose replies waited with none taken for
+  ``KV_CLIENT_OUTPUT_TIMEOUT_S`` (the client is not reading).
 
 Input never crashes the node. A frame that cannot be parsed, or one over the frame limit, ends that
 connection (after a FRAME_TOO_LARGE reply, in the second case). A well-framed request with a bad body,
@@ -14,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,16 +48,29 @@ from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
 from client import protocol
-from client.protocol import Frame, Op, ProtocolError, Status
+from client.protocol import CONNECTION_REQUEST_ID, Frame, Op, ProtocolError, Status
 from client.transport import RECV_BYTES, FrameWriter, receive
+from service.admission import Admission, Seat, Ticket
+from service.connection_limits import Activity, Close, ConnectionLimits, Watch, reservation
 from service.coordinator import MustWait
 from service.handler import RequestHandler
-from service.logging import printable_key
+from service.logging import get_logger, printable_key
 from service.metrics import Metrics
 from service.stall_watch import STALE_AFTER
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
-"""Requests one connection may have running. Bounds the memory a single client can pin."""
+"""Requests one connection may have running, inline ones included (its bytes are bounded apart)."""
+
+PEER_LINKS_PER_MEMBER = 4
+"""Connections each other member may hold outside the client slots: its link, and room for links
+being replaced (a restarted or partitioned node's old link lingers until its close is seen)."""
+MAX_WAITING = 64
+"""Connections that may wait for their HELLO while every client slot is taken; past that a new
+connection is refused at once."""
+WAITING_HELLO_SECONDS = 1.0
+"""How long a connection that found every client slot taken may take to send HELLO (a member's
+link is admitted then) before it gets TOO_MANY_CONNECTIONS with request id 0; at most the handshake
+timeout."""
 
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 CLIENT_WRITES = frozenset({Op.PUT, Op.DELETE})
@@ -60,88 +93,144 @@ coordinator raises ``MustWait`` before sending anything and the session gives it
 LINGER_SECONDS = 1.0
 """How long a closing connection keeps reading (and discarding) what the client still sends."""
 
+_ABORT_LINGER = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 s: close sends RST and frees the kernel's send buffer at once, instead of keeping
+it for a client that does not read."""
+
 
 @dataclass(frozen=True)
 class ServerSettings:
     max_connections: int
-    """Connections served at once (``KV_MAX_CONNECTIONS``); more wait to be accepted."""
+    """Client connections served at once (``KV_MAX_CONNECTIONS``); links from members are apart."""
     max_frame_bytes: int
     """Largest frame read; a larger one gets FRAME_TOO_LARGE and ends its connection."""
     log_commands: bool
     """Log one line per client GET, PUT and DELETE."""
+    limits: ConnectionLimits
+    """A client connection's byte limits and timeouts; a member's link gets ``limits.for_peer()``."""
+    members: tuple[str, ...] = ()
+    """The other members' node ids: a connection whose HELLO names one is admitted as a peer link."""
     stalled_for: Callable[[], float] = lambda: 0.0
     """Seconds this process was just stalled (``StallWatch.stalled_for``): client writes read in the
     wake of a stall over ``STALE_AFTER`` are refused, not applied late."""
+
+
+class ConnectionEvents:
+    """What the server reports about connections; ``events.NodeEvents`` turns it into metrics and logs."""
+
+    def refused(self, peer: str, limit: int) -> None:
+        """A connection from ``peer`` got TOO_MANY_CONNECTIONS: all ``limit`` client slots were taken."""
+
+    def closed(self, reason: Close, peer: str, details: dict[str, Any]) -> None:
+        """The node closed ``peer``'s connection for ``reason``; ``details`` are the numbers behind it."""
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every session of one server uses."""
+
+    handler: RequestHandler
+    metrics: Metrics
+    events: ConnectionEvents
+    settings: ServerSettings
+    admission: Admission
 
 
 class _StopReading(Exception):
     """Raised into a session's recv to make it stop taking requests."""
 
 
-class InFlight:
-    """The requests running on one connection, each in a greenlet of its own, at most ``limit``.
+class _HandshakeExpired(Exception):
+    """The handshake's time ran out (raised by its timer)."""
 
-    ``spawn`` blocks while ``limit`` run, which stops the session reading: back-pressure on the
-    client through TCP. Raw greenlets rather than a ``Pool``: one is cheaper to start and to finish
-    (no Greenlet object, no link callback), and every request pays that; the function run must
-    handle its own errors, as ``Session._run_request`` does.
+
+class InFlight:
+    """The requests running on one connection, each in a greenlet of its own, at most ``limit``, and
+    the bytes they reserve (``reserved``).
+
+    ``spawn`` blocks while ``limit`` run. Raw greenlets rather than a ``Pool``: one is cheaper to start
+    and to finish (no Greenlet object, no link callback), and every request pays that; the function
+    run must handle its own errors, as ``Session._run_request`` does. ``on_finish`` runs as each ends.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_finish: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.reserved = 0
         self._slots = Semaphore(limit)
         self._running = 0
         self._idle = Event()
         self._idle.set()
+        self._on_finish = on_finish
 
     def __len__(self) -> int:
         return self._running
 
-    def spawn(self, function: Callable[..., Any], *args: Any) -> None:
+    def spawn(self, function: Callable[..., Any], *args: Any, reserve: int = 0) -> None:
+        """Run ``function(*args)`` in a greenlet, holding ``reserve`` bytes until it returns."""
         self._slots.acquire()
         self._running += 1
+        self.reserved += reserve
         self._idle.clear()
-        gevent.spawn_raw(self._run, function, args)
+        gevent.spawn_raw(self._run, function, args, reserve)
 
     def join(self) -> None:
         """Wait until every request spawned so far has finished."""
         self._idle.wait()
 
-    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...], reserve: int) -> None:
         try:
             function(*args)
         finally:
             self._running -= 1
+            self.reserved -= reserve
             self._slots.release()
             if not self._running:
                 self._idle.set()
+            self._on_finish()
 
 
 class Session:
-    """One client or peer connection."""
+    """One client or peer connection, holding ``ticket``'s seat (``None``: refused, it holds none)."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        handler: RequestHandler,
-        metrics: Metrics,
-        log: Any,
-        settings: ServerSettings,
-    ) -> None:
+    def __init__(self, sock: socket.socket, shared: _Shared, log: Any, ticket: Ticket | None, peer: str) -> None:
         self.sock = sock
-        self._handler = handler
-        self._metrics = metrics
+        self.peer = peer
+        self.ticket = ticket
+        self._shared = shared
+        self._handler = shared.handler
+        self._metrics = shared.metrics
         self._log = log
+        settings = shared.settings
         self._log_commands = settings.log_commands
         self._stalled_for = settings.stalled_for
+        self._max_frame_bytes = settings.max_frame_bytes
+        self.limits = settings.limits
         self._decoder = protocol.FrameDecoder(settings.max_frame_bytes)
-        self._writer = FrameWriter(sock)
-        self._in_flight = InFlight(MAX_IN_FLIGHT_PER_CONNECTION)
+        self._writer = FrameWriter(sock, on_sent=self._progress)
+        self._in_flight = InFlight(MAX_IN_FLIGHT_PER_CONNECTION, on_finish=self._progress)
+        self._room = Event()
+        self._waiting_for_room = False
         self._negotiated = False
         self._stopping = False
+        self._broken = False  # a send failed, or abort(): no reply can be delivered any more
+        self._watch: Watch | None = None  # from HELLO on
+        self.bytes_received = 0
+        self.requests_received = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes this connection holds: reserved by requests in flight, and replies not yet sent."""
+        return self._in_flight.reserved + self._writer.queued
 
     def run(self) -> None:
         try:
-            self._read_frames()
+            if self.ticket is None:  # no seat, not even in the waiting room: refused at once
+                self._refuse(CONNECTION_REQUEST_ID)
+                return
+            frames = self._handshake()
+            if frames is not None:
+                self._watch = Watch(self.limits, time.monotonic())
+                self._read_frames(frames)
         except _StopReading:
             pass
         except OSError as exc:  # the peer reset the connection; nothing to answer
@@ -150,8 +239,25 @@ class Session:
             self._in_flight.join()
             self._close()
 
+    def check(self, now: float) -> Close | None:
+        """Whether this connection must close now, and why (``connection_limits.Watch``)."""
+        if self._watch is None or self._stopping:
+            return None
+        writer = self._writer
+        activity = Activity(
+            self.bytes_received,
+            self.requests_received,
+            self._decoder.buffered > 0,
+            len(self._in_flight),
+            writer.queued,
+            writer.sent,
+        )
+        return self._watch.check(activity, now)
+
     def stop_reading(self) -> None:
         """Stop taking new requests; those in flight still get their replies (graceful shutdown)."""
+        if self._stopping:  # told already (or closing): one wake-up is enough
+            return
         self._stopping = True
         # Wake the session only if it waits in recv: an exception landing anywhere else could cut
         # a reply in half. cancel_wait throws into whichever greenlet waits on the socket's read
@@ -160,50 +266,26 @@ class Session:
         gevent_socket: Any = self.sock  # gevent's socket: its hub and read watcher are not in socket's type
         gevent_socket.hub.cancel_wait(gevent_socket._read_event, _StopReading())
 
+    def abort(self) -> None:
+        """Close the connection now, dropping what it holds: its client does not read, so nothing
+        more can be delivered. Whatever waits on the socket gets an error; the replies queued go."""
+        self._stopping = self._broken = True
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
+        self.sock.close()
+        self._room.set()
+
     def _close(self) -> None:
         """Close without losing replies: closing a socket that still has unread input makes Linux
         send RST, which discards replies the client has not read yet. So end our side first, let
         the client see EOF after its last reply, and read what it still sends until it closes."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(LINGER_SECONDS, False):
-                while self.sock.recv(RECV_BYTES):
-                    pass
+        if not self._broken:
+            with contextlib.suppress(OSError, _StopReading):
+                self.sock.shutdown(socket.SHUT_WR)
+                with gevent.Timeout(LINGER_SECONDS, False):
+                    while self.sock.recv(RECV_BYTES):
+                        pass
         self.sock.close()
-
-    def _read_frames(self) -> None:
-        recheck = False
-        while not self._stopping:
-            if recheck:  # see below: feed nothing, to raise a break that the last frames stood before
-                data = b""
-            else:
-                data = receive(self.sock)
-                if not data:
-                    return
-            try:
-                frames = self._decoder.feed(data)
-            except protocol.OversizeFrameError as exc:
-                self._log.warning("frame_too_large", length=exc.length, limit=exc.limit)
-                self._writer.write(protocol.encode_error(exc.request_id, Status.FRAME_TOO_LARGE, str(exc)))
-                return
-            except ProtocolError as exc:
-                self._log.warning("malformed_frame", error=str(exc))
-                return
-            # Checked once per read, before anything this read brought is run (see stall_watch).
-            stalled = self._stalled_for()
-            # Replies to requests answered right here leave together after the burst (one send).
-            self._writer.hold()
-            try:
-                for frame in frames:
-                    if stalled > STALE_AFTER and frame.code in CLIENT_WRITES and self._negotiated:
-                        self._refuse_stale(frame, stalled)
-                    elif not self._dispatch(frame):
-                        return
-            finally:
-                self._writer.release()
-            # The decoder returns the frames before a break in framing and raises on its next feed;
-            # make that feed now rather than after the client's next bytes, which may never come.
-            recheck = bool(frames) and self._decoder.buffered >= protocol.HEADER.size
 
     def _refuse_stale(self, frame: Frame, stalled: float) -> None:
         """A client write that waited out a stall of this process: its client has given up on it."""
@@ -218,24 +300,56 @@ class Session:
             )
         )
 
-    def _dispatch(self, frame: Frame) -> bool:
-        """Start ``frame``'s request; ``False`` ends the connection."""
-        if not self._negotiated:
-            return self._handshake(frame)
-        try:
-            request: protocol.Request | ProtocolError = protocol.decode_request(frame)
-        except ProtocolError as exc:
-            request = exc
-        if isinstance(request, (ProtocolError, *INLINE_REQUESTS)):
-            try:
-                self._run_request(frame, request, inline=True)
-            except MustWait:  # a GET that needs another node: this one holds no copy, R > 1, or its read failed
-                self._in_flight.spawn(self._run_request, frame, request)
-        else:
-            self._in_flight.spawn(self._run_request, frame, request)
-        return True
+    def _progress(self) -> None:
+        """A send finished or a request ended: a session waiting for room may go on."""
+        if self._waiting_for_room:
+            self._room.set()
 
-    def _handshake(self, frame: Frame) -> bool:
+    # --- the handshake ----------------------------------------------------------------------------
+
+    def _handshake(self) -> list[Frame] | None:
+        """Read until a HELLO succeeds, within the handshake timeout (a waiting connection, within
+        ``WAITING_HELLO_SECONDS``); the frames that came after it, or ``None`` to close."""
+        assert self.ticket is not None
+        seconds = self.limits.handshake_timeout
+        if self.ticket.seat is Seat.WAITING:
+            seconds = min(WAITING_HELLO_SECONDS, seconds)
+        deadline = time.monotonic() + seconds
+        frames: list[Frame] = []
+        while True:
+            if not frames:
+                try:
+                    frames = self._read_before(deadline)
+                except _HandshakeExpired:
+                    if self.ticket is not None and self.ticket.seat is Seat.WAITING:
+                        self._refuse(CONNECTION_REQUEST_ID)
+                    else:
+                        self._shared.events.closed(Close.HANDSHAKE_TIMEOUT, self.peer, {"timeout_s": seconds})
+                    return None
+                if not frames:
+                    return None
+            frame = frames.pop(0)
+            if not self._hello(frame):
+                return None
+            if self._negotiated:
+                return frames
+
+    def _read_before(self, deadline: float) -> list[Frame]:
+        """The next frames read, ``[]`` at end of stream or on bad framing; ``_HandshakeExpired`` if
+        none is complete by ``deadline`` (``time.monotonic()``)."""
+        with gevent.Timeout(max(0.0, deadline - time.monotonic()), _HandshakeExpired):
+            while True:
+                data = receive(self.sock)
+                if not data:
+                    return []
+                frames = self._feed(data)
+                if frames is None:
+                    return []
+                if frames:
+                    return frames
+
+    def _hello(self, frame: Frame) -> bool:
+        """Answer the first frames: they must be HELLO. ``False`` ends the connection."""
         if frame.code != Op.HELLO:
             self._log.warning("request_before_hello", op=protocol.op_name(frame.code))
             self._writer.write(
@@ -246,9 +360,118 @@ class Session:
             request: protocol.Request | ProtocolError = protocol.decode_request(frame)
         except ProtocolError as exc:
             request = exc
+        if isinstance(request, protocol.Hello) and self.ticket is not None:
+            ticket = self._shared.admission.identify(self.ticket, request.client_name)
+            if ticket is None:  # identify gave up the old ticket
+                self.ticket = None
+                self._refuse(frame.request_id)
+                return False
+            if ticket.seat is Seat.PEER and self.ticket.seat is not Seat.PEER:
+                self.limits = self.limits.for_peer()
+            self.ticket = ticket
         reply = self._run_request(frame, request)
         self._negotiated = protocol.frame_code(reply) == Status.OK
         return True
+
+    def _refuse(self, request_id: int) -> None:
+        limit = self._shared.admission.max_clients
+        self._writer.write(
+            protocol.encode_error(
+                request_id,
+                Status.TOO_MANY_CONNECTIONS,
+                f"this node serves at most {limit} client connections (KV_MAX_CONNECTIONS), all in use; "
+                "try another node, or later",
+            )
+        )
+        self._shared.events.refused(self.peer, limit)
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> list[Frame] | None:
+        """The frames ``data`` completes; ``None`` if the stream is unusable (after answering
+        FRAME_TOO_LARGE for a frame over the limit)."""
+        self.bytes_received += len(data)
+        try:
+            frames = self._decoder.feed(data)
+        except protocol.OversizeFrameError as exc:
+            self._log.warning("frame_too_large", length=exc.length, limit=exc.limit)
+            self._writer.write(protocol.encode_error(exc.request_id, Status.FRAME_TOO_LARGE, str(exc)))
+            return None
+        except ProtocolError as exc:
+            self._log.warning("malformed_frame", error=str(exc))
+            return None
+        self.requests_received += len(frames)
+        return frames
+
+    def _read_frames(self, frames: list[Frame]) -> None:
+        writer = self._writer
+        while True:
+            if frames:
+                # Checked once per read, before anything it brought runs (see stall_watch).
+                stalled = self._stalled_for()
+                # Replies to requests answered right here leave together after the burst.
+                writer.hold()
+                try:
+                    for frame in frames:
+                        if self._broken:  # the client is gone: what it sent needs no answer
+                            return
+                        if stalled > STALE_AFTER and frame.code in CLIENT_WRITES:
+                            self._refuse_stale(frame, stalled)
+                        else:
+                            self._dispatch(frame)
+                finally:
+                    writer.release()
+                # The decoder returns the frames before a break in framing and raises on its next
+                # feed; make that feed now rather than after the client's next bytes, which may never
+                # come (with a whole header buffered, the rest is a partial frame or the break).
+                if self._decoder.buffered >= protocol.HEADER.size and self._feed(b"") is None:
+                    return
+            if self._stopping:
+                return
+            data = receive(self.sock)
+            if not data:
+                return
+            next_frames = self._feed(data)
+            if next_frames is None:
+                return
+            frames = next_frames
+
+    def _dispatch(self, frame: Frame) -> None:
+        """Start ``frame``'s request once the connection has room for it."""
+        need = reservation(frame.code, len(frame.body), self._max_frame_bytes)
+        in_flight = self._in_flight
+        pending = in_flight.reserved + self._writer.queued
+        if len(in_flight) >= in_flight.limit or (pending and pending + need > self.limits.buffer_bytes):
+            self._wait_for_room(need)
+        try:
+            request: protocol.Request | ProtocolError = protocol.decode_request(frame)
+        except ProtocolError as exc:
+            request = exc
+        if isinstance(request, (ProtocolError, *INLINE_REQUESTS)):
+            try:
+                self._run_request(frame, request, inline=True)
+            except MustWait:  # a GET that needs another node: this one holds no copy, R > 1, or its read failed
+                in_flight.spawn(self._run_request, frame, request, reserve=need)
+        else:
+            in_flight.spawn(self._run_request, frame, request, reserve=need)
+
+    def _wait_for_room(self, need: int) -> None:
+        """Wait until one more request may run: fewer than the limit in flight, and ``need`` more bytes
+        within the connection's budget (or nothing held at all). Sends what was held first."""
+        in_flight, writer, budget = self._in_flight, self._writer, self.limits.buffer_bytes
+        writer.release()
+        try:
+            while not self._broken:
+                pending = in_flight.reserved + writer.queued
+                if len(in_flight) < in_flight.limit and (not pending or pending + need <= budget):
+                    return
+                self._room.clear()
+                self._waiting_for_room = True
+                self._room.wait()
+                self._waiting_for_room = False
+            raise _StopReading
+        finally:
+            writer.hold()
 
     def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError, *, inline: bool = False) -> bytes:
         """Run a decoded request (or answer the error that decoding it raised) and send the reply.
@@ -269,6 +492,7 @@ class Session:
         try:
             self._writer.write(reply, wait_for_more=len(self._in_flight) > 1)
         except OSError:
+            self._broken = True
             self.stop_reading()
         elapsed = time.perf_counter() - started
         status = protocol.status_name(protocol.frame_code(reply))
@@ -287,40 +511,74 @@ class Session:
 
 
 class ProtocolServer:
-    """A gevent ``StreamServer`` whose Pool caps connections, with a draining ``stop``."""
+    """A gevent ``StreamServer`` that accepts every connection and admits it (``Admission``), checks
+    every connection's timeouts and output (``check_connections``), and stops with a drain."""
 
     def __init__(
         self,
         listener: socket.socket | tuple[str, int],
         handler: RequestHandler,
         metrics: Metrics,
-        log: Any,
+        events: ConnectionEvents,
         settings: ServerSettings,
     ) -> None:
-        self._handler = handler
-        self._metrics = metrics
-        self._log = log
-        self._settings = settings
+        admission = Admission(settings.max_connections, settings.members, PEER_LINKS_PER_MEMBER, MAX_WAITING)
+        self._shared = _Shared(handler, metrics, events, settings, admission)
+        self._log = get_logger()
         self._sessions: set[Session] = set()
         self._stopping = False
         self._connection_ids = count(1)
-        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(settings.max_connections))
+        self._watcher: gevent.Greenlet | None = None
+        # An unbounded pool: admission caps connections, and stop() still drains every session.
+        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool())
 
     @property
     def port(self) -> int:
         port: int = self._server.server_port
         return port
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes every connection holds in requests in flight and unsent replies."""
+        return sum(session.buffered for session in self._sessions)
+
     def start(self) -> None:
         self._server.start()
+        self._watcher = gevent.spawn(self._watch_connections)
 
     def stop(self, drain_timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``drain_timeout`` s, then close."""
         self._stopping = True
         self._server.close()
+        if self._watcher is not None:
+            self._watcher.kill()
         for session in list(self._sessions):
             session.stop_reading()
         self._server.stop(timeout=drain_timeout)
+
+    def check_connections(self, now: float) -> None:
+        """Close every connection that is idle, stalled mid-frame, or not reading its replies."""
+        events = self._shared.events
+        for session in list(self._sessions):
+            reason = session.check(now)
+            if reason is None:
+                continue
+            details: dict[str, Any] = {}
+            if reason is Close.OUTPUT_LIMIT:
+                limits = session.limits
+                details = {"bytes": session.buffered, "limit": limits.buffer_bytes, "waited_s": limits.output_timeout}
+                session.abort()
+            else:
+                if reason is Close.IDLE_TIMEOUT:
+                    details = {"idle_s": session.limits.idle_timeout}
+                session.stop_reading()
+            events.closed(reason, session.peer, details)
+
+    def _watch_connections(self) -> None:
+        interval = self._shared.settings.limits.check_interval
+        while True:
+            gevent.sleep(interval)
+            self.check_connections(time.monotonic())
 
     def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         if self._stopping:  # accepted just before stop() and started after it: nothing to drain
@@ -331,17 +589,14 @@ class ProtocolServer:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(peer=peer, conn_id=conn_id)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(
-            sock,
-            self._handler,
-            self._metrics,
-            self._log.bind(peer=peer, conn_id=conn_id),
-            self._settings,
-        )
+        admission = self._shared.admission
+        session = Session(sock, self._shared, self._log.bind(peer=peer, conn_id=conn_id), admission.arrive(), peer)
         self._sessions.add(session)
-        self._metrics.connections.inc()
+        self._shared.metrics.connections.inc()
         try:
             session.run()
         finally:
             self._sessions.discard(session)
-            self._metrics.connections.dec()
+            self._shared.metrics.connections.dec()
+            if session.ticket is not None:
+                admission.leave(session.ticket)

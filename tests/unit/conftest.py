@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from cluster import LOG_SINK, InProcessCluster, LogSink, start_cluster
+from raw_connection import RawConnection
 
 
 @pytest.fixture
@@ -45,3 +46,18 @@ def log_sink() -> Iterator[LogSink]:
     LOG_SINK.clear()
     yield LOG_SINK
     LOG_SINK.clear()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[[str], RawConnection]]:
+    """Opens ``RawConnection``s to an address; every one is closed after the test."""
+    opened: list[RawConnection] = []
+
+    def open_connection(address: str) -> RawConnection:
+        connection = RawConnection(address)
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        connection.close()

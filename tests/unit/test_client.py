@@ -12,10 +12,11 @@ from gevent import socket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polling import wait_until
+from raw_connection import FakeNode
 
 from client import protocol
 from client.address import format_address
-from client.client import Client, Limits
+from client.client import Client, Limits, none_reachable
 from client.connection import Connection
 from client.errors import (
     BadRequestError,
@@ -23,10 +24,12 @@ from client.errors import (
     InvalidArgumentTypeError,
     KeyTooLargeError,
     NodeUnreachableError,
+    TooManyConnectionsError,
     UnavailableError,
     ValueTooLargeError,
 )
 from client.policies import PrimaryOnly
+from client.protocol import Frame, Status
 from client.ring import Ring
 from service.config import load_config
 from service.node import Node
@@ -634,3 +637,32 @@ def test_a_client_reaches_nodes_on_ipv6_by_a_bracketed_seed(ipv6_nodes: dict[str
         assert {node.address for node in client.status() if node.up} == expected
     finally:
         client.close()
+
+
+def test_a_connection_the_node_closed_while_unused_is_dialled_again_not_failed() -> None:
+    """A node closes idle connections (KV_IDLE_TIMEOUT_S); a client that has not run since finds
+    out only when its next request fails. It dials that node once more before giving up on it."""
+
+    def script(number: int, frame: Frame) -> bytes | None:
+        if frame.code == protocol.Op.TOPOLOGY:
+            return node.topology_reply(frame.request_id)
+        if number == 1:
+            return None  # closed under the request, as an idle timeout does
+        return protocol.encode_response(frame.request_id, Status.NOT_FOUND)
+
+    node = FakeNode(script)
+    try:
+        with Client(node.address, timeout=2.0) as client:
+            assert client.get("k") is None
+        assert node.connections == 2
+    finally:
+        node.close()
+
+
+def test_when_every_node_refuses_for_too_many_connections_the_error_says_so() -> None:
+    refused = [TooManyConnectionsError("a is full"), TooManyConnectionsError("b is full")]
+    error = none_reachable(refused)
+    assert isinstance(error, TooManyConnectionsError) and error.code == "TOO_MANY_CONNECTIONS"
+    assert error.message == "no node reachable: a is full; b is full"
+    mixed = none_reachable([refused[0], NodeUnreachableError("c: connection refused")])
+    assert type(mixed) is NodeUnreachableError

@@ -44,6 +44,10 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.tombstone_grace == 86400.0
     assert config.anti_entropy_interval == 30.0
     assert config.read_repair_chance == 0.10
+    assert config.handshake_timeout == 5.0
+    assert config.idle_timeout == 300.0
+    assert config.client_output_limit_bytes == 16 * 1024 * 1024
+    assert config.client_output_timeout == 30.0
 
 
 @pytest.mark.parametrize(("text", "chance"), [("0", 0.0), ("25", 0.25), ("100", 1.0)])
@@ -161,6 +165,19 @@ def test_booleans(text: str, expected: bool) -> None:
         pytest.param(
             {"KV_ANTI_ENTROPY_INTERVAL_S": "-1"}, "KV_ANTI_ENTROPY_INTERVAL_S", "from 0", id="interval-negative"
         ),
+        pytest.param({"KV_HANDSHAKE_TIMEOUT_MS": "0"}, "KV_HANDSHAKE_TIMEOUT_MS", "from 1", id="handshake-zero"),
+        pytest.param({"KV_IDLE_TIMEOUT_S": "-5"}, "KV_IDLE_TIMEOUT_S", "from 0", id="idle-negative"),
+        pytest.param({"KV_IDLE_TIMEOUT_S": "5m"}, "KV_IDLE_TIMEOUT_S", "whole number", id="idle-not-a-number"),
+        pytest.param(
+            {"KV_CLIENT_OUTPUT_LIMIT_MB": "2"},
+            "KV_CLIENT_OUTPUT_LIMIT_MB",
+            "set it to at least 3, or lower KV_MAX_VALUE_BYTES",
+            id="output-limit-below-two-frames",
+        ),
+        pytest.param({"KV_CLIENT_OUTPUT_LIMIT_MB": "0"}, "KV_CLIENT_OUTPUT_LIMIT_MB", "from 1", id="output-limit-zero"),
+        pytest.param(
+            {"KV_CLIENT_OUTPUT_TIMEOUT_S": "-1"}, "KV_CLIENT_OUTPUT_TIMEOUT_S", "from 0", id="output-timeout-negative"
+        ),
     ],
 )
 def test_wrong_setting_names_the_variable(overrides: dict[str, str | None], variable: str, detail: str) -> None:
@@ -199,3 +216,23 @@ def test_fsync_defaults_to_always_and_accepts_periodic() -> None:
     assert load_config(MINIMAL).fsync_always is True
     assert load_config({**MINIMAL, "KV_FSYNC": "periodic"}).fsync_always is False
     assert load_config({**MINIMAL, "KV_FSYNC": "ALWAYS"}).fsync_always is True
+
+
+def test_connection_limits_are_read() -> None:
+    config = load_config(
+        {
+            **MINIMAL,
+            "KV_HANDSHAKE_TIMEOUT_MS": "250",
+            "KV_IDLE_TIMEOUT_S": "0",
+            "KV_CLIENT_OUTPUT_LIMIT_MB": "3",
+            "KV_CLIENT_OUTPUT_TIMEOUT_S": "0",
+        }
+    )
+    assert (config.handshake_timeout, config.idle_timeout) == (0.25, 0.0)
+    assert (config.client_output_limit_bytes, config.client_output_timeout) == (3 * 1024 * 1024, 0.0)
+
+
+def test_the_default_output_limit_grows_to_hold_four_of_the_largest_frames() -> None:
+    config = load_config({**MINIMAL, "KV_MAX_VALUE_BYTES": str(10 * 1024 * 1024)})
+    assert config.client_output_limit_bytes >= 4 * config.max_frame_bytes
+    assert config.client_output_limit_bytes % (1024 * 1024) == 0

@@ -28,6 +28,8 @@ def run_python(code: str) -> None:
         "service.storage_health",
         "service.store_flags",
         "service.cluster_report",
+        "service.admission",
+        "service.connection_limits",
         "client.protocol",
         "client.ring",
         "client.address",

@@ -7,12 +7,21 @@ from __future__ import annotations
 import gevent
 import pytest
 from gevent import socket
+from gevent.event import Event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import protocol
 from client import transport as transport_module
 from client.connection import Connection
-from client.errors import NodeUnreachableError, ProtocolViolationError, RequestTimeoutError
-from client.transport import ById, FrameWriter, InOrder, PipelinedSocket, receive
+from client.errors import (
+    NodeUnreachableError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    TooManyConnectionsError,
+)
+from client.protocol import MAX_REQUEST_ID, Status
+from client.transport import HELD_FLUSH_BYTES, SEND_CHUNK_BYTES, ById, FrameWriter, InOrder, PipelinedSocket, receive
 
 
 class RecordingSocket:
@@ -76,6 +85,98 @@ def test_a_failed_send_reaches_the_writer_and_leaves_the_writer_reusable() -> No
         writer.write(b"x")
     with pytest.raises(ConnectionResetError):  # not stuck believing another greenlet is writing
         writer.write(b"y")
+
+
+class YieldingSocket(RecordingSocket):
+    """A socket whose every send lets other greenlets run first, as a send that waits for room does."""
+
+    def sendall(self, data: bytes) -> None:
+        gevent.sleep(0)
+        super().sendall(data)
+
+
+FRAME_SIZES = st.one_of(
+    st.integers(1, 64), st.integers(1, 64 * 1024), st.integers(SEND_CHUNK_BYTES - 2, 3 * SEND_CHUNK_BYTES)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bursts=st.lists(st.tuples(st.booleans(), st.lists(FRAME_SIZES, min_size=1, max_size=6)), min_size=1, max_size=5))
+def test_every_frame_leaves_whole_once_and_in_order_in_bounded_sends(bursts: list[tuple[bool, list[int]]]) -> None:
+    """Frames from several greenlets, some written as held bursts, some large enough to leave in
+    pieces: the bytes sent are exactly the frames in the order they were written."""
+    sock = YieldingSocket()
+    writer = FrameWriter(sock)
+    written: list[bytes] = []
+
+    def burst(index: int, held: bool, sizes: list[int]) -> None:
+        if held:
+            writer.hold()
+        for number, size in enumerate(sizes):
+            frame = bytes([index * 16 + number]) * size
+            written.append(frame)
+            writer.write(frame, wait_for_more=not held)
+        if held:
+            writer.release()
+
+    greenlets = [gevent.spawn(burst, index, held, sizes) for index, (held, sizes) in enumerate(bursts)]
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    assert b"".join(sock.sends) == b"".join(written)
+    assert all(len(chunk) <= SEND_CHUNK_BYTES for chunk in sock.sends)
+    assert (writer.queued, writer.sent) == (0, sum(map(len, written)))
+
+
+def test_a_held_burst_is_sent_once_it_reaches_the_flush_size() -> None:
+    sock = RecordingSocket()
+    writer = FrameWriter(sock)
+    writer.hold()
+    frame = b"r" * (64 * 1024)
+    for _ in range(HELD_FLUSH_BYTES // len(frame) - 1):
+        writer.write(frame)
+    assert sock.sends == [] and writer.queued == HELD_FLUSH_BYTES - len(frame)
+    writer.write(frame)  # reaches the flush size: sent although held
+    assert b"".join(sock.sends) == frame * (HELD_FLUSH_BYTES // len(frame)) and writer.queued == 0
+
+
+def test_a_failed_send_drops_every_frame_queued() -> None:
+    class StuckSocket(RecordingSocket):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = Event()
+
+        def sendall(self, data: bytes) -> None:
+            self.gate.wait()
+            raise BrokenPipeError("the peer is gone")
+
+    sock = StuckSocket()
+    writer = FrameWriter(sock)
+    first = gevent.spawn(writer.write, b"a" * 1000)
+    gevent.sleep(0)
+    writer.write(b"b" * 5000)  # queued behind the stuck send
+    assert writer.queued == 6000
+    sock.gate.set()
+    with pytest.raises(BrokenPipeError):
+        first.get(timeout=1)
+    assert writer.queued == 0 and writer.sent == 0
+
+
+def test_request_ids_skip_0_when_they_wrap_around() -> None:
+    matching = ById(1024)
+    matching._ids = iter([MAX_REQUEST_ID, MAX_REQUEST_ID + 1, MAX_REQUEST_ID + 2])  # type: ignore[assignment]
+    assert [matching.expect()[0], matching.expect()[0]] == [MAX_REQUEST_ID, 1]
+
+
+def test_an_error_frame_with_request_id_0_fails_every_request_on_the_socket() -> None:
+    matching = ById(1024)
+    waiters = [matching.expect()[1] for _ in range(3)]
+    with pytest.raises(TooManyConnectionsError, match="full"):
+        matching.feed(protocol.encode_error(0, Status.TOO_MANY_CONNECTIONS, "full"))
+    assert not any(waiter.ready() for waiter in waiters)  # PipelinedSocket fails them with the error
+
+
+def test_an_answer_with_request_id_0_is_a_protocol_violation() -> None:
+    with pytest.raises(ProtocolViolationError, match="request id 0"):
+        ById(1024).feed(protocol.encode_response(0, Status.OK))
 
 
 def test_receive_on_a_closed_socket_raises_an_os_error_as_recv_does() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import time
 
+import gevent
+
 from client.protocol import MemberView, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
@@ -30,6 +32,8 @@ from service.metrics import Metrics
 from service.peers import HEARTBEAT_INTERVAL, Peer, PeerMonitor, PeerSettings
 from service.periodic import Periodic
 from service.placement import Placement
+from service.resp_handler import RespHandler
+from service.resp_server import RespServer
 from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
 from service.versioning import HybridLogicalClock
@@ -46,10 +50,14 @@ class Node:
     """One node: its parts built from ``config``, started by ``start`` and drained by ``stop``.
 
     ``listener``: an already bound socket to serve the protocol on (tests bind port 0 first);
-    without it the node binds ``KV_HOST:KV_PORT``. What the parts report goes to ``events``.
+    without it the node binds ``KV_HOST:KV_PORT``. ``resp_listener``, likewise, for the Redis
+    protocol, which otherwise listens on ``KV_HOST:KV_RESP_PORT`` unless that is 0. What the parts
+    report goes to ``events``.
     """
 
-    def __init__(self, config: Config, *, listener: socket.socket | None = None) -> None:
+    def __init__(
+        self, config: Config, *, listener: socket.socket | None = None, resp_listener: socket.socket | None = None
+    ) -> None:
         self.config = config
         self.log = get_logger()
         self.metrics = Metrics()
@@ -99,13 +107,24 @@ class Node:
             AntiEntropySettings(config.tombstone_grace, config.anti_entropy_interval, config.max_frame_bytes),
             events=self.events,
         )
+        self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members)
+        server_settings = ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands)
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
-            RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.members),
+            self.handler,
             self.metrics,
             self.log,
-            ServerSettings(config.max_connections, config.max_frame_bytes, config.log_commands),
+            server_settings,
         )
+        self.resp_server: RespServer | None = None
+        if resp_listener is not None or config.resp_port:
+            self.resp_server = RespServer(
+                resp_listener if resp_listener is not None else (config.host, config.resp_port),
+                RespHandler(config, self.handler, self._started_wall),
+                self.metrics,
+                self.log,
+                server_settings,
+            )
         self.http = HttpServer(
             config.host, config.http_port, make_app(self.metrics.registry, self.is_healthy), LogWriter(self.log)
         )
@@ -117,6 +136,11 @@ class Node:
         return self.server.port
 
     @property
+    def resp_port(self) -> int:
+        """The Redis-protocol port served, 0 if none."""
+        return self.resp_server.port if self.resp_server is not None else 0
+
+    @property
     def http_port(self) -> int:
         return self.http.port
 
@@ -125,6 +149,8 @@ class Node:
 
     def start(self) -> None:
         self.server.start()
+        if self.resp_server is not None:
+            self.resp_server.start()
         self.http.start()
         for task in self.tasks.values():
             task.start()
@@ -132,6 +158,7 @@ class Node:
         self.log.info(
             "node_started",
             port=self.port,
+            resp_port=self.resp_port,
             http_port=self.http_port,
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
@@ -146,7 +173,11 @@ class Node:
         """Drain: refuse new connections, finish in-flight requests, commit, close the store."""
         self._serving = False
         self.log.info("node_stopping", drain_timeout_s=self.config.drain_timeout)
+        # Both ports drain at once, so stopping takes one drain timeout at most, not two.
+        resp_stopping = gevent.spawn(self.resp_server.stop, self.config.drain_timeout) if self.resp_server else None
         self.server.stop(self.config.drain_timeout)
+        if resp_stopping is not None:
+            resp_stopping.get()
         for task in self.tasks.values():
             task.stop()
         if not self.store.drain(self.config.drain_timeout):

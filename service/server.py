@@ -147,23 +147,10 @@ class Session:
     def stop_reading(self) -> None:
         """Stop taking new requests; those in flight still get their replies (graceful shutdown)."""
         self._stopping = True
-        # Wake the session only if it waits in recv: an exception landing anywhere else could cut
-        # a reply in half. cancel_wait throws into whichever greenlet waits on the socket's read
-        # watcher when the callback runs, and does nothing if none does; the loop checks
-        # _stopping before its next recv. (_read_event is how gevent's own socket.close does this.)
-        gevent_socket: Any = self.sock  # gevent's socket: its hub and read watcher are not in socket's type
-        gevent_socket.hub.cancel_wait(gevent_socket._read_event, _StopReading())
+        interrupt_recv(self.sock, _StopReading())
 
     def _close(self) -> None:
-        """Close without losing replies: closing a socket that still has unread input makes Linux
-        send RST, which discards replies the client has not read yet. So end our side first, let
-        the client see EOF after its last reply, and read what it still sends until it closes."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(LINGER_SECONDS, False):
-                while self.sock.recv(RECV_BYTES):
-                    pass
-        self.sock.close()
+        close_after_replies(self.sock)
 
     def _read_frames(self) -> None:
         while not self._stopping:
@@ -254,6 +241,30 @@ class Session:
                 duration_ms=round(elapsed * 1000, 3),
             )
         return reply
+
+
+def interrupt_recv(sock: socket.socket, error: BaseException) -> None:
+    """Raise ``error`` in the greenlet waiting in ``sock``'s recv, if one does; a session's reading
+    loop then checks whether it is stopping before its next recv.
+
+    Only a greenlet waiting in recv is woken: an exception landing anywhere else could cut a reply in
+    half. ``cancel_wait`` throws into whichever greenlet waits on the socket's read watcher when the
+    callback runs, and does nothing if none does (``_read_event`` is how gevent's own
+    ``socket.close`` does this)."""
+    gevent_socket: Any = sock  # gevent's socket: its hub and read watcher are not in socket's type
+    gevent_socket.hub.cancel_wait(gevent_socket._read_event, error)
+
+
+def close_after_replies(sock: socket.socket) -> None:
+    """Close without losing replies: closing a socket that still has unread input makes Linux send
+    RST, which discards replies the client has not read yet. So end our side first, let the client
+    see EOF after its last reply, and read what it still sends until it closes (``LINGER_SECONDS``)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(LINGER_SECONDS, False):
+            while sock.recv(RECV_BYTES):
+                pass
+    sock.close()
 
 
 class ProtocolServer:

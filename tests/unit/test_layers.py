@@ -21,7 +21,9 @@ def run_python(code: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("module", ["service.config", "client.protocol", "client.ring", "client.address"])
+@pytest.mark.parametrize(
+    "module", ["service.config", "client.protocol", "client.resp", "client.ring", "client.address"]
+)
 def test_a_pure_module_imports_no_gevent(module: str) -> None:
     run_python(f"import {module}, sys; assert 'gevent' not in sys.modules, sorted(sys.modules)")
 

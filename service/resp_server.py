@@ -24,22 +24,25 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import count
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
-import gevent.pool
-import structlog
 from gevent.event import Event
-from gevent.server import StreamServer
 
+from client.address import format_address
 from client.resp import CommandParser, OversizeCommandError, RespProtocolError, encode_error
 from client.transport import FrameWriter, receive
 from service.coordinator import MustWait
 from service.logging import printable_key
 from service.metrics import Metrics
 from service.resp_handler import COMMANDS, UNKNOWN_OP, CommandSpec, Outcome, RespClient, RespHandler, error
-from service.server import MAX_IN_FLIGHT_PER_CONNECTION, ServerSettings, close_after_replies, interrupt_recv
+from service.server import (
+    MAX_IN_FLIGHT_PER_CONNECTION,
+    ConnectionServer,
+    ServerSettings,
+    close_after_replies,
+    interrupt_recv,
+)
 
 
 class _StopReading(Exception):
@@ -113,6 +116,7 @@ class RespSession:
         finally:
             self._drained.wait()
             close_after_replies(self.sock)
+            self._handler.close_client(self._client)
 
     def stop_reading(self) -> None:
         """Stop taking new commands; those in flight still get their replies (graceful shutdown)."""
@@ -159,7 +163,8 @@ class RespSession:
         gevent.spawn_raw(self._run_in_turn, command, earlier)
 
     def _enqueue(self, command: _Command) -> None:
-        if self._pending and self._weight + command.weight > MAX_IN_FLIGHT_PER_CONNECTION:
+        # A command heavier than the limit alone waits for an empty queue, then goes.
+        while self._pending and self._weight + command.weight > MAX_IN_FLIGHT_PER_CONNECTION:
             self._writer.release()  # what is ready goes out while the session waits
             self._room.clear()
             self._room.wait()
@@ -237,9 +242,10 @@ class RespSession:
         self._flush()
 
 
-class RespServer:
-    """A gevent ``StreamServer`` for the Redis protocol whose Pool caps connections, with a
-    draining ``stop``; the same shape as ``server.ProtocolServer``, with the same ``ServerSettings``."""
+class RespServer(ConnectionServer):
+    """The Redis protocol's server: a ``RespSession`` per connection, its commands run by ``handler``."""
+
+    log_context: ClassVar[dict[str, str]] = {"protocol": "resp"}
 
     def __init__(
         self,
@@ -249,48 +255,10 @@ class RespServer:
         log: Any,
         settings: ServerSettings,
     ) -> None:
+        super().__init__(listener, metrics, log, settings)
         self._shared = _Shared(handler, metrics, settings)
-        self._handler = handler
-        self._metrics = metrics
-        self._log = log
-        self._sessions: set[RespSession] = set()
-        self._stopping = False
-        self._connection_ids = count(1)
-        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(settings.max_connections))
 
-    @property
-    def port(self) -> int:
-        port: int = self._server.server_port
-        return port
-
-    def start(self) -> None:
-        self._server.start()
-
-    def stop(self, drain_timeout: float) -> None:
-        """Stop accepting, let in-flight commands finish for up to ``drain_timeout`` s, then close."""
-        self._stopping = True
-        self._server.close()
-        for session in list(self._sessions):
-            session.stop_reading()
-        self._server.stop(timeout=drain_timeout)
-
-    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        if self._stopping:  # accepted just before stop() and started after it: nothing to drain
-            sock.close()
-            return
-        peer = f"{address[0]}:{address[1]}"
-        local = sock.getsockname()
-        conn_id = next(self._connection_ids)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(peer=peer, conn_id=conn_id, protocol="resp")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = self._handler.open_client(peer, f"{local[0]}:{local[1]}")
-        session = RespSession(sock, client, self._shared, self._log.bind(peer=peer, conn_id=conn_id, protocol="resp"))
-        self._sessions.add(session)
-        self._metrics.connections.inc()
-        try:
-            session.run()
-        finally:
-            self._sessions.discard(session)
-            self._metrics.connections.dec()
-            self._handler.close_client(client)
+    def open_session(self, sock: socket.socket, peer: str, log: Any) -> RespSession:
+        host, port = sock.getsockname()[:2]
+        client = self._shared.handler.open_client(peer, format_address(host, port))
+        return RespSession(sock, client, self._shared, log)

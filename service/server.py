@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import gevent
 import gevent.pool
@@ -267,22 +267,30 @@ def close_after_replies(sock: socket.socket) -> None:
     sock.close()
 
 
-class ProtocolServer:
-    """A gevent ``StreamServer`` whose Pool caps connections, with a draining ``stop``."""
+class Connection(Protocol):
+    """A session as its server drives it: ``run`` serves the connection until it ends; ``stop_reading``
+    asks it to take no more requests, answer those in flight, and end."""
+
+    def run(self) -> None: ...
+
+    def stop_reading(self) -> None: ...
+
+
+class ConnectionServer:
+    """A gevent ``StreamServer`` whose Pool caps connections, with a draining ``stop``. What a
+    connection speaks is up to its session: a subclass makes one per connection (``open_session``),
+    ``ProtocolServer`` for our protocol and ``resp_server.RespServer`` for Redis's."""
+
+    log_context: ClassVar[dict[str, str]] = {}
+    """Bound into a connection's log lines beside its peer and id (the Redis server's: protocol=resp)."""
 
     def __init__(
-        self,
-        listener: socket.socket | tuple[str, int],
-        handler: RequestHandler,
-        metrics: Metrics,
-        log: Any,
-        settings: ServerSettings,
+        self, listener: socket.socket | tuple[str, int], metrics: Metrics, log: Any, settings: ServerSettings
     ) -> None:
-        self._handler = handler
         self._metrics = metrics
         self._log = log
         self._settings = settings
-        self._sessions: set[Session] = set()
+        self._sessions: set[Connection] = set()
         self._stopping = False
         self._connection_ids = count(1)
         self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(settings.max_connections))
@@ -303,22 +311,20 @@ class ProtocolServer:
             session.stop_reading()
         self._server.stop(timeout=drain_timeout)
 
+    def open_session(self, sock: socket.socket, peer: str, log: Any) -> Connection:
+        """The session that serves a new connection from ``peer``; ``log`` is bound to it."""
+        raise NotImplementedError
+
     def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         if self._stopping:  # accepted just before stop() and started after it: nothing to drain
             sock.close()
             return
         peer = f"{address[0]}:{address[1]}"
-        conn_id = next(self._connection_ids)
+        context = {"peer": peer, "conn_id": next(self._connection_ids), **self.log_context}
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(peer=peer, conn_id=conn_id)
+        structlog.contextvars.bind_contextvars(**context)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(
-            sock,
-            self._handler,
-            self._metrics,
-            self._log.bind(peer=peer, conn_id=conn_id),
-            self._settings,
-        )
+        session = self.open_session(sock, peer, self._log.bind(**context))
         self._sessions.add(session)
         self._metrics.connections.inc()
         try:
@@ -326,3 +332,21 @@ class ProtocolServer:
         finally:
             self._sessions.discard(session)
             self._metrics.connections.dec()
+
+
+class ProtocolServer(ConnectionServer):
+    """Our protocol's server: a ``Session`` per connection, answered by ``handler``."""
+
+    def __init__(
+        self,
+        listener: socket.socket | tuple[str, int],
+        handler: RequestHandler,
+        metrics: Metrics,
+        log: Any,
+        settings: ServerSettings,
+    ) -> None:
+        super().__init__(listener, metrics, log, settings)
+        self._handler = handler
+
+    def open_session(self, sock: socket.socket, peer: str, log: Any) -> Session:
+        return Session(sock, self._handler, self._metrics, log, self._settings)

@@ -342,9 +342,12 @@ def test_a_pipeline_gets_replies_in_order_and_reads_its_own_writes(
 def test_more_commands_in_flight_than_the_limit_are_all_answered_in_order(single: InProcessCluster) -> None:
     conn = RawResp(single.resp_ports["node1"])
     count = 1500  # well over MAX_IN_FLIGHT_PER_CONNECTION, so the session stops reading and resumes
-    conn.send(b"".join(encode_command("SET", f"k{i}", f"v{i}") + encode_command("GET", f"k{i}") for i in range(count)))
-    replies = conn.read(2 * count, timeout=30)
-    assert replies == [item for i in range(count) for item in ("OK", f"v{i}".encode())]
+    writes = b"".join(encode_command("SET", f"k{i}", f"v{i}") + encode_command("GET", f"k{i}") for i in range(count))
+    heavy = encode_command("MGET", *(f"k{i}" for i in range(400)))  # more keys than the limit: waits its turn
+    conn.send(writes + heavy + encode_command("PING"))
+    replies = conn.read(2 * count + 2, timeout=30)
+    assert replies[: 2 * count] == [item for i in range(count) for item in ("OK", f"v{i}".encode())]
+    assert replies[2 * count :] == [[f"v{i}".encode() for i in range(400)], "PONG"]
 
 
 def test_resp3_changes_only_null_and_maps(single: InProcessCluster) -> None:

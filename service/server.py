@@ -1,5 +1,9 @@
 """The protocol server: accepts connections, reads frames, hands requests to the handler, writes replies.
 
+``ConnectionServer`` is the listening shell any protocol's server uses (the connection cap, the
+draining stop, each connection's log context); ``ProtocolServer`` is it with our protocol's ``Session``
+per connection (``resp_server`` gives it Redis's).
+
 Each connection is a ``Session``. It reads frames off the socket and runs each request in its own
 greenlet, so a slow PUT does not hold up the GETs pipelined behind it; replies go back in completion
 order, matched by request id. At most ``MAX_IN_FLIGHT_PER_CONNECTION`` requests run per connection;

@@ -27,7 +27,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
 
 USER kv
 VOLUME /data
-EXPOSE 5000 8000
+EXPOSE 5000 6379 8000
 ENV KV_DATA_DIR=/data
 # Healthy once ready (/readyz); a full disk stays healthy, and /healthz and the check's output say so.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["python3", "-m", "service.healthcheck"]

@@ -12,7 +12,6 @@ cores apart from the I/O (this file imports none of them, so importing one modul
 * ``report``: pure. What a run measured (``Stats``), the report built from it, as JSON and as
   text, and the live status line.
 * ``histogram``: pure. Latencies in fixed memory, mergeable across processes.
-* ``resp``: pure. RESP2, the Redis wire format, over bytes.
 * ``targets``: I/O. One bench connection: a ``Client`` routing to primaries, or a Redis socket.
 * ``worker``: I/O. One process's connections and lanes through warm-up, measurement and the
   read-back check.

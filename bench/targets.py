@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from bench import resp
-from client import protocol
+from client import protocol, resp
 from client.address import format_address, parse_address
 from client.client import Client
 from client.errors import KVError, NodeUnreachableError, ProtocolViolationError

@@ -67,6 +67,7 @@ class Config:
     max_clock_offset_ms: int
     log_commands: bool
     log_level: str
+    resp_port: int = 0  # the Redis-protocol port; 0: none
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -84,9 +85,10 @@ class Setting:
 SETTINGS = [
     Setting("KV_NODE_ID", None, "this node's id, unique in the cluster, e.g. node1"),
     Setting("KV_PEERS", None, "every member, this node included: id=host:port,id=host:port,..."),
-    Setting("KV_HOST", "0.0.0.0", "address the protocol and HTTP servers bind"),
+    Setting("KV_HOST", "0.0.0.0", "address the protocol, Redis-protocol and HTTP servers bind"),
     Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
     Setting("KV_HTTP_PORT", "8000", "HTTP port for /metrics and /healthz (0: any free port)"),
+    Setting("KV_RESP_PORT", "0", "Redis-protocol (RESP2) port for redis-cli and Redis clients (0: off)"),
     Setting("KV_DATA_DIR", "/data", "directory for the LMDB store"),
     Setting("KV_N", "2", "replicas per key (N)"),
     Setting("KV_W", "2", "acks a write waits for (W), 1..N"),
@@ -219,6 +221,11 @@ def load_config(environ: Mapping[str, str]) -> Config:
     http_port = integer("KV_HTTP_PORT", 0, 65535)
     if port == http_port != 0 and valid("KV_PORT", "KV_HTTP_PORT"):
         problems.append(f"KV_PORT and KV_HTTP_PORT are both {port}: give them different ports")
+    # Unlike the others, 0 turns the Redis port off: it is optional, and off unless asked for.
+    resp_port = integer("KV_RESP_PORT", 0, 65535)
+    for other, number in (("KV_PORT", port), ("KV_HTTP_PORT", http_port)):
+        if resp_port == number != 0 and valid("KV_RESP_PORT", other):
+            problems.append(f"KV_RESP_PORT and {other} are both {number}: give them different ports")
 
     n = integer("KV_N", 1, MAX_N)
     write_quorum = integer("KV_W", 1, MAX_N)
@@ -301,6 +308,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_clock_offset_ms=max_clock_offset_ms,
         log_commands=log_commands,
         log_level=log_level,
+        resp_port=resp_port,
     )
     if problems:
         raise ConfigError(problems)

@@ -90,22 +90,22 @@ class RequestHandler:
     def _run(self, request: protocol.Request, inline: bool) -> tuple[Status, bytes]:
         match request:
             case protocol.Get(key, quorum):
-                self._check_key(key)
+                self.check_key(key)
                 record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"), wait=not inline)
                 if record is None or record.value is None:
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_value(record.version, record.value)
             case protocol.Put(key, value, quorum, after):
-                self._check_key(key)
-                self._check_value(value)
+                self.check_key(key)
+                self.check_value(value)
                 version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
             case protocol.Delete(key, quorum, after):
-                self._check_key(key)
+                self.check_key(key)
                 version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
             case protocol.ReplicaGet(key, behind_ok):
-                self._check_key(key)
+                self.check_key(key)
                 if not behind_ok and not self.store.readable_alone:
                     raise RequestError(
                         Status.REPLICA_BEHIND,
@@ -117,14 +117,14 @@ class RequestHandler:
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_record(stored)
             case protocol.ReplicaPut(key, record):
-                self._check_key(key)
+                self.check_key(key)
                 if record.value is not None:
-                    self._check_value(record.value)
+                    self.check_value(record.value)
                 return Status.OK, protocol.encode_replica_put_reply(self.store.write(key, record))
             case protocol.HintedPut(key, record, owner):
-                self._check_key(key)
+                self.check_key(key)
                 if record.value is not None:
-                    self._check_value(record.value)
+                    self.check_value(record.value)
                 if owner not in self._members or owner == self.hello.node_id:
                     # Nobody would ever take it: it would sit on disk for the whole hint window.
                     raise RequestError(Status.BAD_REQUEST, f"a hint for {owner!r}, which is not another member")
@@ -172,13 +172,15 @@ class RequestHandler:
         if any(partition >= limit for partition in partitions):
             raise RequestError(Status.BAD_REQUEST, f"partitions are numbered 0 to {limit - 1}")
 
-    def _check_key(self, key: bytes) -> None:
+    def check_key(self, key: bytes) -> None:
+        """``RequestError(KEY_TOO_LARGE)`` for a key over ``KV_MAX_KEY_BYTES`` (the Redis port's too)."""
         if len(key) > self.hello.max_key_bytes:
             raise RequestError(
                 Status.KEY_TOO_LARGE, f"key of {len(key)} bytes exceeds the limit of {self.hello.max_key_bytes}"
             )
 
-    def _check_value(self, value: bytes) -> None:
+    def check_value(self, value: bytes) -> None:
+        """``RequestError(VALUE_TOO_LARGE)`` for a value over ``KV_MAX_VALUE_BYTES``."""
         if len(value) > self.hello.max_value_bytes:
             raise RequestError(
                 Status.VALUE_TOO_LARGE,

@@ -13,6 +13,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+import gevent
+
 from client.protocol import PING_FLAG_STORAGE_FULL, PeerState
 from client.ring import Ring
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
@@ -38,6 +40,8 @@ from service.periodic import Periodic
 from service.placement import Placement
 from service.recovery import PASS_INTERVAL as RECOVERY_INTERVAL
 from service.recovery import StorageRecovery
+from service.resp_handler import RespHandler
+from service.resp_server import RespServer
 from service.server import ProtocolServer, ServerSettings
 from service.stall_watch import TICK as STALL_TICK
 from service.stall_watch import StallWatch
@@ -57,12 +61,19 @@ class Node:
     """One node: its parts built from ``config``, started by ``start`` and drained by ``stop``.
 
     ``listener``: an already bound socket to serve the protocol on (tests bind port 0 first);
-    without it the node binds ``KV_HOST:KV_PORT``. ``clock``: the node's sense of time (tests skew
-    it); by default the system's. What the parts report goes to ``events``.
+    without it the node binds ``KV_HOST:KV_PORT``. ``resp_listener``, likewise, for the Redis
+    protocol, which otherwise listens on ``KV_HOST:KV_RESP_PORT`` unless that is 0. ``clock``: the
+    node's sense of time (tests skew it); by default the system's. What the parts report goes to
+    ``events``.
     """
 
     def __init__(
-        self, config: Config, *, listener: socket.socket | None = None, clock: NodeClock | None = None
+        self,
+        config: Config,
+        *,
+        listener: socket.socket | None = None,
+        resp_listener: socket.socket | None = None,
+        clock: NodeClock | None = None,
     ) -> None:
         self.config = config
         self.log = get_logger()
@@ -158,26 +169,37 @@ class Node:
             clock_offsets=self.clock_offsets,
             store_flags=self.store_flags.flags,
         )
+        self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports)
+        server_settings = ServerSettings(
+            config.max_connections,
+            config.max_frame_bytes,
+            config.log_commands,
+            ConnectionLimits(
+                config.client_output_limit_bytes,
+                config.client_output_timeout,
+                config.handshake_timeout,
+                config.idle_timeout,
+            ),
+            members=tuple(self.peers),
+            stalled_for=self.stall_watch.stalled_for,
+        )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
-            RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports),
+            self.handler,
             self.metrics,
             self.events,
-            ServerSettings(
-                config.max_connections,
-                config.max_frame_bytes,
-                config.log_commands,
-                ConnectionLimits(
-                    config.client_output_limit_bytes,
-                    config.client_output_timeout,
-                    config.handshake_timeout,
-                    config.idle_timeout,
-                ),
-                members=tuple(self.peers),
-                stalled_for=self.stall_watch.stalled_for,
-            ),
+            server_settings,
         )
         self.metrics.track_connections(lambda: self.server.buffered_bytes)
+        self.resp_server: RespServer | None = None
+        if resp_listener is not None or config.resp_port:
+            self.resp_server = RespServer(
+                resp_listener if resp_listener is not None else (config.host, config.resp_port),
+                RespHandler(config, self.handler, self.reports.started_wall),
+                self.metrics,
+                self.log,
+                server_settings,
+            )
         self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
         self.http = HttpServer(
             config.host,
@@ -197,6 +219,11 @@ class Node:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def resp_port(self) -> int:
+        """The Redis-protocol port served, 0 if none."""
+        return self.resp_server.port if self.resp_server is not None else 0
 
     @property
     def http_port(self) -> int:
@@ -225,6 +252,8 @@ class Node:
 
     def start(self) -> None:
         self.server.start()
+        if self.resp_server is not None:
+            self.resp_server.start()
         self.http.start()
         for task in self.tasks.values():
             task.start()
@@ -232,6 +261,7 @@ class Node:
         self.log.info(
             "node_started",
             port=self.port,
+            resp_port=self.resp_port,
             http_port=self.http_port,
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
@@ -247,7 +277,11 @@ class Node:
         """Drain: refuse new connections, finish in-flight requests, commit, close the store."""
         self._serving = False
         self.log.info("node_stopping", drain_timeout_s=self.config.drain_timeout)
+        # Both ports drain at once, so stopping takes one drain timeout at most, not two.
+        resp_stopping = gevent.spawn(self.resp_server.stop, self.config.drain_timeout) if self.resp_server else None
         self.server.stop(self.config.drain_timeout)
+        if resp_stopping is not None:
+            resp_stopping.get()
         for task in self.tasks.values():
             task.stop()
         if not self.store.drain(self.config.drain_timeout):

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import gevent
 import gevent.pool
@@ -259,12 +259,7 @@ class Session:
         if self._stopping:  # told already (or closing): one wake-up is enough
             return
         self._stopping = True
-        # Wake the session only if it waits in recv: an exception landing anywhere else could cut
-        # a reply in half. cancel_wait throws into whichever greenlet waits on the socket's read
-        # watcher when the callback runs, and does nothing if none does; the loop checks
-        # _stopping before its next recv. (_read_event is how gevent's own socket.close does this.)
-        gevent_socket: Any = self.sock  # gevent's socket: its hub and read watcher are not in socket's type
-        gevent_socket.hub.cancel_wait(gevent_socket._read_event, _StopReading())
+        interrupt_recv(self.sock, _StopReading())
 
     def abort(self) -> None:
         """Close the connection now, dropping what it holds: its client does not read, so nothing
@@ -508,6 +503,98 @@ class Session:
                 duration_ms=round(elapsed * 1000, 3),
             )
         return reply
+
+
+def interrupt_recv(sock: socket.socket, error: BaseException) -> None:
+    """Raise ``error`` in the greenlet waiting in ``sock``'s recv, if one does; a session's reading
+    loop then checks whether it is stopping before its next recv.
+
+    Only a greenlet waiting in recv is woken: an exception landing anywhere else could cut a reply in
+    half. ``cancel_wait`` throws into whichever greenlet waits on the socket's read watcher when the
+    callback runs, and does nothing if none does (``_read_event`` is how gevent's own
+    ``socket.close`` does this)."""
+    gevent_socket: Any = sock  # gevent's socket: its hub and read watcher are not in socket's type
+    gevent_socket.hub.cancel_wait(gevent_socket._read_event, error)
+
+
+def close_after_replies(sock: socket.socket) -> None:
+    """Close without losing replies: closing a socket that still has unread input makes Linux send
+    RST, which discards replies the client has not read yet. So end our side first, let the client
+    see EOF after its last reply, and read what it still sends until it closes (``LINGER_SECONDS``)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(LINGER_SECONDS, False):
+            while sock.recv(RECV_BYTES):
+                pass
+    sock.close()
+
+
+class ServedConnection(Protocol):
+    """A session as its server drives it: ``run`` serves the connection until it ends; ``stop_reading``
+    asks it to take no more requests, answer those in flight, and end."""
+
+    def run(self) -> None: ...
+
+    def stop_reading(self) -> None: ...
+
+
+class ConnectionServer:
+    """A gevent ``StreamServer`` whose Pool caps connections, with a draining ``stop``. What a
+    connection speaks is up to its session: a subclass makes one per connection (``open_session``).
+    The Redis port's ``resp_server.RespServer`` is one; ``ProtocolServer`` below has a shell of its
+    own, since it admits connections (``Admission``) and watches their limits."""
+
+    log_context: ClassVar[dict[str, str]] = {}
+    """Bound into a connection's log lines beside its peer and id (the Redis server's: protocol=resp)."""
+
+    def __init__(
+        self, listener: socket.socket | tuple[str, int], metrics: Metrics, log: Any, settings: ServerSettings
+    ) -> None:
+        self._metrics = metrics
+        self._log = log
+        self._settings = settings
+        self._sessions: set[ServedConnection] = set()
+        self._stopping = False
+        self._connection_ids = count(1)
+        self._server = StreamServer(listener, self._serve, spawn=gevent.pool.Pool(settings.max_connections))
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_port
+        return port
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, drain_timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``drain_timeout`` s, then close."""
+        self._stopping = True
+        self._server.close()
+        for session in list(self._sessions):
+            session.stop_reading()
+        self._server.stop(timeout=drain_timeout)
+
+    def open_session(self, sock: socket.socket, peer: str, log: Any) -> ServedConnection:
+        """The session that serves a new connection from ``peer``; ``log`` is bound to it."""
+        raise NotImplementedError
+
+    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        if self._stopping:  # accepted just before stop() and started after it: nothing to drain
+            sock.close()
+            return
+        peer = f"{address[0]}:{address[1]}"
+        context = {"peer": peer, "conn_id": next(self._connection_ids), **self.log_context}
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**context)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = self.open_session(sock, peer, self._log.bind(**context))
+        self._sessions.add(session)
+        self._metrics.connections.inc()
+        try:
+            session.run()
+        finally:
+            self._sessions.discard(session)
+            self._metrics.connections.dec()
 
 
 class ProtocolServer:

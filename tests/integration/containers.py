@@ -630,7 +630,7 @@ class ComposeProject:
             self.env.pop(variable, None)  # the file's own defaults, whatever the caller's shell has set
         chosen: set[int] = set()
         for number in (1, 2, 3):
-            for suffix in ("PORT", "HTTP_PORT"):
+            for suffix in ("PORT", "HTTP_PORT", "RESP_PORT"):
                 port = free_port()
                 for _ in range(100):  # a released port handed out twice in a row is rare; bounded anyway
                     if port not in chosen:

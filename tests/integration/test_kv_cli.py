@@ -7,8 +7,12 @@ pytest's default import mode needs every test file's basename to be unique.)
 from __future__ import annotations
 
 import shlex
+import shutil
+import subprocess
 import uuid
 from typing import TYPE_CHECKING
+
+import pytest
 
 from client.ring import DEFAULT_PARTITIONS, Ring
 
@@ -102,6 +106,33 @@ def key_with_primary(node: str) -> str:
         if ring.primary(key.encode()) == node:
             return key
     raise AssertionError(f"no key among 1000 has {node} as its primary")
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-cli") is None, reason="redis-cli is not installed (apt-get install redis-server)"
+)
+def test_compose_cluster_serves_redis_cli_on_every_node(compose: ComposeProject) -> None:
+    """Compose publishes each node's Redis port (6379 in the container) where KV_NODE<n>_RESP_PORT
+    says; by default 127.0.0.1:6379, 6380 and 6381. Runs before the test that kills node1."""
+    ports = {}
+    for number, node in enumerate(NODE_IDS, start=1):
+        ports[node] = compose.env[f"KV_NODE{number}_RESP_PORT"]
+        assert compose.check("port", node, "6379") == [f"127.0.0.1:{ports[node]}"]
+
+    def redis_cli(node: str, *args: str) -> str:
+        result = subprocess.run(
+            ["redis-cli", "-p", ports[node], *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout.rstrip("\n")
+
+    key = f"redis-{uuid.uuid4().hex[:8]}"
+    assert redis_cli("node1", "PING") == "PONG"
+    assert redis_cli("node1", "SET", key, "set through node1") == "OK"
+    assert redis_cli("node3", "GET", key) == "set through node1"
+    assert compose.client_session(f"GET {key}\n") == ["set through node1"]  # the binary protocol's view
+    assert redis_cli("node2", "DEL", key) == "1"
+    assert redis_cli("node1", "EXISTS", key) == "0"
 
 
 def test_compose_cluster_serves_the_cli_and_survives_killing_node1(compose: ComposeProject) -> None:

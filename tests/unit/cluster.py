@@ -122,10 +122,18 @@ def free_port() -> int:
 
 class InProcessCluster:
     """Real nodes in this process. ``proxied``: nodes reached only through a ``PausableProxy`` (by
-    peers and clients alike), so a test can make one look paused."""
+    peers and clients alike), so a test can make one look paused; with ``resp``, each node also serves
+    the Redis protocol on a port of its own (``resp_ports``), bound before the node is configured, as
+    the protocol port is."""
 
     def __init__(
-        self, tmp_path: Path, node_ids: list[str], settings: dict[str, str], proxied: Iterable[str] = ()
+        self,
+        tmp_path: Path,
+        node_ids: list[str],
+        settings: dict[str, str],
+        proxied: Iterable[str] = (),
+        *,
+        resp: bool = False,
     ) -> None:
         self.tmp_path = tmp_path
         self.node_ids = node_ids
@@ -133,6 +141,8 @@ class InProcessCluster:
         self.listeners = {node_id: listen_socket() for node_id in node_ids}
         self.ports = {node_id: sock.getsockname()[1] for node_id, sock in self.listeners.items()}
         self.proxies = {node_id: PausableProxy(self.ports[node_id]) for node_id in proxied}
+        self.resp_listeners = {node_id: listen_socket() for node_id in node_ids} if resp else {}
+        self.resp_ports = {node_id: sock.getsockname()[1] for node_id, sock in self.resp_listeners.items()}
         self.configs = {node_id: self._config(node_id) for node_id in node_ids}
         self.nodes: dict[str, Node] = {}
         self.running: set[str] = set()
@@ -150,6 +160,8 @@ class InProcessCluster:
             "KV_HTTP_PORT": "0",
             "KV_DATA_DIR": str(self.tmp_path / node_id),
         }
+        if node_id in self.resp_ports:
+            environ["KV_RESP_PORT"] = str(self.resp_ports[node_id])
         return load_config(environ)
 
     # --- membership -------------------------------------------------------------------------------
@@ -199,11 +211,16 @@ class InProcessCluster:
     def start(self, node_id: str, *, clock: NodeClock | None = None) -> Node:
         """Start ``node_id`` on its port and data directory; ``clock``: its sense of time (skew it)."""
         listener = self.listeners.pop(node_id, None) or listen_socket(self.ports[node_id])
+        resp_listener = self.resp_listeners.pop(node_id, None)
+        if resp_listener is None and node_id in self.resp_ports:
+            resp_listener = listen_socket(self.resp_ports[node_id])
         try:
-            node = Node(self.configs[node_id], listener=listener, clock=clock)
+            node = Node(self.configs[node_id], listener=listener, resp_listener=resp_listener, clock=clock)
             node.start()
         except BaseException:
             listener.close()
+            if resp_listener is not None:
+                resp_listener.close()
             raise
         self.nodes[node_id] = node
         self.running.add(node_id)
@@ -256,11 +273,12 @@ class InProcessCluster:
                 self.stop(node_id)
             except Exception as exc:  # keep stopping the others; report afterwards
                 errors.append(exc)
-        for sock in self.listeners.values():
+        for sock in [*self.listeners.values(), *self.resp_listeners.values()]:
             sock.close()
         self.listeners.clear()
         for proxy in self.proxies.values():
             proxy.close()
+        self.resp_listeners.clear()
         if errors:
             raise errors[0]
 
@@ -284,18 +302,19 @@ class InProcessCluster:
 
 
 def start_cluster(
-    tmp_path: Path, n_nodes: int = 3, *, proxied: Iterable[str] = (), **settings: Any
+    tmp_path: Path, n_nodes: int = 3, *, proxied: Iterable[str] = (), resp: bool = False, **settings: Any
 ) -> InProcessCluster:
     """Start ``n_nodes`` real nodes (``node1``..) on 127.0.0.1. ``settings``: KV_* overrides, e.g.
     ``KV_N="1"``; a key without the ``KV_`` prefix is upper-cased and prefixed (``n=1`` is ``KV_N``).
-    ``proxied``: nodes put behind a ``PausableProxy`` (``cluster.proxies``)."""
+    ``proxied``: nodes put behind a ``PausableProxy`` (``cluster.proxies``); ``resp``: every node
+    serves the Redis protocol too (``cluster.resp_ports``)."""
     configure_logging()
     overrides = {_setting_name(name): str(value) for name, value in settings.items()}
     if n_nodes < 2:  # N, W and R default to 2, 2, 1: a lone node can only hold one replica
         overrides.setdefault("KV_N", "1")
         overrides.setdefault("KV_W", "1")
     overrides = {name: _lower_bool(value) for name, value in overrides.items()}
-    cluster = InProcessCluster(tmp_path, [f"node{i}" for i in range(1, n_nodes + 1)], overrides, proxied)
+    cluster = InProcessCluster(tmp_path, [f"node{i}" for i in range(1, n_nodes + 1)], overrides, proxied, resp=resp)
     try:
         for node_id in cluster.node_ids:
             cluster.start(node_id)

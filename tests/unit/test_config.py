@@ -27,6 +27,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.peers == (NodeAddress("node2", "host2", 5000),)
     assert (config.n, config.write_quorum, config.read_quorum) == (2, 2, 1)
     assert (config.port, config.http_port) == (5000, 8000)
+    assert config.resp_port == 0  # the Redis port is off unless asked for
     assert config.host == "0.0.0.0"
     assert config.data_dir == "/data"
     assert config.partitions == 4096
@@ -142,6 +143,10 @@ def test_booleans(text: str, expected: bool) -> None:
         pytest.param({"KV_HTTP_PORT": "-1"}, "KV_HTTP_PORT", "65535", id="http-port-negative"),
         pytest.param({"KV_PORT": "6000", "KV_HTTP_PORT": "6000"}, "KV_HTTP_PORT", "6000", id="same-ports"),
         pytest.param({"KV_PORT": "http"}, "KV_PORT", "whole number", id="port-not-a-number"),
+        pytest.param({"KV_RESP_PORT": "5000"}, "KV_RESP_PORT", "KV_PORT are both 5000", id="resp-port-is-kv-port"),
+        pytest.param({"KV_RESP_PORT": "8000"}, "KV_RESP_PORT", "KV_HTTP_PORT are both 8000", id="resp-is-http-port"),
+        pytest.param({"KV_RESP_PORT": "65536"}, "KV_RESP_PORT", "65535", id="resp-port-too-high"),
+        pytest.param({"KV_RESP_PORT": "redis"}, "KV_RESP_PORT", "whole number", id="resp-port-not-a-number"),
         pytest.param({"KV_MAX_VALUE_BYTES": "1MB"}, "KV_MAX_VALUE_BYTES", "whole number", id="value-not-a-number"),
         pytest.param({"KV_REQUEST_TIMEOUT_MS": "1.5"}, "KV_REQUEST_TIMEOUT_MS", "whole number", id="timeout-float"),
         pytest.param({"KV_MAX_KEY_BYTES": "70000"}, "KV_MAX_KEY_BYTES", "65535", id="key-over-u16"),
@@ -185,6 +190,12 @@ def test_wrong_setting_names_the_variable(overrides: dict[str, str | None], vari
     named = [problem for problem in problems if variable in problem]
     assert named, f"no problem names {variable}: {problems}"
     assert any(detail in problem for problem in named), f"no problem about {variable} says {detail!r}: {problems}"
+
+
+def test_a_resp_port_is_taken_and_zero_ports_never_clash() -> None:
+    assert load_config({**MINIMAL, "KV_RESP_PORT": "6379"}).resp_port == 6379
+    config = load_config({**MINIMAL, "KV_PORT": "0", "KV_HTTP_PORT": "0", "KV_RESP_PORT": "0"})
+    assert (config.port, config.http_port, config.resp_port) == (0, 0, 0)
 
 
 def test_single_member_cluster_needs_n_of_one() -> None:

@@ -31,6 +31,7 @@ def run_python(code: str) -> None:
         "service.admission",
         "service.connection_limits",
         "client.protocol",
+        "client.resp",
         "client.ring",
         "client.address",
     ],

@@ -182,7 +182,8 @@ impl Run<'_> {
                 .nodes
                 .iter()
                 .map(|node| {
-                    format!("{}={}", node["id"].as_str().unwrap_or("?"), node["address"].as_str().unwrap_or("?"))
+                    let address = node["address"].as_str().unwrap_or("?");
+                    node["id"].as_str().map_or(address.to_string(), |id| format!("{id}={address}"))
                 })
                 .collect();
             let _ = writeln!(out, "  nodes:    {}", nodes.join(" "));

@@ -127,6 +127,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         measure_end,
         timeout,
         queue_limit: args.queue_limit as usize,
+        batch: Duration::from_micros(args.batch_us.into()),
         rate: args.rate,
         total_lanes: args.connections as usize,
     });

@@ -28,6 +28,9 @@ pub struct Stats {
     pub dropped: u64,
     /// Open loop: the longest queue any connection had (at any time, warm-up included).
     pub max_queue: u64,
+    /// Open loop: how late the generator itself handed each request to its connection, after its
+    /// intended time (timer precision and the loop's own delays; not queueing behind the server).
+    pub schedule_lag: Histogram<u64>,
     /// Connections closed by an error or a timeout (at any time).
     pub connections_lost: u64,
 }
@@ -42,6 +45,7 @@ impl Stats {
             scheduled: 0,
             dropped: 0,
             max_queue: 0,
+            schedule_lag: new_histogram(),
             connections_lost: 0,
         }
     }
@@ -64,6 +68,7 @@ impl Stats {
         self.scheduled += other.scheduled;
         self.dropped += other.dropped;
         self.max_queue = self.max_queue.max(other.max_queue);
+        self.schedule_lag.add(&other.schedule_lag).expect("histograms of equal bounds");
         self.connections_lost += other.connections_lost;
     }
 
@@ -160,6 +165,7 @@ impl Run<'_> {
                 "scheduled": stats.scheduled,
                 "dropped": stats.dropped,
                 "max_queue": stats.max_queue,
+                "schedule_lag_ms": percentiles(&stats.schedule_lag),
             })),
             "generator_cpu": {
                 "user_s": round6(user),
@@ -210,6 +216,14 @@ impl Run<'_> {
                 open["dropped"],
                 open["max_queue"]
             );
+            let lag = &open["schedule_lag_ms"];
+            if !lag.is_null() {
+                let _ = writeln!(
+                    out,
+                    "  generator's own send lag ms: p50 {} p99 {} p99.9 {} max {}",
+                    lag["p50"], lag["p99"], lag["p99_9"], lag["max"]
+                );
+            }
         }
         for name in ["all", "get", "put"] {
             let latency = &report["latency_ms"][name];

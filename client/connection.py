@@ -114,8 +114,11 @@ class Connection:
                 return check_reply(sock.wait(request_id, done, min(remaining, patience), keep_waiting=True))
             except RequestTimeoutError:
                 if sock.stalled(stalled_after):
-                    sock.forget(request_id)
-                    raise RequestTimeoutError(f"{self.address} answered nothing for {stalled_after:g} s") from None
+                    # Reset the connection: a node paused with this request in its socket buffer must
+                    # not find it there when it wakes, long after we gave up (and maybe wrote again).
+                    message = f"{self.address} answered nothing for {stalled_after:g} s"
+                    sock.abort(f"{message}; connection reset")
+                    raise RequestTimeoutError(message) from None
         sock.forget(request_id)
         raise RequestTimeoutError(f"no reply from {self.address} within {timeout:g} s")
 

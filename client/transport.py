@@ -16,7 +16,9 @@ it waited.
 
 from __future__ import annotations
 
+import contextlib
 import socket as stdlib_socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -38,6 +40,8 @@ from client.errors import (
 from client.policies import Backoff
 from client.protocol import CONNECTION_REQUEST_ID, MAX_REQUEST_ID, Frame, FrameDecoder, ProtocolError, Status
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on with a zero timeout: close() sends RST and discards what is unsent."""
 RECV_BYTES = 256 * 1024
 """Bytes asked of each recv. Large enough that a pipelined burst of replies arrives in few calls."""
 SEND_CHUNK_BYTES = 256 * 1024
@@ -367,6 +371,14 @@ class PipelinedSocket(Generic[ReplyT]):
 
     def close(self) -> None:
         self._fail(NodeUnreachableError(f"connection to {self.address} closed"))
+
+    def abort(self, reason: str) -> None:
+        """Reset the connection (TCP RST, not FIN): a server that was paused with our requests in its
+        socket buffer finds the connection reset when it wakes, and its kernel has dropped those
+        requests, so none is applied late. Every waiter gets ``NodeUnreachableError(reason)``."""
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _RESET_ON_CLOSE)
+        self._fail(NodeUnreachableError(reason))
 
     def stalled(self, after: float) -> bool:
         """Whether a request sent on this socket has gone more than ``after`` seconds with nothing

@@ -77,6 +77,13 @@ class Connection:
         except protocol.ProtocolError as exc:
             self.close()
             raise ProtocolViolationError(f"bad HELLO reply from {self.address}: {exc}") from None
+        except RequestTimeoutError:
+            # A node that accepts the connection but does not answer HELLO (paused, swamped) cannot
+            # be reached, as far as a caller choosing another node is concerned.
+            self.close()
+            raise NodeUnreachableError(
+                f"{self.address} did not answer HELLO within {self.connect_timeout:g} s"
+            ) from None
         except KVError:
             self.close()
             raise

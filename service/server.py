@@ -144,6 +144,17 @@ class _HandshakeExpired(Exception):
     """The handshake's time ran out (raised by its timer)."""
 
 
+def _stale_reply(frame: Frame, seconds: float) -> bytes:
+    """TIMEOUT for a client write that waited ``seconds`` in this node before it could run."""
+    return protocol.encode_error(
+        frame.request_id,
+        Status.TIMEOUT,
+        f"this node was stalled for {seconds:.1f} s (paused?); the write waited that long and was not applied",
+        acked=0,
+        required=0,
+    )
+
+
 class InFlight:
     """The requests running on one connection, each in a greenlet of its own, at most ``limit``, and
     the bytes they reserve (``reserved``).
@@ -213,6 +224,7 @@ class Session:
         self._negotiated = False
         self._stopping = False
         self._broken = False  # a send failed, or abort(): no reply can be delivered any more
+        self._read_at = 0.0  # when the frames being dispatched were read (time.monotonic())
         self._watch: Watch | None = None  # from HELLO on
         self.bytes_received = 0
         self.requests_received = 0
@@ -281,19 +293,6 @@ class Session:
                     while self.sock.recv(RECV_BYTES):
                         pass
         self.sock.close()
-
-    def _refuse_stale(self, frame: Frame, stalled: float) -> None:
-        """A client write that waited out a stall of this process: its client has given up on it."""
-        self._log.warning("stale_write_refused", op=protocol.op_name(frame.code), stalled_s=round(stalled, 3))
-        self._writer.write(
-            protocol.encode_error(
-                frame.request_id,
-                Status.TIMEOUT,
-                f"this node was stalled for {stalled:.1f} s (paused?); the write waited that long and was not applied",
-                acked=0,
-                required=0,
-            )
-        )
 
     def _progress(self) -> None:
         """A send finished or a request ended: a session waiting for room may go on."""
@@ -404,6 +403,7 @@ class Session:
             if frames:
                 # Checked once per read, before anything it brought runs (see stall_watch).
                 stalled = self._stalled_for()
+                self._read_at = time.monotonic()
                 # Replies to requests answered right here leave together after the burst.
                 writer.hold()
                 try:
@@ -411,7 +411,10 @@ class Session:
                         if self._broken:  # the client is gone: what it sent needs no answer
                             return
                         if stalled > STALE_AFTER and frame.code in CLIENT_WRITES:
-                            self._refuse_stale(frame, stalled)
+                            self._log.warning(
+                                "stale_write_refused", op=protocol.op_name(frame.code), stalled_s=round(stalled, 3)
+                            )
+                            writer.write(_stale_reply(frame, stalled))
                         else:
                             self._dispatch(frame)
                 finally:
@@ -436,8 +439,10 @@ class Session:
         need = reservation(frame.code, len(frame.body), self._max_frame_bytes)
         in_flight = self._in_flight
         pending = in_flight.reserved + self._writer.queued
+        received = self._read_at
         if len(in_flight) >= in_flight.limit or (pending and pending + need > self.limits.buffer_bytes):
             self._wait_for_room(need)
+            received = time.monotonic()  # the client's own pipeline held it back, not a stall
         try:
             request: protocol.Request | ProtocolError = protocol.decode_request(frame)
         except ProtocolError as exc:
@@ -446,9 +451,9 @@ class Session:
             try:
                 self._run_request(frame, request, inline=True)
             except MustWait:  # a GET that needs another node: this one holds no copy, R > 1, or its read failed
-                in_flight.spawn(self._run_request, frame, request, reserve=need)
+                in_flight.spawn(self._run_request, frame, request, received, reserve=need)
         else:
-            in_flight.spawn(self._run_request, frame, request, reserve=need)
+            in_flight.spawn(self._run_request, frame, request, received, reserve=need)
 
     def _wait_for_room(self, need: int) -> None:
         """Wait until one more request may run: fewer than the limit in flight, and ``need`` more bytes
@@ -468,12 +473,26 @@ class Session:
         finally:
             writer.hold()
 
-    def _run_request(self, frame: Frame, request: protocol.Request | ProtocolError, *, inline: bool = False) -> bytes:
+    def _run_request(
+        self,
+        frame: Frame,
+        request: protocol.Request | ProtocolError,
+        received: float = 0.0,
+        *,
+        inline: bool = False,
+    ) -> bytes:
         """Run a decoded request (or answer the error that decoding it raised) and send the reply.
-        ``inline``: in the reading greenlet, so ``MustWait`` is raised rather than waited out."""
+        ``received``: when it was read (``time.monotonic()``): a client write that waited longer than
+        ``STALE_AFTER`` to run (the process was stopped or starved meanwhile) is refused, not stamped
+        now, after its client gave up. ``inline``: in the reading greenlet, so ``MustWait`` is raised
+        rather than waited out."""
         started = time.perf_counter()
         try:
-            if isinstance(request, ProtocolError):
+            waited = time.monotonic() - received if received and frame.code in CLIENT_WRITES else 0.0
+            if waited > STALE_AFTER:
+                self._log.warning("stale_write_refused", op=protocol.op_name(frame.code), waited_s=round(waited, 3))
+                reply = _stale_reply(frame, waited)
+            elif isinstance(request, ProtocolError):
                 reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(request))
             else:
                 reply = self._handler.reply(frame.request_id, request, inline=inline)

@@ -666,3 +666,17 @@ def test_when_every_node_refuses_for_too_many_connections_the_error_says_so() ->
     assert error.message == "no node reachable: a is full; b is full"
     mixed = none_reachable([refused[0], NodeUnreachableError("c: connection refused")])
     assert type(mixed) is NodeUnreachableError
+
+
+def test_a_node_that_accepts_but_never_answers_hello_counts_as_unreachable() -> None:
+    """A paused node's kernel still accepts connections; its HELLO never comes. That must fail over
+    like a refused connection (NodeUnreachableError), not end the request with a TIMEOUT."""
+    listener = stdlib_socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        connection = Connection("127.0.0.1", listener.getsockname()[1], connect_timeout=0.2)
+        with pytest.raises(NodeUnreachableError, match="did not answer HELLO within 0.2 s"):
+            connection.connect()
+    finally:
+        listener.close()

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import count
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import gevent
 from gevent import socket
@@ -63,6 +63,37 @@ def receive(sock: socket.socket) -> bytes:
         sock._wait(sock._read_event)
     data: bytes = sock.recv(RECV_BYTES)
     return data
+
+
+SO_TIMESTAMPNS = getattr(stdlib_socket, "SO_TIMESTAMPNS", 35)
+"""Linux's option that makes ``recvmsg`` report when the kernel received the data (35 on Linux)."""
+_TIMESTAMP_BYTES = stdlib_socket.CMSG_SPACE(16)  # struct timespec: two 64-bit fields
+_TIMESPEC = struct.Struct("qq")
+
+
+def timestamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp the data ``sock`` receives (``receive_with_age``); ``False`` where
+    it cannot (then ages read as 0)."""
+    try:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def receive_with_age(sock: socket.socket) -> tuple[bytes, float]:
+    """``receive``, and how long ago (seconds, by the wall clock) the kernel received the newest of
+    those bytes: long when the process was stopped or starved while they waited in its buffer.
+    0 when the socket has no timestamps (``timestamp_arrivals``)."""
+    gevent_socket: Any = sock  # gevent's socket: its read watcher is not in socket's type
+    if gevent_socket._read_event is not None:  # None once closed: recvmsg raises EBADF, as callers expect
+        gevent_socket._wait(gevent_socket._read_event)
+    data, ancillary, _flags, _address = sock.recvmsg(RECV_BYTES, _TIMESTAMP_BYTES)
+    for level, kind, raw in ancillary:
+        if level == stdlib_socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
+            return data, max(0.0, time.time() - seconds - nanoseconds / 1e9)
+    return data, 0.0
 
 
 def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> socket.socket:

@@ -43,8 +43,6 @@ from service.recovery import StorageRecovery
 from service.resp_handler import RespHandler
 from service.resp_server import RespServer
 from service.server import ProtocolServer, ServerSettings
-from service.stall_watch import TICK as STALL_TICK
-from service.stall_watch import StallWatch
 from service.storage import Storage
 from service.store_flags import StoreFlags
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
@@ -113,7 +111,6 @@ class Node:
             for node in config.peers
         }
         self.detector = FailureDetector(self.peers, time.monotonic)
-        self.stall_watch = StallWatch()
         self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
         self.monitor = PeerMonitor(
             self.peers.values(),
@@ -181,7 +178,6 @@ class Node:
                 config.idle_timeout,
             ),
             members=tuple(self.peers),
-            stalled_for=self.stall_watch.stalled_for,
         )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
@@ -296,7 +292,6 @@ class Node:
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""
         config = self.config
         tasks = [
-            Periodic("stall_watch", self.stall_watch.tick, STALL_TICK, on_error=self.events.task_failed),
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
             Periodic(

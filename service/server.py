@@ -49,14 +49,13 @@ from gevent.server import StreamServer
 
 from client import protocol
 from client.protocol import CONNECTION_REQUEST_ID, Frame, Op, ProtocolError, Status
-from client.transport import RECV_BYTES, FrameWriter, receive
+from client.transport import RECV_BYTES, FrameWriter, receive_with_age, timestamp_arrivals
 from service.admission import Admission, Seat, Ticket
 from service.connection_limits import Activity, Close, ConnectionLimits, Watch, reservation
 from service.coordinator import MustWait
 from service.handler import RequestHandler
 from service.logging import get_logger, printable_key
 from service.metrics import Metrics
-from service.stall_watch import STALE_AFTER
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running, inline ones included (its bytes are bounded apart)."""
@@ -74,6 +73,13 @@ timeout."""
 
 CLIENT_COMMANDS = frozenset({Op.GET, Op.PUT, Op.DELETE})
 CLIENT_WRITES = frozenset({Op.PUT, Op.DELETE})
+STALE_AFTER = 0.5
+"""Seconds a client write may wait in this node, from the kernel receiving it to its run, before it is
+refused rather than run. A node stopped by ``kill -STOP`` (or swapped out, or starved) finds, when it
+wakes, the writes its clients sent meanwhile; their clients gave up on them after a second
+(``client.client.STALLED_GIVE_UP``) and may since have written those keys again elsewhere, so one
+stamped now would win over the newer write. Below the client's give-up, far above a healthy wait.
+Replica writes carry their coordinator's version and may land late safely; reads too."""
 """Ops logged one line each when command logging is on (replica traffic between nodes is not)."""
 
 INLINE_REQUESTS = (
@@ -110,9 +116,6 @@ class ServerSettings:
     """A client connection's byte limits and timeouts; a member's link gets ``limits.for_peer()``."""
     members: tuple[str, ...] = ()
     """The other members' node ids: a connection whose HELLO names one is admitted as a peer link."""
-    stalled_for: Callable[[], float] = lambda: 0.0
-    """Seconds this process was just stalled (``StallWatch.stalled_for``): client writes read in the
-    wake of a stall over ``STALE_AFTER`` are refused, not applied late."""
 
 
 class ConnectionEvents:
@@ -213,7 +216,6 @@ class Session:
         self._log = log
         settings = shared.settings
         self._log_commands = settings.log_commands
-        self._stalled_for = settings.stalled_for
         self._max_frame_bytes = settings.max_frame_bytes
         self.limits = settings.limits
         self._decoder = protocol.FrameDecoder(settings.max_frame_bytes)
@@ -224,7 +226,7 @@ class Session:
         self._negotiated = False
         self._stopping = False
         self._broken = False  # a send failed, or abort(): no reply can be delivered any more
-        self._read_at = 0.0  # when the frames being dispatched were read (time.monotonic())
+        self._read_at = 0.0  # when the kernel received the frames being dispatched (time.monotonic())
         self._watch: Watch | None = None  # from HELLO on
         self.bytes_received = 0
         self.requests_received = 0
@@ -333,7 +335,7 @@ class Session:
         none is complete by ``deadline`` (``time.monotonic()``)."""
         with gevent.Timeout(max(0.0, deadline - time.monotonic()), _HandshakeExpired):
             while True:
-                data = receive(self.sock)
+                data = self._receive()
                 if not data:
                     return []
                 frames = self._feed(data)
@@ -397,26 +399,24 @@ class Session:
         self.requests_received += len(frames)
         return frames
 
+    def _receive(self) -> bytes:
+        """The next bytes from the connection; notes when the kernel received them (``_read_at``,
+        on the monotonic clock), which is long ago if this process was stopped meanwhile."""
+        data, age = receive_with_age(self.sock)
+        self._read_at = time.monotonic() - age
+        return data
+
     def _read_frames(self, frames: list[Frame]) -> None:
         writer = self._writer
         while True:
             if frames:
-                # Checked once per read, before anything it brought runs (see stall_watch).
-                stalled = self._stalled_for()
-                self._read_at = time.monotonic()
                 # Replies to requests answered right here leave together after the burst.
                 writer.hold()
                 try:
                     for frame in frames:
                         if self._broken:  # the client is gone: what it sent needs no answer
                             return
-                        if stalled > STALE_AFTER and frame.code in CLIENT_WRITES:
-                            self._log.warning(
-                                "stale_write_refused", op=protocol.op_name(frame.code), stalled_s=round(stalled, 3)
-                            )
-                            writer.write(_stale_reply(frame, stalled))
-                        else:
-                            self._dispatch(frame)
+                        self._dispatch(frame)
                 finally:
                     writer.release()
                 # The decoder returns the frames before a break in framing and raises on its next
@@ -426,7 +426,7 @@ class Session:
                     return
             if self._stopping:
                 return
-            data = receive(self.sock)
+            data = self._receive()
             if not data:
                 return
             next_frames = self._feed(data)
@@ -482,9 +482,9 @@ class Session:
         inline: bool = False,
     ) -> bytes:
         """Run a decoded request (or answer the error that decoding it raised) and send the reply.
-        ``received``: when it was read (``time.monotonic()``): a client write that waited longer than
-        ``STALE_AFTER`` to run (the process was stopped or starved meanwhile) is refused, not stamped
-        now, after its client gave up. ``inline``: in the reading greenlet, so ``MustWait`` is raised
+        ``received``: when the kernel received it (``time.monotonic()``): a client write that waited
+        longer than ``STALE_AFTER`` to run (the process was stopped or starved meanwhile) is refused,
+        not stamped now, after its client gave up. ``inline``: in the reading greenlet, so ``MustWait`` is raised
         rather than waited out."""
         started = time.perf_counter()
         try:
@@ -695,6 +695,7 @@ class ProtocolServer:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(peer=peer, conn_id=conn_id)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timestamp_arrivals(sock)
         admission = self._shared.admission
         session = Session(sock, self._shared, self._log.bind(peer=peer, conn_id=conn_id), admission.arrive(), peer)
         self._sessions.add(session)

@@ -7,6 +7,8 @@ Unit tests (``tests/unit``) and integration tests (``tests/integration``) both i
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -51,3 +53,16 @@ def wait_until(
             break
         gevent.sleep(min(interval, remaining))
     raise AssertionError(f"timed out after {timeout:g} s ({attempts} attempts) waiting for {message}; last: {last}")
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 10) -> None:
+    """Wait until ``process`` listens on 127.0.0.1:``port``; fail if it exits or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:  # bounded by the deadline
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(f"{what} did not start listening on 127.0.0.1:{port}") from None
+            time.sleep(0.05)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import LOG_SINK, InProcessCluster, LogSink, start_cluster
+from cluster import LOG_SINK, InProcessCluster, LogSink, free_port, start_cluster
+from polling import wait_until_listening
 from raw_connection import RawConnection
 
 
@@ -61,3 +64,28 @@ def connect() -> Iterator[Callable[[str], RawConnection]]:
     yield open_connection
     for connection in opened:
         connection.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    """A throw-away redis-server on 127.0.0.1 with no persistence; skipped where none is installed."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(
+        [*command, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until_listening(port, process, "redis-server")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

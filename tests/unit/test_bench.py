@@ -7,11 +7,8 @@ import json
 import math
 import os
 import random
-import shutil
-import socket as stdlib_socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 from cluster import InProcessCluster, free_port
 from hypothesis import given
 from hypothesis import strategies as st
+from polling import wait_until_listening
 
 from bench.cli import EXIT_ERROR, EXIT_OK, OPS_MODE_TIME_CAP, parse_options, run_config
 from bench.cli import main as bench_main
@@ -596,43 +594,6 @@ def test_an_unreachable_target_exits_2_with_the_reason(capsys: pytest.CaptureFix
     code = bench_main(["--redis", f"127.0.0.1:{free_port()}", "--duration", "0.2", "--warmup", "0"])
     assert code == EXIT_ERROR
     assert "cannot connect to redis" in capsys.readouterr().err
-
-
-def wait_until_listening(port: int, process: subprocess.Popen, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:  # bounded by the deadline
-        try:
-            stdlib_socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(f"{what} did not start")
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    """A throw-away redis-server on 127.0.0.1 with no persistence; skipped where none is installed."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(
-        [*command, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_until_listening(port, process, "redis-server")
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_smoke_run_against_redis(redis_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

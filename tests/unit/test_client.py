@@ -676,7 +676,7 @@ def test_a_node_that_accepts_but_never_answers_hello_counts_as_unreachable() -> 
     listener.listen(8)
     try:
         connection = Connection("127.0.0.1", listener.getsockname()[1], connect_timeout=0.2)
-        with pytest.raises(NodeUnreachableError, match="did not answer HELLO within 0.2 s"):
+        with pytest.raises(NodeUnreachableError, match=r"did not answer HELLO within 0\.2 s"):
             connection.connect()
     finally:
         listener.close()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket as stdlib_socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,39 +74,6 @@ def assert_report_shape(report: dict[str, Any], target: str) -> None:
     assert set(cpu) >= {"user_s", "sys_s", "total_s", "us_per_request"}
     assert cpu["total_s"] >= 0
     assert cpu["us_per_request"] is not None and cpu["us_per_request"] >= 0
-
-
-def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:  # bounded by the deadline
-        try:
-            stdlib_socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    """A throw-away redis-server on 127.0.0.1 with no persistence; skipped where none is installed."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_listening(port, process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_closed_loop_against_redis(loadgen: Path, redis_server: str) -> None:

@@ -10,6 +10,7 @@ from gevent import socket
 from gevent.event import Event
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polling import wait_until
 
 from client import protocol
 from client import transport as transport_module
@@ -262,8 +263,7 @@ def test_an_in_order_request_that_timed_out_still_takes_its_reply() -> None:
 def test_a_reply_to_no_request_fails_the_socket() -> None:
     pipe, server = in_order_pair()
     server.sendall(b"unasked\n")
-    gevent.sleep(0.01)
-    assert not pipe.is_open
+    wait_until(lambda: not pipe.is_open, message="the socket to fail")
     with pytest.raises(ProtocolViolationError, match="bad reply from server: a reply to no request"):
         pipe.call(b"q\n", 5)
     server.close()

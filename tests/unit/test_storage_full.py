@@ -500,9 +500,12 @@ def test_a_full_node_recovers_by_itself_catches_up_on_its_hints_then_serves_read
     node1 = cluster.node("node1")
     for node_id in ("node2", "node3"):  # hold node1's hints back, to look at the window before they arrive
         cluster.node(node_id).tasks["hinted_handoff"].stop()
-    deleted, kept = acked[:-10], acked[-10:]  # room for the hints of the last keys, written while full
-    lacking = [key for key in kept if "node1" in cluster.replicas_of(key) and node1.store.read(key.encode()) is None]
-    assert lacking, "no kept key has its node1 copy held as a hint"
+    # Keep keys written while node1 was full (their node1 copies are hints elsewhere); delete the
+    # rest, which makes room for those hints.
+    lacking = [key for key in acked if "node1" in cluster.replicas_of(key) and node1.store.read(key.encode()) is None]
+    assert lacking, "no acknowledged key has its node1 copy held as a hint"
+    kept = lacking[-10:]
+    deleted = [key for key in acked if key not in kept]
     for key in deleted:
         client.delete(key)
 
@@ -522,8 +525,8 @@ def test_a_full_node_recovers_by_itself_catches_up_on_its_hints_then_serves_read
         cluster.node(node_id).tasks["hinted_handoff"].start()
     wait_until(lambda: node1.store.readable_alone, 10, message="node1 to catch up")
     assert all(cluster.node(node_id).store.hint_counts().get("node1", 0) == 0 for node_id in ("node2", "node3"))
-    held = [node1.store.read(key.encode()) for key in lacking]  # node1's own store has them now
-    assert [record.value if record is not None else None for record in held] == [VALUE] * len(lacking)
+    held = [node1.store.read(key.encode()) for key in kept]  # node1's own store has them now
+    assert [record.value if record is not None else None for record in held] == [VALUE] * len(kept)
     cluster.settle()
     assert not any(cluster.node(node_id).store_flags.is_behind("node1") for node_id in ("node2", "node3"))
     client.put("after", b"v")

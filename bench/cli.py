@@ -25,6 +25,7 @@ from bench.targets import BenchError
 from bench.worker import TargetSpec
 from bench.workload import MAX_THETA, parse_mix
 from client.address import parse_address
+from client.cli_security import SecurityOptionError, add_security_options, security_settings
 from client.client import split_addresses
 from client.progress import Progress
 
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--w", metavar="N", type=_quorum, help="write quorum for the cluster's PUTs/DELETEs (default: the node's W)"
     )
+    add_security_options(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="write the full report as JSON ('-' for stdout)")
     output.add_argument("--plot", metavar="FILE.png", help="draw latency percentiles and throughput (needs matplotlib)")
@@ -247,7 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(sys.stderr, sys.stderr.isatty() if options.progress is None else options.progress)
     targets = []
     if options.cluster:
-        targets.append(TargetSpec("kv", "cluster", ",".join(split_addresses(options.cluster))))
+        seeds = ",".join(split_addresses(options.cluster))
+        try:
+            credentials, tls = security_settings(options)
+        except SecurityOptionError as exc:
+            print(f"kv bench: {exc}", file=sys.stderr)
+            return 2
+        targets.append(TargetSpec("kv", "cluster", seeds, credentials, tls))
     if options.redis:
         targets.append(TargetSpec("redis", "redis", options.redis))
     report: dict[str, Any] = {

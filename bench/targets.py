@@ -21,6 +21,7 @@ from client.address import format_address, parse_address
 from client.client import Client
 from client.errors import KVError, NodeUnreachableError, ProtocolViolationError
 from client.policies import PrimaryOnly
+from client.security import NO_SECURITY, Security
 from client.transport import ConnectionSlot, InOrder, PipelinedSocket, open_socket
 
 CONNECT_TIMEOUT = 2.0
@@ -62,9 +63,10 @@ class ClusterFacts(NamedTuple):
     max_value_bytes: int
 
 
-def cluster_facts(seeds: str, timeout: float) -> ClusterFacts:
+def cluster_facts(seeds: str, timeout: float, security: Security = NO_SECURITY) -> ClusterFacts:
     """N and the value size limit, asked of the cluster at the seed addresses through a ``Client``."""
     with Client(seeds, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench") as client:
+        client.security = security
         try:
             return ClusterFacts(client.topology().n, client.limits.max_value_bytes)
         except KVError as exc:
@@ -74,10 +76,14 @@ def cluster_facts(seeds: str, timeout: float) -> ClusterFacts:
 class ClusterConnection:
     """A bench connection to the cluster: a ``Client`` that sends each request to its key's primary."""
 
-    def __init__(self, seeds: str, r: int | None, w: int | None, timeout: float) -> None:
-        """``timeout`` is every request's: the ``Client``'s own, so ``execute`` takes the same value."""
+    def __init__(
+        self, seeds: str, r: int | None, w: int | None, timeout: float, security: Security = NO_SECURITY
+    ) -> None:
+        """``timeout`` is every request's: the ``Client``'s own, so ``execute`` takes the same value;
+        ``security``: the user and TLS the connections use (each authenticates once, when it opens)."""
         self._client = Client(seeds, timeout=timeout, connect_timeout=CONNECT_TIMEOUT, client_name="kv-bench")
         self._client.routing = PrimaryOnly()
+        self._client.security = security
         self._r = r
         self._w = w
         self._replicas = 0  # N, for the read-back; learnt on connect

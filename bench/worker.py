@@ -41,6 +41,7 @@ from bench.targets import (
     cluster_facts,
 )
 from bench.workload import KeyChooser, WriteLedger, key_name, make_value, owned_index, parse_mix
+from client.security import Credentials, Security, TlsSettings
 
 ERROR_PAUSE = 0.05
 """A lane pauses this long after an UNREACHABLE error, so a dead node does not make it spin."""
@@ -61,6 +62,12 @@ class TargetSpec:
     name: str  # "kv" or "redis": how the report names it
     kind: str  # "cluster" or "redis"
     address: str
+    credentials: Credentials | None = None  # the cluster's user (kv bench --user)
+    tls: TlsSettings | None = None  # the cluster's TLS (kv bench --tls...); contexts are built per process
+
+    def security(self) -> Security:
+        """How this process's connections to the target are secured."""
+        return Security.of(self.credentials, self.tls)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class Worker:
         if self._factory is not None:
             factory = self._factory
         elif spec.target.kind == "cluster":
-            cluster = cluster_facts(spec.target.address, spec.timeout)
+            cluster = cluster_facts(spec.target.address, spec.timeout, spec.target.security())
             if spec.value_size > cluster.max_value_bytes:
                 raise BenchError(
                     f"--value-size {spec.value_size} exceeds the cluster's limit of {cluster.max_value_bytes}"
@@ -137,7 +144,8 @@ class Worker:
             for name, quorum in (("--r", spec.r), ("--w", spec.w)):
                 if quorum is not None and quorum > cluster.replicas:
                     raise BenchError(f"{name} {quorum} exceeds the cluster's {cluster.replicas} replicas (N)")
-            factory = lambda: ClusterConnection(spec.target.address, spec.r, spec.w, spec.timeout)  # noqa: E731
+            security = spec.target.security()
+            factory = lambda: ClusterConnection(spec.target.address, spec.r, spec.w, spec.timeout, security)  # noqa: E731
         else:
             factory = lambda: RedisConnection(spec.target.address)  # noqa: E731
         self.connections = [factory() for _ in range(spec.connections)]

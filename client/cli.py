@@ -32,6 +32,7 @@ from typing import IO
 import gevent
 
 from client import protocol
+from client.cli_security import SecurityOptionError, add_security_options, security_from, users_command
 from client.client import Client
 from client.errors import KVError
 from client.progress import Progress
@@ -462,6 +463,12 @@ key), 2 error. Reading stdin, kv exits 0 once it has run every line (or EXIT),
 whatever each command printed, and 2 if it could not write its output.
 Ctrl-C at the prompt abandons the line; anywhere else it exits 130.
 
+kv users add NAME ROLE | passwd NAME | remove NAME | list, as an admin
+(--user), changes the cluster's users on every node; kv users hash NAME ROLE
+prints a users file line. Passwords are never arguments: KV_PASSWORD,
+--password-file or a prompt (the new one: KV_NEW_PASSWORD, --new-password-file
+or a prompt).
+
 kv bench [options] measures throughput and latency of the cluster (and of
 Redis, for comparison); see kv bench --help.
 
@@ -471,6 +478,7 @@ examples:
   kv --nodes node1:5000,node2:5000 where greeting
   printf 'PUT a 1\\nGET a\\n' | kv
   kv bench --cluster 127.0.0.1:5000 --duration 5
+  kv --user admin --tls-ca ca.crt users add alice readwrite
 """
 
 
@@ -514,7 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
         const=ValueFormat.QUOTED,
         help="print values quoted and escaped even on a pipe (the default on a terminal)",
     )
-    parser.add_argument("command", nargs="?", help="GET, PUT, DELETE, WHERE, STATUS or REPAIR (case-insensitive)")
+    add_security_options(parser)
+    parser.add_argument(
+        "command", nargs="?", help="GET, PUT, DELETE, WHERE, STATUS, REPAIR (case-insensitive), or users ..."
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
     return parser
 
@@ -553,7 +564,18 @@ def _run(options: argparse.Namespace, output: Output) -> int:
     except ValueError as exc:
         print(f"ERROR BAD_REQUEST --nodes: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    users = options.command is not None and options.command.lower() == "users"
+    if not (users and options.args[:1] == ["hash"]):  # hash needs no cluster
+        try:
+            client.security = security_from(options)
+        except SecurityOptionError as exc:
+            output.text(str(exc))
+            return EXIT_ERROR
     with client:
+        if users:
+            line, code = users_command(client, options.args)
+            output.text(line)
+            return code
         if options.command is not None:
             result = run_command(client, *one_shot_command(options.command, options.args))
             output.result(result)

@@ -32,7 +32,7 @@ from gevent.event import AsyncResult
 
 from client import protocol
 from client.address import format_address, parse_address
-from client.connection import Connection, check_reply
+from client.connection import Connection, Framing, check_reply
 from client.errors import (
     ClockSkewError,
     InvalidArgumentError,
@@ -41,12 +41,12 @@ from client.errors import (
     KVError,
     NodeUnreachableError,
     RequestTimeoutError,
-    TooManyConnectionsError,
     ValueTooLargeError,
 )
 from client.policies import DEFAULT_RECONNECTION, Backoff, ReconnectionPolicy, ReplicasFirst, RoutingPolicy
 from client.protocol import Frame, MemberView, RepairReply, Request, StatsReply, Status, TopologyReply, Version
 from client.ring import Ring
+from client.security import NO_SECURITY, Security
 from client.transport import ConnectionSlot
 
 SLOW_AFTER = 0.25
@@ -157,7 +157,12 @@ class Client:
 
     Two policies (``client.policies``) are attributes, to set before first use if the defaults do
     not suit: ``routing``, which nodes a request for a key goes to (``ReplicasFirst``), and
-    ``reconnection``, how long a node that failed is left before it is dialled again.
+    ``reconnection``, how long a node that failed is left before it is dialled again. So is
+    ``security`` (``client.security``): a user to authenticate as and TLS settings, for a cluster
+    that asks for them::
+
+        client = Client("node1:5000")
+        client.security = Security.of(Credentials("alice", password), TlsSettings(ca="ca.crt"))
     """
 
     def __init__(
@@ -183,6 +188,7 @@ class Client:
         self._connection_factory = connection_factory
         self.routing: RoutingPolicy = ReplicasFirst()
         self.reconnection: ReconnectionPolicy = DEFAULT_RECONNECTION
+        self.security: Security = NO_SECURITY
         self._slots: dict[str, ConnectionSlot[Connection]] = {}
         self._topology: TopologyReply | None = None
         self._ring: Ring | None = None
@@ -472,7 +478,11 @@ class Client:
     def _dial(self, address: str) -> Connection:
         host, port = parse_address(address)
         connection = self._connection_factory(
-            host, port, connect_timeout=self.connect_timeout, client_name=self.client_name
+            host,
+            port,
+            connect_timeout=self.connect_timeout,
+            client_name=self.client_name,
+            framing=Framing(security=self.security),
         )
         connection.connect()
         return connection
@@ -532,12 +542,15 @@ class Pipeline:
 
 
 def none_reachable(failures: Sequence[KVError]) -> KVError:
-    """The error when no node could take a request, listing why each failed: TOO_MANY_CONNECTIONS
-    when every node refused for that reason, CLOCK_SKEW when a coordinator refused for its clock (the
-    request was fine, but no node with a trusted clock could be reached), else UNREACHABLE."""
+    """The error when no node could take a request, listing why each failed: the failures' own kind
+    when they all are of one (every node refused with TOO_MANY_CONNECTIONS, AUTH_FAILED, or TLS),
+    CLOCK_SKEW when a coordinator refused for its clock (the request was fine, but no node with a
+    trusted clock could be reached), else UNREACHABLE."""
     message = "no node reachable: " + "; ".join(failure.message for failure in failures)
-    if failures and all(isinstance(failure, TooManyConnectionsError) for failure in failures):
-        return TooManyConnectionsError(message)
+    kinds = {type(failure) for failure in failures}
+    if len(kinds) == 1:
+        (kind,) = kinds
+        return kind(message)
     if any(isinstance(failure, ClockSkewError) for failure in failures):
         return ClockSkewError(message)
     return NodeUnreachableError(message)

@@ -2,8 +2,9 @@
 
 The socket work (opening, coalesced writes, the reader greenlet, failing every waiting request when
 the socket fails) is ``client.transport``'s ``PipelinedSocket``; this module adds what is ours: the
-HELLO exchange, requests encoded with an id and replies matched by it (``ById``), and error statuses
-raised as the exceptions of ``client.errors``.
+HELLO exchange and, with credentials, authentication (SCRAM-SHA-256, ``client.scram``) right after it,
+requests encoded with an id and replies matched by it (``ById``), and error statuses raised as the
+exceptions of ``client.errors``.
 """
 
 from __future__ import annotations
@@ -23,19 +24,27 @@ from client.errors import (
     error_from_frame,
 )
 from client.protocol import Frame, HelloReply, Request, Status
+from client.scram import ScramExchange
+from client.security import NO_SECURITY, Credentials, Security
 from client.transport import ById, PipelinedSocket, open_socket
+
+AUTH_DELAY_ALLOWANCE = 10.0
+"""Seconds a node may hold back its answer to a failed authentication, beyond the connect timeout
+(it delays repeated failures from one address: ``service.auth_throttle``)."""
 
 
 @dataclass(frozen=True)
 class Framing:
-    """How a connection reads and writes frames. A client's defaults; a node's link to a peer sets
-    both (``service.peers``)."""
+    """How a connection reads, writes and secures its frames. A client's defaults; a node's link to a
+    peer sets them all (``service.peers``)."""
 
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     """Longest reply frame accepted; a longer one fails the connection."""
     coalesce: bool = False
     """For a connection many greenlets share: requests sent while others are in flight wait for the
     end of the event loop's turn and leave in one send with the others sent in that turn."""
+    security: Security = NO_SECURITY
+    """TLS to speak, and credentials to authenticate with right after HELLO (``client.security``)."""
 
 
 class Connection:
@@ -56,6 +65,8 @@ class Connection:
         self.client_name = client_name
         self.framing = framing
         self.hello: HelloReply | None = None
+        self.role = 0
+        """The role the node granted when this connection authenticated (``protocol.Role``); 0 if it did not."""
         self._socket: PipelinedSocket[Frame] | None = None
 
     @property
@@ -67,13 +78,18 @@ class Connection:
         return self._socket is not None and self._socket.is_open
 
     def connect(self) -> HelloReply:
-        """Open the socket and negotiate the protocol version. Raises ``NodeUnreachableError``."""
-        sock = open_socket(self.host, self.port, self.connect_timeout)
+        """Open the socket (TLS if the framing's security says so), negotiate the protocol version,
+        and authenticate if it holds credentials. Raises ``NodeUnreachableError`` (``TlsError`` for
+        TLS), ``AuthFailedError``."""
+        security = self.framing.security
+        sock = open_socket(self.host, self.port, self.connect_timeout, tls=security.tls_context)
         matching = ById(self.framing.max_frame_bytes)
         self._socket = PipelinedSocket(sock, self.address, matching, coalesce=self.framing.coalesce)
         try:
             frame = self.call(protocol.Hello(client_name=self.client_name[:255]), timeout=self.connect_timeout)
             self.hello = protocol.decode_hello_reply(frame.body)
+            if security.credentials is not None:
+                self.role = self._authenticate(security.credentials)
         except protocol.ProtocolError as exc:
             self.close()
             raise ProtocolViolationError(f"bad HELLO reply from {self.address}: {exc}") from None
@@ -88,6 +104,18 @@ class Connection:
             self.close()
             raise
         return self.hello
+
+    def _authenticate(self, credentials: Credentials) -> int:
+        """SCRAM-SHA-256 over AUTH_START and AUTH_FINISH; the role the node grants. The node must
+        prove it holds the user's verifier too, or ``AuthFailedError``."""
+        exchange = ScramExchange(credentials.user, credentials.password)
+        frame = self.call(protocol.AuthStart(exchange.client_first()), timeout=self.connect_timeout)
+        client_final = exchange.client_final(protocol.decode_auth_start_reply(frame.body))
+        # The node may hold a failed proof back a while (it slows guessing), so allow it the longest delay.
+        frame = self.call(protocol.AuthFinish(client_final), timeout=self.connect_timeout + AUTH_DELAY_ALLOWANCE)
+        reply = protocol.decode_auth_reply(frame.body)
+        exchange.verify(reply.server_final)
+        return reply.role
 
     def send(self, request: Request) -> AsyncResult:
         """Send ``request`` without waiting; the result resolves to the reply frame or an exception."""

@@ -100,6 +100,38 @@ class TooManyConnectionsError(NodeUnreachableError):
     code = "TOO_MANY_CONNECTIONS"
 
 
+class AuthRequiredError(KVError):
+    """The node requires authentication before this request: connect with a user and password."""
+
+    code = "AUTH_REQUIRED"
+
+
+class AuthFailedError(KVError):
+    """Authentication failed: an unknown user, a wrong password, or a node that could not prove it
+    holds the user's verifier. The node closes the connection after it."""
+
+    code = "AUTH_FAILED"
+
+
+class ForbiddenError(KVError):
+    """The user's role does not allow the request; the connection stays usable."""
+
+    code = "FORBIDDEN"
+
+
+class TlsError(NodeUnreachableError):
+    """A TLS connection could not be made: the handshake failed, or the node's certificate did not
+    verify. A kind of unreachable: the client tries another node."""
+
+    code = "TLS"
+
+
+class TlsRequiredError(TlsError):
+    """The node accepts only TLS connections and this one was plaintext; it closed it."""
+
+    code = "TLS_REQUIRED"
+
+
 class ProtocolViolationError(KVError):
     """A node sent bytes that do not follow the protocol."""
 
@@ -114,8 +146,12 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.UNSUPPORTED_VERSION: UnsupportedVersionError,
     Status.TOO_MANY_CONNECTIONS: TooManyConnectionsError,
     Status.CLOCK_SKEW: ClockSkewError,
+    Status.AUTH_REQUIRED: AuthRequiredError,
+    Status.AUTH_FAILED: AuthFailedError,
+    Status.FORBIDDEN: ForbiddenError,
     Status.STORAGE_FULL: StorageFullError,
     Status.REPLICA_BEHIND: ReplicaBehindError,
+    Status.TLS_REQUIRED: TlsRequiredError,
     Status.UNAVAILABLE: UnavailableError,
     Status.TIMEOUT: RequestTimeoutError,
     Status.INTERNAL_ERROR: InternalServerError,

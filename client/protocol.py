@@ -49,8 +49,8 @@ MAX_KEY_FIELD = 0xFFFF  # keys carry a u16 length, so no configuration can allow
 
 
 class Op(IntEnum):
-    """Request codes. 0x01-0x0F are client operations, 0x10-0x1F node-to-node replica operations,
-    0x20-0x2F administration."""
+    """Request codes. 0x01-0x0F are client operations (0x07-0x0A authentication and users),
+    0x10-0x1F node-to-node replica operations, 0x20-0x2F administration."""
 
     HELLO = 0x01
     PING = 0x02
@@ -58,6 +58,10 @@ class Op(IntEnum):
     PUT = 0x04
     DELETE = 0x05
     TOPOLOGY = 0x06
+    AUTH_START = 0x07
+    AUTH_FINISH = 0x08
+    USER_SET = 0x09
+    USERS = 0x0A
     REPLICA_GET = 0x10
     REPLICA_PUT = 0x11
     HINTED_PUT = 0x12
@@ -80,11 +84,15 @@ class Status(IntEnum):
     UNSUPPORTED_VERSION = 0x14
     TOO_MANY_CONNECTIONS = 0x15
     CLOCK_SKEW = 0x16
+    AUTH_REQUIRED = 0x17
+    AUTH_FAILED = 0x18
+    FORBIDDEN = 0x19
     UNAVAILABLE = 0x20
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
     STORAGE_FULL = 0x31
     REPLICA_BEHIND = 0x32
+    TLS_REQUIRED = 0x33
 
     @property
     def is_error(self) -> bool:
@@ -353,6 +361,87 @@ class Ping(_EmptyBody):
     OP: ClassVar[Op] = Op.PING
 
 
+class Role(IntEnum):
+    """A user's role, as USER_SET, USERS and AUTH_FINISH's reply carry it. Each role may run the
+    ops of the one before it and more (``service.roles``); ``PEER`` is a member of the cluster,
+    authenticated by the cluster secret, never a user's role."""
+
+    NONE = 0  # in USER_SET: remove the user
+    READ = 1
+    READWRITE = 2
+    ADMIN = 3
+    PEER = 4
+
+
+SCRAM_SHA_256 = "SCRAM-SHA-256"
+"""The one authentication mechanism (RFC 5802, RFC 7677): AUTH_START and AUTH_FINISH carry its
+messages, so no password crosses the wire."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStart:
+    """The first SASL step: the mechanism and SCRAM's client-first message (user name and nonce)."""
+
+    OP: ClassVar[Op] = Op.AUTH_START
+    client_first: bytes
+    mechanism: str = SCRAM_SHA_256
+
+    def encode(self) -> bytes:
+        return _str8(self.mechanism) + _bytes16(self.client_first)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> AuthStart:
+        mechanism = reader.str8()
+        return cls(reader.bytes16(), mechanism)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFinish:
+    """The second SASL step: SCRAM's client-final message (the nonces and the client's proof)."""
+
+    OP: ClassVar[Op] = Op.AUTH_FINISH
+    client_final: bytes
+
+    def encode(self) -> bytes:
+        return _bytes16(self.client_final)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> AuthFinish:
+        return cls(reader.bytes16())
+
+
+@dataclass(frozen=True, slots=True)
+class UserSet:
+    """Adds, changes (``role`` and ``verifier``) or removes (``role`` 0, empty ``verifier``) a user.
+    ``version`` (Unix ms) orders changes: a node keeps the highest it has seen for each user."""
+
+    OP: ClassVar[Op] = Op.USER_SET
+    version: int
+    user: str
+    role: int
+    verifier: str = ""
+
+    def encode(self) -> bytes:
+        raw = self.verifier.encode("utf-8")
+        return _U64.pack(self.version) + _str8(self.user) + _U8.pack(self.role) + _bytes16(raw)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> UserSet:
+        version, user, role = reader.u64(), reader.str8(), reader.u8()
+        raw = reader.bytes16()
+        try:
+            return cls(version, user, role, raw.decode("ascii"))
+        except UnicodeDecodeError:
+            raise ProtocolError("a verifier is ASCII text") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Users(_EmptyBody):
+    """Asks for the users a node knows, with their roles."""
+
+    OP: ClassVar[Op] = Op.USERS
+
+
 @dataclass(frozen=True, slots=True)
 class Get:
     OP: ClassVar[Op] = Op.GET
@@ -522,14 +611,16 @@ class Stats(_EmptyBody):
 
 
 Request = (
-    Hello | Ping | Get | Put | Delete | Topology | ReplicaGet | ReplicaPut | HintedPut
+    Hello | Ping | Get | Put | Delete | Topology | AuthStart | AuthFinish | UserSet | Users
+    | ReplicaGet | ReplicaPut | HintedPut
     | Digests | PartitionKeys | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
     request_type.OP: request_type
     for request_type in (
-        Hello, Ping, Get, Put, Delete, Topology, ReplicaGet, ReplicaPut, HintedPut,
+        Hello, Ping, Get, Put, Delete, Topology, AuthStart, AuthFinish, UserSet, Users,
+        ReplicaGet, ReplicaPut, HintedPut,
         Digests, PartitionKeys, Repair, Members, Stats,
     )
 }  # fmt: skip
@@ -1090,3 +1181,74 @@ def decode_stats_reply(body: bytes) -> StatsReply:
         offsets,
         repair,
     )
+
+
+# --- authentication and users ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReply:
+    """AUTH_FINISH's OK reply: who the connection is now, its role's code, and SCRAM's server-final
+    message, by which the client checks that the node holds the user's verifier."""
+
+    user: str
+    role: int
+    server_final: bytes
+
+
+def encode_auth_start_reply(server_first: bytes) -> bytes:
+    return _bytes16(server_first)
+
+
+def decode_auth_start_reply(body: bytes) -> bytes:
+    reader = BodyReader(body)
+    server_first = reader.bytes16()
+    reader.end()
+    return server_first
+
+
+def encode_auth_reply(reply: AuthReply) -> bytes:
+    return _str8(reply.user) + _U8.pack(reply.role) + _bytes16(reply.server_final)
+
+
+def decode_auth_reply(body: bytes) -> AuthReply:
+    reader = BodyReader(body)
+    reply = AuthReply(reader.str8(), reader.u8(), reader.bytes16())
+    reader.end()
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """A user as USERS lists it: name, role code, and the version of the last change made with
+    USER_SET (0: as the users file has it)."""
+
+    user: str
+    role: int
+    version: int
+
+
+def encode_user_set_reply(applied: bool) -> bytes:
+    return _U8.pack(1 if applied else 0)
+
+
+def decode_user_set_reply(body: bytes) -> bool:
+    reader = BodyReader(body)
+    applied = reader.u8()
+    reader.end()
+    if applied > 1:
+        raise ProtocolError(f"USER_SET's reply is 0 or 1, not {applied}")
+    return bool(applied)
+
+
+def encode_users_reply(users: Sequence[UserView]) -> bytes:
+    return _U16.pack(len(users)) + b"".join(
+        _str8(user.user) + _U8.pack(user.role) + _U64.pack(user.version) for user in users
+    )
+
+
+def decode_users_reply(body: bytes) -> list[UserView]:
+    reader = BodyReader(body)
+    users = [UserView(reader.str8(), reader.u8(), reader.u64()) for _ in range(reader.u16())]
+    reader.end()
+    return users

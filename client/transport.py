@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import socket as stdlib_socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from client.errors import (
     NodeUnreachableError,
     ProtocolViolationError,
     RequestTimeoutError,
+    TlsError,
     error_from_frame,
 )
 from client.policies import Backoff
@@ -58,8 +60,11 @@ def receive(sock: socket.socket) -> bytes:
     syscall and a Python exception before it waits. Between a reply and the next request there is
     usually nothing to read yet, so waiting first saves both: a round trip over a socketpair took
     25 instead of 31 µs of CPU. ``_wait`` and ``_read_event`` are how gevent's own ``recv`` waits.
+    A TLS socket may hold decrypted bytes that the kernel no longer shows as readable
+    (``pending``), so it waits only when it holds none.
     """
-    if sock._read_event is not None:  # None once closed: then recv raises EBADF, as callers expect
+    pending = getattr(sock, "pending", None)  # only TLS sockets have it
+    if sock._read_event is not None and (pending is None or not pending()):  # None once closed: recv raises EBADF
         sock._wait(sock._read_event)
     data: bytes = sock.recv(RECV_BYTES)
     return data
@@ -84,7 +89,10 @@ def timestamp_arrivals(sock: socket.socket) -> bool:
 def receive_with_age(sock: socket.socket) -> tuple[bytes, float]:
     """``receive``, and how long ago (seconds, by the wall clock) the kernel received the newest of
     those bytes: long when the process was stopped or starved while they waited in its buffer.
-    0 when the socket has no timestamps (``timestamp_arrivals``)."""
+    0 when the socket has no timestamps (``timestamp_arrivals``), and on a TLS socket, whose
+    decrypted bytes no longer carry the kernel's stamp."""
+    if hasattr(sock, "pending"):  # TLS: recvmsg is not available through the TLS layer
+        return receive(sock), 0.0
     gevent_socket: Any = sock  # gevent's socket: its read watcher is not in socket's type
     if gevent_socket._read_event is not None:  # None once closed: recvmsg raises EBADF, as callers expect
         gevent_socket._wait(gevent_socket._read_event)
@@ -96,14 +104,17 @@ def receive_with_age(sock: socket.socket) -> tuple[bytes, float]:
     return data, 0.0
 
 
-def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> socket.socket:
+def open_socket(
+    host: str, port: int, timeout: float, *, what: str = "", tls: ssl.SSLContext | None = None
+) -> socket.socket:
     """A TCP connection to ``host:port`` with Nagle off and no timeout, or ``NodeUnreachableError``.
 
     A connection to itself counts as unreachable. When nothing listens on a port in the kernel's
     ephemeral range (Docker publishes ports there, so a node that just died leaves one free), the
     kernel may pick that very port as the connection's source, and TCP then connects the socket to
     itself: the HELLO comes back as its own reply. Seen as a garbled HELLO reply in the chaos test.
-    ``what`` names the server in messages (``"redis at "``).
+    ``what`` names the server in messages (``"redis at "``). With ``tls``, the connection speaks TLS
+    with that context (its certificate checks included), or ``TlsError`` says why it could not.
     """
     address = what + format_address(host, port)
     try:
@@ -120,7 +131,28 @@ def open_socket(host: str, port: int, timeout: float, *, what: str = "") -> sock
         raise NodeUnreachableError(f"cannot connect to {address}: nothing listens there")
     sock.settimeout(None)
     sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+    if tls is not None:
+        return start_tls(sock, host, tls, timeout, address)
     return sock
+
+
+def start_tls(sock: socket.socket, host: str, tls: ssl.SSLContext, timeout: float, address: str) -> socket.socket:
+    """``sock`` wrapped in TLS, its handshake done within ``timeout`` seconds; ``TlsError`` if it
+    fails (the socket is closed then). The certificate must name ``host`` if the context checks names."""
+    wrapped = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    try:
+        with gevent.Timeout(timeout):
+            wrapped.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        wrapped.close()
+        reason = exc.verify_message or exc.reason
+        raise TlsError(f"cannot connect to {address} over TLS: certificate verify failed: {reason}") from None
+    except (OSError, gevent.Timeout) as exc:
+        wrapped.close()
+        reason = getattr(exc, "reason", None) or describe(exc)
+        raise TlsError(f"cannot connect to {address} over TLS: {reason} (does it speak TLS?)") from None
+    wrapped.settimeout(None)
+    return wrapped
 
 
 class FrameWriter:

@@ -29,7 +29,11 @@ def usage() -> str:
         + (f" (default: {setting.default})" if setting.default else " (required)" if setting.default is None else "")
         for setting in SETTINGS
     ]
-    return USAGE + "\n".join(rows) + "\n\nSIGTERM drains in-flight requests, then exits.\n"
+    return (
+        USAGE
+        + "\n".join(rows)
+        + "\n\nSIGTERM drains in-flight requests, then exits. SIGHUP reloads the users file and certificates.\n"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -57,6 +61,11 @@ def main(argv: list[str]) -> int:
     try:
         node = Node(config)
         node.start()
+    except ConfigError as exc:  # a file the configuration names (users, secret, certificates) does not load
+        print("kv-node: configuration error, nothing started:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
     except StorageError as exc:
         log.error("startup_failed", error=str(exc), hint=f"check that {config.data_dir} exists and is writable")
         return 1
@@ -67,6 +76,7 @@ def main(argv: list[str]) -> int:
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
+    gevent.signal_handler(signal.SIGHUP, node.reload)  # new certificates and users, without a restart
     stopping.wait()
     node.stop()
     return 0

@@ -7,10 +7,11 @@ with instructions rather than failing later under traffic.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from client import protocol
 from client.address import parse_address
@@ -68,6 +69,14 @@ class Config:
     log_commands: bool
     log_level: str
     resp_port: int = 0  # the Redis-protocol port; 0: none
+    users_file: str = ""  # users, roles and verifiers; "": no authentication
+    cluster_secret_file: str = ""  # the members' shared secret; required with users in a cluster
+    insecure: bool = False  # KV_INSECURE: serve other machines with no users
+    tls_mode: str = "off"  # off, required, migrate
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    metrics_auth: bool = False  # /metrics asks for a user too
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -139,6 +148,27 @@ SETTINGS = [
         "10",
         "% of reads with R below the replicas up that also ask the rest and repair stale ones",
     ),
+    Setting(
+        "KV_USERS_FILE",
+        "",
+        "file (or secret) of users: NAME ROLE VERIFIER per line (kv users hash prints one); set, every "
+        "connection must authenticate",
+    ),
+    Setting(
+        "KV_CLUSTER_SECRET_FILE",
+        "",
+        "file (or secret) holding the members' shared secret (16+ bytes): members authenticate to each other with it",
+    ),
+    Setting(
+        "KV_INSECURE",
+        "false",
+        "true lets a node bound to a non-loopback address run without users (anyone who reaches it can do anything)",
+    ),
+    Setting("KV_TLS_MODE", "off", "off; required: TLS only; migrate: TLS and plaintext both (for switching over)"),
+    Setting("KV_TLS_CERT", "", "this node's certificate chain (PEM); it must name the host KV_PEERS gives it"),
+    Setting("KV_TLS_KEY", "", "this node's private key (PEM)"),
+    Setting("KV_TLS_CA", "", "the CA (PEM) that signs the members' and clients' certificates"),
+    Setting("KV_METRICS_AUTH", "false", "true: /metrics asks for a user too (HTTP Basic), as the dashboard does"),
     Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
     Setting("KV_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
@@ -272,6 +302,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if fsync not in {"always", "periodic"}:
         problems.append(f"KV_FSYNC={fsync!r}: must be always or periodic")
 
+    security = _security(raw, parsed, cluster, problems)
+
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
@@ -309,6 +341,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         log_commands=log_commands,
         log_level=log_level,
         resp_port=resp_port,
+        **security,
     )
     if problems:
         raise ConfigError(problems)
@@ -332,6 +365,68 @@ def _output_limit(
             f"set it to at least {-(-smallest // MB)}, or lower KV_MAX_VALUE_BYTES"
         )
     return limit
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "ip6-localhost"})
+TLS_MODES = ("off", "required", "migrate")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _security(
+    raw: Callable[[str], str],
+    parsed: Callable[[str, Callable[[str], bool], bool], bool],
+    cluster: tuple[NodeAddress, ...],
+    problems: list[str],
+) -> dict[str, Any]:
+    """The security settings, checked together; what is wrong goes to ``problems``. The files they
+    name are read when the node starts (``service.security``)."""
+    users_file = raw("KV_USERS_FILE")
+    secret_file = raw("KV_CLUSTER_SECRET_FILE")
+    insecure = parsed("KV_INSECURE", _boolean, False)
+    host = raw("KV_HOST")
+    if not users_file and not insecure and not is_loopback(host):
+        problems.append(
+            f"KV_HOST={host} serves other machines, and no users are set (protected mode): set KV_USERS_FILE "
+            "and KV_CLUSTER_SECRET_FILE so clients and members must authenticate (deploy/make-secrets.sh makes "
+            "both), or KV_INSECURE=true to let anyone who reaches the node do anything"
+        )
+    if users_file and not secret_file and len(cluster) > 1:
+        problems.append(
+            "KV_USERS_FILE is set but KV_CLUSTER_SECRET_FILE is not: members authenticate to each other with "
+            "the cluster secret; give every member the same secret file (16 or more random bytes)"
+        )
+    if secret_file and not users_file:
+        problems.append(
+            "KV_CLUSTER_SECRET_FILE is set but KV_USERS_FILE is not: without users nothing is authenticated; "
+            "set KV_USERS_FILE too, or neither"
+        )
+    tls_mode = raw("KV_TLS_MODE").lower()
+    if tls_mode not in TLS_MODES:
+        problems.append(f"KV_TLS_MODE={tls_mode!r}: must be off, required or migrate")
+    tls = {name: raw(f"KV_TLS_{name.upper()}") for name in ("cert", "key", "ca")}
+    if tls_mode in ("required", "migrate"):
+        missing = [f"KV_TLS_{name.upper()}" for name, path in tls.items() if not path]
+        if missing:
+            problems.append(f"KV_TLS_MODE={tls_mode} needs {', '.join(missing)}: the node's certificate, key and CA")
+    return {
+        "users_file": users_file,
+        "cluster_secret_file": secret_file,
+        "insecure": insecure,
+        "tls_mode": tls_mode,
+        "tls_cert": tls["cert"],
+        "tls_key": tls["key"],
+        "tls_ca": tls["ca"],
+        "metrics_auth": parsed("KV_METRICS_AUTH", _boolean, False),
+    }
 
 
 def _boolean(text: str) -> bool:

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Version
+from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Role, Version
 from service.anti_entropy import AntiEntropyEvents, RoundResult
+from service.authentication import AuthEvents
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.connection_limits import Close
 from service.coordinator import CoordinatorEvents
@@ -63,7 +64,9 @@ OFFSET_LOG_INTERVAL_MS = 60_000
 """A peer's clock offset is logged at most once a minute while it stays above half the maximum."""
 
 
-class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents, MonitorEvents, ConnectionEvents):
+class NodeEvents(
+    CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvents, MonitorEvents, ConnectionEvents, AuthEvents
+):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
 
     ``hint_window_s`` is only quoted in the log line for expired hints.
@@ -82,6 +85,7 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
         self._space: Callable[[], tuple[int, int, int | None]] = lambda: (0, 0, None)
         self._hint_failures = Throttle(HINT_FAILURE_LOG_INTERVAL_S)
         self._connection_lines = Throttle(CONNECTION_LOG_INTERVAL_S)
+        self._auth_lines = Throttle(CONNECTION_LOG_INTERVAL_S)
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
         """Read the store's key and hint counts and its state at each scrape; show every peer as not
@@ -183,6 +187,28 @@ class NodeEvents(CoordinatorEvents, HandoffEvents, AntiEntropyEvents, StoreEvent
             self.log.debug("connection_idle", peer=peer, **details)
         else:
             self._throttled(reason.value, self.log.info, peer=peer, **details)
+
+    # --- security ---------------------------------------------------------------------------------
+
+    def auth_failed(self, user: str, peer: str, reason: str, failures: int) -> None:
+        self.metrics.auth_failures.labels(user).inc()
+        count = self._auth_lines.add(user, 1)
+        if count is not None:
+            self.log.warning(
+                "auth_failed",
+                user=user,
+                peer=peer,
+                reason=reason,
+                failures_in_a_row=failures,
+                **({"suppressed": count - 1} if count > 1 else {}),
+            )
+
+    def authenticated(self, user: str, role: Role, peer: str) -> None:
+        self.log.debug("authenticated", user=user, role=role.name.lower(), peer=peer)
+
+    def tls_failed(self, peer: str, reason: str) -> None:
+        self.metrics.tls_failures.inc()
+        self._throttled("tls_handshake_failed", self.log.warning, peer=peer, reason=reason)
 
     def _throttled(self, event: str, log: Callable[..., Any], **fields: Any) -> None:
         count = self._connection_lines.add(event, 1)

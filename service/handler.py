@@ -3,7 +3,8 @@
 ``RequestHandler`` holds no connection state and sees no sockets (``server`` owns those). Each op is
 one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
 hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round;
-MEMBERS and STATS are this node's reports on itself (``NodeReports``).
+MEMBERS and STATS are this node's reports on itself (``NodeReports``); USER_SET and USERS change and
+list the node's users (``Authenticator``). Who may send which op is the server's check, not this.
 Refusals (an oversize key or value, an impossible quorum, a partition out of range, a replica read
 while this node's store is full or catching up) are ``RequestError``s with the status to send; a
 store with no room answers STORAGE_FULL, a timestamp too far ahead CLOCK_SKEW; every failure
@@ -15,6 +16,7 @@ from __future__ import annotations
 from client import protocol
 from client.protocol import Status
 from service.anti_entropy import AntiEntropy
+from service.authentication import Authenticator
 from service.config import Config
 from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes
@@ -68,6 +70,8 @@ class RequestHandler:
         self._members = frozenset(node.node_id for node in config.cluster)
         self.read_quorum = config.read_quorum
         self.write_quorum = config.write_quorum
+        self.accounts: Authenticator | None = None
+        """The node's users, for USER_SET and USERS (the node sets it; ``None``: it has none)."""
 
     def reply(self, request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
         """The encoded reply; every failure becomes an error reply, never an exception, except
@@ -150,6 +154,19 @@ class RequestHandler:
                 return Status.OK, self._topology_body
             case protocol.Hello():
                 return self.negotiate(request)
+            case protocol.UserSet():
+                try:
+                    applied = self.accounts is not None and self.accounts.set_user(request)
+                except ValueError as exc:
+                    raise RequestError(Status.BAD_REQUEST, str(exc)) from None
+                except OSError as exc:
+                    raise RequestError(Status.INTERNAL_ERROR, f"cannot record the change: {exc}") from None
+                if self.accounts is None:
+                    raise RequestError(Status.BAD_REQUEST, "this node has no users (KV_USERS_FILE is not set)")
+                return Status.OK, protocol.encode_user_set_reply(applied)
+            case protocol.Users():
+                users = self.accounts.list_users() if self.accounts is not None else []
+                return Status.OK, protocol.encode_users_reply(users)
         raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
 
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:

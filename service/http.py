@@ -5,7 +5,9 @@ orchestrators, and whatever further routes the node adds (the dashboard's, from 
 200 once it can coordinate requests (its store is open and it has a verdict on every peer), which
 is what a load balancer, a container healthcheck or a test should wait for. A 503's body says why.
 
-Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic.
+Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic; over
+HTTPS when the node's TLS is on (``KV_TLS_MODE``). The node protects the routes that reveal keys
+(``service.http_auth``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from service.tls import TlsAcceptor
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Check = Callable[[], str | None]
@@ -49,10 +53,40 @@ def make_app(
     return app
 
 
+HTTPS_REFUSAL = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"this port speaks only HTTPS (KV_TLS_MODE=required): use https://\n"
+)
+"""What a plaintext request to the HTTP port of a TLS-only node is told before it is closed."""
+
+
+class _WSGIServer(WSGIServer):  # type: ignore[misc]  # gevent has no type information
+    """pywsgi's server, with each connection first handed to the TLS acceptor (if any)."""
+
+    tls: TlsAcceptor | None = None
+
+    def handle(self, sock: Any, address: tuple[str, int]) -> None:
+        if self.tls is not None:
+            sock = self.tls.accept(sock, f"{address[0]}:{address[1]}", HTTPS_REFUSAL)
+            if sock is None:
+                return
+        super().handle(sock, address)
+
+
 class HttpServer:
-    def __init__(self, host: str, port: int, app: Callable[..., Iterable[bytes]], error_log: Any) -> None:
+    """The HTTP port: ``app`` served by pywsgi, over TLS as ``tls`` says (``None``: plaintext)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Callable[..., Iterable[bytes]],
+        error_log: Any,
+        tls: TlsAcceptor | None = None,
+    ) -> None:
         # log=None: Prometheus scrapes every few seconds and access lines would drown the JSON log.
-        self._server = WSGIServer((host, port), app, log=None, error_log=error_log)
+        self._server = _WSGIServer((host, port), app, log=None, error_log=error_log)
+        self._server.tls = tls
 
     @property
     def port(self) -> int:

@@ -243,6 +243,17 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "kv_auth_failures",
+            "Failed authentications, by user (a known user, a member node:<id>, or (unknown) for any other name)",
+            ["user"],
+            registry=self.registry,
+        )
+        self.tls_failures = Counter(
+            "kv_tls_handshake_failures",
+            "Connections closed because their TLS handshake failed, or that sent plaintext to a TLS-only port",
+            registry=self.registry,
+        )
         self.connection_buffered = Gauge(
             "kv_connection_buffered_bytes",
             "Bytes held for all connections: requests in flight, with the replies they may produce, and unsent replies",

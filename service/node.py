@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 
 import gevent
+from prometheus_client import make_wsgi_app
 
 from client.protocol import PING_FLAG_STORAGE_FULL, PeerState
 from client.ring import Ring
@@ -29,7 +30,8 @@ from service.failure_detector import FailureDetector
 from service.handler import RequestHandler
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffSettings, HintedHandoff
-from service.http import HttpServer, LogWriter, make_app
+from service.http import HttpServer, LogWriter, WsgiApp, make_app
+from service.http_auth import BasicAuth
 from service.local_store import LocalStore
 from service.logging import get_logger
 from service.memory import RELEASE_INTERVAL, MemoryReleaser
@@ -42,9 +44,11 @@ from service.recovery import PASS_INTERVAL as RECOVERY_INTERVAL
 from service.recovery import StorageRecovery
 from service.resp_handler import RespHandler
 from service.resp_server import RespServer
+from service.security import load_security
 from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
 from service.store_flags import StoreFlags
+from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 
 FLUSH_INTERVAL = 1.0
@@ -77,6 +81,7 @@ class Node:
         self.log = get_logger()
         self.metrics = Metrics()
         self.events = NodeEvents(self.metrics, self.log, hint_window_s=config.hint_window)
+        self.security = load_security(config, self.events)  # ConfigError: a file it names does not load
         self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
@@ -101,7 +106,12 @@ class Node:
         self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
 
         peer_settings = PeerSettings(
-            config.node_id, config.connect_timeout, config.request_timeout, config.max_frame_bytes
+            config.node_id,
+            config.connect_timeout,
+            config.request_timeout,
+            config.max_frame_bytes,
+            security=self.security.peer_security,
+            plaintext_fallback=self.security.mode is TlsMode.MIGRATE,
         )
         self.store_flags = StoreFlags(
             config.node_id, lambda: self.store.flags, [node.node_id for node in config.peers], self._peer_store_changed
@@ -167,6 +177,12 @@ class Node:
             store_flags=self.store_flags.flags,
         )
         self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports)
+        self.handler.accounts = self.security.authenticator
+        tls_acceptor = None
+        if self.security.tls is not None:
+            tls_acceptor = TlsAcceptor(
+                self.security.tls, self.security.mode, config.handshake_timeout, self.events.tls_failed
+            )
         server_settings = ServerSettings(
             config.max_connections,
             config.max_frame_bytes,
@@ -178,6 +194,8 @@ class Node:
                 config.idle_timeout,
             ),
             members=tuple(self.peers),
+            authenticator=self.security.authenticator,
+            tls=tls_acceptor,
         )
         self.server = ProtocolServer(
             listener if listener is not None else (config.host, config.port),
@@ -200,13 +218,9 @@ class Node:
         self.http = HttpServer(
             config.host,
             config.http_port,
-            make_app(
-                self.metrics.registry,
-                self.health_problem,
-                self.readiness_problem,
-                dashboard_routes(self.cluster_view),
-            ),
+            make_app(self.metrics.registry, self.health_problem, self.readiness_problem, self._http_routes()),
             LogWriter(self.log),
+            tls_acceptor,
         )
         self.memory = MemoryReleaser()
         self.tasks = self._background_tasks()
@@ -287,6 +301,26 @@ class Node:
         self.http.stop()
         self.store.close()
         self.log.info("node_stopped")
+
+    def _http_routes(self) -> dict[str, WsgiApp]:
+        """The dashboard's routes, behind a user's name and password on a node with users; and
+        ``/metrics`` too with ``KV_METRICS_AUTH``."""
+        routes = dashboard_routes(self.cluster_view)
+        authenticator = self.security.authenticator
+        if not authenticator.required:
+            return routes
+        basic = BasicAuth(authenticator)
+        protected = {path: basic.protect(app) for path, app in routes.items()}
+        if self.config.metrics_auth:
+            protected["/metrics"] = basic.protect(make_wsgi_app(self.metrics.registry))
+        return protected
+
+    def reload(self) -> None:
+        """SIGHUP: read the users file and the TLS certificates again; new connections use them."""
+        problems = self.security.reload()
+        for problem in problems:
+            self.log.error("reload_failed", problem=problem, hint="the node keeps what it had; fix the file and reload")
+        self.log.info("reloaded", users=len(self.security.authenticator.users or ()), failed=len(problems))
 
     def _background_tasks(self) -> dict[str, Periodic]:
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""

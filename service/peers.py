@@ -14,13 +14,13 @@ refusal that shows them (STORAGE_FULL, REPLICA_BEHIND) between heartbeats.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gevent
 
 from client import protocol
 from client.connection import Connection, Framing
-from client.errors import KVError, NodeUnreachableError, ReplicaBehindError, StorageFullError
+from client.errors import KVError, NodeUnreachableError, ReplicaBehindError, StorageFullError, TlsError
 from client.protocol import (
     PING_FLAG_CATCHING_UP,
     PING_FLAG_STORAGE_FULL,
@@ -32,6 +32,7 @@ from client.protocol import (
     Status,
     Version,
 )
+from client.security import NO_SECURITY, Security
 from client.transport import ConnectionSlot
 from service.admission import PEER_NAME_PREFIX
 from service.clock_offsets import ClockOffsets, OffsetSample
@@ -55,6 +56,10 @@ class PeerSettings:
     """Seconds a request to a peer may take (``KV_REQUEST_TIMEOUT_MS``)."""
     max_frame_bytes: int
     """The frame limit this node reads replies with."""
+    security: Callable[[], Security] = lambda: NO_SECURITY
+    """How to dial a peer now: TLS context and the cluster secret's credentials (``NodeSecurity``)."""
+    plaintext_fallback: bool = False
+    """``KV_TLS_MODE=migrate``: a peer that does not speak TLS yet is dialled again in plaintext."""
 
 
 class Peer:
@@ -85,6 +90,8 @@ class Peer:
         self._connect_timeout = settings.connect_timeout
         self._request_timeout = settings.request_timeout
         self._max_frame_bytes = settings.max_frame_bytes
+        self._security = settings.security
+        self._plaintext_fallback = settings.plaintext_fallback
         self._on_failure = on_failure
         self._on_refusal = on_refusal
         self._slot = ConnectionSlot(self._dial, node.address)
@@ -166,12 +173,22 @@ class Peer:
         self._slot.close()
 
     def _dial(self) -> Connection:
+        security = self._security()
+        try:
+            return self._connect(security)
+        except TlsError as exc:
+            if not self._plaintext_fallback or "over TLS" not in exc.message or "certificate" in exc.message:
+                raise
+            # Migrating: this peer does not speak TLS yet (a certificate it shows is never skipped).
+            return self._connect(replace(security, tls_context=None))
+
+    def _connect(self, security: Security) -> Connection:
         connection = Connection(
             self.node.host,
             self.node.port,
             connect_timeout=self._connect_timeout,
             client_name=PEER_NAME_PREFIX + self._local_node_id,
-            framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True),
+            framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True, security=security),
         )
         connection.connect()  # a failure counts in the slot's backoff
         return connection

@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import gevent.pool
 
-from client.protocol import PeerState
+from client.protocol import PeerState, Role
 from client.resp import (
     NULL,
     OK,
@@ -53,6 +53,7 @@ from client.resp import (
     encode_map,
     encode_reply,
 )
+from service.authentication import AuthRefused
 from service.config import Config
 from service.handler import RequestError, RequestHandler
 from service.quorum import QuorumFailure
@@ -128,6 +129,19 @@ _SPECS = (
 COMMANDS: dict[bytes, CommandSpec] = {spec.name.upper().encode(): spec for spec in _SPECS}
 """Every command the port answers, by upper-case name (a command's name is case-insensitive)."""
 
+_NAMES = frozenset(spec.name for spec in _SPECS)
+NOT_AUTHENTICATED_COMMANDS = _NAMES - {"auth", "hello", "quit"}
+"""What a connection may not run before AUTH on a node with users (Redis answers ``-NOAUTH``)."""
+_WRITES = frozenset({"set", "del", "mset"})
+RESP_DENIED: dict[Role, frozenset[str]] = {
+    Role.READ: _WRITES,
+    Role.READWRITE: frozenset(),
+    Role.ADMIN: frozenset(),
+    Role.PEER: _NAMES,  # members never log in here
+}
+"""Role -> the commands it may not run: ``read`` reads (and asks INFO, CLIENT...), ``readwrite`` and
+``admin`` may run everything this port has (there is no administration on it)."""
+
 UNKNOWN_OP = "RESP_UNKNOWN"
 """The metrics ``op`` of commands not in ``COMMANDS``: a label per name sent would let any client
 grow the node's metrics without bound."""
@@ -171,6 +185,11 @@ class RespClient:
     """This connection's null reply: RESP2's null bulk string, or RESP3's null."""
     closing: bool = False
     """Set by QUIT: the session closes once every reply up to QUIT's has gone out."""
+    user: str = ""
+    """Who the connection authenticated as (AUTH, HELLO's AUTH); empty before, or without users."""
+    denied: frozenset[str] = frozenset()
+    """Commands this connection may not run (by name, lower case): all but ``AUTH``, ``HELLO`` and
+    ``QUIT`` before authenticating on a node with users, then those its role does not allow."""
 
 
 def error(message: str) -> Outcome:
@@ -209,6 +228,7 @@ class RespHandler:
         self._w = config.write_quorum
         self._max_reply = config.max_frame_bytes * MULTI_KEY_REPLY_FRAMES
         self._started = started
+        self._accounts = requests.accounts
         self.clients: dict[int, RespClient] = {}
         self._client_ids = count(1)
         self._runners: dict[str, Callable[[list[bytes], RespClient, bool], Outcome]] = {
@@ -233,6 +253,8 @@ class RespHandler:
     def open_client(self, address: str, local_address: str) -> RespClient:
         """A new connection's state, with the next client id, registered until ``close_client``."""
         client = RespClient(next(self._client_ids), address, local_address)
+        if self._accounts is not None and self._accounts.required:
+            client.denied = NOT_AUTHENTICATED_COMMANDS
         self.clients[client.id] = client
         return client
 
@@ -251,6 +273,8 @@ class RespHandler:
             return unknown_command(args)
         if not spec.arity_ok(len(args)):
             return arity_error(spec.name)
+        if spec.name in client.denied:
+            return self._refuse(spec, client)
         try:
             return self._runners[spec.name](args, client, inline)
         except (RequestError, QuorumFailure) as exc:
@@ -353,8 +377,33 @@ class RespHandler:
         client.closing = True
         return OK, "OK"
 
+    def _refuse(self, spec: CommandSpec, client: RespClient) -> Outcome:
+        if not client.user:
+            return error("NOAUTH Authentication required.")
+        return error(f"NOPERM User {client.user} has no permissions to run the '{spec.name}' command")
+
     def _auth(self, args: list[bytes], client: RespClient, inline: bool) -> Outcome:
-        return _no_authentication()
+        """``AUTH [user] password``: Redis 6's form, with ``default`` as the user when only a password
+        is given. The password itself crosses the wire (RESP has no challenge-response): use TLS."""
+        if len(args) > 3:
+            return error("ERR syntax error")
+        user = _text(args[1]) if len(args) == 3 else "default"
+        return self._log_in(client, user, _text(args[-1]))
+
+    def _log_in(self, client: RespClient, user: str, password: str) -> Outcome:
+        accounts = self._accounts
+        if accounts is None or not accounts.required:
+            return error(
+                "ERR AUTH <password> called without any password configured for the default user. "
+                "Are you sure your configuration is correct? (this node has no users: KV_USERS_FILE)"
+            )
+        try:
+            identity = accounts.check_password(user, password, client.address)
+        except AuthRefused:
+            return error("WRONGPASS invalid username-password pair or user is disabled.")
+        client.user = identity.user
+        client.denied = RESP_DENIED[identity.role]
+        return OK, "OK"
 
     def _hello(self, args: list[bytes], client: RespClient, inline: bool) -> Outcome:
         """``HELLO [protover [AUTH user pass] [SETNAME name]]``: RESP2 or RESP3, which differ here only
@@ -371,7 +420,11 @@ class RespHandler:
         while options:
             option = options[0].upper()
             if option == b"AUTH" and len(options) >= 3:
-                return _no_authentication()
+                outcome = self._log_in(client, _text(options[1]), _text(options[2]))
+                if outcome[1] != "OK":
+                    return outcome
+                options = options[3:]
+                continue
             if option == b"SETNAME" and len(options) >= 2:
                 name, options = options[1], options[2:]
                 continue
@@ -536,10 +589,6 @@ def _set_name(client: RespClient, name: bytes) -> Outcome | None:
         return error("ERR Client names cannot contain spaces, newlines or special characters.")
     client.name = name
     return None
-
-
-def _no_authentication() -> Outcome:
-    return error("ERR AUTH is not supported: this store has no authentication (see README, what it is not)")
 
 
 def _each(function: Callable[[bytes], T], keys: list[bytes]) -> list[T]:

@@ -246,6 +246,9 @@ class RespServer(ConnectionServer):
     """The Redis protocol's server: a ``RespSession`` per connection, its commands run by ``handler``."""
 
     log_context: ClassVar[dict[str, str]] = {"protocol": "resp"}
+    tls_refusal: ClassVar[bytes] = encode_error(
+        "ERR this port accepts only TLS connections (KV_TLS_MODE=required): redis-cli --tls --cacert CA"
+    )
 
     def __init__(
         self,

@@ -50,12 +50,15 @@ from gevent.server import StreamServer
 from client import protocol
 from client.protocol import CONNECTION_REQUEST_ID, Frame, Op, ProtocolError, Status
 from client.transport import RECV_BYTES, FrameWriter, receive_with_age, timestamp_arrivals
-from service.admission import Admission, Seat, Ticket
+from service.admission import PEER_NAME_PREFIX, Admission, Seat, Ticket
+from service.authentication import Authenticator, AuthRefused, Identity, ServerExchange, describe
 from service.connection_limits import Activity, Close, ConnectionLimits, Watch, reservation
 from service.coordinator import MustWait
 from service.handler import RequestHandler
 from service.logging import get_logger, printable_key
 from service.metrics import Metrics
+from service.roles import DENIED, NOT_AUTHENTICATED, NOTHING_DENIED
+from service.tls import TlsAcceptor, tls_without_certificate
 
 MAX_IN_FLIGHT_PER_CONNECTION = 256
 """Requests one connection may have running, inline ones included (its bytes are bounded apart)."""
@@ -99,6 +102,13 @@ coordinator raises ``MustWait`` before sending anything and the session gives it
 LINGER_SECONDS = 1.0
 """How long a closing connection keeps reading (and discarding) what the client still sends."""
 
+TLS_REFUSAL = protocol.encode_error(
+    CONNECTION_REQUEST_ID,
+    Status.TLS_REQUIRED,
+    "this node accepts only TLS connections (KV_TLS_MODE=required): connect with TLS (kv --tls --tls-ca CA)",
+)
+"""What a plaintext connection to a TLS-only port is told before it is closed."""
+
 _ABORT_LINGER = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close sends RST and frees the kernel's send buffer at once, instead of keeping
 it for a client that does not read."""
@@ -116,6 +126,10 @@ class ServerSettings:
     """A client connection's byte limits and timeouts; a member's link gets ``limits.for_peer()``."""
     members: tuple[str, ...] = ()
     """The other members' node ids: a connection whose HELLO names one is admitted as a peer link."""
+    authenticator: Authenticator | None = None
+    """Checks who connections are; ``None`` or one without users: every connection may do anything."""
+    tls: TlsAcceptor | None = None
+    """Speaks TLS on accepted connections (``KV_TLS_MODE``); ``None``: plaintext only."""
 
 
 class ConnectionEvents:
@@ -224,6 +238,13 @@ class Session:
         self._room = Event()
         self._waiting_for_room = False
         self._negotiated = False
+        authenticator = settings.authenticator
+        self._authenticator = authenticator if authenticator is not None and authenticator.required else None
+        self.identity: Identity | None = None
+        """Who the connection authenticated as; ``None`` before, or on a node without users."""
+        self._denied = NOTHING_DENIED if self._authenticator is None else NOT_AUTHENTICATED
+        """Op codes this connection may not run: its role's (``service.roles``), checked per request."""
+        self._exchange: ServerExchange | None = None
         self._stopping = False
         self._broken = False  # a send failed, or abort(): no reply can be delivered any more
         self._read_at = 0.0  # when the kernel received the frames being dispatched (time.monotonic())
@@ -304,8 +325,9 @@ class Session:
     # --- the handshake ----------------------------------------------------------------------------
 
     def _handshake(self) -> list[Frame] | None:
-        """Read until a HELLO succeeds, within the handshake timeout (a waiting connection, within
-        ``WAITING_HELLO_SECONDS``); the frames that came after it, or ``None`` to close."""
+        """Read until a HELLO succeeds and, on a node with users, the connection has authenticated,
+        within the handshake timeout (a waiting connection's HELLO, within ``WAITING_HELLO_SECONDS``);
+        the frames that came after, or ``None`` to close."""
         assert self.ticket is not None
         seconds = self.limits.handshake_timeout
         if self.ticket.seat is Seat.WAITING:
@@ -325,9 +347,9 @@ class Session:
                 if not frames:
                     return None
             frame = frames.pop(0)
-            if not self._hello(frame):
+            if not (self._hello(frame) if not self._negotiated else self._authenticate(frame)):
                 return None
-            if self._negotiated:
+            if self._negotiated and (self._authenticator is None or self.identity is not None):
                 return frames
 
     def _read_before(self, deadline: float) -> list[Frame]:
@@ -368,6 +390,69 @@ class Session:
         reply = self._run_request(frame, request)
         self._negotiated = protocol.frame_code(reply) == Status.OK
         return True
+
+    def _authenticate(self, frame: Frame) -> bool:
+        """Answer a frame sent after HELLO and before authenticating: AUTH_START and AUTH_FINISH run
+        the SCRAM exchange, another HELLO is answered as the first, anything else gets
+        AUTH_REQUIRED. ``False`` ends the connection (a failed authentication)."""
+        assert self._authenticator is not None
+        if frame.code == Op.HELLO:
+            return self._hello(frame)
+        if frame.code not in (Op.AUTH_START, Op.AUTH_FINISH):
+            self._write_status(
+                frame,
+                Status.AUTH_REQUIRED,
+                f"{protocol.op_name(frame.code)} needs authentication: this node requires a user "
+                "(kv --user NAME; the library's Security)",
+            )
+            return True
+        try:
+            request = protocol.decode_request(frame)
+        except ProtocolError as exc:
+            self._write_status(frame, Status.BAD_REQUEST, str(exc))
+            return True
+        try:
+            if isinstance(request, protocol.AuthStart):
+                self._exchange = self._authenticator.exchange(self.peer)
+                reply = protocol.encode_auth_start_reply(self._exchange.start(request))
+            else:
+                assert isinstance(request, protocol.AuthFinish)
+                if self._exchange is None:
+                    raise AuthRefused("send AUTH_START before AUTH_FINISH")
+                identity, auth_reply = self._exchange.finish(request)
+                self._check_member(identity)
+                reply = protocol.encode_auth_reply(auth_reply)
+                self.identity = identity
+                self._denied = DENIED[identity.role]
+        except AuthRefused as exc:
+            self._write_status(frame, Status.AUTH_FAILED, str(exc))
+            return False
+        self._writer.write(protocol.encode_response(frame.request_id, Status.OK, reply))
+        return True
+
+    def _check_member(self, identity: Identity) -> None:
+        """A link admitted as a member's must be that member, and over TLS must show a certificate
+        signed by the cluster's CA (``KV_TLS_CA``); ``AuthRefused`` otherwise."""
+        assert self.ticket is not None
+        member = self.ticket.member
+        if member is not None and identity.user != PEER_NAME_PREFIX + member:
+            raise AuthRefused(f"this link said it was {member} but authenticated as {identity.user}")
+        if identity.user.startswith(PEER_NAME_PREFIX) and tls_without_certificate(self.sock):
+            raise AuthRefused("a member's link over TLS must present its certificate (KV_TLS_CERT)")
+
+    def _write_status(self, frame: Frame, status: Status, message: str) -> None:
+        self._writer.write(protocol.encode_error(frame.request_id, status, message))
+        self._metrics.observe_request(protocol.op_name(frame.code), status.name, 0.0)
+
+    def _forbid(self, frame: Frame) -> None:
+        """A request this connection's role may not run: FORBIDDEN, naming the op and the user."""
+        identity = self.identity
+        who = describe(identity) if identity is not None else "this connection"
+        self._write_status(
+            frame,
+            Status.FORBIDDEN,
+            f"{protocol.op_name(frame.code)} is not allowed for {who}; ask an admin for a role that allows it",
+        )
 
     def _refuse(self, request_id: int) -> None:
         limit = self._shared.admission.max_clients
@@ -436,6 +521,9 @@ class Session:
 
     def _dispatch(self, frame: Frame) -> None:
         """Start ``frame``'s request once the connection has room for it."""
+        if frame.code in self._denied:
+            self._forbid(frame)
+            return
         need = reservation(frame.code, len(frame.body), self._max_frame_bytes)
         in_flight = self._in_flight
         pending = in_flight.reserved + self._writer.queued
@@ -565,6 +653,8 @@ class ConnectionServer:
 
     log_context: ClassVar[dict[str, str]] = {}
     """Bound into a connection's log lines beside its peer and id (the Redis server's: protocol=resp)."""
+    tls_refusal: ClassVar[bytes] = b""
+    """What a plaintext connection is told, in the port's protocol, when the port speaks only TLS."""
 
     def __init__(
         self, listener: socket.socket | tuple[str, int], metrics: Metrics, log: Any, settings: ServerSettings
@@ -606,6 +696,11 @@ class ConnectionServer:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**context)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._settings.tls is not None:
+            served = self._settings.tls.accept(sock, peer, self.tls_refusal)
+            if served is None:
+                return
+            sock = served
         session = self.open_session(sock, peer, self._log.bind(**context))
         self._sessions.add(session)
         self._metrics.connections.inc()
@@ -697,7 +792,15 @@ class ProtocolServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         timestamp_arrivals(sock)
         admission = self._shared.admission
-        session = Session(sock, self._shared, self._log.bind(peer=peer, conn_id=conn_id), admission.arrive(), peer)
+        ticket = admission.arrive()
+        tls = self._shared.settings.tls
+        if tls is not None and ticket is not None:  # admitted first: a slow handshake holds a slot, not more
+            served = tls.accept(sock, peer, TLS_REFUSAL)
+            if served is None:
+                admission.leave(ticket)
+                return
+            sock = served
+        session = Session(sock, self._shared, self._log.bind(peer=peer, conn_id=conn_id), ticket, peer)
         self._sessions.add(session)
         self._shared.metrics.connections.inc()
         try:

@@ -123,6 +123,10 @@ REPLY_DECODERS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]]
     "repair": (protocol.decode_repair_reply, protocol.encode_repair_reply),
     "members": (protocol.decode_members_reply, protocol.encode_members_reply),
     "stats": (protocol.decode_stats_reply, protocol.encode_stats_reply),
+    "auth_start": (protocol.decode_auth_start_reply, protocol.encode_auth_start_reply),
+    "auth": (protocol.decode_auth_reply, protocol.encode_auth_reply),
+    "user_set": (protocol.decode_user_set_reply, protocol.encode_user_set_reply),
+    "users": (protocol.decode_users_reply, protocol.encode_users_reply),
     "error": (_decode_error(Status.BAD_REQUEST), _error_body(Status.BAD_REQUEST)),
     "quorum_error": (_decode_error(Status.UNAVAILABLE), _error_body(Status.UNAVAILABLE)),
 }

@@ -62,6 +62,13 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.Repair(),
         protocol.Members(),
         protocol.Stats(),
+        protocol.AuthStart(b"n,,n=alice,r=rOprNGfwEbeRWgbNEkqO"),
+        protocol.AuthFinish(
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        ),
+        protocol.UserSet(TIMESTAMP, "alice", protocol.Role.READWRITE, "SCRAM-SHA-256$4096:c2FsdA==$a2V5$a2V5"),
+        protocol.UserSet(TIMESTAMP, "bob", protocol.Role.NONE),
+        protocol.Users(),
     ]
     missing = set(protocol.REQUEST_TYPES.values()) - {type(request) for request in found}
     assert not missing, f"no seed for {sorted(cls.__name__ for cls in missing)}"
@@ -117,6 +124,16 @@ def reply_bodies() -> dict[str, list[bytes]]:
                 )
             )
         ],
+        "auth_start": [
+            protocol.encode_auth_start_reply(b"r=rOprNGfwEbeRWgbNEkqO%hvYD,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+        ],
+        "auth": [
+            protocol.encode_auth_reply(
+                protocol.AuthReply("alice", protocol.Role.READWRITE, b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            )
+        ],
+        "user_set": [protocol.encode_user_set_reply(True), protocol.encode_user_set_reply(False)],
+        "users": [protocol.encode_users_reply([protocol.UserView("alice", protocol.Role.ADMIN, 0)])],
         "error": [error],
         "quorum_error": [quorum_error],
     }

@@ -76,12 +76,23 @@ def cluster_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def cluster_secured() -> bool:
+    """Whether the module's ``cluster`` runs with users, the cluster secret and TLS on every link
+    (``Cluster.secure``): no, with ``KV_INSECURE=true``; a module overrides this to say yes."""
+    return False
+
+
+@pytest.fixture(scope="module")
 def cluster(
-    request: pytest.FixtureRequest, docker_client: docker.DockerClient, kv_image: str, cluster_env: dict[str, str]
+    request: pytest.FixtureRequest,
+    docker_client: docker.DockerClient,
+    kv_image: str,
+    cluster_env: dict[str, str],
+    cluster_secured: bool,
 ) -> Iterator[Cluster]:
     """A fresh three-node cluster for each test module."""
     label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:12].replace("_", "-")
-    with running_cluster(docker_client, kv_image, label, cluster_env) as started:
+    with running_cluster(docker_client, kv_image, label, cluster_env, secured=cluster_secured) as started:
         yield started
 
 
@@ -92,9 +103,9 @@ def cluster_factory(docker_client: docker.DockerClient, kv_image: str) -> Callab
     different ways."""
 
     def make(
-        label: str, env: dict[str, str] | None = None, data_tmpfs: dict[str, str] | None = None
+        label: str, env: dict[str, str] | None = None, data_tmpfs: dict[str, str] | None = None, secured: bool = False
     ) -> contextlib.AbstractContextManager[Cluster]:
-        return running_cluster(docker_client, kv_image, label, env, data_tmpfs)
+        return running_cluster(docker_client, kv_image, label, env, data_tmpfs=data_tmpfs, secured=secured)
 
     return make
 

@@ -30,7 +30,9 @@ import contextlib
 import hashlib
 import json
 import socket
+import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -51,8 +53,10 @@ from testcontainers.core.network import Network
 
 from client import protocol
 from client.client import Client
-from client.connection import Connection
+from client.connection import Connection, Framing
 from client.protocol import MemberView, Record, ReplicaGet, Status
+from client.security import NO_SECURITY, Credentials, Security, TlsSettings
+from service.make_secrets import make_secrets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT_ID = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]
@@ -88,10 +92,19 @@ T = TypeVar("T")
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never a proxy
 
 
-def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, str]:
-    """``(status, body)`` of ``GET http://127.0.0.1:<port><path>``; error statuses are returned, not raised."""
+def http_get(
+    port: int, path: str, timeout: float = HTTP_TIMEOUT, https: ssl.SSLContext | None = None
+) -> tuple[int, str]:
+    """``(status, body)`` of ``GET http://127.0.0.1:<port><path>`` (``https://`` with that context);
+    error statuses are returned, not raised."""
+    opener = (
+        _HTTP
+        if https is None
+        else urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=https))
+    )
+    scheme = "http" if https is None else "https"
     try:
-        with _HTTP.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+        with opener.open(f"{scheme}://127.0.0.1:{port}{path}", timeout=timeout) as response:
             return response.status, response.read().decode("utf-8")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", errors="replace")
@@ -160,7 +173,9 @@ class Cluster:
         self.docker = docker_client
         self.image = image
         self.name = name
-        self.env = dict(env or {})  # extra environment for every node, e.g. KV_ANTI_ENTROPY_INTERVAL_S
+        # Extra environment for every node, e.g. KV_ANTI_ENTROPY_INTERVAL_S. The nodes listen on every
+        # address of their containers: without users that needs KV_INSECURE, said here explicitly.
+        self.env = {"KV_INSECURE": "true", **(env or {})}
         self.data_tmpfs = dict(data_tmpfs or {})
         self.labels = {RUN_LABEL: RUN_ID, "kvtest.cluster": name}
         self.network = Network()
@@ -174,8 +189,35 @@ class Cluster:
         self.node_env: dict[str, dict[str, str]] = {}  # node id -> environment for it alone
         self.node_binds: dict[str, dict[str, str]] = {}  # node id -> host path -> path in it (read-only)
         self._admin: Client | None = None
+        self.security: Security = NO_SECURITY  # how clients connect: the admin over TLS once ``secure``d
+        self.https: ssl.SSLContext | None = None  # the HTTP ports' TLS, once ``secure``d
+        self._secrets: tempfile.TemporaryDirectory[str] | None = None
+        self._secrets_folder = ""  # mounted at /secrets in every node once ``secure``d
 
     # --- lifecycle ------------------------------------------------------------------------------------
+
+    def secure(self) -> None:
+        """Turn security on before ``start_all``: secrets made as compose makes them
+        (``service.make_secrets``), mounted read-only at /secrets in every node; users and the
+        cluster secret required; TLS only (``KV_TLS_MODE=required``) on every port and link. The
+        cluster's clients log in as the admin over TLS."""
+        self._secrets = tempfile.TemporaryDirectory(prefix=f"{self.name}-secrets-")
+        folder = Path(self._secrets.name)
+        uid, _, gid = self._image_uid_gid().partition(",gid=")
+        make_secrets(folder, list(NODE_IDS), (int(uid), int(gid)))
+        folder.chmod(0o755)
+        del self.env["KV_INSECURE"]
+        self.env.update(
+            KV_USERS_FILE="/secrets/users",
+            KV_CLUSTER_SECRET_FILE="/secrets/cluster-secret",
+            KV_TLS_MODE="required",
+            KV_TLS_CA="/secrets/ca.crt",
+        )
+        self._secrets_folder = str(folder)
+        password = (folder / "admin.password").read_text().strip()
+        tls = TlsSettings(ca=str(folder / "ca.crt"))
+        self.security = Security.of(Credentials("admin", password), tls)
+        self.https = tls.context()
 
     def start_all(self, *, wait_peers: bool = True) -> None:
         """Start every node and wait until each is ready (``/readyz``) and, unless not ``wait_peers``,
@@ -205,6 +247,7 @@ class Cluster:
             .with_envs(
                 **{
                     **self.env,
+                    **self._tls_env(node),
                     **self.node_env.get(node, {}),
                     "KV_NODE_ID": node,
                     "KV_PEERS": PEERS,
@@ -218,13 +261,20 @@ class Cluster:
             container.tmpfs["/data"] = f"size={self.data_tmpfs[node]},uid={self._image_uid_gid()}"
         else:
             container.with_volume_mapping(self.volumes[node], "/data", "rw")
-        for host_path, path in self.node_binds.get(node, {}).items():
+        binds = {self._secrets_folder: "/secrets"} if self._secrets_folder else {}
+        for host_path, path in {**binds, **self.node_binds.get(node, {})}.items():
             container.with_volume_mapping(host_path, path, "ro")
         # Published on 127.0.0.1 only, each on a random free host port (docker SDK port syntax).
         container.ports[f"{PROTOCOL_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         container.ports[f"{HTTP_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         self.containers[node] = container
         container.start()
+
+    def _tls_env(self, node: str) -> dict[str, str]:
+        """The node's own certificate and key, once ``secure``d."""
+        if not self._secrets_folder:
+            return {}
+        return {"KV_TLS_CERT": f"/secrets/{node}.crt", "KV_TLS_KEY": f"/secrets/{node}.key"}
 
     def _image_uid_gid(self) -> str:
         """``"<uid>,gid=<gid>"`` of the image's user (the tmpfs must be its; docker ignores a mode)."""
@@ -258,6 +308,8 @@ class Cluster:
                 pass
             except Exception as exc:
                 errors.append(f"network {self.network.name}: {exc}")
+        if self._secrets is not None:
+            self._secrets.cleanup()
         if errors:
             raise RuntimeError(f"cleanup of cluster {self.name} failed: " + "; ".join(errors))
 
@@ -350,7 +402,9 @@ class Cluster:
         """
         down = [node for node in NODE_IDS if not self.is_running(node)]
         assert not down, f"create clients while every node is up; down: {down}"
-        return Client(self.addresses(), client_name="kv-integration-tests", **options)
+        client = Client(self.addresses(), client_name="kv-integration-tests", **options)
+        client.security = self.security
+        return client
 
     def admin(self) -> Client:
         """A shared client for direct node calls, seeded with the running nodes; rebuilt after a kill or start."""
@@ -358,6 +412,7 @@ class Cluster:
             running = [self.address(node) for node in NODE_IDS if self.is_running(node)]
             assert running, "no node is running"
             self._admin = Client(running, client_name="kv-integration-admin")
+            self._admin.security = self.security
         return self._admin
 
     def local_record(self, node: str, key: bytes | str) -> Record | None:
@@ -387,8 +442,8 @@ class Cluster:
     sample_value = staticmethod(sample_value)
 
     def http(self, node: str, path: str) -> tuple[int, str]:
-        """``(status, body)`` of a GET on the node's HTTP port."""
-        return http_get(self.http_ports[node], path)
+        """``(status, body)`` of a GET on the node's HTTP port (HTTPS once ``secure``d)."""
+        return http_get(self.http_ports[node], path, https=self.https)
 
     def log_lines(self, node: str) -> list[dict[str, Any]]:
         """Every stdout log line of the node, parsed as JSON (fails naming the first that is not)."""
@@ -403,13 +458,13 @@ class Cluster:
         return {client.node_address(node): node for node in NODE_IDS}
 
     def healthz(self, node: str) -> int:
-        return http_get(self.http_ports[node], "/healthz")[0]
+        return self.http(node, "/healthz")[0]
 
     def readyz(self, node: str) -> int:
-        return http_get(self.http_ports[node], "/readyz")[0]
+        return self.http(node, "/readyz")[0]
 
     def metrics_text(self, node: str) -> str:
-        status, body = http_get(self.http_ports[node], "/metrics")
+        status, body = self.http(node, "/metrics")
         assert status == 200, f"/metrics of {node} answered {status}: {body[:200]}"
         return body
 
@@ -424,7 +479,13 @@ class Cluster:
 
     def ping(self, node: str, timeout: float = 2.0) -> bool:
         """A fresh protocol connection (HELLO) to the node, then PING; ``True`` if it answered OK."""
-        connection = Connection("127.0.0.1", self.ports[node], connect_timeout=timeout, client_name="kv-tests-ping")
+        connection = Connection(
+            "127.0.0.1",
+            self.ports[node],
+            connect_timeout=timeout,
+            client_name="kv-tests-ping",
+            framing=Framing(security=self.security),
+        )
         try:
             connection.connect()
             frame = connection.call(protocol.Ping(), timeout=timeout)
@@ -481,7 +542,7 @@ class Cluster:
         def serving() -> bool:
             if not self._read_ports(node):  # also fails at once if the node exited
                 raise AssertionError("its ports are not published")
-            status, body = http_get(self.http_ports[node], "/readyz")
+            status, body = self.http(node, "/readyz")
             if status != 200:
                 raise AssertionError(f"/readyz answered {status}: {body.strip()}")
             return self.ping(node)
@@ -504,15 +565,19 @@ def running_cluster(
     image: str,
     label: str,
     env: dict[str, str] | None = None,
-    data_tmpfs: dict[str, str] | None = None,
+    **options: Any,
 ) -> Iterator[Cluster]:
     """A started cluster, removed with its network and volumes however the block ends.
 
     ``env``: extra environment for every node, e.g. ``{"KV_ANTI_ENTROPY_INTERVAL_S": "3"}``;
-    ``data_tmpfs``: nodes whose /data is a small tmpfs, e.g. ``{"node1": "3m"}``.
+    ``data_tmpfs=``: nodes whose /data is a small tmpfs, e.g. ``{"node1": "3m"}``; ``secured=True``:
+    users, the cluster secret and TLS on every link (``Cluster.secure``), else ``KV_INSECURE=true``.
     """
-    cluster = Cluster(docker_client, image, f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}", env, data_tmpfs)
+    name = f"kvtest-{RUN_ID}-{label}-{uuid.uuid4().hex[:6]}"
+    cluster = Cluster(docker_client, image, name, env, options.get("data_tmpfs"))
     try:
+        if options.get("secured"):
+            cluster.secure()
         cluster.start_all()
         yield cluster
     finally:

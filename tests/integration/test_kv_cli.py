@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -119,9 +120,25 @@ def test_compose_cluster_serves_redis_cli_on_every_node(compose: ComposeProject)
         ports[node] = compose.env[f"KV_NODE{number}_RESP_PORT"]
         assert compose.check("port", node, "6379") == [f"127.0.0.1:{ports[node]}"]
 
+    # Compose's nodes take only TLS and users: redis-cli logs in as the admin, trusting compose's CA.
+    (password,) = compose.check("run", "--rm", "-T", "--entrypoint", "cat", "client", "/secrets/admin.password")
+    secured = [
+        "--tls",
+        "--cacert",
+        str(Path(__file__).resolve().parents[2] / ".secrets" / "ca.crt"),
+        "--user",
+        "admin",
+        "--pass",
+        password,
+    ]
+
     def redis_cli(node: str, *args: str) -> str:
         result = subprocess.run(
-            ["redis-cli", "-p", ports[node], *args], capture_output=True, text=True, timeout=30, check=False
+            ["redis-cli", "-p", ports[node], *secured, "--no-auth-warning", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout.rstrip("\n")

@@ -1,5 +1,6 @@
 """Failure and recovery with real SIGKILLs: reads survive any one dead node, and a node restarted on its
-own volume comes back with every write it acknowledged."""
+own volume comes back with every write it acknowledged. The cluster runs secured, as compose's does:
+users, the cluster secret between members, TLS on every link (``cluster_secured``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ if TYPE_CHECKING:
     from containers import Cluster
 
 NODE_IDS = ("node1", "node2", "node3")
+
+
+@pytest.fixture(scope="module")
+def cluster_secured() -> bool:
+    return True
+
 
 KEYS_PER_ROUND = 60
 

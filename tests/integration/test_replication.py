@@ -1,9 +1,14 @@
-"""Replication: a write lands on exactly the key's N=2 replicas, and a delete leaves no live value anywhere."""
+"""Replication: a write lands on exactly the key's N=2 replicas, and a delete leaves no live value anywhere.
+
+The cluster runs secured, as compose's does: users, the cluster secret between members, TLS on every
+link (``cluster_secured``)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING
+
+import pytest
 
 if TYPE_CHECKING:
     from containers import Cluster
@@ -11,6 +16,12 @@ if TYPE_CHECKING:
     from client.client import Client
 
 NODE_IDS = ("node1", "node2", "node3")
+
+
+@pytest.fixture(scope="module")
+def cluster_secured() -> bool:
+    return True
+
 
 N = 2  # compose.yaml's and the node's default KV_N
 

@@ -7,7 +7,7 @@ import pytest
 from client.protocol import FRAME_OVERHEAD, NodeAddress
 from service.config import ConfigError, load_config
 
-MINIMAL = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=host1:5000,node2=host2:5000"}
+MINIMAL = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=host1:5000,node2=host2:5000", "KV_INSECURE": "true"}
 
 
 def problems_for(**overrides: str | None) -> list[str]:
@@ -82,6 +82,7 @@ def test_settings_are_read() -> None:
     config = load_config(
         {
             "KV_NODE_ID": "node2",
+            "KV_INSECURE": "true",
             "KV_PEERS": " node1=a:5001 , node2=b:5002, node3=[::1]:5003 ,",
             "KV_PORT": "6000",
             "KV_HTTP_PORT": "0",
@@ -247,3 +248,26 @@ def test_the_default_output_limit_grows_to_hold_four_of_the_largest_frames() -> 
     config = load_config({**MINIMAL, "KV_MAX_VALUE_BYTES": str(10 * 1024 * 1024)})
     assert config.client_output_limit_bytes >= 4 * config.max_frame_bytes
     assert config.client_output_limit_bytes % (1024 * 1024) == 0
+
+
+# --- security ---------------------------------------------------------------------------------------
+
+
+def test_a_node_serving_other_machines_without_users_refuses_to_start() -> None:
+    (problem,) = problems_for(KV_INSECURE=None)
+    assert problem.startswith("KV_HOST=0.0.0.0 serves other machines")
+    assert "KV_USERS_FILE" in problem and "KV_INSECURE=true" in problem
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert load_config({**MINIMAL, "KV_INSECURE": "", "KV_HOST": host}).insecure is False
+    assert load_config({**MINIMAL, "KV_INSECURE": "", "KV_USERS_FILE": "/u", "KV_CLUSTER_SECRET_FILE": "/s"})
+
+
+def test_security_settings_are_checked_together() -> None:
+    assert "KV_CLUSTER_SECRET_FILE is not" in problems_for(KV_USERS_FILE="/run/secrets/users")[0]
+    assert "KV_USERS_FILE is not" in problems_for(KV_CLUSTER_SECRET_FILE="/run/secrets/secret")[0]
+    assert problems_for(KV_TLS_MODE="on") == ["KV_TLS_MODE='on': must be off, required or migrate"]
+    (problem,) = problems_for(KV_TLS_MODE="required", KV_TLS_CERT="/c")
+    assert problem == "KV_TLS_MODE=required needs KV_TLS_KEY, KV_TLS_CA: the node's certificate, key and CA"
+    config = load_config({**MINIMAL, "KV_TLS_MODE": "MIGRATE", "KV_TLS_CERT": "c", "KV_TLS_KEY": "k", "KV_TLS_CA": "a"})
+    assert (config.tls_mode, config.tls_cert, config.tls_key, config.tls_ca) == ("migrate", "c", "k", "a")
+    assert load_config(MINIMAL).tls_mode == "off"

@@ -249,6 +249,10 @@ def test_op_and_status_codes_are_pinned() -> None:
         "PUT": 0x04,
         "DELETE": 0x05,
         "TOPOLOGY": 0x06,
+        "AUTH_START": 0x07,
+        "AUTH_FINISH": 0x08,
+        "USER_SET": 0x09,
+        "USERS": 0x0A,
         "REPLICA_GET": 0x10,
         "REPLICA_PUT": 0x11,
         "HINTED_PUT": 0x12,
@@ -269,11 +273,15 @@ def test_op_and_status_codes_are_pinned() -> None:
         "UNSUPPORTED_VERSION": 0x14,
         "TOO_MANY_CONNECTIONS": 0x15,
         "CLOCK_SKEW": 0x16,
+        "AUTH_REQUIRED": 0x17,
+        "AUTH_FAILED": 0x18,
+        "FORBIDDEN": 0x19,
         "UNAVAILABLE": 0x20,
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
         "STORAGE_FULL": 0x31,
         "REPLICA_BEHIND": 0x32,
+        "TLS_REQUIRED": 0x33,
     }
     assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
 

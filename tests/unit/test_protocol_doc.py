@@ -68,6 +68,15 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     "DIGESTS id=10, 2 partitions: 7, 4095": (10, Digests((7, 4095))),
     "PARTITION_KEYS id=11, partition 7, cursor empty": (11, PartitionKeys(7)),
     "STATS id=14": (14, Stats()),
+    'AUTH_START id=2, mechanism "SCRAM-SHA-256", client-first "n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL"': (
+        2,
+        protocol.AuthStart(b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL"),
+    ),
+    'AUTH_FINISH id=3, client-final "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,'
+    'p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="': (
+        3,
+        protocol.AuthFinish(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="),
+    ),
 }
 
 DOC_WALL_MS = 0x019AC1E2F3A0
@@ -135,6 +144,19 @@ REPLIES: dict[str, bytes] = {
     "12 hints; 5000 requests in 10 s, p99 850 us, 4000 client ones, p99 1200 us; node1 up since 0x019ac1e2f3a0; "
     "node2's clock 1.5 ms behind; a repair running since 0x019ac1e2f3a0, 1365 of 2730 partitions compared, "
     "3 keys differing, 1 copied": reply(14, protocol.encode_stats_reply(STATS_EXAMPLE)),
+    'OK id=2 to AUTH_START: server-first "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,'
+    's=QSXCR+Q6sek8bf92,i=4096"': reply(
+        2, protocol.encode_auth_start_reply(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
+    ),
+    'OK id=3 to AUTH_FINISH: user "alice", role 2 (readwrite), server-final "v=rmF9pqV8S7suAoZWja4dJRkFsKQ="': reply(
+        3,
+        protocol.encode_auth_reply(
+            protocol.AuthReply("alice", protocol.Role.READWRITE, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+        ),
+    ),
+    'FORBIDDEN id=4: "REPAIR is not allowed for alice"': protocol.encode_error(
+        4, Status.FORBIDDEN, "REPAIR is not allowed for alice"
+    ),
 }
 
 DOCUMENTED = documented_examples()

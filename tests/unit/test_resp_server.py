@@ -236,7 +236,7 @@ def test_connection_commands_answer_as_redis_does(
         r.execute_command("CLIENT", "KILL", "x")
 
 
-def test_hello_chooses_resp2_or_resp3_and_auth_says_there_is_none(
+def test_hello_chooses_resp2_or_resp3_and_auth_says_there_are_no_users(
     single: InProcessCluster, redis_py: Callable[..., Threaded]
 ) -> None:
     r = redis_py(single, protocol=2)
@@ -248,9 +248,9 @@ def test_hello_chooses_resp2_or_resp3_and_auth_says_there_is_none(
     with pytest.raises(redis.ResponseError, match=r"^NOPROTO"):
         r.execute_command("HELLO", 4)
     assert redis_py(single).execute_command("HELLO")[b"proto"] == 3  # redis-py's default: a RESP3 map
-    with pytest.raises(redis.ResponseError, match="no authentication"):
+    with pytest.raises(redis.ResponseError, match="this node has no users"):
         r.execute_command("AUTH", "secret")
-    with pytest.raises(redis.ResponseError, match="no authentication"):
+    with pytest.raises(redis.ResponseError, match="this node has no users"):
         r.execute_command("HELLO", 2, "AUTH", "default", "secret")
     with pytest.raises(redis.ResponseError, match="DB index is out of range"):  # refused at connect
         redis_py(single, db=1).ping()

@@ -18,8 +18,19 @@ from fuzz import live, properties, seeds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.protocol import MAX_ERROR_MESSAGE_BYTES
+
 TESTS = Path(__file__).resolve().parents[1]
 CODEC_SECONDS = 3
+
+
+def _undecodable_error_message() -> bytes:
+    # An error reply whose message is 0xff bytes: within the length cap on the wire, but each one
+    # decodes to U+FFFD, three bytes, so encoding it again cut it and appended "...", which the
+    # check took for a changed message.
+    raw = b"\xff" * (MAX_ERROR_MESSAGE_BYTES // 2)
+    return bytes([properties.REPLY_NAMES.index("error")]) + len(raw).to_bytes(2, "big") + raw
+
 
 FOUND = {
     # A complete frame, then a header whose length (0xffffffff) is over the limit, chunked as
@@ -27,6 +38,7 @@ FOUND = {
     "frames": bytes.fromhex(
         "03000102030000001f0000000b00000000010003666f6f01a2b3c4d5e60000056e" + "ff" * 111 + "916f6465310b0000"
     ),
+    "replies": _undecodable_error_message(),
 }
 """Inputs the fuzzers crashed on, by target, each fixed since; they must pass their check forever."""
 

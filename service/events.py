@@ -120,6 +120,17 @@ class NodeEvents(
     def peer_refused(self, event: str, details: dict[str, object]) -> None:
         self.log.error(event, **details)
 
+    def member_replaced(self, node_id: str, old: str, new: str, address: str) -> None:
+        self.log.warning(
+            "member_replaced",
+            node=node_id,
+            old_identity=old,
+            identity=new,
+            address=address,
+            hint="the member answers at its own address as a new process (a new or wiped disk); "
+            "anti-entropy brings its data back",
+        )
+
     def conflict(self, ours: ClusterRecord, theirs: ClusterRecord, winner: ClusterRecord, peer: str) -> None:
         self.log.error(
             "membership_conflict",

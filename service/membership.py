@@ -199,9 +199,9 @@ def identity_conflicts(a: ClusterRecord, b: ClusterRecord) -> list[str]:
 
 
 def same_ring(a: ClusterRecord, b: ClusterRecord) -> bool:
-    """Whether ``a`` and ``b`` place every key on the same nodes: one cluster, one epoch, the same
-    members in the same states (addresses and identities do not move data)."""
-    return (a.cluster_id, a.epoch, _states(a)) == (b.cluster_id, b.epoch, _states(b))
+    """Whether ``a`` and ``b`` place every key on the same nodes: one cluster, the same members in
+    the same states (addresses and identities do not move data, whatever the epochs)."""
+    return (a.cluster_id, _states(a)) == (b.cluster_id, _states(b))
 
 
 def _states(record: ClusterRecord) -> tuple[tuple[str, str], ...]:

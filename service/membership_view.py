@@ -11,8 +11,11 @@ request, the receiver's reply): cluster id, node id, identity, address, epoch an
 receiver refuses a sender from another cluster, one that is not a member, or one that claims a
 member's id with another identity (or another address) than the record holds; the dialler refuses
 a link where another node answers than the member it dialled. Each refusal is an ERROR naming
-both sides (``MembershipEvents.refused``). An identity not known yet is learnt from the first
+both sides (``MembershipEvents.peer_refused``). An identity not known yet is learnt from the first
 member that proves it holds the cluster secret (trust on first use), and spreads with the record.
+The process that answers at a member's own address is that member: one answering there with a new
+identity was restarted on a new disk (a wiped node, rebuilt by anti-entropy), and the dialler makes
+a new record (epoch + 1) with it; a process elsewhere claiming the id stays refused.
 
 **Who may coordinate.** A node counts the peers that accepted it and the peers that refused it or
 turned out to be someone else. While the second outnumber the first (a node started with the wrong
@@ -60,6 +63,9 @@ class MembershipEvents:
 
     def conflict(self, ours: ClusterRecord, theirs: ClusterRecord, winner: ClusterRecord, peer: str) -> None:
         """Two records of one epoch with different members; ``winner`` is the one kept."""
+
+    def member_replaced(self, node_id: str, old: str, new: str, address: str) -> None:
+        """``node_id`` answers at its address with identity ``new``, not ``old``: a new disk."""
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,9 @@ class MembershipView:
             return f"{sender.node_id} is not a member of {record.cluster_id} (epoch {record.epoch})"
         if member.identity and member.identity != sender.identity:
             return (
-                f"{sender.node_id} is the process with identity {member.identity} at {member.address}; "
-                f"{sender.identity} at {sender.host}:{sender.port} claims its id"
+                f"{sender.node_id} is the process with identity {member.identity}, which answers at "
+                f"{member.address}; {sender.identity} claims its id (if {sender.node_id} was reinstalled, "
+                f"{self.node_id} accepts it once it answers at {member.address})"
             )
         if (member.host, member.port) != (sender.host, sender.port):
             return f"{sender.node_id} is at {member.address} in the record, not {sender.host}:{sender.port}"
@@ -176,11 +183,12 @@ class MembershipView:
             problem = f"{address} answers for cluster {other.cluster_id}, not {record.cluster_id}"
         elif other.node_id != expected:
             problem = f"{expected} was dialled at {address}, and {other.node_id} (identity {other.identity}) answered"
-        elif member is not None and member.identity and member.identity != other.identity:
-            problem = (
-                f"{expected} is the process with identity {member.identity}; "
-                f"{other.identity} answered at {address} claiming its id"
-            )
+        if problem is None and member is not None and member.identity and member.identity != other.identity:
+            # The process that answers at a member's own address is that member: it was restarted
+            # on a new disk (the old identity went with the old one), as a wiped node is rebuilt.
+            self._events.member_replaced(expected, member.identity, other.identity, address)
+            replaced = [replace(m, identity=other.identity) if m.node_id == expected else m for m in record.members]
+            self._adopt(membership.next_epoch(record, replaced), expected)
         if problem is not None:
             self._log_refusal(
                 "peer_impostor",
@@ -269,7 +277,7 @@ class MembershipView:
         self._save(local)  # durable before it is used
         self.local = local
         self.digest = membership.digest(record)
-        if not membership.same_ring(record, self.serving) and self.apply_ring(record):
+        if membership.same_ring(record, self.serving) or self.apply_ring(record):
             self.serving = record
         self._events.record_changed(old, record, source)
         self._update_problem()
@@ -289,8 +297,8 @@ class MembershipView:
         elif not membership.same_ring(self.record, self.serving):
             self.problem = (
                 Status.MEMBERSHIP_CHANGED,
-                f"{self.node_id} holds membership epoch {self.record.epoch} but serves the ring of epoch "
-                f"{self.serving.epoch}; refresh the topology and retry",
+                f"{self.node_id} holds membership epoch {self.record.epoch}, whose ring it cannot serve yet "
+                f"(it serves epoch {self.serving.epoch}'s); ask another node",
             )
         elif self._behind:
             self.problem = (

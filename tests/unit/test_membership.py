@@ -18,7 +18,9 @@ IDENTITY = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
 
 
-def formed(node_id: str = "node1", identity: str = IDENTITY, nodes: list[tuple[str, str, int]] = NODES) -> ClusterRecord:
+def formed(
+    node_id: str = "node1", identity: str = IDENTITY, nodes: list[tuple[str, str, int]] = NODES
+) -> ClusterRecord:
     return membership.form("kv", nodes, 4096, node_id, identity)
 
 
@@ -82,9 +84,7 @@ def test_bytes_that_are_not_a_record_are_a_membership_error() -> None:
 def test_the_ring_is_over_the_owning_members() -> None:
     record = formed()
     assert membership.ring(record).node_ids == ("node1", "node2", "node3")
-    joining = membership.next_epoch(
-        record, [*record.members, Member("node4", "h4", 5000, MemberState.JOINING)]
-    )
+    joining = membership.next_epoch(record, [*record.members, Member("node4", "h4", 5000, MemberState.JOINING)])
     assert joining.epoch == 2
     assert membership.ring(joining).node_ids == ("node1", "node2", "node3")  # node4 owns nothing yet
     assert not membership.same_ring(record, joining)

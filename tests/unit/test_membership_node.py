@@ -1,0 +1,252 @@
+"""Membership on real in-process nodes: the data directory checked at start-up, peers proving who
+they are (IDENTIFY), a refused node serving no client, views converging by gossip, clients told
+when the epoch moves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cluster import LOG_SINK, InProcessCluster, listen_socket, start_cluster
+from polling import wait_until
+
+from client import protocol
+from client.client import Client
+from client.errors import NotAMemberError
+from client.protocol import Status
+from service import membership, membership_store
+from service.config import ConfigError, load_config
+from service.membership_store import LocalMembership
+from service.membership_view import MembershipEvents, MembershipView
+from service.node import Node
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[InProcessCluster]:
+    started = start_cluster(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+def environ(cluster: InProcessCluster, node_id: str, **overrides: str) -> dict[str, str]:
+    peers = ",".join(f"{other}={cluster.address(other)}" for other in cluster.node_ids)
+    return {
+        "KV_NODE_ID": node_id,
+        "KV_PEERS": peers,
+        "KV_HOST": "127.0.0.1",
+        "KV_PORT": str(cluster.ports[node_id]),
+        "KV_HTTP_PORT": "0",
+        "KV_DATA_DIR": str(cluster.tmp_path / node_id),
+        "KV_PARTITIONS": "256",
+        "KV_ANTI_ENTROPY_INTERVAL_S": "0",
+        **overrides,
+    }
+
+
+# --- the data directory against the configuration -----------------------------------------------------
+
+
+def test_the_record_is_kept_in_the_data_directory(cluster: InProcessCluster) -> None:
+    saved = json.loads((cluster.tmp_path / "node1" / "membership.json").read_text())
+    assert saved["node_id"] == "node1"
+    assert saved["record"]["epoch"] == cluster.node("node1").membership.record.epoch
+    ids = {node_id: cluster.node(node_id).membership.record.cluster_id for node_id in cluster.node_ids}
+    assert len(set(ids.values())) == 1  # formed apart, agreed without talking
+    # Each node learnt the others' identities from the handshakes.
+    identities = {node_id: cluster.node(node_id).membership.local.identity for node_id in cluster.node_ids}
+    for node_id in cluster.node_ids:
+        record = cluster.node(node_id).membership.record
+        assert {m.node_id: m.identity for m in record.members} == identities
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"KV_PARTITIONS": "128"}, "KV_PARTITIONS=128, but cluster kv-"),
+        ({"KV_NODE_ID": "node1"}, "holds node node3's data"),
+        ({"KV_CLUSTER_NAME": "other"}, "KV_CLUSTER_NAME is 'other', not 'kv'"),
+    ],
+)
+def test_a_restart_with_a_configuration_the_data_directory_disagrees_with_is_refused(
+    cluster: InProcessCluster, overrides: dict[str, str], expected: str
+) -> None:
+    cluster.stop("node3")
+    config = load_config(environ(cluster, "node3", **overrides) | {"KV_PORT": "0"})
+    with pytest.raises(ConfigError) as refused:
+        Node(config)
+    message = "\n".join(refused.value.problems)
+    assert expected in message
+    assert "set KV_PARTITIONS=256" in message or "KV_PARTITIONS" not in str(overrides)
+
+
+def test_kv_peers_missing_a_member_is_refused_with_what_it_lacks(cluster: InProcessCluster) -> None:
+    cluster.stop("node3")
+    peers = f"node1={cluster.address('node1')},node3={cluster.address('node3')}"
+    config = load_config(environ(cluster, "node3", KV_PEERS=peers, KV_PORT="0", KV_N="2"))
+    with pytest.raises(ConfigError, match="KV_PEERS lacks node2"):
+        Node(config)
+
+
+def test_a_data_directory_with_a_store_but_no_record_adopts_the_configuration(tmp_path: Path) -> None:
+    started = start_cluster(tmp_path, 1)
+    try:
+        started.stop("node1")
+        (tmp_path / "node1" / "membership.json").unlink()  # as before this file existed
+        node = started.start("node1")
+        assert node.membership.record.epoch == 1
+        assert any(line.get("upgrade") for line in LOG_SINK.events("membership_formed"))
+    finally:
+        started.stop_all()
+
+
+# --- peers prove who they are ----------------------------------------------------------------------
+
+
+def start_stray(cluster: InProcessCluster, node_id: str, **overrides: str) -> Node:
+    """A node outside the cluster's plan, on a port of its own, with a fresh data directory."""
+    listener = listen_socket()
+    port = listener.getsockname()[1]
+    config = load_config(
+        environ(
+            cluster, node_id, KV_PORT=str(port), KV_DATA_DIR=str(cluster.tmp_path / f"stray-{node_id}"), **overrides
+        )
+    )
+    node = Node(config, listener=listener)
+    node.start()
+    return node
+
+
+def test_a_second_process_claiming_a_members_id_is_refused_and_serves_no_client(cluster: InProcessCluster) -> None:
+    LOG_SINK.clear()
+    impostor = start_stray(cluster, "node1")
+    try:
+        for _ in range(2):
+            impostor.monitor.beat()
+        problem = impostor.membership.problem
+        assert problem is not None and problem[0] is Status.NOT_A_MEMBER
+        assert impostor.readiness_problem() is not None and "not an accepted member" in impostor.readiness_problem()  # type: ignore[operator]
+        refusals = LOG_SINK.events("peer_refused")
+        assert refusals and all(line["level"] == "error" for line in refusals)
+        real = cluster.node("node1").membership.local.identity
+        assert any(
+            line["claimed_identity"] == impostor.membership.local.identity and real in line["reason"]
+            for line in refusals
+        )
+        # A client seeded with the impostor alone learns nothing from it; with others too, it is not used.
+        with Client(f"127.0.0.1:{impostor.port}", timeout=2, connect_timeout=0.5) as alone:
+            with pytest.raises(NotAMemberError):
+                alone.put("k", "v")
+        with Client([f"127.0.0.1:{impostor.port}", *cluster.addresses], timeout=2, connect_timeout=0.5) as mixed:
+            for i in range(30):
+                mixed.put(f"key-{i}", f"v{i}")
+            assert all(mixed.get(f"key-{i}") == f"v{i}".encode() for i in range(30))
+            assert mixed.where("key-1")[0] != f"127.0.0.1:{impostor.port}"
+        # The members go on serving.
+        for node_id in cluster.node_ids:
+            assert cluster.node(node_id).membership.problem is None
+    finally:
+        impostor.stop()
+
+
+def test_a_node_formed_from_other_peers_is_refused(cluster: InProcessCluster) -> None:
+    LOG_SINK.clear()
+    peers = f"node1={cluster.address('node1')},node3={cluster.address('node3')}"
+    stray = start_stray(cluster, "node3", KV_PEERS=peers)
+    try:
+        stray.monitor.beat()
+        problem = stray.membership.problem
+        assert problem is not None and problem[0] is Status.NOT_A_MEMBER
+        assert "answers for cluster" in problem[1]
+        with Client(f"127.0.0.1:{stray.port}", timeout=2, connect_timeout=0.5) as alone:
+            with pytest.raises(NotAMemberError):
+                alone.get("k")
+        assert cluster.node("node1").membership.problem is None
+    finally:
+        stray.stop()
+
+
+def test_a_wiped_member_at_its_own_address_is_taken_back_with_a_new_identity(cluster: InProcessCluster) -> None:
+    old = cluster.node("node2").membership.local.identity
+    cluster.stop("node2")
+    (cluster.tmp_path / "node2" / "membership.json").unlink()
+    node2 = cluster.start("node2")
+    cluster.settle()
+    new = node2.membership.local.identity
+    assert new != old
+
+    def agreed() -> bool:
+        for node_id in cluster.node_ids:
+            cluster.node(node_id).monitor.beat()
+        records = [cluster.node(node_id).membership.record for node_id in cluster.node_ids]
+        return all(r.member("node2").identity == new for r in records) and len({r.epoch for r in records}) == 1  # type: ignore[union-attr]
+
+    wait_until(agreed, 5, message="every node to take node2's new identity at one epoch")
+    assert all(cluster.node(node_id).membership.problem is None for node_id in cluster.node_ids)
+    with cluster.running_client() as client:
+        client.put("after", "wipe")
+        assert client.get("after") == b"wipe"
+
+
+# --- views converge, and clients follow -------------------------------------------------------------
+
+
+def test_a_newer_epoch_spreads_and_clients_are_told_to_refresh(cluster: InProcessCluster) -> None:
+    with cluster.running_client() as client:
+        client.put("k", "v")
+        assert client.epoch == 1
+        view = cluster.node("node1").membership
+        view._adopt(membership.next_epoch(view.record, view.record.members), "test")  # a membership change
+
+        def converged() -> bool:
+            for node_id in cluster.node_ids:
+                cluster.node(node_id).monitor.beat()
+            return all(cluster.node(node_id).membership.serving.epoch == 2 for node_id in cluster.node_ids)
+
+        wait_until(converged, 5, message="every node to hold epoch 2")
+        assert client.get("k") == b"v"  # MEMBERSHIP_CHANGED, a refresh, and the retry
+        assert client.epoch == 2
+        assert any(line["epoch"] == 2 for line in LOG_SINK.events("membership_epoch_changed"))
+        status, _, body = cluster.http("node2", "/metrics")
+        assert status == 200 and b"kv_membership_epoch 2.0" in body
+        assert b"kv_partitions_owned" in body
+
+
+def test_a_node_behind_its_peers_answers_membership_changed_until_it_has_pulled(tmp_path: Path) -> None:
+    record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
+    saved: list[LocalMembership] = []
+    view = MembershipView(LocalMembership("a", "0" * 32, record), saved.append, MembershipEvents())
+    assert view.problem is None
+    newer = membership.next_epoch(record, record.members)
+    assert view.observe("b", protocol.MembershipVersion(2, membership.digest(newer)))
+    assert view.problem is not None and view.problem[0] is Status.MEMBERSHIP_CHANGED
+    view.offer("b", newer)
+    assert view.problem is None
+    assert view.record == newer and saved[-1].record == newer
+    assert not view.observe("b", protocol.MembershipVersion(2, membership.digest(newer)))
+
+
+def test_a_record_with_another_ring_is_not_served_until_the_node_switches(tmp_path: Path) -> None:
+    record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
+    view = MembershipView(LocalMembership("a", "0" * 32, record), lambda local: None, MembershipEvents())
+    grown = membership.next_epoch(record, [*record.members, membership.Member("c", "h", 3)])
+    view.offer("b", grown)
+    assert view.record == grown and view.serving == record
+    assert view.problem is not None and "cannot serve yet" in view.problem[1]
+    view.apply_ring = lambda new: True
+    view.offer("b", replace(grown))
+    view._adopt(membership.next_epoch(grown, grown.members), "test")
+    assert view.serving.epoch == 3 and view.problem is None
+
+
+def test_the_membership_file_survives_a_round_trip(tmp_path: Path) -> None:
+    record = membership.form("kv", [("a", "h", 1)], 16, "a", "1" * 32)
+    local = LocalMembership("a", "1" * 32, record)
+    membership_store.save(str(tmp_path), local)
+    assert membership_store.decode_local((tmp_path / "membership.json").read_bytes()) == local

@@ -500,10 +500,10 @@ class Client:
         if epoch != self.epoch:
             self.epoch = epoch
             for slot in self._slots.values():  # each open connection's node learns the new epoch
-                connection = slot.connection
-                if connection is not None and connection.is_open:
+                open_connection = slot.connection
+                if open_connection is not None and open_connection.is_open:
                     with contextlib.suppress(KVError):
-                        connection.send(protocol.Epoch(epoch))  # the reply is not waited for
+                        open_connection.send(protocol.Epoch(epoch))  # the reply is not waited for
         self._stale = False
         self._ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
         self._addresses = addresses

@@ -140,9 +140,11 @@ def test_a_second_process_claiming_a_members_id_is_refused_and_serves_no_client(
             for line in refusals
         )
         # A client seeded with the impostor alone learns nothing from it; with others too, it is not used.
-        with Client(f"127.0.0.1:{impostor.port}", timeout=2, connect_timeout=0.5) as alone:
-            with pytest.raises(NotAMemberError):
-                alone.put("k", "v")
+        with (
+            Client(f"127.0.0.1:{impostor.port}", timeout=2, connect_timeout=0.5) as alone,
+            pytest.raises(NotAMemberError),
+        ):
+            alone.put("k", "v")
         with Client([f"127.0.0.1:{impostor.port}", *cluster.addresses], timeout=2, connect_timeout=0.5) as mixed:
             for i in range(30):
                 mixed.put(f"key-{i}", f"v{i}")
@@ -164,9 +166,8 @@ def test_a_node_formed_from_other_peers_is_refused(cluster: InProcessCluster) ->
         problem = stray.membership.problem
         assert problem is not None and problem[0] is Status.NOT_A_MEMBER
         assert "answers for cluster" in problem[1]
-        with Client(f"127.0.0.1:{stray.port}", timeout=2, connect_timeout=0.5) as alone:
-            with pytest.raises(NotAMemberError):
-                alone.get("k")
+        with Client(f"127.0.0.1:{stray.port}", timeout=2, connect_timeout=0.5) as alone, pytest.raises(NotAMemberError):
+            alone.get("k")
         assert cluster.node("node1").membership.problem is None
     finally:
         stray.stop()

@@ -13,7 +13,7 @@ import pytest
 from cluster import LOG_SINK, InProcessCluster, listen_socket, start_cluster
 from polling import wait_until
 
-from client import protocol
+from client import cli, protocol
 from client.client import Client
 from client.errors import NotAMemberError
 from client.protocol import Status
@@ -251,3 +251,40 @@ def test_the_membership_file_survives_a_round_trip(tmp_path: Path) -> None:
     local = LocalMembership("a", "1" * 32, record)
     membership_store.save(str(tmp_path), local)
     assert membership_store.decode_local((tmp_path / "membership.json").read_bytes()) == local
+
+
+# --- kv cluster status ---------------------------------------------------------------------------------
+
+
+def test_kv_cluster_status_shows_every_member_as_nodetool_does(
+    cluster: InProcessCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cluster.running_client() as client:
+        for i in range(20):
+            client.put(f"key-{i}", "v")
+    nodes = ["--nodes", ",".join(cluster.addresses)]
+    assert cli.main([*nodes, "cluster", "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cluster_id = cluster.node("node1").membership.record.cluster_id
+    assert lines[0] == f"Cluster {cluster_id}, epoch 1, 256 partitions, N=2 (up/down as node1 sees it)"
+    assert lines[2].split() == ["--", "Node", "Address", "Owns", "Keys", "Bytes", "Streaming"]
+    rows = [line.split() for line in lines[3:]]
+    assert [row[:3] for row in rows] == [["UN", node_id, cluster.address(node_id)] for node_id in cluster.node_ids]
+    owns = [float(row[3].rstrip("%")) for row in rows]
+    assert sum(owns) == pytest.approx(200.0, abs=0.2)  # N=2: every partition twice
+    assert all(50 < share < 85 for share in owns)
+    assert sum(int(row[4]) for row in rows) == 2 * 20
+    assert all(row[-1] == "-" for row in rows)
+
+    cluster.stop("node3")
+    cluster.settle()
+    assert cli.main([*nodes, "cluster", "status"]) == 2
+    down = capsys.readouterr().out.splitlines()[-1].split()
+    assert down[:2] == ["DN", "node3"] and down[4] == "?"
+
+
+def test_kv_cluster_with_another_subcommand_is_a_usage_error(
+    cluster: InProcessCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--nodes", cluster.addresses[0], "cluster", "join"]) == 2
+    assert capsys.readouterr().out.strip() == "usage: kv cluster status"

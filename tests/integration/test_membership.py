@@ -62,9 +62,9 @@ def test_node3_with_kv_peers_missing_node2_is_refused(
     cluster.wait_published("node3")
     wait_until(lambda: cluster.http("node3", "/readyz")[0] == 503, 20, message="node3 to be not ready")
     assert "not an accepted member" in cluster.http("node3", "/readyz")[1]
-    with Client(cluster.address("node3"), client_name="kv-tests-wrong-peers", timeout=3) as wrong:
-        with pytest.raises(NotAMemberError):
-            wrong.put("through-node3", "x")
+    wrong = Client(cluster.address("node3"), client_name="kv-tests-wrong-peers", timeout=3)
+    with wrong, pytest.raises(NotAMemberError):
+        wrong.put("through-node3", "x")
     assert any(line.get("event") == "peer_impostor" and line["level"] == "error" for line in cluster.log_lines("node1"))
     with Client([cluster.address("node1")], timeout=3) as kv:
         assert all(kv.get(key) == value.encode() for key, value in written.items())
@@ -111,6 +111,6 @@ def test_a_second_process_with_a_members_id_is_refused_and_loses_nothing(
         with Client(seed_list, client_name="kv-tests-reader", timeout=3) as reader:
             found = {key for key, value in acknowledged.items() if reader.get(key) == value.encode()}
         assert found == set(acknowledged), f"a client seeded with {name} found {len(found)} of 30"
-    with Client([impostor], client_name="kv-tests-impostor-only", timeout=3) as alone:
-        with pytest.raises(NotAMemberError):
-            alone.get("acked-0")
+    alone = Client([impostor], client_name="kv-tests-impostor-only", timeout=3)
+    with alone, pytest.raises(NotAMemberError):
+        alone.get("acked-0")

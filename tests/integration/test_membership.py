@@ -65,7 +65,16 @@ def test_node3_with_kv_peers_missing_node2_is_refused(
     wrong = Client(cluster.address("node3"), client_name="kv-tests-wrong-peers", timeout=3)
     with wrong, pytest.raises(NotAMemberError):
         wrong.put("through-node3", "x")
-    assert any(line.get("event") == "peer_impostor" and line["level"] == "error" for line in cluster.log_lines("node1"))
+    wait_until(
+        lambda: any(
+            line.get("event") in ("peer_refused", "peer_impostor")
+            and "kv-" in line["reason"]
+            and line["level"] == "error"
+            for line in cluster.log_lines("node1")
+        ),
+        20,
+        message="node1 to log the node of another cluster as an error",
+    )
     with Client([cluster.address("node1")], timeout=3) as kv:
         assert all(kv.get(key) == value.encode() for key, value in written.items())
         kv.put("during", "ok")  # node1 and node2 go on, node3's share held as hints

@@ -35,6 +35,7 @@ from client import protocol
 from client.address import format_address, parse_address
 from client.connection import Connection, Framing, check_reply
 from client.errors import (
+    AuthRequiredError,
     BadRequestError,
     ClockSkewError,
     ForbiddenError,
@@ -546,8 +547,8 @@ class Client:
         except NotAMemberError:
             connection.close()
             raise
-        except (BadRequestError, ForbiddenError):
-            return  # a node from before EPOCH
+        except (BadRequestError, ForbiddenError, AuthRequiredError):
+            return  # a node from before EPOCH; or no user yet, which the first request reports
         if protocol.decode_epoch_reply(frame.body) > self.epoch and self._topology is not None:
             self._stale = True
 

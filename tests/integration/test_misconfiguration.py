@@ -88,15 +88,22 @@ def test_a_second_process_with_a_members_id_is_refused_and_loses_nothing(
     cluster.wait_published("node3")
     wait_until(lambda: cluster.http("node3", "/readyz")[0] == 503, 20, message="the impostor to be not ready")
 
-    def refused_as_error(node: str) -> bool:
-        return any(
-            line.get("event") in ("peer_refused", "peer_impostor") and line["level"] == "error"
+    def refusals(node: str) -> list[dict[str, Any]]:
+        """The node's ERROR lines about a process claiming to be node1, or found at node3's address."""
+        return [
+            line
             for line in cluster.log_lines(node)
-        )
+            if line["level"] == "error"
+            and (
+                (line.get("event") == "peer_refused" and line["claimed_node"] == "node1")
+                or (line.get("event") == "peer_impostor" and line["answered_node"] == "node1")
+            )
+        ]
 
-    wait_until(lambda: refused_as_error("node1") and refused_as_error("node2"), 20, message="both members to log it")
-    refusal = next(line for line in cluster.log_lines("node2") if line.get("event") == "peer_refused")
-    assert refusal["claimed_node"] == "node1" and refusal["claimed_identity"] in refusal["reason"]
+    wait_until(lambda: refusals("node1") and refusals("node2"), 20, message="both members to log it as an error")
+    refusal = next(line for line in refusals("node2") if line["event"] == "peer_refused")
+    real_node1 = next(line for line in cluster.log_lines("node1") if line.get("event") == "node_started")["identity"]
+    assert refusal["claimed_identity"] in refusal["reason"] and real_node1 in refusal["reason"]  # names both
 
     impostor = cluster.address("node3")
     seeds = {

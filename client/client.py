@@ -489,9 +489,11 @@ class Client:
         reachable = [outcome for outcome in outcomes if isinstance(outcome, Connection)]
         if not reachable:
             raise none_reachable(failures)
-        topology = protocol.decode_topology_reply(
-            reachable[0].call(protocol.Topology(epoch=True), timeout=self.timeout).body
-        )
+        try:
+            frame = reachable[0].call(protocol.Topology(epoch=True), timeout=self.timeout)
+        except BadRequestError:  # a node from before membership records: the reply without the epoch
+            frame = reachable[0].call(protocol.Topology(), timeout=self.timeout)
+        topology = protocol.decode_topology_reply(frame.body)
         addresses = {node.node_id: node.address for node in topology.nodes}
         for connection in reachable:
             assert connection.hello is not None

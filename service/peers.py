@@ -123,6 +123,7 @@ class Peer:
         self._security = settings.security
         self._plaintext_fallback = settings.plaintext_fallback
         self._membership = settings.membership
+        self._gossips = settings.membership is not None  # PING asks for the membership epoch and digest
         self._on_failure = on_failure
         self._on_refusal = on_refusal
         self._slot = ConnectionSlot(self._dial, node.address)
@@ -185,8 +186,15 @@ class Peer:
         """The peer's answer to PING now (its wall clock and state flags), or ``None`` if it does not
         answer; reconnects if needed whatever the reconnection policy says."""
         try:
-            ping = protocol.Ping(membership=self._membership is not None)
-            frame = self.call(ping, retry_now=True, timeout=self._connect_timeout * 2)
+            ping = protocol.Ping(membership=self._gossips)
+            try:
+                frame = self.call(ping, retry_now=True, timeout=self._connect_timeout * 2)
+            except BadRequestError:
+                if not self._gossips:
+                    raise
+                # A node from before membership records takes only an empty PING: ask it so from now on.
+                self._gossips = False
+                frame = self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
             return protocol.decode_ping_reply(frame.body)
         except protocol.ProtocolError as exc:
             self.last_error = f"bad PING reply: {exc}"

@@ -288,3 +288,32 @@ def test_kv_cluster_with_another_subcommand_is_a_usage_error(
 ) -> None:
     assert cli.main(["--nodes", cluster.addresses[0], "cluster", "join"]) == 2
     assert capsys.readouterr().out.strip() == "usage: kv cluster status"
+
+
+# --- nodes from before membership records -----------------------------------------------------------
+
+
+def test_a_node_that_refuses_the_new_flags_is_still_pinged_and_asked_for_its_topology(
+    cluster: InProcessCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node of the previous release answers BAD_REQUEST to PING and TOPOLOGY with a flags byte
+    (its decoder takes only an empty body): peers and clients ask it again without the flag."""
+    handler = cluster.node("node2").handler
+    original = handler.reply
+
+    def old_release(request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
+        if (isinstance(request, protocol.Ping) and request.membership) or (
+            isinstance(request, protocol.Topology) and request.epoch
+        ):
+            return protocol.encode_error(request_id, Status.BAD_REQUEST, "1 unexpected bytes after the last field")
+        return original(request_id, request, inline=inline)
+
+    monkeypatch.setattr(handler, "reply", old_release)
+    peer = cluster.node("node1").peers["node2"]
+    first = peer.ping()
+    assert first is not None and first.membership is None  # asked again, without the flag
+    assert peer.ping() is not None
+    with Client([cluster.address("node2")], timeout=2) as client:
+        client.put("k", "v")
+        assert client.get("k") == b"v"
+        assert client.epoch == 0  # no epoch from such a node

@@ -258,7 +258,8 @@ class Peer:
             frame = connection.call(protocol.Identify(membership.me()), self._request_timeout)
             reply = protocol.decode_identify_reply(frame.body)
         except BadRequestError:
-            return  # a node from before IDENTIFY: it knows no membership record to check
+            self._gossips = False  # a node from before IDENTIFY: no membership record to check or gossip
+            return
         except protocol.ProtocolError as exc:
             connection.close()
             raise NodeUnreachableError(
@@ -272,6 +273,7 @@ class Peer:
         except MembershipRefusedError:
             connection.close()
             raise
+        self._gossips = True
 
 
 class MonitorEvents:

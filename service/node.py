@@ -274,8 +274,9 @@ class Node:
 
     def readiness_problem(self) -> str | None:
         """Why the node cannot coordinate requests yet (``/readyz`` 503), or ``None``: it is not
-        serving, its store must be reopened, or it has no verdict yet on some peer (a write sent
-        now could find that live peer unreachable and fail)."""
+        serving, its store must be reopened, its peers refused it or their membership views differ
+        (``MembershipView.problem``), or it has no verdict yet on some peer (a write sent now could
+        find that live peer unreachable and fail)."""
         if not self._serving:
             return "not serving: the node is starting or stopping"
         if self.storage.panicked:

@@ -256,7 +256,8 @@ class MembershipView:
             return
         if membership.conflicting(ours, theirs):
             self._events.conflict(ours, theirs, merged, peer)
-        for node_id in membership.identity_conflicts(ours, theirs):
+        same_epoch = ours.epoch == theirs.epoch  # across epochs a new identity is a replaced member
+        for node_id in membership.identity_conflicts(ours, theirs) if same_epoch else ():
             self._log_refusal(
                 "identity_conflict",
                 node_id,

@@ -317,3 +317,29 @@ def test_a_node_that_refuses_the_new_flags_is_still_pinged_and_asked_for_its_top
         client.put("k", "v")
         assert client.get("k") == b"v"
         assert client.epoch == 0  # no epoch from such a node
+
+
+class RecordingEvents(MembershipEvents):
+    def __init__(self) -> None:
+        self.refusals: list[tuple[str, dict[str, object]]] = []
+
+    def peer_refused(self, event: str, details: dict[str, object]) -> None:
+        self.refusals.append((event, details))
+
+
+def test_two_identities_for_one_member_are_an_error_only_at_one_epoch() -> None:
+    record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
+    known = membership.with_identity(record, "b", "1" * 32)
+    events = RecordingEvents()
+    view = MembershipView(LocalMembership("a", "0" * 32, known), lambda local: None, events)
+    replaced = membership.next_epoch(
+        record, [m if m.node_id == "a" else replace(m, identity="2" * 32) for m in record.members]
+    )
+    view.offer("b", replaced)  # b was reinstalled: a newer epoch, not a conflict
+    assert events.refusals == []
+    assert view.record.member("b").identity == "2" * 32  # type: ignore[union-attr]
+    rival = replace(
+        replaced, members=tuple(replace(m, identity="3" * 32) if m.node_id == "b" else m for m in replaced.members)
+    )
+    view.offer("c", rival)
+    assert [event for event, _ in events.refusals] == ["identity_conflict"]

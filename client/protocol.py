@@ -392,6 +392,8 @@ def _optional_flags(reader: BodyReader, known: int, op: str) -> int:
     flags = reader.u8()
     if flags & ~known:
         raise ProtocolError(f"unknown {op} flags 0x{flags:02x}")
+    if not flags:  # one encoding per request: no flags is an empty body
+        raise ProtocolError(f"{op} without flags has an empty body, not a 0 flags byte")
     return flags
 
 
@@ -999,8 +1001,14 @@ def decode_identify_reply(body: bytes) -> IdentifyReply:
     accepted = reader.u8()
     if accepted > 1:
         raise ProtocolError(f"IDENTIFY's verdict is 0 or 1, not {accepted}")
-    reason = reader.str16()
+    raw = reader.bytes16()
     reader.end()
+    if len(raw) > MAX_ERROR_MESSAGE_BYTES:
+        raise ProtocolError(f"IDENTIFY's reason is at most {MAX_ERROR_MESSAGE_BYTES} bytes, not {len(raw)}")
+    try:
+        reason = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("IDENTIFY's reason is not UTF-8") from None
     return IdentifyReply(receiver, bool(accepted), reason)
 
 

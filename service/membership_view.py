@@ -221,6 +221,8 @@ class MembershipView:
             self._update_problem()
 
     def _set_verdict(self, peer: str, verdict: Verdict) -> None:
+        if not verdict.accepted and self._behind.pop(peer, None) is not None:
+            self._update_problem()  # a link not used is no view to wait for
         if self._verdicts.get(peer) != verdict:
             self._verdicts[peer] = verdict
             self._update_problem()

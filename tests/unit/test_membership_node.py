@@ -343,3 +343,13 @@ def test_two_identities_for_one_member_are_an_error_only_at_one_epoch() -> None:
     )
     view.offer("c", rival)
     assert [event for event, _ in events.refusals] == ["identity_conflict"]
+
+
+def test_kv_cluster_name_and_kv_seeds_are_checked_at_start() -> None:
+    base = {"KV_NODE_ID": "a", "KV_PEERS": "a=127.0.0.1:5000", "KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1"}
+    config = load_config({**base, "KV_SEEDS": "10.0.0.1:5000, [::1]:5001"})
+    assert config.cluster_name == "kv" and config.seeds == ("10.0.0.1:5000", "[::1]:5001")
+    with pytest.raises(ConfigError, match="KV_SEEDS='host:port'"):
+        load_config({**base, "KV_SEEDS": "host:port"})
+    with pytest.raises(ConfigError, match="KV_CLUSTER_NAME='a b'"):
+        load_config({**base, "KV_CLUSTER_NAME": "a b"})

@@ -131,6 +131,14 @@ class NodeEvents(
             "anti-entropy brings its data back",
         )
 
+    def save_failed(self, record: ClusterRecord, error: str) -> None:
+        self.log.error(
+            "membership_not_saved",
+            epoch=record.epoch,
+            error=error,
+            hint="the node keeps its record until it can write KV_DATA_DIR/membership.json",
+        )
+
     def conflict(self, ours: ClusterRecord, theirs: ClusterRecord, winner: ClusterRecord, peer: str) -> None:
         self.log.error(
             "membership_conflict",

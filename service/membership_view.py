@@ -67,6 +67,9 @@ class MembershipEvents:
     def member_replaced(self, node_id: str, old: str, new: str, address: str) -> None:
         """``node_id`` answers at its address with identity ``new``, not ``old``: a new disk."""
 
+    def save_failed(self, record: ClusterRecord, error: str) -> None:
+        """``record`` could not be written to the data directory, so it was not adopted."""
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -183,6 +186,8 @@ class MembershipView:
             problem = f"{address} answers for cluster {other.cluster_id}, not {record.cluster_id}"
         elif other.node_id != expected:
             problem = f"{expected} was dialled at {address}, and {other.node_id} (identity {other.identity}) answered"
+        elif not membership.IDENTITY_PATTERN.match(other.identity):
+            problem = f"{expected} answered at {address} with identity {other.identity!r}, not 32 hex digits"
         if problem is None and member is not None and member.identity and member.identity != other.identity:
             # The process that answers at a member's own address is that member: it was restarted
             # on a new disk (the old identity went with the old one), as a wiped node is rebuilt.
@@ -277,7 +282,11 @@ class MembershipView:
     def _adopt(self, record: ClusterRecord, source: str) -> None:
         old = self.record
         local = replace(self.local, record=record)
-        self._save(local)  # durable before it is used
+        try:
+            self._save(local)  # durable before it is used
+        except OSError as exc:
+            self._events.save_failed(record, str(exc))
+            return  # kept the old record; the next heartbeat offers the new one again
         self.local = local
         self.digest = membership.digest(record)
         if membership.same_ring(record, self.serving) or self.apply_ring(record):

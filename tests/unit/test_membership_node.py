@@ -353,3 +353,14 @@ def test_kv_cluster_name_and_kv_seeds_are_checked_at_start() -> None:
         load_config({**base, "KV_SEEDS": "host:port"})
     with pytest.raises(ConfigError, match="KV_CLUSTER_NAME='a b'"):
         load_config({**base, "KV_CLUSTER_NAME": "a b"})
+
+
+def test_a_record_that_cannot_be_saved_is_not_adopted() -> None:
+    record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
+
+    def full_disk(local: LocalMembership) -> None:
+        raise OSError(28, "No space left on device")
+
+    view = MembershipView(LocalMembership("a", "0" * 32, record), full_disk, MembershipEvents())
+    view.offer("b", membership.next_epoch(record, record.members))
+    assert view.record == record

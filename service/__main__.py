@@ -15,6 +15,7 @@ from service import logging as node_logging  # noqa: E402
 from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
 from service.memory import tune_malloc  # noqa: E402
 from service.storage import StorageError  # noqa: E402
+from service.workers import Supervisor, WorkerSlot, die_with_supervisor  # noqa: E402
 
 USAGE = """usage: python -m service
 
@@ -53,13 +54,22 @@ def main(argv: list[str]) -> int:
         print("Run `python -m service --help` for every setting.", file=sys.stderr)
         return 2
 
-    node_logging.configure(config.node_id, config.log_level)
+    try:
+        worker = WorkerSlot.from_environment(os.environ, config.workers)
+    except (KeyError, ValueError) as exc:
+        print(f"kv-node: malformed worker environment from the supervisor: {exc}", file=sys.stderr)
+        return 2
+    node_logging.configure(config.node_id, config.log_level, worker.index if worker is not None else None)
     log = node_logging.get_logger()
+    if worker is None and config.workers > 1:  # this process supervises; the workers are the node
+        return Supervisor(config, log).run()
+    if worker is not None:
+        die_with_supervisor(worker.supervisor_pid)
     tune_malloc(config.max_frame_bytes)  # before the node allocates anything frame-sized
     from service.node import Node  # after logging is configured, so module loggers pick it up
 
     try:
-        node = Node(config)
+        node = Node(config, worker=worker)
         node.start()
     except ConfigError as exc:  # a file the configuration names (users, secret, certificates) does not load
         print("kv-node: configuration error, nothing started:", file=sys.stderr)

@@ -5,6 +5,11 @@ the highest stored timestamp, builds the ring and the replicas (this store, and 
 member), and runs the protocol server, the HTTP server (metrics, health and the dashboard), the
 heartbeat monitor, hinted handoff and anti-entropy. What those components report goes to
 ``events.NodeEvents``, which owns the metrics and log lines about it.
+
+As one worker of several (``worker``, ``service.workers``), it serves the sockets the supervisor
+bound, shares the store with the other workers, stamps versions in its own residue of the clock's
+counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff and anti-entropy only as
+worker 0, and answers ``/metrics`` for the whole node (``worker_metrics``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from service.storage import Storage
 from service.store_flags import StoreFlags
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
+from service.worker_metrics import WorkerMetrics
+from service.workers import WorkerSlot, connection_share
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -66,7 +73,8 @@ class Node:
     without it the node binds ``KV_HOST:KV_PORT``. ``resp_listener``, likewise, for the Redis
     protocol, which otherwise listens on ``KV_HOST:KV_RESP_PORT`` unless that is 0. ``clock``: the
     node's sense of time (tests skew it); by default the system's. What the parts report goes to
-    ``events``.
+    ``events``. ``worker``: this process is that worker of a node served by several
+    (``service.workers``); its slot's inherited sockets are the listeners. ``None``: the whole node.
     """
 
     def __init__(
@@ -76,13 +84,24 @@ class Node:
         listener: socket.socket | None = None,
         resp_listener: socket.socket | None = None,
         clock: NodeClock | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker
+        self.owns_shared_tasks = worker is None or worker.owner
+        """Whether this process runs hinted handoff and anti-entropy: one process of the node must."""
+        http_listener = None
+        if worker is not None:
+            listener, resp_listener = worker.listener(worker.port_fd), worker.listener(worker.resp_fd)
+            http_listener = worker.listener(worker.http_fd)
+        shared = worker is not None and worker.count > 1
         self.log = get_logger()
         self.metrics = Metrics()
         self.events = NodeEvents(self.metrics, self.log, hint_window_s=config.hint_window)
         self.security = load_security(config, self.events)  # ConfigError: a file it names does not load
-        self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
+        self.storage = Storage(
+            config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always, shared=shared
+        )
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
             self.log.info("partition_digests_rebuilt", records=records, seconds=round(seconds, 3))
@@ -91,7 +110,11 @@ class Node:
         # it was written), so its own next writes are ordered after them even if the wall clock was
         # stepped back while it was down; the heartbeats then show the offset to its peers.
         self.clock = HybridLogicalClock(
-            self.node_clock.wall_ms, last=self.storage.max_timestamp, max_offset_ms=config.max_clock_offset_ms
+            self.node_clock.wall_ms,
+            last=self.storage.max_timestamp,
+            max_offset_ms=config.max_clock_offset_ms,
+            worker=worker.index if worker is not None else 0,
+            workers=worker.count if worker is not None else 1,
         )
         ahead_ms = physical_ms(self.storage.max_timestamp) - self.node_clock.wall_ms()
         if ahead_ms > config.max_clock_offset_ms:
@@ -130,7 +153,7 @@ class Node:
         )
         self.events.track(self.store, self.peers)
         # Hints held for a peer that came back can go now, not at the next pass.
-        self.events.on_peer_up = lambda peer: self.tasks["hinted_handoff"].wake()
+        self.events.on_peer_up = lambda peer: self._wake_handoff()
 
         placement = Placement(
             self.ring, config.n, self._unavailable, self.store_flags.is_full, self.store_flags.is_behind
@@ -184,7 +207,7 @@ class Node:
                 self.security.tls, self.security.mode, config.handshake_timeout, self.events.tls_failed
             )
         server_settings = ServerSettings(
-            config.max_connections,
+            connection_share(config.max_connections, worker.count) if worker is not None else config.max_connections,
             config.max_frame_bytes,
             config.log_commands,
             ConnectionLimits(
@@ -215,10 +238,12 @@ class Node:
                 server_settings,
             )
         self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
+        self.worker_metrics = WorkerMetrics(worker, self.metrics.registry, self.log) if shared and worker else None
+        self.exported = self.worker_metrics.registry if self.worker_metrics else self.metrics.registry
+        """What ``/metrics`` serves: this process's registry, or every worker's gathered."""
         self.http = HttpServer(
-            config.host,
-            config.http_port,
-            make_app(self.metrics.registry, self.health_problem, self.readiness_problem, self._http_routes()),
+            http_listener if http_listener is not None else (config.host, config.http_port),
+            make_app(self.exported, self.health_problem, self.readiness_problem, self._http_routes()),
             LogWriter(self.log),
             tls_acceptor,
         )
@@ -261,6 +286,8 @@ class Node:
         return None
 
     def start(self) -> None:
+        if self.worker_metrics is not None:
+            self.worker_metrics.serve()
         self.server.start()
         if self.resp_server is not None:
             self.resp_server.start()
@@ -273,6 +300,7 @@ class Node:
             port=self.port,
             resp_port=self.resp_port,
             http_port=self.http_port,
+            worker=self.worker.index if self.worker is not None else None,
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
             hints_pending=self.store.pending_hints(),
@@ -299,6 +327,8 @@ class Node:
         for peer in self.peers.values():
             peer.close()
         self.http.stop()
+        if self.worker_metrics is not None:
+            self.worker_metrics.stop()
         self.store.close()
         self.log.info("node_stopped")
 
@@ -312,7 +342,7 @@ class Node:
         basic = BasicAuth(authenticator)
         protected = {path: basic.protect(app) for path, app in routes.items()}
         if self.config.metrics_auth:
-            protected["/metrics"] = basic.protect(make_wsgi_app(self.metrics.registry))
+            protected["/metrics"] = basic.protect(make_wsgi_app(self.exported))
         return protected
 
     def reload(self) -> None:
@@ -325,6 +355,8 @@ class Node:
     def _background_tasks(self) -> dict[str, Periodic]:
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""
         config = self.config
+        # Every worker beats its own heartbeats: the verdicts and clock offsets are needed on each
+        # one's request path (ARCHITECTURE.md, "Workers"). Hint delivery has one owner.
         tasks = [
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
@@ -341,7 +373,9 @@ class Node:
             tasks.append(
                 Periodic("release_memory", self._release_memory, RELEASE_INTERVAL, on_error=self.events.task_failed)
             )
-        if config.anti_entropy_interval > 0:
+        if not self.owns_shared_tasks:
+            tasks = [task for task in tasks if task.name != "hinted_handoff"]
+        if config.anti_entropy_interval > 0 and self.owns_shared_tasks:
             tasks.append(
                 Periodic(
                     "anti_entropy",
@@ -394,4 +428,10 @@ class Node:
     def _peer_store_changed(self, node_id: str, old: int, new: int) -> None:
         self.events.peer_store_changed(node_id, old, new)
         if old & PING_FLAG_STORAGE_FULL and not new & PING_FLAG_STORAGE_FULL:
-            self.tasks["hinted_handoff"].wake()  # it has room again: deliver its hints now
+            self._wake_handoff()  # it has room again: deliver its hints now
+
+    def _wake_handoff(self) -> None:
+        """Deliver hints now rather than at the next pass, in the process that delivers them."""
+        task = self.tasks.get("hinted_handoff")
+        if task is not None:
+            task.wake()

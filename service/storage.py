@@ -750,7 +750,7 @@ class _Batch:
             txn.put(_META_DIGESTS_SAVED, b"\x00", db=storage._meta)
 
 
-def _read_u64(raw: bytes | None) -> int:
+def _read_u64(raw: Buffer | None) -> int:
     return 0 if raw is None else _U64.unpack(raw)[0]
 
 

@@ -1,15 +1,20 @@
 """The pure parts of a node served by several worker processes: the default worker count (CPU
-affinity and the cgroup v2 quota), and HLC stamps that no two workers of a node ever share."""
+affinity and the cgroup v2 quota), HLC stamps that no two workers of a node ever share, a worker's
+slot and share of the connection limit, and the merge of every worker's metrics into one set."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import MAX_WORKERS, ConfigError, load_config
 from service.cores import quota_cores, usable_cores
 from service.versioning import LOGICAL_BITS, HybridLogicalClock, worker_bits
+from service.worker_metrics import merge_families
+from service.workers import WorkerSlot, connection_share
 
 BASE_ENV = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=127.0.0.1:5000", "KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1"}
 
@@ -125,3 +130,87 @@ def test_workers_never_issue_the_same_stamp_and_each_stays_monotonic(
         assert stamp >= wall << LOGICAL_BITS, "a stamp is never behind the worker's wall clock"
         issued.add(stamp)
         last[worker] = stamp
+
+
+# --- what a worker is told, and its share of the node's limits -----------------------------------
+
+
+def test_a_worker_slot_round_trips_through_its_environment() -> None:
+    slot = WorkerSlot(1, 2, 5, -1, 7, "/run/kv", 42)
+    assert WorkerSlot.from_environment(slot.environment(), 2) == slot
+    assert WorkerSlot.from_environment({}, 2) is None  # started by hand: no worker
+    assert slot.metrics_socket(0) == "/run/kv/metrics-0.sock"
+    assert not slot.owner and WorkerSlot(0, 2, 5, -1, 7, "/run/kv", 42).owner
+
+
+@pytest.mark.parametrize(("limit", "workers", "share"), [(1024, 1, 1024), (1024, 2, 512), (1025, 2, 512), (1, 2, 1)])
+def test_each_worker_serves_an_equal_share_of_the_connection_limit(limit: int, workers: int, share: int) -> None:
+    assert connection_share(limit, workers) == share
+
+
+# --- /metrics: one set for the node ----------------------------------------------------------------
+
+
+def exposition(text: str) -> list[Metric]:
+    return list(text_string_to_metric_families(text))
+
+
+WORKER_0 = """
+# TYPE kv_requests_total counter
+kv_requests_total{op="GET",status="OK"} 3
+# TYPE kv_request_duration_seconds histogram
+kv_request_duration_seconds_bucket{le="0.1",op="GET"} 2
+kv_request_duration_seconds_bucket{le="+Inf",op="GET"} 3
+kv_request_duration_seconds_sum{op="GET"} 0.5
+kv_request_duration_seconds_count{op="GET"} 3
+# TYPE kv_keys gauge
+kv_keys 100
+# TYPE kv_connections gauge
+kv_connections 4
+# TYPE kv_storage_full gauge
+kv_storage_full 0
+# TYPE kv_peer_up gauge
+kv_peer_up{peer="node2"} 1
+"""
+WORKER_1 = """
+# TYPE kv_requests_total counter
+kv_requests_total{op="GET",status="OK"} 5
+kv_requests_total{op="PUT",status="OK"} 2
+# TYPE kv_request_duration_seconds histogram
+kv_request_duration_seconds_bucket{le="0.1",op="GET"} 5
+kv_request_duration_seconds_bucket{le="+Inf",op="GET"} 5
+kv_request_duration_seconds_sum{op="GET"} 0.25
+kv_request_duration_seconds_count{op="GET"} 5
+# TYPE kv_keys gauge
+kv_keys 100
+# TYPE kv_connections gauge
+kv_connections 6
+# TYPE kv_storage_full gauge
+kv_storage_full 1
+# TYPE kv_peer_up gauge
+kv_peer_up{peer="node2"} 0
+"""
+
+
+def test_merged_metrics_sum_counts_and_take_the_stores_gauges_once() -> None:
+    merged = {family.name: family for family in merge_families([exposition(WORKER_0), exposition(WORKER_1)])}
+
+    def value(family: str, sample: str, **labels: str) -> float:
+        (found,) = [s.value for s in merged[family].samples if s.name == sample and s.labels == labels]
+        return found
+
+    assert value("kv_requests", "kv_requests_total", op="GET", status="OK") == 8
+    assert value("kv_requests", "kv_requests_total", op="PUT", status="OK") == 2  # only one worker had it
+    assert value("kv_request_duration_seconds", "kv_request_duration_seconds_bucket", le="0.1", op="GET") == 7
+    assert value("kv_request_duration_seconds", "kv_request_duration_seconds_count", op="GET") == 8
+    assert value("kv_request_duration_seconds", "kv_request_duration_seconds_sum", op="GET") == 0.75
+    assert value("kv_keys", "kv_keys") == 100  # the shared store's count, not 200
+    assert value("kv_connections", "kv_connections") == 10  # each worker's own connections
+    assert value("kv_storage_full", "kv_storage_full") == 1  # any worker refusing writes shows
+    assert value("kv_peer_up", "kv_peer_up", peer="node2") == 1  # the lowest worker's verdict
+    assert merged["kv_requests"].type == "counter"
+
+
+def test_merging_one_workers_metrics_changes_nothing() -> None:
+    alone = exposition(WORKER_0)
+    assert merge_families([alone]) == exposition(WORKER_0)

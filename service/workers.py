@@ -65,8 +65,9 @@ STABLE_AFTER = 30.0
 CONFIG_ERROR_EXIT = 2
 """A worker's exit status for a configuration error: every worker would fail alike, so the
 supervisor stops the node with it rather than restart."""
-STOP_MARGIN = 5.0
-"""Seconds past the drain timeout a worker gets to exit after SIGTERM before it is killed."""
+STOP_MARGIN = 3.0
+"""Seconds past the drain timeout a worker gets to exit after SIGTERM before it is killed (the
+default 10 s drain plus this stays inside compose's 15 s stop grace period)."""
 
 
 @dataclass(frozen=True)

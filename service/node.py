@@ -190,12 +190,19 @@ class Node:
             ),
             events=self.events,
         )
+        self.worker_metrics = (
+            WorkerMetrics(
+                worker, self.metrics.registry, self.log, self.metrics.request_stats.recent, self.anti_entropy.progress
+            )
+            if shared and worker is not None
+            else None
+        )
         self.reports = NodeReports(
             config.node_id,
             self.store,
             self.detector,
-            self.metrics.request_stats,
-            self.anti_entropy,
+            self.worker_metrics or self.metrics.request_stats,
+            self.worker_metrics or self.anti_entropy,
             clock_offsets=self.clock_offsets,
             store_flags=self.store_flags.flags,
         )
@@ -238,7 +245,6 @@ class Node:
                 server_settings,
             )
         self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
-        self.worker_metrics = WorkerMetrics(worker, self.metrics.registry, self.log) if shared and worker else None
         self.exported = self.worker_metrics.registry if self.worker_metrics else self.metrics.registry
         """What ``/metrics`` serves: this process's registry, or every worker's gathered."""
         self.http = HttpServer(

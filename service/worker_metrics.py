@@ -1,4 +1,5 @@
-"""``/metrics`` for a node served by several workers: one set, gathered from every worker per scrape.
+"""``/metrics`` and STATS' figures for a node served by several workers: one set, gathered from every
+worker when asked.
 
 Each worker counts what it serves in its own registry (the request path's counters are plain
 dicts, ``metrics.HotCounter``, which prometheus-client's multiprocess mode cannot see: it only
@@ -18,14 +19,23 @@ merges them (``merge_families``):
 A worker that does not answer within ``GATHER_TIMEOUT`` (it is restarting) is left out of that
 scrape; ``kv_workers_reporting`` says how many were gathered. Its counters then seem to drop for a
 scrape, which Prometheus's ``rate`` reads as a counter reset, as it would for a restarted node.
+
+STATS is gathered the same way: its request window sums every worker's latency buckets over the
+window before taking the p99 (``window``), and anti-entropy's progress is worker 0's, the one that
+runs the rounds (``progress``).
+
+The unix socket's protocol: one request line (``metrics``, ``window`` or ``repair``), one answer
+(the Prometheus text exposition, or JSON), then the worker closes the connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from gevent.server import StreamServer
@@ -34,6 +44,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from client.protocol import RepairProgress, RequestWindow
+from service.metrics import window_of
 from service.workers import WorkerSlot
 
 SUMMED_GAUGES = frozenset({"kv_connections", "kv_connection_buffered_bytes"})
@@ -42,6 +54,10 @@ GATHER_TIMEOUT = 1.0
 """Seconds one worker's exposition may take to arrive before the scrape goes on without it."""
 MAX_EXPOSITION_BYTES = 16 * 1024 * 1024
 """A worker's exposition larger than this is cut off (it is a few kilobytes; this bounds a bug)."""
+MAX_REQUEST_LINE = 64
+Recent = Callable[[], tuple[int, list[int], list[int]]]
+"""A worker's request window: its length in ms, and the latency bucket counts in it of every op
+and of client ops (``metrics.RequestStats.recent``)."""
 
 
 def merge_families(per_worker: Sequence[Iterable[Metric]]) -> list[Metric]:
@@ -78,13 +94,23 @@ def _rule(family: Metric) -> str:
 
 
 class WorkerMetrics(Collector):
-    """This worker's side of the exporter: ``serve`` publishes its own ``registry`` on its unix
-    socket; collecting this (``registry``, what ``/metrics`` serves) gathers every worker's."""
+    """This worker's side of the exporter: ``serve`` publishes its own ``registry``, request
+    window (``recent``) and anti-entropy progress (``repair``) on its unix socket; collecting this
+    (``registry``, what ``/metrics`` serves), ``window`` and ``progress`` gather every worker's."""
 
-    def __init__(self, slot: WorkerSlot, own: CollectorRegistry, log: Any) -> None:
+    def __init__(
+        self,
+        slot: WorkerSlot,
+        own: CollectorRegistry,
+        log: Any,
+        recent: Recent,
+        repair: Callable[[], RepairProgress],
+    ) -> None:
         self._slot = slot
         self._own = own
         self._log = log
+        self._recent = recent
+        self._repair = repair
         self._server: StreamServer | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -106,9 +132,49 @@ class WorkerMetrics(Collector):
             os.unlink(self._slot.metrics_socket())
 
     def _answer(self, sock: socket.socket, _address: Any) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendall(generate_latest(self._own))
-        sock.close()
+        try:
+            sock.settimeout(GATHER_TIMEOUT)
+            request = sock.recv(MAX_REQUEST_LINE).strip()
+            if request == b"metrics":
+                sock.sendall(generate_latest(self._own))
+            elif request == b"window":
+                sock.sendall(json.dumps(self._recent()).encode())
+            elif request == b"repair":
+                sock.sendall(json.dumps(dataclasses.asdict(self._repair())).encode())
+        except OSError:
+            pass  # the asking worker gave up; it goes on without this one
+        finally:
+            sock.close()
+
+    def window(self) -> RequestWindow:
+        """The node's request window for STATS: every worker's bucket counts summed."""
+        window_ms, every, client = self._recent()
+        for index in range(self._slot.count):
+            if index == self._slot.index:
+                continue
+            text = self._fetch(index, b"window")
+            if text is None:
+                continue
+            try:
+                _, other_every, other_client = json.loads(text)
+                every = [a + b for a, b in zip(every, other_every, strict=True)]
+                client = [a + b for a, b in zip(client, other_client, strict=True)]
+            except (ValueError, TypeError) as exc:
+                self._log.warning("worker_window_unreadable", worker=index, error=str(exc))
+        return window_of(window_ms, every, client)
+
+    def progress(self) -> RepairProgress:
+        """Anti-entropy's progress for STATS: worker 0's, which runs the rounds (this worker's own
+        if worker 0 does not answer, which says no round yet)."""
+        if self._slot.owner:
+            return self._repair()
+        text = self._fetch(0, b"repair")
+        if text is not None:
+            try:
+                return RepairProgress(**json.loads(text))
+            except (ValueError, TypeError) as exc:
+                self._log.warning("worker_repair_unreadable", worker=0, error=str(exc))
+        return self._repair()
 
     def describe(self) -> list[Metric]:
         return []  # registering must not gather (other workers may not be up yet)
@@ -119,7 +185,7 @@ class WorkerMetrics(Collector):
             if index == self._slot.index:
                 per_worker.append(list(self._own.collect()))
                 continue
-            text = self._fetch(index)
+            text = self._fetch(index, b"metrics")
             if text is not None:
                 per_worker.append(list(text_string_to_metric_families(text)))
         yield from merge_families(per_worker)
@@ -129,14 +195,15 @@ class WorkerMetrics(Collector):
             len(per_worker),
         )
 
-    def _fetch(self, index: int) -> str | None:
-        """Worker ``index``'s exposition, or ``None`` if it did not answer in time."""
+    def _fetch(self, index: int, request: bytes) -> str | None:
+        """Worker ``index``'s answer to ``request``, or ``None`` if it did not answer in time."""
         chunks: list[bytes] = []
         size = 0
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(GATHER_TIMEOUT)
                 sock.connect(self._slot.metrics_socket(index))
+                sock.sendall(request + b"\n")
                 while size < MAX_EXPOSITION_BYTES:
                     chunk = sock.recv(65536)
                     if not chunk:

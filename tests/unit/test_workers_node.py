@@ -174,6 +174,27 @@ def test_two_workers_serve_one_store_and_lose_no_acknowledged_write_when_either_
     assert node.events("supervisor_stopped")
 
 
+def test_stats_counts_the_requests_of_every_worker(node: WorkerNode) -> None:
+    writers = [Client(f"127.0.0.1:{node.port}", timeout=5) for _ in range(WRITERS)]
+    try:
+        for number, kv in enumerate(writers):
+            for sequence in range(25):
+                kv.put(f"stats-{number}-{sequence}", b"v")
+        served_by = {line.get("worker") for line in node.events("command") if line.get("op") == "PUT"}
+        assert served_by == {0, 1}, served_by  # else this test proves nothing
+        # Whichever worker answers STATS, it counts every worker's requests in its window.
+        for _ in range(4):  # each on a new connection, which the kernel hands to either worker
+            asker = Client(f"127.0.0.1:{node.port}", timeout=5)
+            try:
+                reply = asker.stats("solo")
+            finally:
+                asker.close()
+            assert reply.requests.client_requests >= WRITERS * 25, reply.requests
+    finally:
+        for kv in writers:
+            kv.close()
+
+
 def test_sighup_reaches_every_worker_and_sigterm_drains_them(node: WorkerNode) -> None:
     node.process.send_signal(signal.SIGHUP)
     wait_until(lambda: {line.get("worker") for line in node.events("reloaded")} == {0, 1}, 10, message="both reloaded")

@@ -4,6 +4,8 @@ slot and share of the connection limit, and the merge of every worker's metrics 
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from service.config import MAX_WORKERS, ConfigError, load_config
 from service.cores import quota_cores, usable_cores
 from service.versioning import LOGICAL_BITS, HybridLogicalClock, worker_bits
 from service.worker_metrics import merge_families
-from service.workers import WorkerSlot, connection_share
+from service.workers import WorkerSlot, bind_port_group, connection_share
 
 BASE_ENV = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=127.0.0.1:5000", "KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1"}
 
@@ -214,3 +216,22 @@ def test_merged_metrics_sum_counts_and_take_the_stores_gauges_once() -> None:
 def test_merging_one_workers_metrics_changes_nothing() -> None:
     alone = exposition(WORKER_0)
     assert merge_families([alone]) == exposition(WORKER_0)
+
+
+def test_a_port_group_binds_every_socket_to_one_port_even_port_0() -> None:
+    group = bind_port_group("127.0.0.1", 0, 3)
+    try:
+        ports = {sock.getsockname()[1] for sock in group}
+        assert len(ports) == 1 and ports != {0}
+        assert all(sock.get_inheritable() for sock in group)  # a worker inherits its own
+    finally:
+        for sock in group:
+            sock.close()
+
+
+def test_a_port_group_on_a_port_in_use_fails_and_leaves_nothing_bound() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may share it
+        taken.listen(1)
+        with pytest.raises(OSError):
+            bind_port_group("127.0.0.1", taken.getsockname()[1], 2)

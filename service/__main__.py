@@ -15,7 +15,7 @@ from service import logging as node_logging  # noqa: E402
 from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
 from service.memory import tune_malloc  # noqa: E402
 from service.storage import StorageError  # noqa: E402
-from service.workers import Supervisor, WorkerSlot, die_with_supervisor  # noqa: E402
+from service.workers import STARTUP_FAILED_EXIT, Supervisor, WorkerSlot, die_with_supervisor  # noqa: E402
 
 USAGE = """usage: python -m service
 
@@ -78,10 +78,10 @@ def main(argv: list[str]) -> int:
         return 2
     except StorageError as exc:
         log.error("startup_failed", error=str(exc), hint=f"check that {config.data_dir} exists and is writable")
-        return 1
+        return 1 if worker is None else STARTUP_FAILED_EXIT
     except OSError as exc:
         log.error("startup_failed", error=str(exc), hint="is another process using KV_PORT or KV_HTTP_PORT?")
-        return 1
+        return 1 if worker is None else STARTUP_FAILED_EXIT
 
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

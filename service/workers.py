@@ -65,6 +65,9 @@ STABLE_AFTER = 30.0
 CONFIG_ERROR_EXIT = 2
 """A worker's exit status for a configuration error: every worker would fail alike, so the
 supervisor stops the node with it rather than restart."""
+STARTUP_FAILED_EXIT = 3
+"""A worker's exit status when it could not open the store or bind: the supervisor stops the node
+with status 1, as a single-process node exits, rather than start it again and again."""
 STOP_MARGIN = 3.0
 """Seconds past the drain timeout a worker gets to exit after SIGTERM before it is killed (the
 default 10 s drain plus this stays inside compose's 15 s stop grace period)."""
@@ -184,7 +187,7 @@ class Supervisor:
 
     ``log`` is the supervisor's structured logger. ``run`` returns the exit status: 0 after a
     clean stop, ``CONFIG_ERROR_EXIT`` if a worker reported a configuration error, 1 if the ports
-    could not be bound.
+    could not be bound or a worker could not open the store.
     """
 
     def __init__(self, config: Config, log: Any) -> None:
@@ -253,9 +256,11 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - worker.started
-            if status == CONFIG_ERROR_EXIT:
-                self.log.error("worker_config_error", worker=worker.slot.index, hint="see the worker's message above")
-                self._status = CONFIG_ERROR_EXIT
+            if status in (CONFIG_ERROR_EXIT, STARTUP_FAILED_EXIT):
+                self.log.error(
+                    "worker_could_not_start", worker=worker.slot.index, hint="see the worker's message above"
+                )
+                self._status = CONFIG_ERROR_EXIT if status == CONFIG_ERROR_EXIT else 1
                 self._stopping.set()
                 return
             worker.delay = RESTART_DELAY if ran >= STABLE_AFTER else min(2 * worker.delay, MAX_RESTART_DELAY)

@@ -202,3 +202,17 @@ def test_sighup_reaches_every_worker_and_sigterm_drains_them(node: WorkerNode) -
     assert node.stop() == 0
     assert time.monotonic() - started < 15
     assert {line.get("worker") for line in node.events("node_stopped")} == {0, 1}
+
+
+def test_a_worker_that_cannot_open_the_store_stops_the_node_with_status_1(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("a file where the data directory should be")
+    log_path = tmp_path / "node.log"
+    started = WorkerNode(not_a_directory, log_path)
+    try:
+        assert started.process.wait(timeout=START_TIMEOUT) == 1
+    finally:
+        started.stop()
+    assert started.events("worker_could_not_start")
+    assert started.events("startup_failed")
+    assert not started.events("worker_died")  # not started again and again

@@ -100,3 +100,29 @@ def test_a_shared_store_rebuilds_digests_a_crashed_single_process_left_stale(tmp
         assert single.digests(range(PARTITIONS)) == expected
     finally:
         single.close()
+
+
+def test_a_process_killed_holding_the_writer_lock_does_not_wedge_the_others(tmp_path: Path) -> None:
+    """LMDB's writer lock is a robust mutex: the next writer recovers it from a dead owner, as a
+    worker SIGKILLed mid-commit leaves it."""
+    path = str(tmp_path / "store")
+    Storage(path, MAP_SIZE, PARTITIONS, shared=True).close()
+    holder = textwrap.dedent(
+        f"""
+        import lmdb, os, signal
+        env = lmdb.open({path!r}, map_size={MAP_SIZE}, max_dbs=8)
+        txn = env.begin(write=True, db=env.open_db(b"data"))
+        txn.put(b"never", b"committed")
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", holder], cwd=REPO, capture_output=True, timeout=60, check=False)
+    assert killed.returncode == -9, killed.stderr
+    # A hang here would be a wedged lock: the subprocess's timeout turns it into a failure.
+    assert in_other_process(path, [(b"k", 1, b"v")]) == [True]
+    store = Storage(path, MAP_SIZE, PARTITIONS, shared=True)
+    try:
+        assert store.get(b"k") == Record(Version(1, "node1"), b"v")
+        assert store.get(b"never") is None  # the dead writer's transaction never committed
+    finally:
+        store.close()

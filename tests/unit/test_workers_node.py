@@ -216,3 +216,20 @@ def test_a_worker_that_cannot_open_the_store_stops_the_node_with_status_1(tmp_pa
     assert started.events("worker_could_not_start")
     assert started.events("startup_failed")
     assert not started.events("worker_died")  # not started again and again
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (gone, or a zombie waiting for whoever adopted it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_workers_stop_when_the_supervisor_is_killed(node: WorkerNode) -> None:
+    workers = [node.worker_pid(0), node.worker_pid(1)]
+    node.process.kill()  # SIGKILL: the supervisor forwards nothing
+    node.process.wait(timeout=10)
+    # Each worker asked the kernel for SIGTERM when its parent dies: no orphan keeps the ports.
+    wait_until(lambda: all(process_gone(pid) for pid in workers), 20, message="the orphaned workers to exit")

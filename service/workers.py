@@ -171,6 +171,13 @@ def die_with_supervisor(supervisor_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 class _Worker:
     """One slot's process, started again whenever it dies until the supervisor stops."""
 
@@ -179,7 +186,7 @@ class _Worker:
         self.fds = fds
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.delay = RESTART_DELAY
+        self.delay = RESTART_DELAY / 2  # doubled at the first early death: RESTART_DELAY
 
 
 class Supervisor:
@@ -269,7 +276,7 @@ class Supervisor:
                 worker=worker.slot.index,
                 pid=worker.process.pid,
                 status=status,
-                signal=signal.Signals(-status).name if status < 0 else None,
+                signal=_signal_name(-status) if status < 0 else None,
                 ran_s=round(ran, 3),
                 restart_in_s=worker.delay,
             )

@@ -25,8 +25,9 @@ from client.client import Client
 from client.errors import KVError
 
 REPO = Path(__file__).resolve().parents[2]
-WRITERS = 8
-"""Clients writing at once, each on its own connection: the kernel spreads them over both workers."""
+WRITERS = 16
+"""Clients writing at once, each on its own connection: the kernel spreads them over both workers
+(all 16 on one worker: a chance of 1 in 32,768)."""
 START_TIMEOUT = 30.0
 
 

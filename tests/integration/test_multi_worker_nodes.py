@@ -172,3 +172,29 @@ def test_hints_either_worker_stored_are_delivered_by_worker_0(cluster: Cluster, 
     finally:
         for kv in writers:
             kv.close()
+
+
+def test_workers_serve_tls_and_users_and_all_reload_on_sighup(
+    cluster_factory: Callable[..., Any], wait_until: Callable[..., Any]
+) -> None:
+    """As compose runs them: TLS only, users, the cluster secret; SIGHUP reaches every worker."""
+    with cluster_factory("wsecure", {"KV_WORKERS": "2"}, secured=True) as secured:
+        writers = clients(secured, WRITERS)
+        try:
+            for number, kv in enumerate(writers):
+                kv.put(f"secure-{number}", f"v{number}".encode())
+            assert [kv.get(f"secure-{number}") for number, kv in enumerate(writers)] == [
+                f"v{number}".encode() for number in range(WRITERS)
+            ]
+        finally:
+            for kv in writers:
+                kv.close()
+        assert secured.sample("node1", "kv_workers_reporting") == 2  # over HTTPS
+        secured.signal("node1", "SIGHUP")
+        wait_until(
+            lambda: (
+                {line.get("worker") for line in secured.log_lines("node1") if line.get("event") == "reloaded"} == {0, 1}
+            ),
+            20,
+            message="both workers of node1 to reload",
+        )

@@ -323,7 +323,8 @@ class Storage:
                 sync=self.syncs_on_commit,
                 # A shared store fsyncs the meta page after the commit, outside LMDB's writer lock
                 # (``_sync_shared``): the lock is then held for one fsync, not two, and two processes
-                # committing at once got 2-3 times the commits per second. The data pages are still
+                # committing at once got 1.3-3 times the commits per second on the development machine
+                # (bench/lmdb_shared_commits.py). The data pages are still
                 # fsynced before the meta page is written, so a crash leaves the old or the new
                 # commit, never a meta page pointing at pages not on disk (LMDB's MDB_NOMETASYNC).
                 metasync=self.syncs_on_commit and not self.shared,

@@ -56,7 +56,7 @@ from service.store_flags import StoreFlags
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 from service.worker_metrics import WorkerMetrics
-from service.workers import WorkerSlot, connection_share
+from service.workers import WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -91,9 +91,11 @@ class Node:
         self.owns_shared_tasks = worker is None or worker.owner
         """Whether this process runs hinted handoff and anti-entropy: one process of the node must."""
         http_listener = None
+        self._inherited: list[socket.socket] = []  # a worker's sockets: it listens once it serves
         if worker is not None:
             listener, resp_listener = worker.listener(worker.port_fd), worker.listener(worker.resp_fd)
             http_listener = worker.listener(worker.http_fd)
+            self._inherited = [sock for sock in (listener, resp_listener, http_listener) if sock is not None]
         shared = worker is not None and worker.count > 1
         self.log = get_logger()
         self.metrics = Metrics()
@@ -294,6 +296,8 @@ class Node:
     def start(self) -> None:
         if self.worker_metrics is not None:
             self.worker_metrics.serve()
+        for sock in self._inherited:  # from now on the kernel hands this worker its share of connections
+            listen_on(sock)
         self.server.start()
         if self.resp_server is not None:
             self.resp_server.start()

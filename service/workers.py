@@ -7,13 +7,17 @@ forwards SIGTERM, SIGINT and SIGHUP to them, starts again a worker that dies (lo
 once they have all drained. With ``KV_WORKERS=1`` none of this runs: the node is the one process,
 exactly as before.
 
-Ports: one ``SO_REUSEPORT`` socket per worker and port, all bound by the supervisor and inherited
-by the worker (``pass_fds``). The kernel spreads new connections over the sockets of one port by a
-hash of the connection, so each worker accepts from its own queue: no thundering herd on one shared
-socket, and no worker starves another (with one socket shared by every worker, the least busy
-worker wins each wake-up, which under load is the same one again and again). The supervisor keeps
-its copies open, so a worker that dies leaves its queue behind: connections that arrive while it is
-started again wait there (up to the backlog) for the new worker, instead of being refused.
+Ports: one ``SO_REUSEPORT`` socket per worker and port. The kernel spreads new connections over the
+*listening* sockets of one port by a hash of the connection, so each worker accepts from its own
+queue: no thundering herd on one shared socket, and no worker starves another (with one socket
+shared by every worker, the least busy worker wins each wake-up, which under load is the same one
+again and again). The supervisor binds a fresh socket for each worker it starts and hands it over
+(``pass_fds``), keeping no copy; the worker starts listening on it only once it serves
+(``listen_on``). So a worker still starting receives no connections (they go to the workers that
+serve, or are refused while none does, as by a node not yet started), and a worker that dies takes
+its socket with it: new connections go to the others at once instead of waiting, unanswered, for
+its replacement. The supervisor also holds one socket per port bound but never listening, which
+keeps the port (a free one, for port 0) reserved for the node while no worker listens.
 
 Workers share one LMDB environment (``storage.Storage(shared=True)``); what else they share and what
 each keeps to itself is in ARCHITECTURE.md, "Workers". In short: worker 0 alone runs hinted handoff
@@ -135,28 +139,24 @@ def connection_share(max_connections: int, workers: int) -> int:
 
 
 def bind_reuseport(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` with ``SO_REUSEPORT``, inheritable by a worker."""
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening, inheritable by a
+    worker (port 0: a free port). It receives connections only once something listens on it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(BACKLOG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
 
-def bind_port_group(host: str, port: int, count: int) -> list[socket.socket]:
-    """``count`` SO_REUSEPORT sockets on one port; port 0 takes the first socket's free port for all."""
-    sockets = [bind_reuseport(host, port)]
-    chosen = sockets[0].getsockname()[1]
-    try:
-        sockets += [bind_reuseport(host, chosen) for _ in range(count - 1)]
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+def listen_on(sock: socket.socket) -> None:
+    """Start taking connections on a worker's inherited socket (once the worker serves)."""
+    sock.listen(BACKLOG)
 
 
 def die_with_supervisor(supervisor_pid: int) -> None:
@@ -181,9 +181,8 @@ def _signal_name(number: int) -> str:
 class _Worker:
     """One slot's process, started again whenever it dies until the supervisor stops."""
 
-    def __init__(self, slot: WorkerSlot, fds: tuple[int, ...]) -> None:
-        self.slot = slot
-        self.fds = fds
+    def __init__(self, index: int) -> None:
+        self.index = index
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.delay = RESTART_DELAY / 2  # doubled at the first early death: RESTART_DELAY
@@ -202,29 +201,34 @@ class Supervisor:
         self.log = log
         self._stopping = Event()
         self._status = 0
-        self._sockets: list[socket.socket] = []
-        self._workers: list[_Worker] = []
+        self._placeholders: list[socket.socket] = []  # bound, never listening: the ports stay the node's
+        self._ports: list[int] = []  # protocol, Redis (0: none), HTTP
+        self._workers = [_Worker(index) for index in range(config.workers)]
         self._run_dir = ""
 
     def run(self) -> int:
         config = self.config
         try:
-            groups = [bind_port_group(config.host, config.port, config.workers)]
-            if config.resp_port:
-                groups.append(bind_port_group(config.host, config.resp_port, config.workers))
-            groups.append(bind_port_group(config.host, config.http_port, config.workers))
+            for port, served in (
+                (config.port, True),
+                (config.resp_port, config.resp_port != 0),
+                (config.http_port, True),
+            ):
+                if not served:  # the Redis port is off
+                    self._ports.append(0)
+                    continue
+                placeholder = bind_reuseport(config.host, port)  # port 0: a free port, then the node's
+                self._placeholders.append(placeholder)
+                self._ports.append(placeholder.getsockname()[1])
+            # A worker's sockets must bind too; finding out now says what is wrong before any starts.
+            for sock in self._bind_worker_sockets():
+                sock.close()
         except OSError as exc:
             self.log.error("startup_failed", error=str(exc), hint="is another process using the node's ports?")
             self._close_sockets()
             return 1
-        self._sockets = [sock for group in groups for sock in group]
-        ports = [group[0].getsockname()[1] for group in groups]
+        ports = self._ports
         self._run_dir = tempfile.mkdtemp(prefix="kv-workers-")
-        for index in range(config.workers):
-            fds = [group[index].fileno() for group in groups]
-            resp_fd = fds[1] if config.resp_port else -1
-            slot = WorkerSlot(index, config.workers, fds[0], resp_fd, fds[-1], self._run_dir, os.getpid())
-            self._workers.append(_Worker(slot, tuple(fds)))
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self._stopping.set)
         gevent.signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
@@ -232,8 +236,8 @@ class Supervisor:
             "supervisor_started",
             workers=config.workers,
             port=ports[0],
-            resp_port=ports[1] if config.resp_port else 0,
-            http_port=ports[-1],
+            resp_port=ports[1],
+            http_port=ports[2],
         )
         watchers = [gevent.spawn(self._keep_running, worker) for worker in self._workers]
         self._stopping.wait()
@@ -248,32 +252,49 @@ class Supervisor:
         self.log.info("supervisor_stopped", status=self._status)
         return self._status
 
+    def _bind_worker_sockets(self) -> list[socket.socket]:
+        """A worker's own sockets: protocol, Redis (if on) and HTTP, bound to the node's ports."""
+        return [bind_reuseport(self.config.host, port) for port in self._ports if port]
+
     def _spawn(self, worker: _Worker) -> None:
-        environ = {**os.environ, **worker.slot.environment()}
-        worker.process = subprocess.Popen([sys.executable, "-m", "service"], env=environ, pass_fds=worker.fds)
+        """Start ``worker``'s process on sockets of its own, which it alone holds from then on."""
+        sockets = self._bind_worker_sockets()
+        try:
+            fds = [sock.fileno() for sock in sockets]
+            resp_fd = fds[1] if self._ports[1] else -1
+            slot = WorkerSlot(worker.index, self.config.workers, fds[0], resp_fd, fds[-1], self._run_dir, os.getpid())
+            environ = {**os.environ, **slot.environment()}
+            worker.process = subprocess.Popen([sys.executable, "-m", "service"], env=environ, pass_fds=fds)
+        finally:
+            for sock in sockets:  # the worker's now: when it dies, they close, and its share goes to the others
+                sock.close()
         worker.started = time.monotonic()
-        self.log.info("worker_started", worker=worker.slot.index, pid=worker.process.pid)
+        self.log.info("worker_started", worker=worker.index, pid=worker.process.pid)
 
     def _keep_running(self, worker: _Worker) -> None:
         """Start ``worker`` and start it again each time it dies, until the node stops."""
         while not self._stopping.is_set():
-            self._spawn(worker)
+            try:
+                self._spawn(worker)
+            except OSError as exc:  # its sockets would not bind, or the process would not start
+                self.log.error("worker_start_failed", worker=worker.index, error=str(exc), retry_in_s=MAX_RESTART_DELAY)
+                if self._stopping.wait(MAX_RESTART_DELAY):
+                    return
+                continue
             assert worker.process is not None
             status = worker.process.wait()
             if self._stopping.is_set():
                 return
             ran = time.monotonic() - worker.started
             if status in (CONFIG_ERROR_EXIT, STARTUP_FAILED_EXIT):
-                self.log.error(
-                    "worker_could_not_start", worker=worker.slot.index, hint="see the worker's message above"
-                )
+                self.log.error("worker_could_not_start", worker=worker.index, hint="see the worker's message above")
                 self._status = CONFIG_ERROR_EXIT if status == CONFIG_ERROR_EXIT else 1
                 self._stopping.set()
                 return
             worker.delay = RESTART_DELAY if ran >= STABLE_AFTER else min(2 * worker.delay, MAX_RESTART_DELAY)
             self.log.error(
                 "worker_died",
-                worker=worker.slot.index,
+                worker=worker.index,
                 pid=worker.process.pid,
                 status=status,
                 signal=_signal_name(-status) if status < 0 else None,
@@ -301,10 +322,10 @@ class Supervisor:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.log.error("worker_killed_at_stop", worker=worker.slot.index, pid=process.pid)
+                self.log.error("worker_killed_at_stop", worker=worker.index, pid=process.pid)
                 process.kill()
                 process.wait()
 
     def _close_sockets(self) -> None:
-        for sock in self._sockets:
+        for sock in self._placeholders:
             sock.close()

@@ -16,7 +16,7 @@ from service.config import MAX_WORKERS, ConfigError, load_config
 from service.cores import quota_cores, usable_cores
 from service.versioning import LOGICAL_BITS, HybridLogicalClock, worker_bits
 from service.worker_metrics import merge_families
-from service.workers import WorkerSlot, bind_port_group, connection_share
+from service.workers import WorkerSlot, bind_reuseport, connection_share, listen_on
 
 BASE_ENV = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=127.0.0.1:5000", "KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1"}
 
@@ -218,20 +218,46 @@ def test_merging_one_workers_metrics_changes_nothing() -> None:
     assert merge_families([alone]) == exposition(WORKER_0)
 
 
-def test_a_port_group_binds_every_socket_to_one_port_even_port_0() -> None:
-    group = bind_port_group("127.0.0.1", 0, 3)
+def accepted(sock: socket.socket) -> int:
+    """Connections waiting in ``sock``'s accept queue (taken off it)."""
+    sock.settimeout(0.2)
+    count = 0
+    for _ in range(1000):  # bounded: far more than any test here connects
+        try:
+            sock.accept()[0].close()
+        except OSError:  # the queue is empty (timeout)
+            return count
+        count += 1
+    return count
+
+
+def test_a_workers_socket_takes_connections_only_once_it_listens() -> None:
+    """What the supervisor relies on: the kernel spreads a port's connections over its listening
+    SO_REUSEPORT sockets only, so a worker that is starting, or dead, is given none."""
+    placeholder = bind_reuseport("127.0.0.1", 0)  # the supervisor's, never listening
+    port = placeholder.getsockname()[1]
+    serving, starting = bind_reuseport("127.0.0.1", port), bind_reuseport("127.0.0.1", port)
+    clients: list[socket.socket] = []
     try:
-        ports = {sock.getsockname()[1] for sock in group}
-        assert len(ports) == 1 and ports != {0}
-        assert all(sock.get_inheritable() for sock in group)  # a worker inherits its own
+        with pytest.raises(ConnectionRefusedError):  # nobody listens yet: refused, as by a stopped node
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        listen_on(serving)
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(20)]
+        assert accepted(serving) == 20  # the starting worker's socket is bound but got none
+        listen_on(starting)
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(40)]
+        assert accepted(serving) + accepted(starting) == 40
+        starting.close()  # its worker died: the rest go to the one still serving
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(10)]
+        assert accepted(serving) == 10
     finally:
-        for sock in group:
+        for sock in [*clients, placeholder, serving, starting]:
             sock.close()
 
 
-def test_a_port_group_on_a_port_in_use_fails_and_leaves_nothing_bound() -> None:
+def test_a_port_another_program_holds_cannot_be_bound() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may share it
         taken.listen(1)
         with pytest.raises(OSError):
-            bind_port_group("127.0.0.1", taken.getsockname()[1], 2)
+            bind_reuseport("127.0.0.1", taken.getsockname()[1])

@@ -58,7 +58,8 @@ ENV_SUPERVISOR = "KV_WORKER_SUPERVISOR"
 """Set by the supervisor for its workers; not settings (an operator never sets them)."""
 
 BACKLOG = 1024
-"""Each worker's accept queue per port: room for a burst of clients while a worker restarts."""
+"""Each worker's accept queue per port: room for a burst of new connections (gevent's servers ask for
+something similar; the kernel caps it at net.core.somaxconn)."""
 RESTART_DELAY = 0.5
 """Seconds before a worker that died is started again; doubled for each death within
 ``STABLE_AFTER`` of its start, up to ``MAX_RESTART_DELAY``, so a worker that cannot start does not

@@ -239,6 +239,7 @@ class Supervisor:
             port=ports[0],
             resp_port=ports[1],
             http_port=ports[2],
+            run_dir=self._run_dir,
         )
         watchers = [gevent.spawn(self._keep_running, worker) for worker in self._workers]
         self._stopping.wait()

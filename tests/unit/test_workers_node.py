@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -234,3 +235,4 @@ def test_workers_stop_when_the_supervisor_is_killed(node: WorkerNode) -> None:
     node.process.wait(timeout=10)
     # Each worker asked the kernel for SIGTERM when its parent dies: no orphan keeps the ports.
     wait_until(lambda: all(process_gone(pid) for pid in workers), 20, message="the orphaned workers to exit")
+    shutil.rmtree(node.events("supervisor_started")[0]["run_dir"], ignore_errors=True)  # its own cleanup never ran

@@ -109,6 +109,7 @@ def cluster(workdir: Path, secrets: Path | None, tls: bool) -> Iterator[Running]
         for (node, port), http_port in zip(ports.items(), http_ports, strict=True):
             env = {
                 **os.environ,
+                "KV_WORKERS": "1",  # one process per node: its CPU is read from /proc/<pid>
                 "PYTHONPATH": str(REPO),
                 "KV_NODE_ID": node,
                 "KV_PEERS": peers,

@@ -12,9 +12,11 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from service import logging as node_logging  # noqa: E402
+from service import membership_store  # noqa: E402
 from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
 from service.memory import tune_malloc  # noqa: E402
 from service.storage import StorageError  # noqa: E402
+from service.workers import STARTUP_FAILED_EXIT, Supervisor, WorkerSlot, die_with_supervisor  # noqa: E402
 
 USAGE = """usage: python -m service
 
@@ -36,6 +38,12 @@ def usage() -> str:
     )
 
 
+def report_config_error(exc: ConfigError) -> None:
+    print("kv-node: configuration error, nothing started:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage(), end="")
@@ -47,31 +55,45 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
-        print("kv-node: configuration error, nothing started:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        report_config_error(exc)
         print("Run `python -m service --help` for every setting.", file=sys.stderr)
         return 2
 
-    node_logging.configure(config.node_id, config.log_level)
+    try:
+        worker = WorkerSlot.from_environment(os.environ, config.workers)
+    except (KeyError, ValueError) as exc:
+        print(f"kv-node: malformed worker environment from the supervisor: {exc}", file=sys.stderr)
+        return 2
+    node_logging.configure(config.node_id, config.log_level, worker.index if worker is not None else None)
     log = node_logging.get_logger()
+    if worker is None and config.workers > 1:  # this process supervises; the workers are the node
+        try:
+            # Once, before any worker: workers starting together on an empty directory would each
+            # mint an identity for the node, and its peers would take the second for an impostor.
+            opened = membership_store.open_membership(config)
+        except ConfigError as exc:
+            report_config_error(exc)
+            return 2
+        if opened.formed:
+            log.info("membership_formed", cluster_id=opened.local.record.cluster_id, identity=opened.local.identity)
+        return Supervisor(config, log).run()
+    if worker is not None:
+        die_with_supervisor(worker.supervisor_pid)
     tune_malloc(config.max_frame_bytes)  # before the node allocates anything frame-sized
     from service.node import Node  # after logging is configured, so module loggers pick it up
 
     try:
-        node = Node(config)
+        node = Node(config, worker=worker)
         node.start()
-    except ConfigError as exc:  # a file the configuration names (users, secret, certificates) does not load
-        print("kv-node: configuration error, nothing started:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    except ConfigError as exc:  # a file the configuration names does not load, or the data directory disagrees
+        report_config_error(exc)
         return 2
     except StorageError as exc:
         log.error("startup_failed", error=str(exc), hint=f"check that {config.data_dir} exists and is writable")
-        return 1
+        return 1 if worker is None else STARTUP_FAILED_EXIT
     except OSError as exc:
         log.error("startup_failed", error=str(exc), hint="is another process using KV_PORT or KV_HTTP_PORT?")
-        return 1
+        return 1 if worker is None else STARTUP_FAILED_EXIT
 
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -17,9 +17,13 @@ from client import protocol
 from client.address import format_address, parse_address
 from client.protocol import NodeAddress
 from client.ring import DEFAULT_PARTITIONS
+from service.cores import available_cores
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_N = 255  # N, R and W travel as one byte (and R, W <= N)
+MAX_WORKERS = 64
+"""The most worker processes a node runs: each takes the low bits of its HLC stamps' logical
+counter (``versioning``), and 6 bits leave 1,024 stamps per millisecond per worker."""
 MB = 1024 * 1024
 DEFAULT_OUTPUT_LIMIT_BYTES = 16 * MB
 """A client connection's default hard limit: 16 requests for 1 MiB values in flight, or their replies
@@ -79,6 +83,7 @@ class Config:
     metrics_auth: bool = False  # /metrics asks for a user too
     cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
     seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
+    workers: int = 1  # processes serving this node (KV_WORKERS); 1: the node is this one process
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -177,6 +182,12 @@ SETTINGS = [
     Setting("KV_TLS_KEY", "", "this node's private key (PEM)"),
     Setting("KV_TLS_CA", "", "the CA (PEM) that signs the members' and clients' certificates"),
     Setting("KV_METRICS_AUTH", "false", "true: /metrics asks for a user too (HTTP Basic), as the dashboard does"),
+    Setting(
+        "KV_WORKERS",
+        "",
+        "processes serving the node's ports and sharing its store, 1 to 64; default: the cores the "
+        "container may use (CPU affinity and cgroup quota)",
+    ),
     Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
     Setting("KV_LOG_LEVEL", "info", "debug, info, warning or error"),
 ]
@@ -208,8 +219,9 @@ def parse_cluster(text: str) -> tuple[NodeAddress, ...]:
     return tuple(nodes)
 
 
-def load_config(environ: Mapping[str, str]) -> Config:
-    """The configuration in ``environ``, or ``ConfigError`` listing every problem found."""
+def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = available_cores) -> Config:
+    """The configuration in ``environ``, or ``ConfigError`` listing every problem found. ``cores``
+    gives ``KV_WORKERS``'s default (``service.cores.available_cores``)."""
     problems: list[str] = []
     invalid: set[str] = set()  # settings that did not parse; checks across settings skip them
 
@@ -322,6 +334,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if log_level not in {"debug", "info", "warning", "error"}:
         problems.append(f"KV_LOG_LEVEL={log_level!r}: must be debug, info, warning or error")
 
+    workers = integer("KV_WORKERS", 1, MAX_WORKERS) if raw("KV_WORKERS") else min(MAX_WORKERS, cores())
+
     config = Config(
         node_id=node_id,
         cluster=cluster,
@@ -356,6 +370,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         resp_port=resp_port,
         cluster_name=cluster_name,
         seeds=seeds,
+        workers=workers,
         **security,
     )
     if problems:

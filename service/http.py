@@ -12,6 +12,7 @@ HTTPS when the node's TLS is on (``KV_TLS_MODE``). The node protects the routes 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -74,18 +75,18 @@ class _WSGIServer(WSGIServer):  # type: ignore[misc]  # gevent has no type infor
 
 
 class HttpServer:
-    """The HTTP port: ``app`` served by pywsgi, over TLS as ``tls`` says (``None``: plaintext)."""
+    """The HTTP port: ``app`` served by pywsgi, over TLS as ``tls`` says (``None``: plaintext), on
+    ``listener``: a ``(host, port)`` to bind, or a bound socket (a worker's inherited one)."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        listener: tuple[str, int] | socket.socket,
         app: Callable[..., Iterable[bytes]],
         error_log: Any,
         tls: TlsAcceptor | None = None,
     ) -> None:
         # log=None: Prometheus scrapes every few seconds and access lines would drown the JSON log.
-        self._server = _WSGIServer((host, port), app, log=None, error_log=error_log)
+        self._server = _WSGIServer(listener, app, log=None, error_log=error_log)
         self._server.tls = tls
 
     @property

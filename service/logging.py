@@ -1,4 +1,5 @@
-"""Structured logging: JSON lines on stdout with timestamp, level, event and node on every line.
+"""Structured logging: JSON lines on stdout with timestamp, level, event and node on every line (and
+``worker``, the worker's index, in a node served by several processes).
 
 ``configure`` runs once at start-up. Context that belongs to a connection (``peer``, ``conn_id``) is
 bound with ``structlog.contextvars`` at the top of each handler; a greenlet starts with an empty
@@ -15,9 +16,11 @@ from typing import Any
 import structlog
 
 
-def configure(node_id: str, level: str = "info") -> None:
+def configure(node_id: str, level: str = "info", worker: int | None = None) -> None:
     def add_node(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         event.setdefault("node", node_id)
+        if worker is not None:
+            event.setdefault("worker", worker)
         return event
 
     structlog.configure(
@@ -31,7 +34,9 @@ def configure(node_id: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line: the workers of a node share stdout, and a line written in one write
+        # (under PIPE_BUF) is never interleaved with another process's.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
 

@@ -71,7 +71,9 @@ def open_membership(config: Config) -> Opened:
     except FileNotFoundError:
         text = None
     except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc}"]) from None
+        raise ConfigError(
+            [f"cannot read {path}: {exc}; check that KV_DATA_DIR is a directory this node can read and write"]
+        ) from None
     if text is None:
         identity = new_identity()
         nodes = [(node.node_id, node.host, node.port) for node in config.cluster]
@@ -168,7 +170,9 @@ def save(data_dir: str, local: LocalMembership) -> None:
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / FILE_NAME
-    temporary = directory / (FILE_NAME + ".tmp")
+    # One temporary file per process: a node's workers may save at once, and must not write into
+    # one file that the first to finish renames while the other is still writing it.
+    temporary = directory / f"{FILE_NAME}.{os.getpid()}.tmp"
     data = encode_local(local)
     with open(temporary, "wb") as file:
         file.write(data)

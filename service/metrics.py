@@ -121,14 +121,18 @@ class RequestStats(Collector):
     def window(self) -> RequestWindow:
         """Requests answered since the oldest snapshot (about ``WINDOW_SECONDS`` ago, less after a
         start) up to now, and their 99th-percentile latency."""
+        return window_of(*self.recent())
+
+    def recent(self) -> tuple[int, list[int], list[int]]:
+        """What ``window`` is made of: the window's length in ms, and the latency bucket counts in
+        it of every op and of client ops (what a node of several workers sums over them)."""
         started, *base = self._snapshots[0]
         window_ms = round((self._now() - started) * 1000)
-        figures: list[int] = []
-        for counts, before in zip(self._totals(), base, strict=True):
-            recent = [now - then for now, then in zip(counts, before, strict=True)]
-            p99 = histogram_quantile(0.99, recent)
-            figures += [sum(recent), 0 if math.isnan(p99) else round(p99 * 1_000_000)]
-        return RequestWindow(window_ms, *figures)
+        every, client = (
+            [now - then for now, then in zip(counts, before, strict=True)]
+            for counts, before in zip(self._totals(), base, strict=True)
+        )
+        return window_ms, every, client
 
     def _totals(self) -> tuple[list[int], list[int]]:
         """The bucket counts summed over every op, and over client ops."""
@@ -148,6 +152,16 @@ class RequestStats(Collector):
                 cumulative.append((bound, running))
             durations.add_metric([op], cumulative, self._sums[op])
         yield durations
+
+
+def window_of(window_ms: int, every: Sequence[int], client: Sequence[int]) -> RequestWindow:
+    """The request window of ``window_ms`` whose latency bucket counts are ``every`` (every op) and
+    ``client`` (client ops): their totals and 99th percentiles, in microseconds (0 when empty)."""
+    figures: list[int] = []
+    for recent in (every, client):
+        p99 = histogram_quantile(0.99, recent)
+        figures += [sum(recent), 0 if math.isnan(p99) else round(p99 * 1_000_000)]
+    return RequestWindow(window_ms, *figures)
 
 
 def _sum_buckets(histograms: Iterable[list[int]]) -> list[int]:

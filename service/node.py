@@ -5,6 +5,11 @@ the highest stored timestamp, builds the ring and the replicas (this store, and 
 member), and runs the protocol server, the HTTP server (metrics, health and the dashboard), the
 heartbeat monitor, hinted handoff and anti-entropy. What those components report goes to
 ``events.NodeEvents``, which owns the metrics and log lines about it.
+
+As one worker of several (``worker``, ``service.workers``), it serves the sockets the supervisor
+bound, shares the store with the other workers, stamps versions in its own residue of the clock's
+counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff and anti-entropy only as
+worker 0, and answers ``/metrics`` for the whole node (``worker_metrics``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from service.storage import Storage
 from service.store_flags import StoreFlags
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
+from service.worker_metrics import WorkerMetrics
+from service.workers import WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -68,7 +75,8 @@ class Node:
     without it the node binds ``KV_HOST:KV_PORT``. ``resp_listener``, likewise, for the Redis
     protocol, which otherwise listens on ``KV_HOST:KV_RESP_PORT`` unless that is 0. ``clock``: the
     node's sense of time (tests skew it); by default the system's. What the parts report goes to
-    ``events``.
+    ``events``. ``worker``: this process is that worker of a node served by several
+    (``service.workers``); its slot's inherited sockets are the listeners. ``None``: the whole node.
     """
 
     def __init__(
@@ -78,8 +86,19 @@ class Node:
         listener: socket.socket | None = None,
         resp_listener: socket.socket | None = None,
         clock: NodeClock | None = None,
+        worker: WorkerSlot | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker
+        self.owns_shared_tasks = worker is None or worker.owner
+        """Whether this process runs hinted handoff and anti-entropy: one process of the node must."""
+        http_listener = None
+        self._inherited: list[socket.socket] = []  # a worker's sockets: it listens once it serves
+        if worker is not None:
+            listener, resp_listener = worker.listener(worker.port_fd), worker.listener(worker.resp_fd)
+            http_listener = worker.listener(worker.http_fd)
+            self._inherited = [sock for sock in (listener, resp_listener, http_listener) if sock is not None]
+        shared = worker is not None and worker.count > 1
         self.log = get_logger()
         self.metrics = Metrics()
         self.events = NodeEvents(self.metrics, self.log, hint_window_s=config.hint_window)
@@ -104,7 +123,9 @@ class Node:
             for member in record.members
             if member.node_id != config.node_id
         ]
-        self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
+        self.storage = Storage(
+            config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always, shared=shared
+        )
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
             self.log.info("partition_digests_rebuilt", records=records, seconds=round(seconds, 3))
@@ -113,7 +134,11 @@ class Node:
         # it was written), so its own next writes are ordered after them even if the wall clock was
         # stepped back while it was down; the heartbeats then show the offset to its peers.
         self.clock = HybridLogicalClock(
-            self.node_clock.wall_ms, last=self.storage.max_timestamp, max_offset_ms=config.max_clock_offset_ms
+            self.node_clock.wall_ms,
+            last=self.storage.max_timestamp,
+            max_offset_ms=config.max_clock_offset_ms,
+            worker=worker.index if worker is not None else 0,
+            workers=worker.count if worker is not None else 1,
         )
         ahead_ms = physical_ms(self.storage.max_timestamp) - self.node_clock.wall_ms()
         if ahead_ms > config.max_clock_offset_ms:
@@ -154,7 +179,7 @@ class Node:
         )
         self.events.track(self.store, self.peers)
         # Hints held for a peer that came back can go now, not at the next pass.
-        self.events.on_peer_up = lambda peer: self.tasks["hinted_handoff"].wake()
+        self.events.on_peer_up = lambda peer: self._wake_handoff()
 
         placement = Placement(
             self.ring, config.n, self._unavailable, self.store_flags.is_full, self.store_flags.is_behind
@@ -191,12 +216,19 @@ class Node:
             ),
             events=self.events,
         )
+        self.worker_metrics = (
+            WorkerMetrics(
+                worker, self.metrics.registry, self.log, self.metrics.request_stats.recent, self.anti_entropy.progress
+            )
+            if shared and worker is not None
+            else None
+        )
         self.reports = NodeReports(
             config.node_id,
             self.store,
             self.detector,
-            self.metrics.request_stats,
-            self.anti_entropy,
+            self.worker_metrics or self.metrics.request_stats,
+            self.worker_metrics or self.anti_entropy,
             clock_offsets=self.clock_offsets,
             store_flags=self.store_flags.flags,
         )
@@ -209,7 +241,7 @@ class Node:
                 self.security.tls, self.security.mode, config.handshake_timeout, self.events.tls_failed
             )
         server_settings = ServerSettings(
-            config.max_connections,
+            connection_share(config.max_connections, worker.count) if worker is not None else config.max_connections,
             config.max_frame_bytes,
             config.log_commands,
             ConnectionLimits(
@@ -240,10 +272,11 @@ class Node:
                 server_settings,
             )
         self.cluster_view = ClusterView(config, self.reports, self.peers, placement)
+        self.exported = self.worker_metrics.registry if self.worker_metrics else self.metrics.registry
+        """What ``/metrics`` serves: this process's registry, or every worker's gathered."""
         self.http = HttpServer(
-            config.host,
-            config.http_port,
-            make_app(self.metrics.registry, self.health_problem, self.readiness_problem, self._http_routes()),
+            http_listener if http_listener is not None else (config.host, config.http_port),
+            make_app(self.exported, self.health_problem, self.readiness_problem, self._http_routes()),
             LogWriter(self.log),
             tls_acceptor,
         )
@@ -289,6 +322,10 @@ class Node:
         return None
 
     def start(self) -> None:
+        if self.worker_metrics is not None:
+            self.worker_metrics.serve()
+        for sock in self._inherited:  # from now on the kernel hands this worker its share of connections
+            listen_on(sock)
         self.server.start()
         if self.resp_server is not None:
             self.resp_server.start()
@@ -301,6 +338,7 @@ class Node:
             port=self.port,
             resp_port=self.resp_port,
             http_port=self.http_port,
+            worker=self.worker.index if self.worker is not None else None,
             data_dir=self.config.data_dir,
             live_keys=self.store.live_keys,
             hints_pending=self.store.pending_hints(),
@@ -330,6 +368,8 @@ class Node:
         for peer in self.peers.values():
             peer.close()
         self.http.stop()
+        if self.worker_metrics is not None:
+            self.worker_metrics.stop()
         self.store.close()
         self.log.info("node_stopped")
 
@@ -343,7 +383,7 @@ class Node:
         basic = BasicAuth(authenticator)
         protected = {path: basic.protect(app) for path, app in routes.items()}
         if self.config.metrics_auth:
-            protected["/metrics"] = basic.protect(make_wsgi_app(self.metrics.registry))
+            protected["/metrics"] = basic.protect(make_wsgi_app(self.exported))
         return protected
 
     def reload(self) -> None:
@@ -356,6 +396,8 @@ class Node:
     def _background_tasks(self) -> dict[str, Periodic]:
         """The node's repeating work; ``start`` and ``stop`` run and end them all."""
         config = self.config
+        # Every worker beats its own heartbeats: the verdicts and clock offsets are needed on each
+        # one's request path (ARCHITECTURE.md, "Workers"). Hint delivery has one owner.
         tasks = [
             Periodic("heartbeat", self.monitor.beat, HEARTBEAT_INTERVAL, on_error=self.events.task_failed),
             Periodic("hinted_handoff", self.handoff.run_pass, HANDOFF_INTERVAL, on_error=self.events.task_failed),
@@ -372,7 +414,9 @@ class Node:
             tasks.append(
                 Periodic("release_memory", self._release_memory, RELEASE_INTERVAL, on_error=self.events.task_failed)
             )
-        if config.anti_entropy_interval > 0:
+        if not self.owns_shared_tasks:
+            tasks = [task for task in tasks if task.name != "hinted_handoff"]
+        if config.anti_entropy_interval > 0 and self.owns_shared_tasks:
             tasks.append(
                 Periodic(
                     "anti_entropy",
@@ -430,4 +474,10 @@ class Node:
     def _peer_store_changed(self, node_id: str, old: int, new: int) -> None:
         self.events.peer_store_changed(node_id, old, new)
         if old & PING_FLAG_STORAGE_FULL and not new & PING_FLAG_STORAGE_FULL:
-            self.tasks["hinted_handoff"].wake()  # it has room again: deliver its hints now
+            self._wake_handoff()  # it has room again: deliver its hints now
+
+    def _wake_handoff(self) -> None:
+        """Deliver hints now rather than at the next pass, in the process that delivers them."""
+        task = self.tasks.get("hinted_handoff")
+        if task is not None:
+            task.wake()

@@ -16,12 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from client.protocol import MemberView, PeerClockOffset, PeerState, StatsReply
-from service.anti_entropy import AntiEntropy
+from client.protocol import MemberView, PeerClockOffset, PeerState, RepairProgress, RequestWindow, StatsReply
 from service.failure_detector import FailureDetector
 from service.local_store import LocalStore
-from service.metrics import RequestStats
 
 HINT_SCAN_INTERVAL = 5.0
 """Seconds a count of hints per owner serves once there are ``FEW_HINTS`` or more."""
@@ -32,6 +31,18 @@ FEW_HINTS = 10_000
 def no_clock_offsets() -> Mapping[str, float]:
     """No peer's clock offset measured: the default ``clock_offsets`` source."""
     return {}
+
+
+class WindowSource(Protocol):
+    """The recent request window: ``metrics.RequestStats``, or every worker's gathered."""
+
+    def window(self) -> RequestWindow: ...
+
+
+class RepairSource(Protocol):
+    """Anti-entropy's progress: ``anti_entropy.AntiEntropy``, or worker 0's gathered."""
+
+    def progress(self) -> RepairProgress: ...
 
 
 @dataclass
@@ -46,8 +57,8 @@ class NodeReports:
     node_id: str
     store: LocalStore
     detector: FailureDetector
-    requests: RequestStats
-    anti_entropy: AntiEntropy
+    requests: WindowSource
+    anti_entropy: RepairSource
     clock_offsets: Callable[[], Mapping[str, float]] = no_clock_offsets
     store_flags: Callable[[str], int] = lambda node_id: 0
     """Each node's store flags as last heard (``StoreFlags.flags``; this node's own for its id)."""

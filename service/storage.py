@@ -31,6 +31,28 @@ both are one condition. A failed commit leaves the environment usable, unless LM
 write its meta page (a failing or copy-on-write disk): every transaction then raises MDB_PANIC until
 the environment is reopened, which ``reopen`` does without losing anything committed.
 
+Shared by several processes (``shared=True``, a node with ``KV_WORKERS`` above 1). LMDB itself is
+multi-process safe: one writer at a time through the lock file's (robust) mutex, readers in the
+reader table. What this class keeps in memory is not, so a shared store keeps nothing there:
+
+* the live key count and the highest timestamp are read from ``meta`` inside each write
+  transaction, under the writer lock, so a batch counts on top of every other process's commits,
+  and the properties read them from ``meta`` too;
+* the digests are kept in ``digests`` and updated in every commit, inside the same transaction as
+  the records they cover, so they are exactly as durable as the records (a worker killed mid-commit
+  leaves both or neither), and every process's anti-entropy reads the one set; the meta flag stays
+  "saved" while the store is shared. This costs the extra pages a commit dirties that the
+  single-process store saves, and is why one worker keeps them in memory;
+* a commit fsyncs its data pages under the writer lock and its meta page after it (``_sync_shared``),
+  so another process can commit during the second fsync;
+* each write's read-compare-write (``_Batch``) already runs inside one write transaction, so a
+  version another process committed between this process's read of a key and its write is the
+  one compared against, never overwritten by an older one.
+
+Opening a shared store clears reader slots left by dead processes (``reader_check``: a SIGKILLed
+worker's slot would pin old pages and grow the file), and brings ``digests`` up to date under the
+writer lock if the last process to write them did not finish (a crash of a single-process node).
+
 This class is synchronous and knows nothing of gevent or of the wire format: ``group_commit`` decides
 when ``apply`` runs, and ``local_store``, the only caller that writes, cuts ``partition_entries``
 into listing pages.
@@ -251,21 +273,36 @@ def _owner_prefix(owner: str) -> bytes:
 class Storage:
     """One node's records. Reads are direct; ``apply`` writes a batch in one durable transaction."""
 
-    def __init__(self, path: str, map_size: int, partitions: int = DEFAULT_PARTITIONS, *, sync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        map_size: int,
+        partitions: int = DEFAULT_PARTITIONS,
+        *,
+        sync: bool = True,
+        shared: bool = False,
+    ) -> None:
         self.path = path
         self.partitions = partitions
         self.syncs_on_commit = sync
+        self.shared = shared
+        """Other processes write this store too (see the module docstring)."""
         self._map_size = map_size
         self.panicked = False
         """LMDB reported a fatal error (MDB_PANIC): nothing works until ``reopen``."""
         self._open_env()
+        self.digests_rebuilt: tuple[int, float] | None = None
+        """``(records scanned, seconds)`` when opening had to rebuild the digests, else ``None``."""
+        self._digests_flag_pending = False  # the next commit must also mark the saved digests stale
+        if shared:
+            self._live_keys = self._max_timestamp = 0  # read from meta each time instead
+            self._digests = {}
+            self._share_digests()
+            return
         with self._env.begin(db=self._meta) as txn:
             self._live_keys = _read_u64(txn.get(_META_LIVE_KEYS))
             self._max_timestamp = _read_u64(txn.get(_META_MAX_TIMESTAMP))
             saved = txn.get(_META_DIGESTS_SAVED) == b"\x01"
-        self.digests_rebuilt: tuple[int, float] | None = None
-        """``(records scanned, seconds)`` when opening had to rebuild the digests, else ``None``."""
-        self._digests_flag_pending = False  # the next commit must also mark the saved digests stale
         if saved:
             self._digests = self._load_digests()
             self._mark_saved_digests_stale()
@@ -284,15 +321,44 @@ class Storage:
                 # sync: a commit returns only after fsync, which is what an ack promises. Without it a
                 # commit is in the OS page cache (safe from a process crash) and flush() syncs it.
                 sync=self.syncs_on_commit,
-                metasync=self.syncs_on_commit,
+                # A shared store fsyncs the meta page after the commit, outside LMDB's writer lock
+                # (``_sync_shared``): the lock is then held for one fsync, not two, and two processes
+                # committing at once got 1.3-3 times the commits per second on the development machine
+                # (bench/lmdb_shared_commits.py). The data pages are still
+                # fsynced before the meta page is written, so a crash leaves the old or the new
+                # commit, never a meta page pointing at pages not on disk (LMDB's MDB_NOMETASYNC).
+                metasync=self.syncs_on_commit and not self.shared,
                 readahead=False,  # random point reads; readahead would only evict useful pages
             )
             self._data = self._env.open_db(b"data")
             self._hints = self._env.open_db(b"hints")
             self._saved_digests = self._env.open_db(b"digests")
             self._meta = self._env.open_db(b"meta")
+            if self.shared:
+                self._env.reader_check()  # free the reader slots of processes that died
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open the data directory {self.path!r}: {exc}") from exc
+
+    def _share_digests(self) -> None:
+        """A shared store's ``digests`` database must be current: if the flag says it is not (the
+        last single-process run did not close cleanly), rebuild it from ``data``, under the writer
+        lock so no other process commits meanwhile, and mark it saved."""
+        try:
+            with self._env.begin(write=True, db=self._meta) as txn:
+                if txn.get(_META_DIGESTS_SAVED) == b"\x01":
+                    return
+                started = time.monotonic()
+                digests, records = self._rebuild_digests(txn)
+                txn.drop(self._saved_digests, delete=False)
+                for partition, digest in digests.items():
+                    if digest:
+                        txn.put(_U16.pack(partition), digest.to_bytes(DIGEST_SIZE, "big"), db=self._saved_digests)
+                txn.put(_META_DIGESTS_SAVED, b"\x01")
+                self.digests_rebuilt = (records, time.monotonic() - started)
+            self._env.sync(True)
+        except lmdb.Error as exc:
+            self._env.close()
+            raise StorageError(f"cannot write to the data directory {self.path!r}: {exc}") from exc
 
     def _mark_saved_digests_stale(self) -> None:
         """From here until close() saves them again, the saved digests fall behind; a crash in
@@ -314,12 +380,25 @@ class Storage:
     @property
     def live_keys(self) -> int:
         """Keys whose newest record is a value, not a tombstone."""
+        if self.shared:
+            return self._meta_counters()[0]
         return self._live_keys
 
     @property
     def max_timestamp(self) -> int:
         """The highest version timestamp ever stored; the clock resumes above it after a restart."""
+        if self.shared:
+            return self._meta_counters()[1]
         return self._max_timestamp
+
+    def _meta_counters(self, txn: lmdb.Transaction | None = None) -> tuple[int, int]:
+        """``(live keys, highest timestamp)`` as ``meta`` holds them, read in ``txn`` or a read
+        transaction of its own."""
+        if txn is None:
+            with self._reading(self._meta) as reader:
+                return self._meta_counters(reader)
+        meta = self._meta
+        return _read_u64(txn.get(_META_LIVE_KEYS, db=meta)), _read_u64(txn.get(_META_MAX_TIMESTAMP, db=meta))
 
     def get(self, key: bytes) -> Record | None:
         try:
@@ -351,12 +430,19 @@ class Storage:
         folded = False
         try:
             with self._env.begin(write=True, db=self._data) as txn:
+                if self.shared:  # counted on top of what every process committed, under the write lock
+                    batch.live_keys, batch.max_timestamp = self._meta_counters(txn)
                 results = [batch.run(txn, operation) for operation in operations]
                 batch.finish(txn)
-                # Folded in while this transaction holds LMDB's write lock, which _save_digests
-                # needs too: a save sees every committed batch's changes or none of a batch's.
-                self._fold_digests(batch.digest_changes)
-                folded = True
+                if self.shared:  # the digests commit with the records, in this transaction
+                    self._write_digest_changes(txn, batch.digest_changes)
+                else:
+                    # Folded in while this transaction holds LMDB's write lock, which _save_digests
+                    # needs too: a save sees every committed batch's changes or none of a batch's.
+                    self._fold_digests(batch.digest_changes)
+                    folded = True
+            if self.shared:
+                return self._sync_shared(results)
         except lmdb.Error as exc:
             if folded:  # the commit itself failed: XOR the changes out again
                 self._fold_digests(batch.digest_changes)
@@ -370,6 +456,28 @@ class Storage:
         self._max_timestamp = batch.max_timestamp
         self._digests_flag_pending = False
         return results
+
+    def _sync_shared(self, results: list[bool]) -> list[bool]:
+        """Return ``results`` once the commit is durable: a shared store's commit fsyncs its data
+        pages under the writer lock but not its meta page (``_open_env``), so that fsync happens
+        here, after the lock is released, while another process may commit."""
+        if self.syncs_on_commit:
+            self._env.sync(True)
+        return results
+
+    def _write_digest_changes(self, txn: lmdb.Transaction, changes: dict[int, int]) -> None:
+        """Fold ``changes`` (partition -> XOR) into the ``digests`` database, within ``txn``."""
+        db = self._saved_digests
+        for partition, change in changes.items():
+            if not change:
+                continue
+            pkey = _U16.pack(partition)
+            raw = txn.get(pkey, db=db)
+            digest = (int.from_bytes(raw, "big") if raw is not None else 0) ^ change
+            if digest:
+                txn.put(pkey, digest.to_bytes(DIGEST_SIZE, "big"), db=db)
+            else:
+                txn.delete(pkey, db=db)
 
     def _full_cause(self, exc: lmdb.Error, needed_bytes: int) -> str | None:
         """Why ``exc``, a failed write, means the store is full, in a phrase; ``None`` if it is another
@@ -406,6 +514,9 @@ class Storage:
         with contextlib.suppress(lmdb.Error):
             self._env.close()
         self._open_env()
+        if self.shared:  # nothing in memory to check: the counters and digests live in the store
+            self.panicked = False
+            return
         with self._env.begin(db=self._meta) as txn:
             counters = (_read_u64(txn.get(_META_LIVE_KEYS)), _read_u64(txn.get(_META_MAX_TIMESTAMP)))
         if counters != (self._live_keys, self._max_timestamp):
@@ -446,21 +557,27 @@ class Storage:
     # --- anti-entropy -----------------------------------------------------------------------------
 
     def digests(self, partitions: Sequence[int]) -> list[bytes]:
+        if self.shared:
+            with self._reading(self._saved_digests) as txn:
+                return [txn.get(_U16.pack(partition)) or EMPTY_DIGEST for partition in partitions]
         return [self._digests.get(partition, 0).to_bytes(DIGEST_SIZE, "big") for partition in partitions]
 
     def _load_digests(self) -> dict[int, int]:
         with self._reading(self._saved_digests) as txn:
             return {_U16.unpack(pkey)[0]: int.from_bytes(raw, "big") for pkey, raw in txn.cursor()}
 
-    def _rebuild_digests(self) -> tuple[dict[int, int], int]:
-        """Every partition's digest from the records themselves, and how many records were read."""
+    def _rebuild_digests(self, within: lmdb.Transaction | None = None) -> tuple[dict[int, int], int]:
+        """Every partition's digest from the records themselves, and how many records were read;
+        read in ``within`` if given, else in a read transaction of its own."""
+        if within is None:
+            with self._env.begin(db=self._data, buffers=True) as txn:
+                return self._rebuild_digests(txn)
         digests: dict[int, int] = {}
         records = 0
-        with self._env.begin(db=self._data, buffers=True) as txn:
-            for skey, raw in txn.cursor():
-                partition = partition_of(skey, self.partitions)
-                digests[partition] = digests.get(partition, 0) ^ record_hash(skey, *stored_version(raw))
-                records += 1
+        for skey, raw in within.cursor(db=self._data):
+            partition = partition_of(skey, self.partitions)
+            digests[partition] = digests.get(partition, 0) ^ record_hash(skey, *stored_version(raw))
+            records += 1
         return digests, records
 
     def _save_digests(self) -> None:
@@ -547,9 +664,11 @@ class Storage:
 
     def close(self) -> None:
         # If the digests cannot be saved (a full disk), the flag still says so: the next open
-        # rebuilds them. Whatever happened, the environment must still be closed.
+        # rebuilds them. Whatever happened, the environment must still be closed. A shared store's
+        # digests are saved with every commit.
         with contextlib.suppress(Exception):
-            self._save_digests()
+            if not self.shared:
+                self._save_digests()
             if not self.syncs_on_commit:
                 self._env.sync(True)
         self._env.close()
@@ -560,8 +679,8 @@ class _Batch:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.live_keys = storage.live_keys
-        self.max_timestamp = storage.max_timestamp
+        self.live_keys = storage._live_keys  # a shared store's come from meta once the write lock is held
+        self.max_timestamp = storage._max_timestamp
         self.digest_changes: dict[int, int] = {}
         self.bytes_written = 0  # the records' bytes, what the disk needed room for at least
 
@@ -649,7 +768,7 @@ class _Batch:
             txn.put(_META_DIGESTS_SAVED, b"\x00", db=storage._meta)
 
 
-def _read_u64(raw: bytes | None) -> int:
+def _read_u64(raw: Buffer | None) -> int:
     return 0 if raw is None else _U64.unpack(raw)[0]
 
 

@@ -14,7 +14,16 @@ in the future (a client's ``after`` of 2^64-1, a peer whose clock jumped a day a
 every node's clock there for good, and every later write would lose to the versions stamped before
 it. So a clock may be given a maximum offset (``KV_MAX_CLOCK_OFFSET_MS``, CockroachDB's
 ``--max-offset``): a timestamp further ahead of this node's own clock than that is refused with
-``ClockSkew`` instead of observed. ``NodeClock`` is the node's own clock: a wall clock that never
+``ClockSkew`` instead of observed.
+
+Workers. A node served by several processes (``KV_WORKERS``) stamps versions in each of them, all
+with the node's id, so two workers must never issue the same timestamp: two different writes with one
+version would look identical to every replica, and replicas could keep different values for good.
+Each worker therefore owns a residue of the logical counter: with ``workers`` processes the low
+``worker_bits(workers)`` bits of every timestamp a worker issues are its index. Timestamps stay
+64-bit HLC values (the wire encoding does not change) and still order by time first; a worker
+gets ``2**(16 - bits)`` stamps per millisecond instead of 65,536. One worker uses no bits: exactly the
+single-process clock. ``NodeClock`` is the node's own clock: a wall clock that never
 steps back while the process runs, and a steady clock for ages (hints, tombstones) that ignores
 the wall clock's jumps either way.
 """
@@ -69,6 +78,11 @@ class NodeClock:
         return max(self._wall(), self.steady_ms())
 
 
+def worker_bits(workers: int) -> int:
+    """Low bits of the logical counter that name the worker: enough for ``workers`` indexes (0 for one)."""
+    return (workers - 1).bit_length()
+
+
 def physical_ms(timestamp: int) -> int:
     """The wall-clock milliseconds part of an HLC timestamp."""
     return timestamp >> LOGICAL_BITS
@@ -80,15 +94,27 @@ class HybridLogicalClock:
     ``now_ms`` is the physical clock (Unix ms); ``last`` the timestamp to resume above (the highest
     stored, after a restart). With ``max_offset_ms``, ``observe`` refuses a timestamp whose
     milliseconds are more than that far ahead of ``now_ms()`` (``ClockSkew``); without it (``None``)
-    every timestamp is observed.
+    every timestamp is observed. ``worker`` of ``workers``: every timestamp ``now`` issues has
+    ``worker`` in its low ``worker_bits(workers)`` bits, so the workers of one node never issue the
+    same one (``ValueError`` unless ``0 <= worker < workers``).
     """
 
     def __init__(
-        self, now_ms: Callable[[], int] = wall_clock_ms, last: int = 0, *, max_offset_ms: int | None = None
+        self,
+        now_ms: Callable[[], int] = wall_clock_ms,
+        last: int = 0,
+        *,
+        max_offset_ms: int | None = None,
+        worker: int = 0,
+        workers: int = 1,
     ) -> None:
+        if not 0 <= worker < workers or worker_bits(workers) >= LOGICAL_BITS:
+            raise ValueError(f"worker {worker} of {workers}: need 0 <= worker < workers < 2**{LOGICAL_BITS}")
         self._now_ms = now_ms
         self._last = last
         self.max_offset_ms = max_offset_ms
+        self._worker = worker
+        self._worker_mask = (1 << worker_bits(workers)) - 1
 
     @property
     def last(self) -> int:
@@ -116,7 +142,12 @@ class HybridLogicalClock:
         # counter overflows it carries into the millisecond part, which is still monotonic. At the
         # very top of the 64-bit range (only a peer's bogus timestamp can get us there) it saturates
         # rather than produce a version that cannot be encoded.
-        self._last = physical if physical > self._last else min(self._last + 1, MAX_TIMESTAMP)
+        candidate = physical if physical > self._last else self._last + 1
+        mask = self._worker_mask
+        if mask:  # the first value from here on whose low bits are this worker's index
+            stamped = (candidate & ~mask) | self._worker
+            candidate = stamped if stamped >= candidate else stamped + mask + 1
+        self._last = min(candidate, MAX_TIMESTAMP)
         return self._last
 
     def observe(self, timestamp: int) -> None:
@@ -158,4 +189,5 @@ __all__ = [
     "physical_ms",
     "supersedes",
     "wall_clock_ms",
+    "worker_bits",
 ]

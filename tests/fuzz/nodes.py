@@ -127,6 +127,7 @@ def node_environ(node: NodeProcess, nodes: list[NodeProcess], settings: dict[str
     """The environment of ``node``'s process: the caller's, the fuzz's settings, and its place."""
     return {
         **os.environ,
+        "KV_WORKERS": "1",  # one process per node: the RSS and exit checks watch that process
         **settings,
         "KV_NODE_ID": node.node_id,
         "KV_PEERS": ",".join(f"{other.node_id}={other.address}" for other in nodes),

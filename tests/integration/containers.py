@@ -175,7 +175,9 @@ class Cluster:
         self.name = name
         # Extra environment for every node, e.g. KV_ANTI_ENTROPY_INTERVAL_S. The nodes listen on every
         # address of their containers: without users that needs KV_INSECURE, said here explicitly.
-        self.env = {"KV_INSECURE": "true", **(env or {})}
+        # One worker process per node unless a test asks for more: these tests pin what one process
+        # does (its memory, its exact connection limit, its log lines); test_multi_worker_nodes.py runs several.
+        self.env = {"KV_INSECURE": "true", "KV_WORKERS": "1", **(env or {})}
         self.data_tmpfs = dict(data_tmpfs or {})
         self.labels = {RUN_LABEL: RUN_ID, "kvtest.cluster": name}
         self.network = Network()

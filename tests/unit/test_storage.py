@@ -51,20 +51,28 @@ def path(tmp_path: Path) -> str:
     return str(tmp_path / "store")
 
 
+@pytest.fixture(params=[False, True], ids=["one-process", "shared"])
+def shared(request: pytest.FixtureRequest) -> bool:
+    """Every test of a ``storage`` or ``open_store`` runs on a store of one process and on one
+    shared by worker processes (counters and digests kept in LMDB, not in memory)."""
+    flag: bool = request.param
+    return flag
+
+
 @pytest.fixture
-def storage(path: str) -> Iterator[Storage]:
-    store = Storage(path, MAP_SIZE)
+def storage(path: str, shared: bool) -> Iterator[Storage]:
+    store = Storage(path, MAP_SIZE, shared=shared)
     yield store
     store.close()
 
 
 @pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[Callable[..., Storage]]:
+def open_store(tmp_path: Path, shared: bool) -> Iterator[Callable[..., Storage]]:
     """Opens further stores (``open_store("name", partitions=8)``), all closed at teardown."""
     opened: list[Storage] = []
 
     def open_named(name: str, partitions: int = PARTITIONS) -> Storage:
-        store = Storage(str(tmp_path / name), MAP_SIZE, partitions)
+        store = Storage(str(tmp_path / name), MAP_SIZE, partitions, shared=shared)
         opened.append(store)
         return store
 

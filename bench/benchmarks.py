@@ -153,8 +153,9 @@ def redis(workdir: Path, name: str, extra: list[str]) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> Iterator[Server]:
-    """``size`` nodes as local processes (``python -m service`` from this checkout), on free ports."""
+def cluster(workdir: Path, name: str, size: int, settings: dict[str, str], repo: Path = REPO) -> Iterator[Server]:
+    """``size`` nodes as local processes (``python -m service`` from ``repo``, this checkout by
+    default), on free ports."""
     prefix = name.replace(" ", "-")
     ports = [free_port() for _ in range(size)]
     ids = [f"{prefix}-{index + 1}" for index in range(size)]
@@ -167,7 +168,7 @@ def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> It
             http_ports.append(http_port)
             env = {
                 **os.environ,
-                "PYTHONPATH": str(REPO),
+                "PYTHONPATH": str(repo),
                 "KV_NODE_ID": node_id,
                 "KV_PEERS": peers,
                 "KV_HOST": "127.0.0.1",
@@ -179,7 +180,7 @@ def cluster(workdir: Path, name: str, size: int, settings: dict[str, str]) -> It
             }
             log = open(workdir / f"{node_id}.log", "w")  # noqa: SIM115 - closed with the process
             process = subprocess.Popen(
-                [PYTHON, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True
+                [PYTHON, "-m", "service"], cwd=repo, env=env, stdout=log, stderr=log, start_new_session=True
             )
             processes.append((process, log))
         for http_port in http_ports:

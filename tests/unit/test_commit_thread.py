@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -70,19 +69,14 @@ def test_an_idle_thread_does_not_keep_the_loop_alive() -> None:
     thread.close()
 
 
-def native_threads() -> int:
-    """This process's OS threads (``threading`` does not count one started by ``_thread``)."""
-    return len(os.listdir("/proc/self/task"))
-
-
 def test_closing_ends_the_thread_after_the_jobs_handed_in() -> None:
-    before = native_threads()
     thread = CommitThread()
+    task = Path("/proc/self/task") / str(thread(threading.get_native_id, ()).get(timeout=10))
+    assert task.exists()  # the commit thread, by its OS thread id
     last = thread(lambda: "done", ())
-    assert native_threads() == before + 1
     thread.close()
     assert last.get(timeout=10) == "done"
-    wait_until(lambda: native_threads() == before, timeout=10, message="the commit thread ended")
+    wait_until(lambda: not task.exists(), timeout=10, message="the commit thread ended")
 
 
 def test_group_commit_through_the_thread_is_durable_and_batched(tmp_path: Path) -> None:

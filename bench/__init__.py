@@ -1,5 +1,5 @@
 """``kv bench``: a closed-loop load generator for the cluster and, with the same code, for Redis;
-and the published comparison built on it.
+and the benchmark scripts.
 
 This package sits beside ``client`` and ``service`` and uses the client library's public API and
 its transport only; the library never imports it (``kv bench`` reaches it through an import made
@@ -19,8 +19,11 @@ cores apart from the I/O (this file imports none of them, so importing one modul
   status line while they run.
 * ``plot``: the report's latencies and throughput as a PNG (matplotlib).
 * ``cli``: the options, the run from the first target to the exit status, and where output goes.
-* ``benchmarks`` and ``protocol_floor``: the published comparison with Redis
-  (``python3 -m bench.benchmarks``) and its yardstick server.
+* ``benchmarks``: the published comparison with Redis (``python3 -m bench.benchmarks``), driven
+  by the compiled generator in ``loadgen`` (Rust), not by ``kv bench``, whose own CPU per request
+  caps what it can measure; ``ab``: a same-run A/B of two versions of the node.
+* ``security_cost``: the cost of TLS and authentication, through ``kv bench``.
+* ``protocol_floor``: a yardstick server, our protocol from a dict in memory.
 
 Every loop is bounded by count and time, and traffic goes only to the addresses given (for the
 cluster: to its members, reached through the seed addresses where those name them).

@@ -95,9 +95,16 @@ def receive_with_age(sock: socket.socket) -> tuple[bytes, float]:
     if hasattr(sock, "pending"):  # TLS: recvmsg is not available through the TLS layer
         return receive(sock), 0.0
     gevent_socket: Any = sock  # gevent's socket: its read watcher is not in socket's type
-    if gevent_socket._read_event is not None:  # None once closed: recvmsg raises EBADF, as callers expect
-        gevent_socket._wait(gevent_socket._read_event)
-    data, ancillary, _flags, _address = sock.recvmsg(RECV_BYTES, _TIMESTAMP_BYTES)
+    while True:  # until a read that does not find the buffer empty (a wake-up may be spurious)
+        if gevent_socket._read_event is not None:  # None once closed: recvmsg raises EBADF, as callers expect
+            gevent_socket._wait(gevent_socket._read_event)
+        try:
+            # Straight on the kernel socket (non-blocking under gevent): gevent's recvmsg adds only
+            # Python layers around the same call, once the wait above has seen the socket readable.
+            data, ancillary, _flags, _address = gevent_socket._sock.recvmsg(RECV_BYTES, _TIMESTAMP_BYTES)
+        except BlockingIOError:
+            continue
+        break
     for level, kind, raw in ancillary:
         if level == stdlib_socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
@@ -179,6 +186,7 @@ class FrameWriter:
 
     def __init__(self, sock: socket.socket, *, on_sent: Callable[[], None] | None = None) -> None:
         self._sock = sock
+        self._plain = type(sock) is socket.socket  # gevent's, not a TLS subclass, not a test double
         self._outbox: list[bytes] = []
         self._writing = False
         self._held = False
@@ -212,7 +220,7 @@ class FrameWriter:
                 while outbox:
                     if len(outbox[0]) < SEND_CHUNK_BYTES:
                         chunk = outbox.pop() if len(outbox) == 1 else self._join_small()
-                        sendall(chunk)
+                        self._send(chunk)
                         self._sent(len(chunk))
                         continue
                     frame = outbox.pop(0)
@@ -226,6 +234,24 @@ class FrameWriter:
                 raise
             finally:
                 self._writing = False
+
+    def _send(self, chunk: bytes) -> None:
+        """``sendall``, with a first try straight on the kernel socket under a plain gevent socket
+        (non-blocking, as gevent keeps it): a reply that fits the send buffer, nearly every one,
+        leaves in one ``send`` syscall, without gevent's ``getsockopt(SO_SNDBUF)`` per ``sendall``
+        and its Python layers. Whatever the kernel does not take, gevent's ``sendall`` sends, waiting
+        for room. A TLS socket (a subclass) always goes through its own ``sendall``."""
+        sock: Any = self._sock
+        if self._plain:
+            try:
+                sent = sock._sock.send(chunk)  # looked up each time: closing swaps in a socket that raises EBADF
+            except BlockingIOError:
+                sent = 0
+            if sent == len(chunk):
+                return
+            sock.sendall(memoryview(chunk)[sent:])
+            return
+        sock.sendall(chunk)
 
     def _join_small(self) -> bytes:
         """The frames at the head of the outbox that fit in ``SEND_CHUNK_BYTES``, joined, taken off it."""

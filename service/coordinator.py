@@ -45,6 +45,7 @@ from gevent.queue import Empty, Queue
 
 from client.errors import StorageFullError
 from client.protocol import Record, Status, Version, clip_message
+from service import greenlets
 from service.placement import Placement
 from service.quorum import WAIT, Answer, Ask, Decision, Fail, QuorumFailure, QuorumRound
 from service.read_plan import ReadPlan, asks_all, read_targets
@@ -170,7 +171,7 @@ class FanOut:
         """Call one more target, in a greenlet of its own."""
         if self._outcomes is None:
             self._outcomes = Queue()
-        gevent.spawn_raw(self._run, node_id)
+        greenlets.spawn(self._run, node_id)
 
     def _run(self, node_id: str) -> None:
         assert self._outcomes is not None

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from client import protocol
 from client.protocol import KeyVersion, PartitionKeysReply, Record, Version, listing_size
-from service.group_commit import GroupCommitter, start_in_threadpool, start_inline
+from service.group_commit import CommitThread, GroupCommitter, start_in_threadpool, start_inline
 from service.storage import (
     MAX_CURSOR_BYTES,
     DiskUsage,
@@ -138,9 +138,10 @@ class LocalStore:
         events: StoreEvents | None = None,
     ) -> None:
         self.node_id = node_id
+        self._commit_thread = CommitThread() if storage.syncs_on_commit else None
         self.committer = GroupCommitter(
             storage,
-            start_in_threadpool if storage.syncs_on_commit else start_inline,
+            self._commit_thread or start_inline,
             before_batch=self._reopen_between_commits,
         )
         self._now_ms = now_ms
@@ -400,6 +401,8 @@ class LocalStore:
         return self.committer.flush(timeout)
 
     def close(self) -> None:
-        """fsync and close the store (after ``drain``)."""
+        """fsync and close the store (after ``drain``), and end the commit thread."""
+        if self._commit_thread is not None:
+            self._commit_thread.close()
         self._storage.flush()
         self._storage.close()

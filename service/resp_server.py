@@ -26,12 +26,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import gevent
 from gevent.event import Event
 
 from client.address import format_address
 from client.resp import CommandParser, OversizeCommandError, RespProtocolError, encode_error
 from client.transport import FrameWriter, receive
+from service import greenlets
 from service.coordinator import MustWait
 from service.logging import printable_key
 from service.metrics import Metrics
@@ -160,7 +160,7 @@ class RespSession:
                 pass
         for key in command.keys:
             busy[key] = command
-        gevent.spawn_raw(self._run_in_turn, command, earlier)
+        greenlets.spawn(self._run_in_turn, command, earlier)
 
     def _enqueue(self, command: _Command) -> None:
         # A command heavier than the limit alone waits for an empty queue, then goes.

@@ -50,6 +50,7 @@ from gevent.server import StreamServer
 from client import protocol
 from client.protocol import CONNECTION_REQUEST_ID, Frame, Op, ProtocolError, Status
 from client.transport import RECV_BYTES, FrameWriter, receive_with_age, timestamp_arrivals
+from service import greenlets
 from service.admission import PEER_NAME_PREFIX, Admission, Seat, Ticket
 from service.authentication import Authenticator, AuthRefused, Identity, ServerExchange, describe
 from service.connection_limits import Activity, Close, ConnectionLimits, Watch, reservation
@@ -176,9 +177,10 @@ class InFlight:
     """The requests running on one connection, each in a greenlet of its own, at most ``limit``, and
     the bytes they reserve (``reserved``).
 
-    ``spawn`` blocks while ``limit`` run. Raw greenlets rather than a ``Pool``: one is cheaper to start
-    and to finish (no Greenlet object, no link callback), and every request pays that; the function
-    run must handle its own errors, as ``Session._run_request`` does. ``on_finish`` runs as each ends.
+    ``spawn`` blocks while ``limit`` run. Raw greenlets, reused (``service.greenlets``), rather than
+    a ``Pool``: one is cheaper to start and to finish (no Greenlet object, no link callback, no fresh
+    frame memory), and every request pays that; the function run must handle its own errors, as
+    ``Session._run_request`` does. ``on_finish`` runs as each ends.
     """
 
     def __init__(self, limit: int, on_finish: Callable[[], None] = lambda: None) -> None:
@@ -199,7 +201,7 @@ class InFlight:
         self._running += 1
         self.reserved += reserve
         self._idle.clear()
-        gevent.spawn_raw(self._run, function, args, reserve)
+        greenlets.spawn(self._run, function, args, reserve)
 
     def join(self) -> None:
         """Wait until every request spawned so far has finished."""

@@ -161,6 +161,42 @@ def test_a_failed_send_drops_every_frame_queued() -> None:
     assert writer.queued == 0 and writer.sent == 0
 
 
+def test_over_a_real_socket_a_send_the_kernel_cuts_short_is_finished_in_order() -> None:
+    """A plain gevent socket is sent to straight through the kernel socket; a chunk larger than its
+    send buffer is taken in part, and the rest follows once the reader makes room."""
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer = FrameWriter(left)
+    frames = [bytes([index]) * size for index, size in enumerate([10, SEND_CHUNK_BYTES - 1, 300, 70_000])]
+    received = bytearray()
+
+    def read_slowly() -> None:
+        total = sum(map(len, frames))
+        while len(received) < total:
+            gevent.sleep(0.001)
+            received.extend(right.recv(8192))
+
+    reader = gevent.spawn(read_slowly)
+    writers = [gevent.spawn(writer.write, frame) for frame in frames]
+    gevent.joinall([*writers, reader], timeout=20, raise_error=True)
+    assert bytes(received) == b"".join(frames)
+    assert (writer.queued, writer.sent) == (0, len(received))
+    left.close()
+    right.close()
+
+
+def test_over_a_closed_socket_a_write_raises_and_drops_its_frame() -> None:
+    left, right = socket.socketpair()
+    writer = FrameWriter(left)
+    writer.write(b"before")
+    assert right.recv(100) == b"before"
+    left.close()
+    with pytest.raises(OSError):
+        writer.write(b"after")
+    assert writer.queued == 0
+    right.close()
+
+
 def test_request_ids_skip_0_when_they_wrap_around() -> None:
     matching = ById(1024)
     matching._ids = iter([MAX_REQUEST_ID, MAX_REQUEST_ID + 1, MAX_REQUEST_ID + 2])  # type: ignore[assignment]

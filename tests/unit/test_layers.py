@@ -26,6 +26,7 @@ def run_python(code: str) -> None:
     [
         "service.config",
         "service.ownership",
+        "service.transfer",
         "service.storage_health",
         "service.store_flags",
         "service.cluster_report",

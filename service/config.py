@@ -77,6 +77,7 @@ class Config:
     tls_key: str = ""
     tls_ca: str = ""
     metrics_auth: bool = False  # /metrics asks for a user too
+    stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -142,6 +143,12 @@ SETTINGS = [
         "500",
         "the most two nodes' clocks may disagree; a timestamp further ahead of this node's clock is refused "
         "(CLOCK_SKEW), and a node whose clock is that far off most peers' refuses to stamp writes",
+    ),
+    Setting(
+        "KV_STREAM_RATE_MBPS",
+        "25",
+        "MiB per second a node receives partitions at when membership changes (0: unpaced); Cassandra's "
+        "stream throughput is the model",
     ),
     Setting(
         "KV_READ_REPAIR_PERCENT",
@@ -341,6 +348,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         log_commands=log_commands,
         log_level=log_level,
         resp_port=resp_port,
+        stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )
     if problems:

@@ -1,0 +1,270 @@
+"""Partition streaming between real in-process nodes: pages, merge, checkpoints, source failover,
+pacing and digest verification."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import gevent
+import pytest
+from cluster import LOG_SINK, InProcessCluster
+
+from client.protocol import Record, Version
+from service.node import Node
+from service.streaming import Checkpoints, PartitionStream, StreamEvents, StreamQueue, StreamSettings
+from service.transfer import Checkpoint, Phase, TransferSettings
+
+pytestmark = pytest.mark.unit
+
+SMALL_FRAMES = {"KV_MAX_VALUE_BYTES": "1024", "KV_PARTITIONS": "16"}  # pages of a few dozen keys
+KEYS = 400
+
+
+class Recorder(StreamEvents):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.on_bytes: Callable[[int], None] = lambda pages: None
+        self.on_failed: Callable[[], None] = lambda: None
+        self.pages = 0
+        self.received = 0
+
+    def stream_started(self, partition: int, sources: Sequence[str], checkpoint: Checkpoint | None) -> None:
+        self.calls.append(("started", (partition, tuple(sources), checkpoint)))
+
+    def stream_bytes(self, count: int) -> None:
+        self.pages += 1
+        self.received += count
+        self.on_bytes(self.pages)
+
+    def stream_source_failed(self, partition: int, source: str, reason: str) -> None:
+        self.calls.append(("source_failed", (partition, source, reason)))
+
+    def stream_failed(self, partition: int, reason: str, retry_in_s: float) -> None:
+        self.calls.append(("failed", (partition, reason)))
+        self.on_failed()
+
+    def stream_finished(self, partition: int, seconds: float, size: int, keys: int) -> None:
+        self.calls.append(("finished", (partition, size, keys)))
+
+    def streams_pending(self, count: int) -> None:
+        self.calls.append(("pending", (count,)))
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        return [args for call, args in self.calls if call == name]
+
+
+def partition_not_on(cluster: InProcessCluster, node_id: str) -> tuple[int, list[str]]:
+    """A partition ``node_id`` does not replicate, and its replicas."""
+    ring = cluster.ring()
+    for partition in range(ring.partitions):
+        owners = list(ring.partition_owners(partition)[: cluster.config.n])
+        if node_id not in owners:
+            return partition, owners
+    raise AssertionError("every partition is on " + node_id)
+
+
+def fill(cluster: InProcessCluster, partition: int, count: int = KEYS) -> list[bytes]:
+    """``count`` keys of ``partition`` written through a client, a tenth overwritten and a tenth deleted."""
+    ring = cluster.ring()
+    rng = random.Random(partition)
+    keys: list[bytes] = []
+    while len(keys) < count:
+        key = b"key-%d" % rng.getrandbits(48)
+        if ring.partition(key) == partition:
+            keys.append(key)
+    with cluster.running_client() as client, client.pipeline() as pipe:
+        for key in keys:
+            pipe.put(key, rng.randbytes(200))
+        for key in keys[::10]:
+            pipe.put(key, b"second version")
+        for key in keys[5::10]:
+            pipe.delete(key)
+        pipe.execute()
+    return keys
+
+
+def records(node: Node, partition: int) -> dict[bytes, Record]:
+    return node.store.partition_records(partition)
+
+
+def stream_into(
+    node: Node, settings: StreamSettings | None = None, events: StreamEvents | None = None
+) -> PartitionStream:
+    return PartitionStream(node.store, node.peers, settings or StreamSettings(node.config.data_dir), events)
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
+    return make_cluster(3, **SMALL_FRAMES)
+
+
+def test_a_partition_streams_whole_with_tombstones_and_verifies(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    receiver = cluster.node("node3")
+    assert records(receiver, partition) == {}
+    events = Recorder()
+    machine = stream_into(receiver, events=events).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    expected = records(cluster.node(sources[0]), partition)
+    assert records(receiver, partition) == expected
+    assert sum(record.value is None for record in expected.values()) == KEYS // 10  # tombstones came too
+    assert receiver.store.digests([partition]) == cluster.node(sources[0]).store.digests([partition])
+    assert machine.pages_copied > 3  # several pages, so the cursor was used
+    assert events.named("finished") == [(partition, machine.bytes_copied, KEYS)]
+    assert events.received == machine.bytes_copied
+    assert Checkpoints(receiver.config.data_dir).saved() == []  # done: the checkpoint is gone
+
+
+def test_a_newer_version_on_the_receiver_is_never_overwritten(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    keys = fill(cluster, partition)
+    receiver = cluster.node("node3")
+    held = cluster.node(sources[0]).store.read(keys[1])
+    assert held is not None
+    newer = Record(Version(held.version.timestamp + 1, "node3"), b"written during the move")
+    receiver.store.write(keys[1], newer)
+    events = Recorder()
+    stream = stream_into(
+        receiver, StreamSettings(receiver.config.data_dir, transfer=TransferSettings(verify_rounds=1)), events
+    )
+    events.on_failed = stream.stop
+    machine = stream.run(partition, sources)
+    assert receiver.store.read(keys[1]) == newer
+    # The sources lack that write, so the digests differ: the stream says so rather than finish.
+    assert machine.phase is Phase.FAILED
+    assert events.named("failed") == [(partition, "digests differed 1 times")]
+    assert len(records(receiver, partition)) == KEYS
+
+
+def test_a_source_stopped_mid_stream_is_replaced_by_the_other_replica(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    receiver = cluster.node("node3")
+    expected = records(cluster.node(sources[1]), partition)
+    events = Recorder()
+    events.on_bytes = lambda pages: cluster.stop(sources[0]) if pages == 2 else None
+    machine = stream_into(receiver, events=events).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    assert sources[0] not in cluster.running
+    assert [args[1] for args in events.named("source_failed")] == [sources[0]]
+    assert machine.source == sources[1]
+    assert records(receiver, partition) == expected
+
+
+def test_a_restarted_receiver_resumes_from_its_checkpoint(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    receiver = cluster.node("node3")
+    first = stream_into(receiver)
+    events = Recorder()
+    first.events = events
+    events.on_bytes = lambda pages: first.stop() if pages == 3 else None
+    interrupted = first.run(partition, sources)
+    assert interrupted.phase is Phase.STREAMING
+    saved = Checkpoints(receiver.config.data_dir).load(partition)
+    assert saved is not None and saved.cursor and not saved.complete
+    copied_before = len(records(receiver, partition))
+
+    receiver = cluster.restart("node3")  # the node itself restarts: the checkpoint is on its disk
+    assert len(records(receiver, partition)) == copied_before
+    resumed_events = Recorder()
+    machine = stream_into(receiver, events=resumed_events).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    assert resumed_events.named("started") == [(partition, tuple(sources), saved)]
+    assert machine.keys_copied == KEYS - copied_before  # only what the first run had not copied
+    assert records(receiver, partition) == records(cluster.node(sources[0]), partition)
+
+
+def test_every_source_down_backs_off_and_retries_until_one_returns(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    for source in sources:
+        cluster.stop(source)
+    receiver = cluster.node("node3")
+    events = Recorder()
+    settings = StreamSettings(receiver.config.data_dir, transfer=TransferSettings(retry_after_s=0.05, retry_max_s=0.05))
+    stream = stream_into(receiver, settings, events)
+
+    def restart_one() -> None:
+        if len(events.named("failed")) == 2:
+            cluster.start(sources[1])
+
+    events.on_failed = restart_one
+    machine = stream.run(partition, sources)
+    assert machine.phase is Phase.DONE
+    # More than two: the peer link waits out its reconnection policy (a second) before dialling again.
+    assert len(events.named("failed")) >= 2
+    assert records(receiver, partition) == records(cluster.node(sources[1]), partition)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        gevent.sleep(0)
+
+
+def test_streams_are_paced_to_the_rate(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    receiver = cluster.node("node3")
+    fake = FakeTime()
+    rate = 20_000.0
+    burst = 4096
+    settings = StreamSettings(
+        receiver.config.data_dir,
+        rate_bytes_per_s=rate,
+        transfer=TransferSettings(burst_bytes=burst),
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    machine = stream_into(receiver, settings).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    largest_page = receiver.config.max_frame_bytes + 400 * 250  # a listing and its records, at most
+    assert fake.slept >= (machine.bytes_copied - burst - largest_page) / rate
+    assert fake.slept <= machine.bytes_copied / rate + 1  # and no slower than the rate asks
+
+
+def test_a_queue_streams_many_partitions_and_counts_down(cluster: InProcessCluster) -> None:
+    ring = cluster.ring()
+    moves = [
+        (p, list(ring.partition_owners(p)[:2]))
+        for p in range(ring.partitions)
+        if "node3" not in ring.partition_owners(p)[:2]
+    ]
+    assert len(moves) >= 2
+    for partition, _ in moves:
+        fill(cluster, partition, 30)
+    receiver = cluster.node("node3")
+    events = Recorder()
+    queue = StreamQueue(receiver.store, receiver.peers, StreamSettings(receiver.config.data_dir), events)
+    finished = queue.run(moves)
+    assert all(machine.phase is Phase.DONE for machine in finished)
+    counts = [args[0] for args in events.named("pending")]
+    assert counts == list(range(len(moves), -1, -1))
+    assert queue.pending == 0
+    for partition, sources in moves:
+        assert records(receiver, partition) == records(cluster.node(sources[0]), partition)
+
+
+def test_a_node_reports_streams_as_metrics_and_log_lines(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition, 50)
+    receiver = cluster.node("node3")
+    assert receiver.config.stream_rate_bytes_per_s == 25 * 1024 * 1024  # KV_STREAM_RATE_MBPS's default
+    queue = StreamQueue(receiver.store, receiver.peers, StreamSettings(receiver.config.data_dir), receiver.events)
+    (machine,) = queue.run([(partition, sources)])
+    registry = receiver.metrics.registry
+    assert registry.get_sample_value("kv_stream_bytes_total", {"direction": "in"}) == machine.bytes_copied > 0
+    assert registry.get_sample_value("kv_stream_partitions_pending") == 0
+    finished = [line for line in LOG_SINK.events("stream_finished") if line.get("partition") == partition]
+    assert finished and finished[-1]["keys"] == 50

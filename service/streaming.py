@@ -70,6 +70,8 @@ STREAMS_AT_ONCE = 4
 """Partitions streamed at once by a ``StreamQueue``: enough to keep the pace busy while one waits on a
 slow source, few enough to leave the peer links to client traffic. The rate is split between them."""
 CHECKPOINT_DIR = "streams"
+STOP_CHECK_S = 0.5
+"""Longest sleep between two looks at ``stop``: a paced or backing-off stream stops this fast."""
 
 
 class StreamEvents:
@@ -180,7 +182,8 @@ class PartitionStream:
         self._stopped = False
 
     def stop(self) -> None:
-        """Make ``run`` return after the action under way (its checkpoint stays for a later run)."""
+        """Make ``run`` return after the action under way, or within ``STOP_CHECK_S`` while it waits
+        (its checkpoint stays for a later run)."""
         self._stopped = True
 
     def run(self, partition: int, sources: Sequence[str], share: int = 1) -> Transfer:
@@ -205,7 +208,8 @@ class PartitionStream:
                 wake = machine.next_wake()
                 if wake is None:  # cannot happen: the machine always waits on a request or a time
                     raise RuntimeError(f"partition {partition}: the transfer is stuck in {machine.phase}")
-                settings.sleep(max(0.0, wake - settings.clock()))
+                # In slices, so that stop() is heard within one even during a long back-off.
+                settings.sleep(min(max(0.0, wake - settings.clock()), STOP_CHECK_S))
                 pending.extend(machine.tick(settings.clock()))
                 continue
             event = self._carry_out(machine, pending.popleft())

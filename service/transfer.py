@@ -24,7 +24,11 @@ The phases::
 * **Verification.** The last page copied, the receiver's partition digest is compared with the
   source's (``anti_entropy``'s digests). Writes during the move reach both, so they match once the
   copy is whole; a mismatch (a write in flight, a write that reached one side only) starts a delta
-  pass from the first key, which copies only what the receiver lacks or holds older. After
+  pass from the first key, which copies only what the receiver lacks or holds older. A whole pass
+  from one source that finds nothing to copy verifies the partition too, by listing: the receiver
+  holds every key the source listed at the same version or a newer one. That is the case the digests
+  can never settle: the receiver took a write during the move that this source missed (it was down
+  for it, and the write went to it as a hint), and streaming never writes to a source. After
   ``verify_rounds`` mismatches in a row the transfer fails and retries after the back-off.
 """
 
@@ -166,6 +170,9 @@ class Transfer:
         self.pages_copied = 0
         self.retries = 0  # failed retries in a row, for the back-off
         self.retry_at: float | None = None
+        self.verified_by = ""  # once done: "digests", or "listing" (a pass found nothing to copy)
+        self._pass_source = ""  # the source of the pass under way, while one source served all of it
+        self._pass_keys = 0  # records the pass under way copied so far
         self._failures = 0  # sources that failed since the last progress
         self._mismatches = 0
         self._budget = float(settings.burst_bytes)
@@ -244,6 +251,9 @@ class Transfer:
             self._resume_at = now + (-self._budget) / self.settings.rate_bytes_per_s
             return []
         self._waiting = True
+        if not self.checkpoint.cursor:  # a pass from the first key begins
+            self._pass_source = self.source
+            self._pass_keys = 0
         return [RequestPage(self.source, self.checkpoint.cursor)]
 
     def _page_copied(self, event: PageCopied, now: float) -> list[Action]:
@@ -252,12 +262,19 @@ class Transfer:
         self.bytes_copied += event.size
         self.keys_copied += event.keys
         self.pages_copied += 1
+        self._pass_keys += event.keys
+        if event.source != self._pass_source:
+            self._pass_source = ""  # pages from two sources: the pass proves nothing about either
         self._refill(now)
         if self.settings.rate_bytes_per_s > 0:
             self._budget -= event.size
         self.checkpoint = Checkpoint(event.cursor, complete=not event.cursor)
         actions: list[Action] = [SaveCheckpoint(self.checkpoint)]
-        if self.checkpoint.complete:
+        if self.checkpoint.complete and self._pass_source == self.source and not self._pass_keys:
+            self.phase = Phase.DONE
+            self.verified_by = "listing"
+            actions.append(MarkDone())
+        elif self.checkpoint.complete:
             self.phase = Phase.VERIFYING
             self._waiting = True
             actions.append(CompareDigests(self.source))
@@ -268,6 +285,7 @@ class Transfer:
     def _compared(self, matched: bool, now: float) -> list[Action]:
         if matched:
             self.phase = Phase.DONE
+            self.verified_by = "digests"
             return [MarkDone()]
         self._mismatches += 1
         self.checkpoint = Checkpoint()
@@ -287,7 +305,8 @@ class Transfer:
     def _fail(self, reason: str, now: float) -> list[Action]:
         self.phase = Phase.FAILED
         self.last_error = reason
-        delay = min(self.settings.retry_after_s * 2**self.retries, self.settings.retry_max_s)
+        # The exponent is capped: past it the delay is retry_max_s anyway, and 2**retries must not overflow.
+        delay = min(self.settings.retry_after_s * 2 ** min(self.retries, 32), self.settings.retry_max_s)
         self.retries += 1
         self.retry_at = now + delay
         self._resume_at = None

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 
 import gevent
+import gevent.pool
 import pytest
 from cluster import LOG_SINK, InProcessCluster
 
@@ -65,7 +66,11 @@ def partition_not_on(cluster: InProcessCluster, node_id: str) -> tuple[int, list
 
 
 def fill(cluster: InProcessCluster, partition: int, count: int = KEYS) -> list[bytes]:
-    """``count`` keys of ``partition`` written through a client, a tenth overwritten and a tenth deleted."""
+    """``count`` keys of ``partition`` on both its replicas, a tenth overwritten and a tenth deleted.
+
+    Written into the replicas' stores directly, each record to both, as a coordinator's write with
+    W=N leaves them: through a client, on a machine busy enough to make a replica look stalled, a
+    write would be held as a hint for a while and the replicas would briefly differ."""
     ring = cluster.ring()
     rng = random.Random(partition)
     keys: list[bytes] = []
@@ -73,14 +78,13 @@ def fill(cluster: InProcessCluster, partition: int, count: int = KEYS) -> list[b
         key = b"key-%d" % rng.getrandbits(48)
         if ring.partition(key) == partition:
             keys.append(key)
-    with cluster.running_client() as client, client.pipeline() as pipe:
-        for key in keys:
-            pipe.put(key, rng.randbytes(200))
-        for key in keys[::10]:
-            pipe.put(key, b"second version")
-        for key in keys[5::10]:
-            pipe.delete(key)
-        pipe.execute()
+    owners = [cluster.node(node_id) for node_id in ring.partition_owners(partition)[: cluster.config.n]]
+    writes = [(key, rng.randbytes(200)) for key in keys]
+    writes += [(key, b"second version") for key in keys[::10]]
+    writes += [(key, None) for key in keys[5::10]]  # deletes: tombstones
+    stamped = [(key, Record(Version(owners[0].clock.now(), owners[0].config.node_id), value)) for key, value in writes]
+    for owner in owners:  # many writes at once, so group commit batches their fsyncs
+        gevent.pool.Pool(64).map(lambda item, owner=owner: owner.store.write(*item), stamped)
     return keys
 
 
@@ -107,6 +111,7 @@ def test_a_partition_streams_whole_with_tombstones_and_verifies(cluster: InProce
     events = Recorder()
     machine = stream_into(receiver, events=events).run(partition, sources)
     assert machine.phase is Phase.DONE
+    assert machine.verified_by == "digests"
     expected = records(cluster.node(sources[0]), partition)
     assert records(receiver, partition) == expected
     assert sum(record.value is None for record in expected.values()) == KEYS // 10  # tombstones came too
@@ -125,17 +130,34 @@ def test_a_newer_version_on_the_receiver_is_never_overwritten(cluster: InProcess
     assert held is not None
     newer = Record(Version(held.version.timestamp + 1, "node3"), b"written during the move")
     receiver.store.write(keys[1], newer)
+    machine = stream_into(receiver).run(partition, sources)
+    assert receiver.store.read(keys[1]) == newer
+    # The sources lack that write, so the digests differ for good; the delta pass that follows finds
+    # nothing to copy, which proves the receiver holds everything the source has.
+    assert machine.phase is Phase.DONE
+    assert machine.verified_by == "listing"
+    assert receiver.store.digests([partition]) != cluster.node(sources[0]).store.digests([partition])
+    expected = records(cluster.node(sources[0]), partition)
+    expected[keys[1]] = newer
+    assert records(receiver, partition) == expected
+
+
+def test_digests_that_keep_differing_fail_the_stream(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    keys = fill(cluster, partition)
+    receiver = cluster.node("node3")
+    held = cluster.node(sources[0]).store.read(keys[1])
+    assert held is not None
+    receiver.store.write(keys[1], Record(Version(held.version.timestamp + 1, "node3"), b"newer"))
     events = Recorder()
-    stream = stream_into(
-        receiver, StreamSettings(receiver.config.data_dir, transfer=TransferSettings(verify_rounds=1)), events
-    )
+    # One round: no delta pass follows the first mismatch.
+    settings = StreamSettings(receiver.config.data_dir, transfer=TransferSettings(verify_rounds=1))
+    stream = stream_into(receiver, settings, events)
     events.on_failed = stream.stop
     machine = stream.run(partition, sources)
-    assert receiver.store.read(keys[1]) == newer
-    # The sources lack that write, so the digests differ: the stream says so rather than finish.
     assert machine.phase is Phase.FAILED
     assert events.named("failed") == [(partition, "digests differed 1 times")]
-    assert len(records(receiver, partition)) == KEYS
+    assert Checkpoints(receiver.config.data_dir).load(partition) == Checkpoint()  # the retry starts over
 
 
 def test_a_source_stopped_mid_stream_is_replaced_by_the_other_replica(cluster: InProcessCluster) -> None:
@@ -268,3 +290,25 @@ def test_a_node_reports_streams_as_metrics_and_log_lines(cluster: InProcessClust
     assert registry.get_sample_value("kv_stream_partitions_pending") == 0
     finished = [line for line in LOG_SINK.events("stream_finished") if line.get("partition") == partition]
     assert finished and finished[-1]["keys"] == 50
+
+
+def test_stop_is_heard_during_a_long_back_off(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    for source in sources:
+        cluster.stop(source)
+    receiver = cluster.node("node3")
+    fake = FakeTime()
+
+    def sleep(seconds: float) -> None:
+        assert seconds <= 0.5
+        fake.sleep(seconds)
+        if fake.now >= 2.0:
+            stream.stop()
+
+    settings = StreamSettings(
+        receiver.config.data_dir, transfer=TransferSettings(retry_after_s=30.0), clock=fake.clock, sleep=sleep
+    )
+    stream = stream_into(receiver, settings)
+    machine = stream.run(partition, sources)
+    assert machine.phase is Phase.FAILED
+    assert 2.0 <= fake.now <= 2.5  # stopped within a slice, not after the 30 s back-off

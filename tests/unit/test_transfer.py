@@ -46,6 +46,7 @@ def test_pages_then_verification_then_done() -> None:
     assert t.phase is Phase.VERIFYING
     assert t.step(DigestsCompared("a", matched=True), 0.3) == [MarkDone()]
     assert t.finished
+    assert t.verified_by == "digests"
     assert (t.bytes_copied, t.keys_copied, t.pages_copied) == (140, 7, 2)
 
 
@@ -279,3 +280,51 @@ def test_any_run_with_failures_and_crashes_ends_with_every_key(
     assert sources.received == keys
     # 50 bytes/s with a 20-byte burst: each start may take a burst and a page before it waits.
     assert now >= (sources.fetched - starts * (20 + 10 * page)) / 50 - 1e-9
+
+
+def test_the_back_off_stops_growing_at_its_maximum_however_many_retries() -> None:
+    t = transfer(("a",), TransferSettings(retry_after_s=1.0, retry_max_s=30.0))
+    t.start(0.0)
+    now = 0.0
+    for _ in range(2000):  # 2**2000 seconds would not even fit a float
+        (failure,) = t.step(SourceFailed("a", "down"), now)
+        assert isinstance(failure, ReportFailure)
+        assert failure.retry_at - now <= 30.0
+        now = failure.retry_at
+        t.tick(now)
+    assert failure.retry_at - (now - 30.0) == 30.0
+
+
+def test_a_whole_pass_from_one_source_that_copies_nothing_verifies_by_listing() -> None:
+    """The receiver holds everything the source lists (some of it newer): the digests would differ
+    for good, since streaming never writes to the source."""
+    t = transfer()
+    t.start(0.0)
+    t.step(PageCopied("a", b"", 10, 3), 0.0)
+    t.step(DigestsCompared("a", matched=False), 0.0)  # the receiver holds a newer version than a
+    t.step(PageCopied("a", b"k1", 10, 0), 0.0)
+    assert t.step(PageCopied("a", b"", 10, 0), 0.0) == [SaveCheckpoint(Checkpoint(b"", True)), MarkDone()]
+    assert t.finished
+    assert t.verified_by == "listing"
+
+
+def test_an_empty_partition_needs_no_digests() -> None:
+    t = transfer()
+    t.start(0.0)
+    assert t.step(PageCopied("a", b"", 5, 0), 0.0) == [SaveCheckpoint(Checkpoint(b"", True)), MarkDone()]
+
+
+def test_a_pass_that_copied_something_or_changed_source_still_compares_digests() -> None:
+    t = transfer()
+    t.start(0.0)
+    t.step(PageCopied("a", b"", 10, 1), 0.0)
+    t.step(DigestsCompared("a", matched=False), 0.0)
+    t.step(PageCopied("a", b"k1", 10, 0), 0.0)
+    t.step(SourceFailed("a", "gone"), 0.0)  # b takes the pass over at k1
+    assert t.step(PageCopied("b", b"", 10, 0), 0.0)[-1] == CompareDigests("b")
+
+
+def test_a_pass_resumed_from_a_checkpoint_does_not_verify_by_listing() -> None:
+    t = transfer(checkpoint=Checkpoint(b"k9"))
+    t.start(0.0)
+    assert t.step(PageCopied("a", b"", 10, 0), 0.0)[-1] == CompareDigests("a")  # the keys before k9 were not listed

@@ -319,6 +319,9 @@ class NodeEvents(
     def stream_bytes(self, count: int) -> None:
         self.metrics.stream_bytes.labels("in").inc(count)
 
+    def stream_page_served(self, size: int) -> None:
+        self.metrics.stream_bytes.labels("out").inc(size)
+
     def stream_source_failed(self, partition: int, source: str, reason: str) -> None:
         self.log.warning("stream_source_failed", partition=partition, source=source, error=reason)
 

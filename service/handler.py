@@ -141,6 +141,10 @@ class RequestHandler:
                 self._check_partitions((partition,))
                 page = self.store.partition_keys(partition, cursor, self._listing_limit)
                 return Status.OK, protocol.encode_partition_keys_reply(page)
+            case protocol.PartitionRecords(partition, cursor):
+                self._check_partitions((partition,))
+                records = self.store.partition_records_page(partition, cursor, self._listing_limit)
+                return Status.OK, protocol.encode_partition_records_reply(records)
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
             case protocol.Members():

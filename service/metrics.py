@@ -296,7 +296,7 @@ class Metrics:
         )
         self.stream_bytes = Counter(
             "kv_stream_bytes",
-            "Bytes of partition listings and records streamed for membership changes, by direction",
+            "Bytes of partitions streamed for membership changes: in, received here; out, served from here",
             ["direction"],
             registry=self.registry,
         )

@@ -6,7 +6,7 @@
 | ``read`` | + PING, GET, TOPOLOGY, MEMBERS, STATS |
 | ``readwrite`` | + PUT, DELETE |
 | ``admin`` | + REPAIR, USER_SET, USERS, cluster membership ops (0x23-0x2F), replica reads (below) |
-| ``peer`` | every op: + replica writes and hints (REPLICA_PUT, HINTED_PUT), streaming (0x15-0x1F) |
+| ``peer`` | every op: + replica writes and hints (REPLICA_PUT, HINTED_PUT), streaming (0x15-0x1F: PARTITION_RECORDS) |
 
 Replica reads (REPLICA_GET, DIGESTS, PARTITION_KEYS) show a replica's own records as they are: an
 admin may inspect them. ``peer`` is a member of the cluster, authenticated with the cluster secret; no user has it.

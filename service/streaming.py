@@ -3,11 +3,13 @@
 ``PartitionStream`` copies one partition from its old owners to this node. It carries out what the
 state machine asks and tells it what happened:
 
-* **a page** (``RequestPage``): list the source's keys and versions after the cursor
-  (``PARTITION_KEYS``, one frame's worth), fetch the records this node lacks or holds older
-  (``REPLICA_GET``, ``FETCH_CONCURRENCY`` at once over the peer's one multiplexed connection) and
-  write each through the local store, which keeps the newer version of a key, tombstones included:
-  a write that reached this node during the move is never overwritten by an older copy;
+* **a page** (``RequestPage``): the source's records after the cursor, a frame's worth at most
+  (``PARTITION_RECORDS``, one round trip per page), each written through the local store unless it
+  holds that version or a newer one: a write that reached this node during the move is never
+  overwritten by an older copy, tombstones included. A delta pass (after the digests differed) and
+  a source from before that op list the keys and versions instead (``PARTITION_KEYS``) and fetch
+  only the records newer there (``REPLICA_GET``, ``FETCH_CONCURRENCY`` at once over the peer's one
+  multiplexed connection). Writes go many at once, so group commit batches their fsyncs;
 * **a checkpoint** (``SaveCheckpoint``): the cursor, in a small file in the data directory
   (``streams/<partition>.json``, written to a temporary file, fsynced, renamed), after the page's
   records are committed, so a restarted receiver resumes where it stopped;
@@ -41,7 +43,7 @@ import gevent
 import gevent.pool
 
 from client import protocol
-from client.errors import KVError
+from client.errors import BadRequestError, KVError
 from client.protocol import Record, Status
 from service.local_store import LocalStore
 from service.peers import Peer
@@ -180,6 +182,7 @@ class PartitionStream:
         self.checkpoints = Checkpoints(settings.data_dir)
         self.machine: Transfer | None = None
         self._stopped = False
+        self._without_records_op: set[str] = set()  # sources that answered PARTITION_RECORDS BAD_REQUEST
 
     def stop(self) -> None:
         """Make ``run`` return after the action under way, or within ``STOP_CHECK_S`` while it waits
@@ -224,9 +227,14 @@ class PartitionStream:
     def _carry_out(self, machine: Transfer, action: Action) -> Event | None:
         partition = machine.partition
         match action:
-            case RequestPage(source, cursor):
+            case RequestPage(source, cursor, delta):
                 try:
-                    return self._copy_page(partition, source, cursor)
+                    if not delta and source not in self._without_records_op:
+                        try:
+                            return self._copy_records(partition, source, cursor)
+                        except BadRequestError:  # a node from before PARTITION_RECORDS: list and fetch
+                            self._without_records_op.add(source)
+                    return self._copy_listed(partition, source, cursor)
                 except (KVError, StorageError, ClockSkew, protocol.ProtocolError) as exc:
                     reason = getattr(exc, "message", None) or str(exc)
                     self.events.stream_source_failed(partition, source, reason)
@@ -247,20 +255,44 @@ class PartitionStream:
                 self.events.stream_failed(partition, reason, max(0.0, retry_at - self.settings.clock()))
         return None
 
-    def _copy_page(self, partition: int, source: str, cursor: bytes) -> PageCopied:
-        """One page from ``source``: its listing after ``cursor``, then every record newer there
-        than here, written here. Raises what the peer or the store raised."""
+    def _copy_records(self, partition: int, source: str, cursor: bytes) -> PageCopied:
+        """One page of ``source``'s records after ``cursor`` (PARTITION_RECORDS), each written here
+        unless this store holds the same version or a newer one. Raises what the peer or the store
+        raised."""
+        frame = self.peers[source].call(protocol.PartitionRecords(partition, cursor))
+        page = protocol.decode_partition_records_reply(frame.body)
+        newer = [(key, record) for key, record in page.entries if _is_newer(self.store.read(key), record)]
+        self._write_all(newer)
+        size = sum(protocol.record_entry_size(key, record) for key, record in page.entries)
+        self.events.stream_bytes(size)
+        return PageCopied(source, page.cursor, size, len(newer))
+
+    def _write_all(self, records: Sequence[tuple[bytes, Record]]) -> None:
+        """Write every record here, many at once so that group commit batches them; raise the first
+        failure after all were tried."""
+        errors: list[BaseException] = []
+
+        def write(item: tuple[bytes, Record]) -> None:
+            try:
+                self.store.write(*item)
+            except Exception as exc:
+                errors.append(exc)
+
+        gevent.pool.Pool(FETCH_CONCURRENCY).map(write, records)
+        if errors:
+            raise errors[0]
+
+    def _copy_listed(self, partition: int, source: str, cursor: bytes) -> PageCopied:
+        """One page from ``source``: its listing after ``cursor`` (PARTITION_KEYS), then every record
+        newer there than here (REPLICA_GET), written here: what a delta pass moves. Raises what the
+        peer or the store raised."""
         peer = self.peers[source]
         frame = peer.call(protocol.PartitionKeys(partition, cursor))
         if frame.code != Status.OK:
             raise KVError(f"PARTITION_KEYS answered {frame.code}")
         listing = protocol.decode_partition_keys_reply(frame.body)
         size = len(frame.body)
-        wanted = []
-        for entry in listing.entries:
-            held = self.store.read(entry.key)
-            if held is None or held.version < entry.version:
-                wanted.append(entry.key)
+        wanted = [entry.key for entry in listing.entries if _is_newer(self.store.read(entry.key), entry)]
         fetched = 0
         errors: list[BaseException] = []
 
@@ -286,6 +318,11 @@ class PartitionStream:
         size += fetched
         self.events.stream_bytes(size)
         return PageCopied(source, listing.cursor, size, len(wanted))
+
+
+def _is_newer(held: Record | None, theirs: Record | protocol.KeyVersion) -> bool:
+    """Whether the source's version of a key is newer than this store's (or the store has none)."""
+    return held is None or held.version < theirs.version
 
 
 class StreamQueue:

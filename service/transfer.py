@@ -107,10 +107,13 @@ Event = PageCopied | SourceFailed | DigestsCompared
 
 @dataclass(frozen=True)
 class RequestPage:
-    """Fetch the page after ``cursor`` from ``source``, write it here, then report ``PageCopied``."""
+    """Fetch the page after ``cursor`` from ``source``, write it here, then report ``PageCopied``.
+    ``delta``: a pass after the digests differed, which should move only what differs (list the
+    keys, fetch the newer ones) rather than every record again."""
 
     source: str
     cursor: bytes
+    delta: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class Transfer:
         self.verified_by = ""  # once done: "digests", or "listing" (a pass found nothing to copy)
         self._pass_source = ""  # the source of the pass under way, while one source served all of it
         self._pass_keys = 0  # records the pass under way copied so far
+        self._delta = False  # the digests differed once: passes from now on move only what differs
         self._failures = 0  # sources that failed since the last progress
         self._mismatches = 0
         self._budget = float(settings.burst_bytes)
@@ -254,7 +258,7 @@ class Transfer:
         if not self.checkpoint.cursor:  # a pass from the first key begins
             self._pass_source = self.source
             self._pass_keys = 0
-        return [RequestPage(self.source, self.checkpoint.cursor)]
+        return [RequestPage(self.source, self.checkpoint.cursor, self._delta)]
 
     def _page_copied(self, event: PageCopied, now: float) -> list[Action]:
         self._failures = 0
@@ -288,6 +292,7 @@ class Transfer:
             self.verified_by = "digests"
             return [MarkDone()]
         self._mismatches += 1
+        self._delta = True
         self.checkpoint = Checkpoint()
         if self._mismatches >= self.settings.verify_rounds:
             return [SaveCheckpoint(self.checkpoint), *self._fail(f"digests differed {self._mismatches} times", now)]

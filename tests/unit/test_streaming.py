@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gevent
 import gevent.pool
 import pytest
 from cluster import LOG_SINK, InProcessCluster
 
-from client.protocol import Record, Version
+from client.errors import BadRequestError
+from client.protocol import Frame, Op, PartitionRecords, Record, Request, Role, Version
 from service.node import Node
+from service.peers import Peer
+from service.roles import ALLOWED
 from service.streaming import Checkpoints, PartitionStream, StreamEvents, StreamQueue, StreamSettings
 from service.transfer import Checkpoint, Phase, TransferSettings
 
@@ -287,6 +291,9 @@ def test_a_node_reports_streams_as_metrics_and_log_lines(cluster: InProcessClust
     (machine,) = queue.run([(partition, sources)])
     registry = receiver.metrics.registry
     assert registry.get_sample_value("kv_stream_bytes_total", {"direction": "in"}) == machine.bytes_copied > 0
+    # The source counts what it served the same way: every page came from the first source.
+    sent = cluster.node(sources[0]).metrics.registry.get_sample_value("kv_stream_bytes_total", {"direction": "out"})
+    assert sent == machine.bytes_copied
     assert registry.get_sample_value("kv_stream_partitions_pending") == 0
     finished = [line for line in LOG_SINK.events("stream_finished") if line.get("partition") == partition]
     assert finished and finished[-1]["keys"] == 50
@@ -312,3 +319,53 @@ def test_stop_is_heard_during_a_long_back_off(cluster: InProcessCluster) -> None
     machine = stream.run(partition, sources)
     assert machine.phase is Phase.FAILED
     assert 2.0 <= fake.now <= 2.5  # stopped within a slice, not after the 30 s back-off
+
+
+class PeerWithoutRecordsOp:
+    """A source running a version from before PARTITION_RECORDS: it answers that op BAD_REQUEST."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.refused = 0
+
+    def call(self, request: Request, **kwargs: Any) -> Frame:
+        if isinstance(request, PartitionRecords):
+            self.refused += 1
+            raise BadRequestError("unknown op code 0x18")
+        return self.peer.call(request, **kwargs)
+
+
+def test_a_source_without_the_records_op_is_listed_and_fetched_from(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    fill(cluster, partition)
+    receiver = cluster.node("node3")
+    old = PeerWithoutRecordsOp(receiver.peers[sources[0]])
+    peers: dict[str, Any] = {**receiver.peers, sources[0]: old}
+    machine = PartitionStream(receiver.store, peers, StreamSettings(receiver.config.data_dir)).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    assert old.refused == 1  # asked once, then listed and fetched for the rest of the stream
+    assert records(receiver, partition) == records(cluster.node(sources[0]), partition)
+
+
+def test_a_delta_pass_moves_only_the_records_that_differ(cluster: InProcessCluster) -> None:
+    partition, sources = partition_not_on(cluster, "node3")
+    keys = fill(cluster, partition)
+    receiver = cluster.node("node3")
+    stream_into(receiver).run(partition, sources)
+    # One key changes on the sources alone (as if its write to node3 were lost), after the copy.
+    source_nodes = [cluster.node(source) for source in sources]
+    changed = Record(Version(source_nodes[0].clock.now(), sources[0]), b"changed")
+    for node in source_nodes:
+        node.store.write(keys[7], changed)
+    Checkpoints(receiver.config.data_dir).save(partition, Checkpoint(b"", complete=True))  # verify again
+    machine = stream_into(receiver).run(partition, sources)
+    assert machine.phase is Phase.DONE
+    assert machine.keys_copied == 1  # the delta pass listed every key and fetched only the changed one
+    assert receiver.store.read(keys[7]) == changed
+
+
+def test_only_members_may_stream_records() -> None:
+    """A partition's whole records are a member's business: an admin may inspect keys (PARTITION_KEYS)."""
+    assert Op.PARTITION_RECORDS in ALLOWED[Role.PEER]
+    assert Op.PARTITION_RECORDS not in ALLOWED[Role.ADMIN]
+    assert Op.PARTITION_KEYS in ALLOWED[Role.ADMIN]

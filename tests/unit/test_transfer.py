@@ -162,8 +162,12 @@ def test_a_mismatch_starts_a_delta_pass_from_the_start() -> None:
     t = transfer()
     t.start(0.0)
     t.step(PageCopied("a", b"", 10, 1), 0.0)
-    assert t.step(DigestsCompared("a", matched=False), 0.0) == [SaveCheckpoint(Checkpoint()), RequestPage("a", b"")]
+    assert t.step(DigestsCompared("a", matched=False), 0.0) == [
+        SaveCheckpoint(Checkpoint()),
+        RequestPage("a", b"", delta=True),
+    ]
     assert t.phase is Phase.STREAMING
+    assert t.step(PageCopied("a", b"k1", 10, 1), 0.0)[-1] == RequestPage("a", b"k1", delta=True)
 
 
 def test_repeated_mismatches_fail_then_retry_with_a_new_pass() -> None:
@@ -174,7 +178,7 @@ def test_repeated_mismatches_fail_then_retry_with_a_new_pass() -> None:
     t.step(PageCopied("a", b"", 10, 1), 0.0)
     actions = t.step(DigestsCompared("a", matched=False), 0.0)
     assert actions == [SaveCheckpoint(Checkpoint()), ReportFailure("digests differed 2 times", 5.0)]
-    assert t.tick(5.0) == [RequestPage("b", b"")]  # and another source's view this time
+    assert t.tick(5.0) == [RequestPage("b", b"", delta=True)]  # and another source's view this time
 
 
 # --- pacing -------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from service.anti_entropy import AntiEntropy
 from service.authentication import Authenticator
 from service.config import Config
 from service.coordinator import Coordinator
-from service.local_store import LocalStore, listing_page_bytes
+from service.local_store import LocalStore, listing_page_bytes, records_page_bytes
 from service.node_stats import NodeReports
 from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import StorageError, StorageFull
@@ -63,6 +63,7 @@ class RequestHandler:
         )
         self._hello_body = protocol.encode_hello_reply(self.hello)
         self._listing_limit = listing_page_bytes(config.max_frame_bytes)  # a page must fit one frame
+        self._records_limit = records_page_bytes(config.max_frame_bytes)
         self._topology_body = protocol.encode_topology_reply(
             protocol.TopologyReply(config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster)
         )
@@ -143,7 +144,7 @@ class RequestHandler:
                 return Status.OK, protocol.encode_partition_keys_reply(page)
             case protocol.PartitionRecords(partition, cursor):
                 self._check_partitions((partition,))
-                records = self.store.partition_records_page(partition, cursor, self._listing_limit)
+                records = self.store.partition_records_page(partition, cursor, self._records_limit)
                 return Status.OK, protocol.encode_partition_records_reply(records)
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())

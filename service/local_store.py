@@ -71,6 +71,13 @@ def _listed_size(key: bytes, record: Record) -> int:
     return listing_size(key, record.version)
 
 
+def records_page_bytes(max_frame_bytes: int) -> int:
+    """Record bytes per PARTITION_RECORDS page (``record_entry_size`` each): a whole frame less the
+    envelope, so a page carries as many records as one frame can (fewer pages, each a batch of
+    writes for the receiver's group commit); a single largest record still fits."""
+    return max_frame_bytes - LISTING_ENVELOPE_BYTES
+
+
 def listing_page(
     entries: Generator[tuple[bytes, bytes, Record]],
     limit_bytes: int,

@@ -183,6 +183,7 @@ class PartitionStream:
         self.machine: Transfer | None = None
         self._stopped = False
         self._without_records_op: set[str] = set()  # sources that answered PARTITION_RECORDS BAD_REQUEST
+        self._prefetch: tuple[str, bytes, gevent.Greenlet] | None = None  # the next page, being fetched
 
     def stop(self) -> None:
         """Make ``run`` return after the action under way, or within ``STOP_CHECK_S`` while it waits
@@ -206,18 +207,23 @@ class PartitionStream:
         self.events.stream_started(partition, sources, checkpoint)
         started = settings.clock()
         pending: deque[Action] = deque(machine.start(started))
-        while (pending or not machine.finished) and not self._stopped:
-            if not pending:
-                wake = machine.next_wake()
-                if wake is None:  # cannot happen: the machine always waits on a request or a time
-                    raise RuntimeError(f"partition {partition}: the transfer is stuck in {machine.phase}")
-                # In slices, so that stop() is heard within one even during a long back-off.
-                settings.sleep(min(max(0.0, wake - settings.clock()), STOP_CHECK_S))
-                pending.extend(machine.tick(settings.clock()))
-                continue
-            event = self._carry_out(machine, pending.popleft())
-            if event is not None:
-                pending.extend(machine.step(event, settings.clock()))
+        try:
+            while (pending or not machine.finished) and not self._stopped:
+                if not pending:
+                    wake = machine.next_wake()
+                    if wake is None:  # cannot happen: the machine always waits on a request or a time
+                        raise RuntimeError(f"partition {partition}: the transfer is stuck in {machine.phase}")
+                    # In slices, so that stop() is heard within one even during a long back-off.
+                    settings.sleep(min(max(0.0, wake - settings.clock()), STOP_CHECK_S))
+                    pending.extend(machine.tick(settings.clock()))
+                    continue
+                event = self._carry_out(machine, pending.popleft())
+                if event is not None:
+                    pending.extend(machine.step(event, settings.clock()))
+        finally:
+            if self._prefetch is not None:  # stopped, or a delta pass took over: nobody will take it
+                self._prefetch[2].kill(block=False)
+                self._prefetch = None
         if machine.finished:
             self.events.stream_finished(
                 partition, settings.clock() - started, machine.bytes_copied, machine.keys_copied
@@ -259,13 +265,33 @@ class PartitionStream:
         """One page of ``source``'s records after ``cursor`` (PARTITION_RECORDS), each written here
         unless this store holds the same version or a newer one. Raises what the peer or the store
         raised."""
-        frame = self.peers[source].call(protocol.PartitionRecords(partition, cursor))
-        page = protocol.decode_partition_records_reply(frame.body)
+        page = self._prefetched(source, cursor) or self._fetch_records(partition, source, cursor)
+        if page.cursor:
+            # Fetch the next page while this one is written: the two overlap, as the listing's
+            # concurrent fetches do. The pace is held a page late, which its burst allows for.
+            self._prefetch = (source, page.cursor, gevent.spawn(self._fetch_records, partition, source, page.cursor))
         newer = [(key, record) for key, record in page.entries if _is_newer(self.store.read(key), record)]
         self._write_all(newer)
         size = sum(protocol.record_entry_size(key, record) for key, record in page.entries)
         self.events.stream_bytes(size)
         return PageCopied(source, page.cursor, size, len(newer))
+
+    def _fetch_records(self, partition: int, source: str, cursor: bytes) -> protocol.PartitionRecordsReply:
+        frame = self.peers[source].call(protocol.PartitionRecords(partition, cursor))
+        return protocol.decode_partition_records_reply(frame.body)
+
+    def _prefetched(self, source: str, cursor: bytes) -> protocol.PartitionRecordsReply | None:
+        """The page fetched ahead, if it is the one asked for (raising what its fetch raised); a
+        page fetched ahead for another source or cursor is dropped."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return None
+        ahead_source, ahead_cursor, greenlet = prefetch
+        if (ahead_source, ahead_cursor) != (source, cursor):
+            greenlet.kill(block=False)
+            return None
+        page: protocol.PartitionRecordsReply = greenlet.get()
+        return page
 
     def _write_all(self, records: Sequence[tuple[bytes, Record]]) -> None:
         """Write every record here, many at once so that group commit batches them; raise the first

@@ -70,6 +70,7 @@ class Op(IntEnum):
     IDENTIFY = 0x15
     MEMBERSHIP = 0x16
     EPOCH = 0x17
+    PARTITION_RECORDS = 0x18
     REPAIR = 0x20
     MEMBERS = 0x21
     STATS = 0x22
@@ -719,6 +720,24 @@ class Epoch:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionRecords:
+    """One page of a partition's records (key, version, value or tombstone), starting after
+    ``cursor`` (empty: the start): what a new owner streams a partition with. Members only."""
+
+    OP: ClassVar[Op] = Op.PARTITION_RECORDS
+    partition: int
+    cursor: bytes = b""
+
+    def encode(self) -> bytes:
+        return _U16.pack(self.partition) + _bytes16(self.cursor)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> PartitionRecords:
+        partition = reader.u16()
+        return cls(partition, reader.bytes16())
+
+
+@dataclass(frozen=True, slots=True)
 class Repair(_EmptyBody):
     """Asks the node to run one anti-entropy round with all its peers now."""
 
@@ -743,7 +762,7 @@ class Stats(_EmptyBody):
 Request = (
     Hello | Ping | Get | Put | Delete | Topology | AuthStart | AuthFinish | UserSet | Users
     | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | Identify | MembershipRecord | Epoch | Repair | Members | Stats
+    | Digests | PartitionKeys | PartitionRecords | Identify | MembershipRecord | Epoch | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -751,7 +770,7 @@ REQUEST_TYPES: dict[int, type[Request]] = {
     for request_type in (
         Hello, Ping, Get, Put, Delete, Topology, AuthStart, AuthFinish, UserSet, Users,
         ReplicaGet, ReplicaPut, HintedPut,
-        Digests, PartitionKeys, Identify, MembershipRecord, Epoch, Repair, Members, Stats,
+        Digests, PartitionKeys, PartitionRecords, Identify, MembershipRecord, Epoch, Repair, Members, Stats,
     )
 }  # fmt: skip
 """Op code -> request class: the one table ``decode_request`` reads."""
@@ -1166,6 +1185,12 @@ class PartitionKeysReply:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionRecordsReply:
+    entries: tuple[tuple[bytes, Record], ...]  # (key, record), in the partition's key order
+    cursor: bytes  # pass back to get the next page; empty when this page is the last
+
+
+@dataclass(frozen=True, slots=True)
 class RepairReply:
     partitions: int  # partitions compared with a peer
     differing: int  # keys found to differ
@@ -1210,6 +1235,31 @@ def encode_partition_keys_reply(reply: PartitionKeysReply) -> bytes:
         parts += [_bytes16(entry.key), _version(entry.version), _U8.pack(_TOMBSTONE_FLAG if entry.tombstone else 0)]
     parts.append(_bytes16(reply.cursor))
     return b"".join(parts)
+
+
+def record_entry_size(key: bytes, record: Record) -> int:
+    """Bytes one record takes in a PARTITION_RECORDS reply: key, flags, version and value."""
+    value = len(record.value) if record.value is not None else 0
+    return _U16.size + len(key) + _U8.size + _U64.size + _U8.size + len(record.version.node_id.encode()) + 4 + value
+
+
+def encode_partition_records_reply(reply: PartitionRecordsReply) -> bytes:
+    parts = [_U32.pack(len(reply.entries))]
+    for key, record in reply.entries:
+        parts += [_bytes16(key), _record_body(record)]
+    parts.append(_bytes16(reply.cursor))
+    return b"".join(parts)
+
+
+def decode_partition_records_reply(body: bytes) -> PartitionRecordsReply:
+    reader = BodyReader(body)
+    entries = []
+    for _ in range(reader.u32()):
+        key = reader.bytes16()
+        entries.append((key, _read_record(reader)))
+    cursor = reader.bytes16()
+    reader.end()
+    return PartitionRecordsReply(tuple(entries), cursor)
 
 
 def decode_partition_keys_reply(body: bytes) -> PartitionKeysReply:

@@ -79,6 +79,7 @@ class Config:
     metrics_auth: bool = False  # /metrics asks for a user too
     cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
     seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
+    stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -150,6 +151,12 @@ SETTINGS = [
         "500",
         "the most two nodes' clocks may disagree; a timestamp further ahead of this node's clock is refused "
         "(CLOCK_SKEW), and a node whose clock is that far off most peers' refuses to stamp writes",
+    ),
+    Setting(
+        "KV_STREAM_RATE_MBPS",
+        "25",
+        "MiB per second a node receives partitions at when membership changes (0: unpaced); Cassandra's "
+        "stream throughput is the model",
     ),
     Setting(
         "KV_READ_REPAIR_PERCENT",
@@ -356,6 +363,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         resp_port=resp_port,
         cluster_name=cluster_name,
         seeds=seeds,
+        stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )
     if problems:

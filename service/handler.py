@@ -19,7 +19,7 @@ from service.anti_entropy import AntiEntropy
 from service.authentication import Authenticator
 from service.config import Config
 from service.coordinator import Coordinator
-from service.local_store import LocalStore, listing_page_bytes
+from service.local_store import LocalStore, listing_page_bytes, records_page_bytes
 from service.membership import encode as encode_record
 from service.membership_view import MembershipView
 from service.node_stats import NodeReports
@@ -67,6 +67,7 @@ class RequestHandler:
         self._listing_limit = listing_page_bytes(config.max_frame_bytes)  # a page must fit one frame
         self._shape = (config.n, config.read_quorum, config.write_quorum)
         self._cluster = config.cluster
+        self._records_limit = records_page_bytes(config.max_frame_bytes)
         self.n = config.n
         self._members = frozenset(node.node_id for node in config.cluster)
         self.read_quorum = config.read_quorum
@@ -169,6 +170,10 @@ class RequestHandler:
                 self._check_partitions((partition,))
                 page = self.store.partition_keys(partition, cursor, self._listing_limit)
                 return Status.OK, protocol.encode_partition_keys_reply(page)
+            case protocol.PartitionRecords(partition, cursor):
+                self._check_partitions((partition,))
+                records = self.store.partition_records_page(partition, cursor, self._records_limit)
+                return Status.OK, protocol.encode_partition_records_reply(records)
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
             case protocol.Members():

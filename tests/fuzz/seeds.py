@@ -58,6 +58,8 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.Digests((0, 7, 63)),
         protocol.PartitionKeys(7),
         protocol.PartitionKeys(7, key),
+        protocol.PartitionRecords(7),
+        protocol.PartitionRecords(7, key),
         protocol.ReplicaGet(key, True),
         protocol.Repair(),
         protocol.Members(),
@@ -124,6 +126,11 @@ def reply_bodies() -> dict[str, list[bytes]]:
         "partition_keys": [
             protocol.encode_partition_keys_reply(
                 PartitionKeysReply((KeyVersion(b"foo", VERSION, True), KeyVersion(b"", VERSION, False)), b"foo")
+            )
+        ],
+        "partition_records": [
+            protocol.encode_partition_records_reply(
+                protocol.PartitionRecordsReply(((b"foo", VALUE_RECORD), (b"", TOMBSTONE)), b"foo")
             )
         ],
         "repair": [protocol.encode_repair_reply(RepairReply(1365, 3, 3, ("node3",)))],

@@ -35,6 +35,8 @@ from client.protocol import (
     OversizeFrameError,
     PartitionKeys,
     PartitionKeysReply,
+    PartitionRecords,
+    PartitionRecordsReply,
     PeerClockOffset,
     PeerState,
     Ping,
@@ -99,6 +101,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     ),
     st.just(protocol.MembershipRecord()),
     st.builds(protocol.Epoch, u64),
+    st.builds(PartitionRecords, u16, keys),
     st.just(Repair()),
     st.just(Members()),
     st.just(Stats()),
@@ -276,6 +279,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "IDENTIFY": 0x15,
         "MEMBERSHIP": 0x16,
         "EPOCH": 0x17,
+        "PARTITION_RECORDS": 0x18,
         "REPAIR": 0x20,
         "MEMBERS": 0x21,
         "STATS": 0x22,
@@ -353,6 +357,14 @@ def test_digests_reply_round_trips(reply: list[bytes]) -> None:
 @given(st.builds(PartitionKeysReply, st.lists(key_versions, max_size=20).map(tuple), keys))
 def test_partition_keys_reply_round_trips(reply: PartitionKeysReply) -> None:
     assert protocol.decode_partition_keys_reply(protocol.encode_partition_keys_reply(reply)) == reply
+
+
+@given(st.builds(PartitionRecordsReply, st.lists(st.tuples(keys, records), max_size=20).map(tuple), keys))
+def test_partition_records_reply_round_trips_and_sizes_its_entries(reply: PartitionRecordsReply) -> None:
+    body = protocol.encode_partition_records_reply(reply)
+    assert protocol.decode_partition_records_reply(body) == reply
+    envelope = 4 + 2 + len(reply.cursor)
+    assert len(body) == envelope + sum(protocol.record_entry_size(key, record) for key, record in reply.entries)
 
 
 @settings(max_examples=50)
@@ -614,6 +626,7 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
         protocol.decode_record,
         protocol.decode_digests_reply,
         protocol.decode_partition_keys_reply,
+        protocol.decode_partition_records_reply,
         protocol.decode_repair_reply,
         protocol.decode_members_reply,
         protocol.decode_identify_reply,

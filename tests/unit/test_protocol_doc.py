@@ -24,6 +24,8 @@ from client.protocol import (
     MemberView,
     PartitionKeys,
     PartitionKeysReply,
+    PartitionRecords,
+    PartitionRecordsReply,
     PeerClockOffset,
     PeerState,
     Ping,
@@ -68,6 +70,7 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     ),
     "DIGESTS id=10, 2 partitions: 7, 4095": (10, Digests((7, 4095))),
     "PARTITION_KEYS id=11, partition 7, cursor empty": (11, PartitionKeys(7)),
+    "PARTITION_RECORDS id=15, partition 7, cursor empty": (15, PartitionRecords(7)),
     "STATS id=14": (14, Stats()),
     'AUTH_START id=2, mechanism "SCRAM-SHA-256", client-first "n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL"': (
         2,
@@ -143,6 +146,13 @@ REPLIES: dict[str, bytes] = {
         11,
         protocol.encode_partition_keys_reply(
             PartitionKeysReply((KeyVersion(b"foo", Version(DOC_TIMESTAMP, "node2"), True),), b"")
+        ),
+    ),
+    'OK id=15: 1 record: "foo", flags 00, version (0x01a2b3c4d5e60000, "node2"), value "bar"; cursor empty '
+    "(last page)": reply(
+        15,
+        protocol.encode_partition_records_reply(
+            PartitionRecordsReply(((b"foo", Record(Version(DOC_TIMESTAMP, "node2"), b"bar")),), b"")
         ),
     ),
     "OK id=12 to REPAIR: 1365 partitions compared, 3 keys differed, 3 copied, no peer missed": reply(

@@ -71,6 +71,10 @@ class Op(IntEnum):
     MEMBERSHIP = 0x16
     EPOCH = 0x17
     PARTITION_RECORDS = 0x18
+    STREAM_DONE = 0x19
+    CLUSTER_JOIN = 0x28
+    CLUSTER_LEAVE = 0x29
+    CLUSTER_REMOVE = 0x2A
     REPAIR = 0x20
     MEMBERS = 0x21
     STATS = 0x22
@@ -93,6 +97,7 @@ class Status(IntEnum):
     FORBIDDEN = 0x19
     MEMBERSHIP_CHANGED = 0x1A
     NOT_A_MEMBER = 0x1B
+    CHANGE_IN_PROGRESS = 0x1D
     UNAVAILABLE = 0x20
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
@@ -738,6 +743,76 @@ class PartitionRecords:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamDone:
+    """Tells a leaving member that ``node_id`` holds every partition it receives in the change of
+    membership epoch ``epoch``: once every receiver has said so, the leaving member makes the
+    epoch that removes it. Members only; sent again until that epoch arrives."""
+
+    OP: ClassVar[Op] = Op.STREAM_DONE
+    epoch: int
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _U64.pack(self.epoch) + _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> StreamDone:
+        return cls(reader.u64(), reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterJoin:
+    """Asks a member to admit ``node_id``, reached at ``host``:``port``, as a joining member (a new
+    epoch). Admin; a joining node started with ``KV_AUTO_JOIN`` sends it to its seeds itself. The
+    reply is the record with the node in it (MEMBERSHIP's reply); CHANGE_IN_PROGRESS while another
+    change runs."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_JOIN
+    node_id: str
+    host: str
+    port: int
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id) + _str8(self.host) + _U16.pack(self.port)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterJoin:
+        return cls(reader.str8(), reader.str8(), reader.u16())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLeave:
+    """Asks a member to decommission ``node_id`` (a live member): it becomes ``leaving``, its
+    partitions stream to their new owners, then it leaves. Admin; the reply is the new record."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_LEAVE
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterLeave:
+        return cls(reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRemove:
+    """Asks a member to remove ``node_id`` (a dead member) at once; the new owners of its replicas
+    stream them from the surviving copies. Admin; the reply is the new record."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_REMOVE
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterRemove:
+        return cls(reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
 class Repair(_EmptyBody):
     """Asks the node to run one anti-entropy round with all its peers now."""
 
@@ -762,7 +837,8 @@ class Stats(_EmptyBody):
 Request = (
     Hello | Ping | Get | Put | Delete | Topology | AuthStart | AuthFinish | UserSet | Users
     | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | PartitionRecords | Identify | MembershipRecord | Epoch | Repair | Members | Stats
+    | Digests | PartitionKeys | PartitionRecords | Identify | MembershipRecord | Epoch | StreamDone
+    | ClusterJoin | ClusterLeave | ClusterRemove | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -770,7 +846,8 @@ REQUEST_TYPES: dict[int, type[Request]] = {
     for request_type in (
         Hello, Ping, Get, Put, Delete, Topology, AuthStart, AuthFinish, UserSet, Users,
         ReplicaGet, ReplicaPut, HintedPut,
-        Digests, PartitionKeys, PartitionRecords, Identify, MembershipRecord, Epoch, Repair, Members, Stats,
+        Digests, PartitionKeys, PartitionRecords, Identify, MembershipRecord, Epoch, StreamDone,
+        ClusterJoin, ClusterLeave, ClusterRemove, Repair, Members, Stats,
     )
 }  # fmt: skip
 """Op code -> request class: the one table ``decode_request`` reads."""

@@ -79,6 +79,7 @@ class Config:
     metrics_auth: bool = False  # /metrics asks for a user too
     cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
     seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
+    auto_join: bool = False  # on a first start, ask a seed to add this node (KV_AUTO_JOIN)
     stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
@@ -102,7 +103,12 @@ SETTINGS = [
         "kv",
         "the cluster's name; with KV_PEERS' ids and KV_PARTITIONS it makes the cluster id that members check",
     ),
-    Setting("KV_SEEDS", "", "host:port,... of members a new node asks to join (for joining; not used yet)"),
+    Setting("KV_SEEDS", "", "host:port,... of members a new node asks to join (with KV_AUTO_JOIN)"),
+    Setting(
+        "KV_AUTO_JOIN",
+        "false",
+        "true: on its first start this node asks a seed (KV_SEEDS) to add it; KV_PEERS then names only itself",
+    ),
     Setting("KV_HOST", "0.0.0.0", "address the protocol, Redis-protocol and HTTP servers bind"),
     Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
     Setting("KV_HTTP_PORT", "8000", "HTTP port for /metrics and /healthz (0: any free port)"),
@@ -275,7 +281,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     n = integer("KV_N", 1, MAX_N)
     write_quorum = integer("KV_W", 1, MAX_N)
     read_quorum = integer("KV_R", 1, MAX_N)
-    if cluster and n > len(cluster) and valid("KV_N"):
+    joining = bool(raw("KV_SEEDS")) and raw("KV_AUTO_JOIN").lower() == "true"
+    if cluster and n > len(cluster) and valid("KV_N") and not joining:
         problems.append(f"KV_N={n} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
     if write_quorum > n and valid("KV_N", "KV_W"):
         problems.append(f"KV_W={write_quorum} exceeds KV_N={n}: a write cannot wait for more replicas than N")
@@ -323,6 +330,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if not NODE_ID_PATTERN.match(cluster_name):
         problems.append(f"KV_CLUSTER_NAME={cluster_name!r}: must be 1-64 letters, digits, '.', '_' or '-'")
     seeds: tuple[str, ...] = parsed("KV_SEEDS", _seeds, ())
+    auto_join = parsed("KV_AUTO_JOIN", _boolean, False)
+    if auto_join and not seeds and "KV_SEEDS" not in invalid:
+        problems.append("KV_AUTO_JOIN=true needs KV_SEEDS: the host:port of one or more members to ask")
 
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
@@ -363,6 +373,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         resp_port=resp_port,
         cluster_name=cluster_name,
         seeds=seeds,
+        auto_join=auto_join,
         stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )

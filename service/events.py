@@ -167,6 +167,10 @@ class NodeEvents(
         for peer_id in peer_ids:
             self.metrics.peer_up.labels(peer_id).set(0)
 
+    def peer_added(self, peer_id: str) -> None:
+        """A member joined: shown as not up until the failure detector says otherwise."""
+        self.metrics.peer_up.labels(peer_id).set(0)
+
     # --- peers and tasks --------------------------------------------------------------------------
 
     def peer_state_changed(self, peer: Peer, old: PeerState, new: PeerState) -> None:

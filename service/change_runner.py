@@ -96,6 +96,7 @@ class ChangeRunner:
 
     def request(self, request: ChangeRequest) -> ClusterRecord:
         """Make the change ``request`` asks for; the record that holds it. Raises ``ChangeError``."""
+        self._catch_up()
         record = self.view.record
         try:
             match request:
@@ -119,6 +120,20 @@ class ChangeRunner:
             if not self.view.change(changed, "admin"):
                 raise ChangeError(Status.INTERNAL_ERROR, "the new membership record could not be saved here")
         return self.view.record
+
+    def _catch_up(self) -> None:
+        """Pull every live peer's record first, so that a change another member has just made (not
+        gossiped here yet) is seen, and this one is refused rather than made beside it."""
+
+        def pull(peer: Peer) -> None:
+            # A peer that cannot answer now (each call is bounded by the request timeout) learns of
+            # the change by gossip.
+            with contextlib.suppress(KVError, protocol.ProtocolError, membership.MembershipError):
+                body = protocol.decode_membership_reply(peer.call(protocol.MembershipRecord()).body)
+                self.view.offer(peer.node_id, membership.decode(body))
+
+        live = [peer for node_id, peer in list(self.peers.items()) if not self.is_down(node_id)]
+        gevent.joinall([gevent.spawn(pull, peer) for peer in live])
 
     def stream_done(self, epoch: int, node_id: str) -> None:
         """A receiver holds everything it receives in the change of ``epoch`` (STREAM_DONE)."""

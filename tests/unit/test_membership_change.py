@@ -18,9 +18,12 @@ import pytest
 from cluster import LOG_SINK, InProcessCluster, start_cluster
 from polling import wait_until
 
+from client import protocol
 from client.client import Client
 from client.errors import KVError
+from client.protocol import Status
 from service import membership, membership_changes, ownership
+from service.change_runner import ChangeError
 from service.membership import MemberState
 
 pytestmark = pytest.mark.unit
@@ -131,7 +134,7 @@ def test_a_node_joins_under_load_and_nothing_acknowledged_is_lost(tmp_path: Path
                 )
 
             joiner = gevent.spawn(cluster.start, "node4")
-            run_load(client, model, until=lambda: joined() or joiner.dead and not joiner.successful())
+            run_load(client, model, until=lambda: joined() or (joiner.dead and not joiner.successful()))
             joiner.get()
             wait_until(joined, 60, message="every node to hold node4 as normal")
 
@@ -151,7 +154,7 @@ def test_a_node_joins_under_load_and_nothing_acknowledged_is_lost(tmp_path: Path
         live = sum(1 for value in model.acked.values() if value is not None)
         share = replica_share(cluster, "node4", live)
         assert 0.20 <= share <= 0.30, share
-        print(f'JOIN ok={model.ok} failed={model.failed} streamed={len(streamed)} moved={len(plan.moves)} share={share:.3f}')
+        print(f"join: {model.ok} ok, {model.failed} failed, {len(streamed)} partitions streamed, share {share:.3f}")
         assert cluster.nodes["node4"].metrics.stream_partitions_pending._value.get() == 0
     finally:
         cluster.stop_all()
@@ -173,3 +176,78 @@ def test_a_second_change_while_one_runs_is_refused(tmp_path: Path) -> None:
     assert membership_changes.changing(done) == []
     assert membership_changes.pending_owners(done, 2) == {}
     assert membership_changes.pending_owners(joining, 2)  # c receives something
+
+
+def test_a_node_leaves_under_load_and_its_data_stays(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 4, n=2, w=2, r=1, partitions=256)
+    try:
+        model = Model()
+        with cluster.running_client() as client:
+            for i in range(KEYS):
+                client.put(f"k{i:04d}", b"first")
+                model.acked[f"k{i:04d}"] = b"first"
+            before = cluster.nodes["node1"].membership.record
+            LOG_SINK.clear()
+            answer = cluster.nodes["node2"].changes.request(protocol.ClusterLeave("node4"))
+            assert answer.member("node4").state is MemberState.LEAVING  # type: ignore[union-attr]
+            # A second change while this one runs is refused, with the reason.
+            with pytest.raises(ChangeError) as refused:
+                cluster.nodes["node1"].changes.request(protocol.ClusterLeave("node3"))
+            assert refused.value.status is Status.CHANGE_IN_PROGRESS
+
+            def left() -> bool:
+                return all(
+                    record.member("node4") is None for node_id, record in records(cluster).items() if node_id != "node4"
+                )
+
+            run_load(client, model, until=left)
+            wait_until(left, 60, message="every node to drop node4")
+        wait_until(lambda: cluster.nodes["node4"].membership.left, 10, message="node4 to know it left")
+        assert cluster.nodes["node4"].readiness_problem() is not None
+        cluster.stop("node4")
+        total = model.ok + model.failed
+        assert model.ok / total >= 0.999, (model.ok, model.failed, model.errors[:5])
+        check_data(cluster, model)
+
+        after = cluster.nodes["node1"].membership.record
+        assert after.epoch == before.epoch + 2 and after.node_ids == ("node1", "node2", "node3")
+        plan = ownership.plan(membership.ring(before), membership.ring(after), cluster.config.n)
+        streamed = [event["partition"] for event in LOG_SINK.events("stream_finished")]
+        assert sorted(streamed) == sorted(move.partition for move in plan.moves for _ in move.receivers)
+        print(f"leave: {model.ok} ok, {model.failed} failed, {len(streamed)} partitions streamed")
+    finally:
+        cluster.stop_all()
+
+
+def test_a_joining_node_stopped_mid_stream_finishes_the_join_after_a_restart(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=256)
+    try:
+        value = b"v" * 4000  # about 1 MB for node4 to receive: a second at 1 MB/s
+        with cluster.running_client() as client:
+            for i in range(1000):
+                client.put(f"k{i:04d}", value)
+        before = cluster.nodes["node1"].membership.record
+        LOG_SINK.clear()
+        cluster.add_joining("node4", seeds=["node2", "node1"], KV_STREAM_RATE_MBPS="1")
+        cluster.start("node4")
+        wait_until(lambda: LOG_SINK.events("stream_finished"), 30, message="node4 to finish a first partition")
+        cluster.stop("node4")
+        stored = cluster.nodes["node1"].membership.record.member("node4")
+        assert stored is not None and stored.state is MemberState.JOINING  # the change outlives the node
+        finished_before = len(LOG_SINK.events("stream_finished"))
+        cluster.start("node4")
+
+        def joined() -> bool:
+            return all_hold(cluster, lambda r: getattr(r.member("node4"), "state", None) is MemberState.NORMAL)
+
+        wait_until(joined, 120, message="node4's join to complete after its restart")
+        # The restart went on from the streams' checkpoints rather than from the start.
+        after = cluster.nodes["node4"].membership.record
+        plan = ownership.plan(membership.ring(before), membership.ring(after), cluster.config.n)
+        streamed = {event["partition"] for event in LOG_SINK.events("stream_finished")}
+        assert streamed == {move.partition for move in plan.receiving("node4")}
+        assert finished_before < len(streamed)
+        with cluster.running_client() as client:
+            assert all(client.get(f"k{i:04d}", r=2) == value for i in range(1000))
+    finally:
+        cluster.stop_all()

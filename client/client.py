@@ -287,6 +287,23 @@ class Client:
             return connection.hello.node_id, protocol.decode_members_reply(frame.body)
         raise none_reachable(failures)
 
+    def change_membership(
+        self, request: protocol.ClusterJoin | protocol.ClusterLeave | protocol.ClusterRemove
+    ) -> bytes:
+        """Ask the first reachable node to make a membership change (join, leave, remove); the
+        membership record that holds it (canonical JSON). Raises ``ChangeInProgressError`` while
+        another change runs, ``BadRequestError`` for a change that cannot be made."""
+        failures: list[KVError] = []
+        self._ensure_topology()
+        for address in dict.fromkeys([*self.seeds, *self._addresses.values()]):
+            try:
+                frame = self._connection(address).call(request, timeout=self.timeout)
+            except NodeUnreachableError as exc:
+                failures.append(exc)
+                continue
+            return protocol.decode_membership_reply(frame.body)
+        raise none_reachable(failures)
+
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
         address = self.node_address(node_id)

@@ -1477,6 +1477,7 @@ class StatsReply(StoreFlagged):
     members: tuple[MemberView, ...]  # its failure detector's view, itself first, as MEMBERS
     clock_offsets: tuple[PeerClockOffset, ...]  # peers whose clock offset it has measured
     repair: RepairProgress
+    streams_pending: int = 0  # partitions still to stream into this node for a membership change
 
 
 _STATS_FIGURES = struct.Struct(">QQBQQQQQ")
@@ -1517,6 +1518,8 @@ def encode_stats_reply(reply: StatsReply) -> bytes:
             repair.keys_copied,
         ),
     ]
+    if reply.streams_pending:  # a u32 after the rest, only while the node streams (older nodes never send it)
+        parts.append(_U32.pack(reply.streams_pending))
     return b"".join(parts)
 
 
@@ -1531,6 +1534,7 @@ def decode_stats_reply(body: bytes) -> StatsReply:
     if repair_flags & ~REPAIR_FLAG_RUNNING:
         raise ProtocolError(f"unknown repair flags 0x{repair_flags:02x}")
     repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
+    streams_pending = reader.u32() if reader.remaining else 0
     reader.end()
     return StatsReply(
         node_id,
@@ -1546,6 +1550,7 @@ def decode_stats_reply(body: bytes) -> StatsReply:
         members,
         offsets,
         repair,
+        streams_pending,
     )
 
 

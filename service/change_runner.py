@@ -85,12 +85,18 @@ class ChangeRunner:
         self.events = parts.events
         self.log = parts.log
         self.receiving_epoch = 0  # the change this node streams for now (0: none)
-        self.pending = 0  # partitions still to stream here
+        self._planned = 0  # partitions to stream here, before their queue starts
         self.done: dict[int, set[str]] = {}  # epoch -> receivers that said STREAM_DONE (on a leaving node)
         self._queue: StreamQueue | None = None
         self._tasks: list[gevent.Greenlet] = []
         self._stopped = False
         self._leaving_epoch = 0  # the change whose end this (leaving) node waits for
+
+    @property
+    def pending(self) -> int:
+        """Partitions still to stream here (0 when none remains)."""
+        queue = self._queue
+        return self._planned + (queue.pending if queue is not None and not queue.stopped else 0)
 
     # --- making a change ------------------------------------------------------------------------
 
@@ -207,16 +213,16 @@ class ChangeRunner:
         work: Sequence[tuple[int, Sequence[str]]],
         then: Callable[[ClusterRecord], None] | None,
     ) -> None:
-        self.pending = len(work)
+        self._planned = len(work)
         self.events.streams_pending(len(work))
         if not self._wait_for_members(record):
             return
         if self._queue is not None:
             self._queue.stop()
         queue = self._queue = StreamQueue(self.store, self.peers, self.settings, self.events)
+        self._planned = 0
         self.log.info("membership_streams_started", epoch=record.epoch, partitions=len(work))
         finished = queue.run(work)
-        self.pending = queue.pending
         if self._stopped or queue is not self._queue or queue.pending:
             return
         self.log.info(

@@ -73,9 +73,11 @@ def decommission(record: ClusterRecord, node_id: str) -> ClusterRecord:
 
 
 def remove(record: ClusterRecord, node_id: str) -> ClusterRecord:
-    """Epoch + 1 without ``node_id`` (a dead node: its data is re-created from the survivors)."""
-    _member(record, node_id)
-    _check_idle(record, f"remove {node_id}")
+    """Epoch + 1 without ``node_id`` (a dead node: its data is re-created from the survivors). A
+    joining node may be removed while its own join runs: that abandons the join."""
+    member = _member(record, node_id)
+    if member.state is not MemberState.JOINING:
+        _check_idle(record, f"remove {node_id}")
     _check_owners_left(record, node_id)
     return membership.next_epoch(record, [m for m in record.members if m.node_id != node_id])
 

@@ -239,6 +239,7 @@ class Node:
                 self.log,
             )
         )
+        self.reports.streams_pending = lambda: self.changes.pending
         self.handler.changes = self._change
         self.handler.stream_done = self.changes.stream_done
         self.membership.apply_ring = self._apply_ring

@@ -394,6 +394,10 @@ class StreamQueue:
         self.finished = list(gevent.pool.Pool(share).imap_unordered(one, moves))
         return self.finished
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         self._stopped = True
         for stream in list(self._streams):

@@ -19,6 +19,7 @@ from cluster import LOG_SINK, InProcessCluster, start_cluster
 from polling import wait_until
 
 from client import protocol
+from client.cli_cluster import cluster_command
 from client.client import Client
 from client.errors import KVError
 from client.protocol import Status
@@ -249,5 +250,28 @@ def test_a_joining_node_stopped_mid_stream_finishes_the_join_after_a_restart(tmp
         assert finished_before < len(streamed)
         with cluster.running_client() as client:
             assert all(client.get(f"k{i:04d}", r=2) == value for i in range(1000))
+    finally:
+        cluster.stop_all()
+
+
+def test_kv_cluster_join_leave_and_remove_from_the_cli(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64)
+    try:
+        with cluster.running_client() as client:
+            line, code = cluster_command(client, ["join", "node9=127.0.0.1:1"])
+            assert code == 0 and line.startswith("OK epoch 2:") and "node9 joining" in line, line
+            line, code = cluster_command(client, ["leave", "node1"])
+            assert code == 2 and line.startswith("ERROR CHANGE_IN_PROGRESS") and "node9 is joining" in line, line
+            line, code = cluster_command(client, ["remove", "node2"])
+            assert (code == 2 and "is up: remove is for a dead node" in line) or "in progress" in line, line
+            wait_until(lambda: all_hold(cluster, lambda r: r.epoch == 2), 10, message="epoch 2 everywhere")
+            status, code = cluster_command(client, ["status"])
+            assert code == 2 and "DJ  node9" in status, status
+            # node9 never comes: removing it abandons the join.
+            wait_until(lambda: cluster.nodes["node1"].detector.is_down("node9"), 15, message="node9 down")
+            line, code = cluster_command(client, ["remove", "node9"])
+            assert code == 0 and "node9" not in line, line
+            line, code = cluster_command(client, ["join", "node1"])
+            assert code == 2 and "usage: kv cluster" in line, line
     finally:
         cluster.stop_all()

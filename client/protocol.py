@@ -1534,7 +1534,11 @@ def decode_stats_reply(body: bytes) -> StatsReply:
     if repair_flags & ~REPAIR_FLAG_RUNNING:
         raise ProtocolError(f"unknown repair flags 0x{repair_flags:02x}")
     repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
-    streams_pending = reader.u32() if reader.remaining else 0
+    streams_pending = 0
+    if reader.remaining:
+        streams_pending = reader.u32()
+        if streams_pending == 0:  # sent only when not 0: one encoding per reply
+            raise ProtocolError("STATS carries streams pending only when there are some")
     reader.end()
     return StatsReply(
         node_id,

@@ -76,6 +76,10 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.Identify(IDENTITY),
         protocol.MembershipRecord(),
         protocol.Epoch(3),
+        protocol.StreamDone(5, "node2"),
+        protocol.ClusterJoin("node4", "node4", 5000),
+        protocol.ClusterLeave("node4"),
+        protocol.ClusterRemove("node4"),
     ]
     missing = set(protocol.REQUEST_TYPES.values()) - {type(request) for request in found}
     assert not missing, f"no seed for {sorted(cls.__name__ for cls in missing)}"

@@ -425,7 +425,7 @@ def test_a_truncated_stats_reply_is_a_protocol_error(reply: StatsReply, cut: int
     body = protocol.encode_stats_reply(reply)
     with pytest.raises(ProtocolError):
         protocol.decode_stats_reply(body[: min(cut, len(body) - 1)])
-    with pytest.raises(ProtocolError, match="unexpected bytes"):
+    with pytest.raises(ProtocolError, match=r"unexpected bytes|body ends"):
         protocol.decode_stats_reply(body + b"\x00")
 
 

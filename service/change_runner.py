@@ -111,7 +111,8 @@ class ChangeRunner:
                 case protocol.ClusterLeave(node_id):
                     changed = membership_changes.decommission(record, node_id)
                 case protocol.ClusterRemove(node_id):
-                    if node_id == self.node_id or not self.is_down(node_id):
+                    peer = self.peers.get(node_id)
+                    if node_id == self.node_id or (peer is not None and peer.ping() is not None):
                         raise ChangeRefused(
                             f"{node_id} is up: remove is for a dead node; decommission a live one with "
                             f"`kv cluster leave {node_id}`, which streams its data away first"

@@ -23,6 +23,7 @@ from client.cli_cluster import cluster_command
 from client.client import Client
 from client.errors import KVError
 from client.protocol import Status
+from client.ring import Ring
 from service import membership, membership_changes, ownership
 from service.change_runner import ChangeError
 from service.membership import MemberState
@@ -273,5 +274,31 @@ def test_kv_cluster_join_leave_and_remove_from_the_cli(tmp_path: Path) -> None:
             assert code == 0 and "node9" not in line, line
             line, code = cluster_command(client, ["join", "node1"])
             assert code == 2 and "usage: kv cluster" in line, line
+    finally:
+        cluster.stop_all()
+
+
+def test_removing_a_dead_node_recreates_its_replicas_from_the_survivors(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 4, n=2, w=2, r=1, partitions=64)
+    try:
+        keys = [f"k{i:04d}".encode() for i in range(300)]
+        with cluster.running_client() as client:
+            for key in keys:
+                client.put(key, b"kept")
+        cluster.stop("node4")
+        cluster.settle()
+        with cluster.running_client() as client:
+            line, code = cluster_command(client, ["remove", "node4"])
+        assert code == 0 and "node4" not in line, line
+        ring = Ring(["node1", "node2", "node3"], 64)
+
+        def copies(key: bytes) -> int:
+            held = 0
+            for node_id in ring.preference_list(key, 2):
+                record = cluster.nodes[node_id].store.read(key)
+                held += record is not None and record.value == b"kept"
+            return held
+
+        wait_until(lambda: all(copies(key) == 2 for key in keys), 60, message="every key to have 2 copies again")
     finally:
         cluster.stop_all()

@@ -32,6 +32,7 @@ from typing import IO
 import gevent
 
 from client import protocol
+from client.cli_cluster import cluster_command
 from client.cli_security import SecurityOptionError, add_security_options, security_from, users_command
 from client.client import Client
 from client.errors import KVError
@@ -469,6 +470,10 @@ prints a users file line. Passwords are never arguments: KV_PASSWORD,
 --password-file or a prompt (the new one: KV_NEW_PASSWORD, --new-password-file
 or a prompt).
 
+kv cluster status shows every member as nodetool status does: UN, UJ, UL or
+DN (up or down, normal, joining or leaving), its address, its share of the
+partitions, its keys and bytes, and streaming progress; exit 2 unless all UN.
+
 kv bench [options] measures throughput and latency of the cluster (and of
 Redis, for comparison); see kv bench --help.
 
@@ -524,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_security_options(parser)
     parser.add_argument(
-        "command", nargs="?", help="GET, PUT, DELETE, WHERE, STATUS, REPAIR (case-insensitive), or users ..."
+        "command",
+        nargs="?",
+        help="GET, PUT, DELETE, WHERE, STATUS, REPAIR (case-insensitive), users ... or cluster status",
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
     return parser
@@ -574,6 +581,10 @@ def _run(options: argparse.Namespace, output: Output) -> int:
     with client:
         if users:
             line, code = users_command(client, options.args)
+            output.text(line)
+            return code
+        if options.command is not None and options.command.lower() == "cluster":
+            line, code = cluster_command(client, options.args)
             output.text(line)
             return code
         if options.command is not None:

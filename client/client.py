@@ -20,6 +20,7 @@ unknown node id raises ``InvalidArgumentError`` (also a ``ValueError``) or ``Inv
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import time
@@ -34,12 +35,18 @@ from client import protocol
 from client.address import format_address, parse_address
 from client.connection import Connection, Framing, check_reply
 from client.errors import (
+    AbandonedRequestError,
+    AuthRequiredError,
+    BadRequestError,
     ClockSkewError,
+    ForbiddenError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     KeyTooLargeError,
     KVError,
+    MembershipChangedError,
     NodeUnreachableError,
+    NotAMemberError,
     RequestTimeoutError,
     ValueTooLargeError,
 )
@@ -58,6 +65,11 @@ SPECULATIVE_READ_AFTER = 0.25
 """Seconds a GET waits for its node before it is also sent to the next one (speculative retry); the
 first answer wins. Only reads are repeated: a write sent twice could be applied a second time
 later, after a newer write of the same key, by a node that was paused while it sat in its queue."""
+MEMBERSHIP_RETRIES = 5
+"""Times a request is sent again after MEMBERSHIP_CHANGED from every node tried, each after a fresh
+TOPOLOGY: views converge within a heartbeat or two (a second each), so five tries spaced by
+``MEMBERSHIP_RETRY_DELAY`` (doubling) cover about three seconds."""
+MEMBERSHIP_RETRY_DELAY = 0.1
 STALLED_GIVE_UP = 1.0
 """Seconds a write waits on a node that answers nothing at all (``Connection.stalled``) before it
 fails with TIMEOUT rather than wait out the whole timeout: the node is paused or swapping, every
@@ -195,6 +207,9 @@ class Client:
         self._addresses: dict[str, str] = {}  # node id -> address reachable from here
         self._limits: Limits | None = None
         self._seen_timestamp = 0
+        self.epoch = 0
+        """The membership epoch of the ring this client routes by (0: none known, or an older cluster)."""
+        self._stale = False  # a node said the membership moved on: refresh the ring before the next request
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -317,7 +332,21 @@ class Client:
         return self._connection(address).call(request, timeout=self.timeout)
 
     def _execute(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:
-        if self._ring is None:  # _ensure_topology, inline on this path: it also learns the limits
+        """Send ``request`` by the ring; when every node tried answers MEMBERSHIP_CHANGED (their views
+        of the cluster are converging), refresh the ring and send it again, a few times. A node that
+        answers so did nothing, so sending again is safe."""
+        delay = MEMBERSHIP_RETRY_DELAY
+        for _ in range(MEMBERSHIP_RETRIES):
+            try:
+                return self._execute_once(request)
+            except MembershipChangedError:
+                gevent.sleep(delay)
+                delay *= 2
+                self._stale = True
+        return self._execute_once(request)
+
+    def _execute_once(self, request: protocol.Get | protocol.Put | protocol.Delete) -> Frame:
+        if self._ring is None or self._stale:  # _ensure_topology, inline on this path: it also learns the limits
             self.refresh_topology()
         self._check_limits(request)
         assert self._ring is not None and self._topology is not None
@@ -335,6 +364,12 @@ class Client:
                 continue
             try:
                 return connection.call(request, self.timeout, stalled_after=STALLED_GIVE_UP)
+            except AbandonedRequestError as exc:
+                # Sent, then given up on with the node silent: it may still apply the write when it
+                # wakes, so another coordinator must not apply it too (the late copy would be stamped
+                # after, and overwrite, whatever this client writes next to the key).
+                slot.failed()
+                raise RequestTimeoutError(f"{exc.message}; the write may still be applied") from None
             except NodeUnreachableError as exc:
                 failure = exc
                 if reused and not connection.is_open:
@@ -348,6 +383,11 @@ class Client:
                 failures.append(failure)
             except ClockSkewError as exc:  # this coordinator's clock is off, and it wrote nothing: try another
                 failures.append(exc)
+            except MembershipChangedError as exc:  # its view is changing, and it did nothing: try another
+                self._stale = True
+                failures.append(exc)
+        if failures and all(isinstance(failure, MembershipChangedError) for failure in failures):
+            raise failures[-1]
         raise none_reachable(failures)
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
@@ -380,6 +420,11 @@ class Client:
             except NodeUnreachableError as exc:
                 self._slots[address].failed()
                 failures.append(exc)
+            except MembershipChangedError as exc:
+                self._stale = True
+                failures.append(exc)
+                if not waiting and not more:
+                    raise
         if waiting:
             raise RequestTimeoutError(f"no reply within {self.timeout:g} s from {', '.join(waiting.values())}")
         raise none_reachable(failures)
@@ -451,12 +496,25 @@ class Client:
         reachable = [outcome for outcome in outcomes if isinstance(outcome, Connection)]
         if not reachable:
             raise none_reachable(failures)
-        topology = protocol.decode_topology_reply(reachable[0].call(protocol.Topology(), timeout=self.timeout).body)
+        try:
+            frame = reachable[0].call(protocol.Topology(epoch=True), timeout=self.timeout)
+        except BadRequestError:  # a node from before membership records: the reply without the epoch
+            frame = reachable[0].call(protocol.Topology(), timeout=self.timeout)
+        topology = protocol.decode_topology_reply(frame.body)
         addresses = {node.node_id: node.address for node in topology.nodes}
         for connection in reachable:
             assert connection.hello is not None
             addresses[connection.hello.node_id] = connection.address
         self._topology = topology
+        epoch = topology.membership.epoch if topology.membership is not None else 0
+        if epoch != self.epoch:
+            self.epoch = epoch
+            for slot in self._slots.values():  # each open connection's node learns the new epoch
+                open_connection = slot.connection
+                if open_connection is not None and open_connection.is_open:
+                    with contextlib.suppress(KVError):
+                        open_connection.send(protocol.Epoch(epoch))  # the reply is not waited for
+        self._stale = False
         self._ring = Ring([node.node_id for node in topology.nodes], topology.partitions)
         self._addresses = addresses
         hello = reachable[0].hello
@@ -485,7 +543,23 @@ class Client:
             framing=Framing(security=self.security),
         )
         connection.connect()
+        self._tell_epoch(connection)
         return connection
+
+    def _tell_epoch(self, connection: Connection) -> None:
+        """Tell a new connection's node which membership epoch this client routes by (EPOCH), so it
+        can answer MEMBERSHIP_CHANGED once it moves on; a node with a newer one makes the client
+        refresh its ring. ``NotAMemberError`` (the connection closed) if the node is not an accepted
+        member: it coordinates nothing, and its HELLO's node id is not to be believed."""
+        try:
+            frame = connection.call(protocol.Epoch(self.epoch), timeout=self.timeout)
+        except NotAMemberError:
+            connection.close()
+            raise
+        except (BadRequestError, ForbiddenError, AuthRequiredError):
+            return  # a node from before EPOCH; or no user yet, which the first request reports
+        if protocol.decode_epoch_reply(frame.body) > self.epoch and self._topology is not None:
+            self._stale = True
 
     def _ping(self, address: str) -> bool:
         try:

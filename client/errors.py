@@ -93,6 +93,14 @@ class NodeUnreachableError(KVError):
     code = "UNREACHABLE"
 
 
+class AbandonedRequestError(NodeUnreachableError):
+    """The client reset a connection to a node that answered nothing (paused, swapping) while this
+    request was on it. For routing the node is unreachable, and a read goes to another replica. A
+    write is not sent elsewhere: its bytes left this host and may still be applied when the node
+    wakes (a proxy or load balancer in between may already hold them), after a newer write of the
+    same key; the caller learns it failed, and that its outcome is unknown."""
+
+
 class TooManyConnectionsError(NodeUnreachableError):
     """The node is serving as many client connections as it may; it closed this one. A kind of
     unreachable: the client fails over to another node, and backs off from this one."""
@@ -132,6 +140,21 @@ class TlsRequiredError(TlsError):
     code = "TLS_REQUIRED"
 
 
+class MembershipChangedError(KVError):
+    """The node's membership view is not the one this request was routed by, or not yet the one its
+    peers hold: refresh the ring (TOPOLOGY) and send it again. Nothing was done."""
+
+    code = "MEMBERSHIP_CHANGED"
+
+
+class NotAMemberError(NodeUnreachableError):
+    """The node is not an accepted member of the cluster (its peers refused it: another cluster, or
+    another process claims its node id), so it coordinates nothing. A kind of unreachable: the
+    client tries another node."""
+
+    code = "NOT_A_MEMBER"
+
+
 class ProtocolViolationError(KVError):
     """A node sent bytes that do not follow the protocol."""
 
@@ -149,6 +172,8 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.AUTH_REQUIRED: AuthRequiredError,
     Status.AUTH_FAILED: AuthFailedError,
     Status.FORBIDDEN: ForbiddenError,
+    Status.MEMBERSHIP_CHANGED: MembershipChangedError,
+    Status.NOT_A_MEMBER: NotAMemberError,
     Status.STORAGE_FULL: StorageFullError,
     Status.REPLICA_BEHIND: ReplicaBehindError,
     Status.TLS_REQUIRED: TlsRequiredError,

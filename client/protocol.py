@@ -67,6 +67,9 @@ class Op(IntEnum):
     HINTED_PUT = 0x12
     DIGESTS = 0x13
     PARTITION_KEYS = 0x14
+    IDENTIFY = 0x15
+    MEMBERSHIP = 0x16
+    EPOCH = 0x17
     PARTITION_RECORDS = 0x18
     REPAIR = 0x20
     MEMBERS = 0x21
@@ -88,6 +91,8 @@ class Status(IntEnum):
     AUTH_REQUIRED = 0x17
     AUTH_FAILED = 0x18
     FORBIDDEN = 0x19
+    MEMBERSHIP_CHANGED = 0x1A
+    NOT_A_MEMBER = 0x1B
     UNAVAILABLE = 0x20
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
@@ -269,6 +274,11 @@ class BodyReader:
     def version(self) -> Version:
         return Version(self.u64(), self.str8())
 
+    @property
+    def remaining(self) -> int:
+        """Bytes not read yet: an optional trailing field is there when this is not 0."""
+        return len(self._data) - self._offset
+
     def end(self) -> None:
         if self._offset != len(self._data):
             raise ProtocolError(f"{len(self._data) - self._offset} unexpected bytes after the last field")
@@ -355,11 +365,37 @@ class Hello:
         return cls(reader.u8(), reader.u8(), reader.str8())
 
 
+PING_WITH_MEMBERSHIP = 0x01
+"""In PING's optional flags byte: the reply also carries the node's membership epoch and digest
+(members send it with their heartbeats; an empty PING gets the reply version 1 began with)."""
+
+
 @dataclass(frozen=True, slots=True)
-class Ping(_EmptyBody):
-    """Are you there? An OK reply says the node serves requests."""
+class Ping:
+    """Are you there? An OK reply says the node serves requests. ``membership``: ask for the
+    node's membership epoch and digest too (``PingReply.membership``)."""
 
     OP: ClassVar[Op] = Op.PING
+    membership: bool = False
+
+    def encode(self) -> bytes:
+        return _U8.pack(PING_WITH_MEMBERSHIP) if self.membership else b""
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Ping:
+        return cls(_optional_flags(reader, PING_WITH_MEMBERSHIP, "PING") != 0)
+
+
+def _optional_flags(reader: BodyReader, known: int, op: str) -> int:
+    """An optional trailing flags byte (absent: 0); ``ProtocolError`` for a bit not in ``known``."""
+    if not reader.remaining:
+        return 0
+    flags = reader.u8()
+    if flags & ~known:
+        raise ProtocolError(f"unknown {op} flags 0x{flags:02x}")
+    if not flags:  # one encoding per request: no flags is an empty body
+        raise ProtocolError(f"{op} without flags has an empty body, not a 0 flags byte")
+    return flags
 
 
 class Role(IntEnum):
@@ -492,11 +528,25 @@ class Delete:
         return cls(reader.bytes16(), quorum, after)
 
 
+TOPOLOGY_WITH_EPOCH = 0x01
+"""In TOPOLOGY's optional flags byte: the reply also carries the membership epoch, the cluster id and
+each member's state (an empty TOPOLOGY gets the reply version 1 began with)."""
+
+
 @dataclass(frozen=True, slots=True)
-class Topology(_EmptyBody):
-    """Asks for the ring: N, R, W, the partition count and every member's address."""
+class Topology:
+    """Asks for the ring: N, R, W, the partition count and every member's address; with ``epoch``,
+    also the membership epoch, the cluster id and each member's state."""
 
     OP: ClassVar[Op] = Op.TOPOLOGY
+    epoch: bool = False
+
+    def encode(self) -> bytes:
+        return _U8.pack(TOPOLOGY_WITH_EPOCH) if self.epoch else b""
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Topology:
+        return cls(_optional_flags(reader, TOPOLOGY_WITH_EPOCH, "TOPOLOGY") != 0)
 
 
 REPLICA_GET_BEHIND_OK = 0x01
@@ -589,6 +639,86 @@ class PartitionKeys:
         return cls(partition, reader.bytes16())
 
 
+MEMBERSHIP_DIGEST_BYTES = 8
+"""A membership record's digest on the wire (``service.membership.DIGEST_BYTES``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """Who a node is, as members tell each other when a link opens (IDENTIFY): its cluster, id,
+    identity (random, minted on its first start), the address it believes it has, and the epoch and
+    digest of the membership record it holds."""
+
+    cluster_id: str
+    node_id: str
+    identity: str
+    host: str
+    port: int
+    epoch: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        if len(self.digest) != MEMBERSHIP_DIGEST_BYTES:
+            raise ValueError(f"a membership digest is {MEMBERSHIP_DIGEST_BYTES} bytes")
+        return (
+            _str8(self.cluster_id)
+            + _str8(self.node_id)
+            + _str8(self.identity)
+            + _str8(self.host)
+            + _U16.pack(self.port)
+            + _U64.pack(self.epoch)
+            + self.digest
+        )
+
+    @classmethod
+    def read(cls, reader: BodyReader) -> PeerIdentity:
+        cluster_id, node_id, identity, host = reader.str8(), reader.str8(), reader.str8(), reader.str8()
+        return cls(
+            cluster_id, node_id, identity, host, reader.u16(), reader.u64(), reader.take(MEMBERSHIP_DIGEST_BYTES)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Identify:
+    """A member's first request on a link to another member: who it is. The answer says who the
+    receiver is and whether it accepts the sender (``IdentifyReply``)."""
+
+    OP: ClassVar[Op] = Op.IDENTIFY
+    sender: PeerIdentity
+
+    def encode(self) -> bytes:
+        return self.sender.encode()
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Identify:
+        return cls(PeerIdentity.read(reader))
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRecord(_EmptyBody):
+    """Asks a member for the membership record it holds (a peer pulls it when a heartbeat shows an
+    epoch or digest other than its own)."""
+
+    OP: ClassVar[Op] = Op.MEMBERSHIP
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """Tells the node the membership epoch this client's ring was built from (0: none yet); the node
+    answers with its own, and later answers this connection's GET, PUT and DELETE with
+    MEMBERSHIP_CHANGED once, when its epoch has moved past it."""
+
+    OP: ClassVar[Op] = Op.EPOCH
+    epoch: int
+
+    def encode(self) -> bytes:
+        return _U64.pack(self.epoch)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> Epoch:
+        return cls(reader.u64())
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionRecords:
     """One page of a partition's records (key, version, value or tombstone), starting after
@@ -632,7 +762,7 @@ class Stats(_EmptyBody):
 Request = (
     Hello | Ping | Get | Put | Delete | Topology | AuthStart | AuthFinish | UserSet | Users
     | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | PartitionRecords | Repair | Members | Stats
+    | Digests | PartitionKeys | Identify | MembershipRecord | Epoch | PartitionRecords | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -640,7 +770,7 @@ REQUEST_TYPES: dict[int, type[Request]] = {
     for request_type in (
         Hello, Ping, Get, Put, Delete, Topology, AuthStart, AuthFinish, UserSet, Users,
         ReplicaGet, ReplicaPut, HintedPut,
-        Digests, PartitionKeys, PartitionRecords, Repair, Members, Stats,
+        Digests, PartitionKeys, Identify, MembershipRecord, Epoch, PartitionRecords, Repair, Members, Stats,
     )
 }  # fmt: skip
 """Op code -> request class: the one table ``decode_request`` reads."""
@@ -750,6 +880,25 @@ class TopologyReply:
     write_quorum: int  # W
     partitions: int
     nodes: tuple[NodeAddress, ...]
+    membership: TopologyMembership | None = None  # asked for with TOPOLOGY's epoch flag
+
+
+class MemberStateCode(IntEnum):
+    """A member's part in the ring, on the wire (``service.membership.MemberState``)."""
+
+    NORMAL = 0
+    JOINING = 1
+    LEAVING = 2
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyMembership:
+    """What TOPOLOGY adds when asked: the epoch of the record the ring comes from, the cluster id,
+    and each node's state, in the order of ``TopologyReply.nodes``."""
+
+    epoch: int
+    cluster_id: str
+    states: tuple[MemberStateCode, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -822,15 +971,87 @@ def encode_topology_reply(reply: TopologyReply) -> bytes:
     ]
     for node in reply.nodes:
         parts += [_str8(node.node_id), _str8(node.host), _U16.pack(node.port)]
+    if reply.membership is not None:
+        if len(reply.membership.states) != len(reply.nodes):
+            raise ValueError("a topology's states must match its nodes, one each")
+        parts += [_U64.pack(reply.membership.epoch), _str8(reply.membership.cluster_id)]
+        parts += [_U8.pack(state) for state in reply.membership.states]
     return b"".join(parts)
 
 
 def decode_topology_reply(body: bytes) -> TopologyReply:
+    """TOPOLOGY's reply, with its membership fields when they are there (asked with the epoch flag)."""
     reader = BodyReader(body)
     n, read_quorum, write_quorum, partitions = reader.u8(), reader.u8(), reader.u8(), reader.u16()
     nodes = tuple(NodeAddress(reader.str8(), reader.str8(), reader.u16()) for _ in range(reader.u16()))
+    membership = None
+    if reader.remaining:
+        epoch, cluster_id = reader.u64(), reader.str8()
+        states = []
+        for _ in nodes:
+            code = reader.u8()
+            try:
+                states.append(MemberStateCode(code))
+            except ValueError:
+                raise ProtocolError(f"unknown member state {code}") from None
+        membership = TopologyMembership(epoch, cluster_id, tuple(states))
     reader.end()
-    return TopologyReply(n, read_quorum, write_quorum, partitions, nodes)
+    return TopologyReply(n, read_quorum, write_quorum, partitions, nodes, membership)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifyReply:
+    """IDENTIFY's OK reply: who the receiver is, and whether it accepts the sender as the member it
+    claims to be (``reason`` says why not)."""
+
+    receiver: PeerIdentity
+    accepted: bool
+    reason: str = ""
+
+
+def encode_identify_reply(reply: IdentifyReply) -> bytes:
+    raw = clip_message(reply.reason).encode("utf-8")
+    return reply.receiver.encode() + _U8.pack(1 if reply.accepted else 0) + _U16.pack(len(raw)) + raw
+
+
+def decode_identify_reply(body: bytes) -> IdentifyReply:
+    reader = BodyReader(body)
+    receiver = PeerIdentity.read(reader)
+    accepted = reader.u8()
+    if accepted > 1:
+        raise ProtocolError(f"IDENTIFY's verdict is 0 or 1, not {accepted}")
+    raw = reader.bytes16()
+    reader.end()
+    if len(raw) > MAX_ERROR_MESSAGE_BYTES:
+        raise ProtocolError(f"IDENTIFY's reason is at most {MAX_ERROR_MESSAGE_BYTES} bytes, not {len(raw)}")
+    try:
+        reason = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("IDENTIFY's reason is not UTF-8") from None
+    return IdentifyReply(receiver, bool(accepted), reason)
+
+
+def encode_membership_reply(record: bytes) -> bytes:
+    """MEMBERSHIP's OK reply: the record as ``value``-typed canonical JSON (``service.membership``)."""
+    return _bytes32(record)
+
+
+def decode_membership_reply(body: bytes) -> bytes:
+    reader = BodyReader(body)
+    record = reader.bytes32()
+    reader.end()
+    return record
+
+
+def encode_epoch_reply(epoch: int) -> bytes:
+    return _U64.pack(epoch)
+
+
+def decode_epoch_reply(body: bytes) -> int:
+    reader = BodyReader(body)
+    epoch = reader.u64()
+    reader.end()
+    return epoch
 
 
 def encode_version(version: Version) -> bytes:
@@ -881,23 +1102,41 @@ class StoreFlagged:
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipVersion:
+    """The epoch and digest of a node's membership record, as its PING reply carries them."""
+
+    epoch: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PingReply(StoreFlagged):
     """Body of an OK reply to PING: the node's wall clock, for peers to measure their clock offset,
-    and its store flags (``PING_FLAG_STORAGE_FULL``, ``PING_FLAG_CATCHING_UP``)."""
+    its store flags (``PING_FLAG_STORAGE_FULL``, ``PING_FLAG_CATCHING_UP``), and, when asked with
+    ``PING_WITH_MEMBERSHIP``, its membership epoch and digest."""
 
     wall_ms: int  # Unix milliseconds when the node answered
     flags: int = 0
+    membership: MembershipVersion | None = None
 
 
 def encode_ping_reply(reply: PingReply) -> bytes:
-    return _U64.pack(reply.wall_ms) + _U8.pack(reply.flags)
+    body = _U64.pack(reply.wall_ms) + _U8.pack(reply.flags)
+    if reply.membership is not None:
+        if len(reply.membership.digest) != MEMBERSHIP_DIGEST_BYTES:
+            raise ValueError(f"a membership digest is {MEMBERSHIP_DIGEST_BYTES} bytes")
+        body += _U64.pack(reply.membership.epoch) + reply.membership.digest
+    return body
 
 
 def decode_ping_reply(body: bytes) -> PingReply:
     reader = BodyReader(body)
-    reply = PingReply(reader.u64(), reader.u8())
+    wall_ms, flags = reader.u64(), reader.u8()
+    membership = None
+    if reader.remaining:
+        membership = MembershipVersion(reader.u64(), reader.take(MEMBERSHIP_DIGEST_BYTES))
     reader.end()
-    return reply
+    return PingReply(wall_ms, flags, membership)
 
 
 def encode_value(version: Version, value: bytes) -> bytes:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from client import protocol
-from client.address import parse_address
+from client.address import format_address, parse_address
 from client.protocol import NodeAddress
 from client.ring import DEFAULT_PARTITIONS
 
@@ -77,6 +77,8 @@ class Config:
     tls_key: str = ""
     tls_ca: str = ""
     metrics_auth: bool = False  # /metrics asks for a user too
+    cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
+    seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
     stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
@@ -95,6 +97,12 @@ class Setting:
 SETTINGS = [
     Setting("KV_NODE_ID", None, "this node's id, unique in the cluster, e.g. node1"),
     Setting("KV_PEERS", None, "every member, this node included: id=host:port,id=host:port,..."),
+    Setting(
+        "KV_CLUSTER_NAME",
+        "kv",
+        "the cluster's name; with KV_PEERS' ids and KV_PARTITIONS it makes the cluster id that members check",
+    ),
+    Setting("KV_SEEDS", "", "host:port,... of members a new node asks to join (for joining; not used yet)"),
     Setting("KV_HOST", "0.0.0.0", "address the protocol, Redis-protocol and HTTP servers bind"),
     Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
     Setting("KV_HTTP_PORT", "8000", "HTTP port for /metrics and /healthz (0: any free port)"),
@@ -311,6 +319,11 @@ def load_config(environ: Mapping[str, str]) -> Config:
 
     security = _security(raw, parsed, cluster, problems)
 
+    cluster_name = raw("KV_CLUSTER_NAME")
+    if not NODE_ID_PATTERN.match(cluster_name):
+        problems.append(f"KV_CLUSTER_NAME={cluster_name!r}: must be 1-64 letters, digits, '.', '_' or '-'")
+    seeds: tuple[str, ...] = parsed("KV_SEEDS", _seeds, ())
+
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
@@ -348,6 +361,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         log_commands=log_commands,
         log_level=log_level,
         resp_port=resp_port,
+        cluster_name=cluster_name,
+        seeds=seeds,
         stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )
@@ -435,6 +450,11 @@ def _security(
         "tls_ca": tls["ca"],
         "metrics_auth": parsed("KV_METRICS_AUTH", _boolean, False),
     }
+
+
+def _seeds(text: str) -> tuple[str, ...]:
+    """``host:port,host:port`` as formatted addresses; ``ValueError`` naming the bad one."""
+    return tuple(format_address(*parse_address(item.strip())) for item in text.split(",") if item.strip())
 
 
 def _boolean(text: str) -> bool:

@@ -24,6 +24,8 @@ from service.coordinator import CoordinatorEvents
 from service.handoff import HandoffEvents
 from service.local_store import LocalStore, StoreEvents
 from service.logging import printable_key
+from service.membership import ClusterRecord
+from service.membership_view import MembershipEvents
 from service.metrics import Metrics
 from service.peers import MonitorEvents, Peer
 from service.server import ConnectionEvents
@@ -74,6 +76,7 @@ class NodeEvents(
     MonitorEvents,
     ConnectionEvents,
     AuthEvents,
+    MembershipEvents,
     StreamEvents,
 ):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
@@ -95,6 +98,61 @@ class NodeEvents(
         self._hint_failures = Throttle(HINT_FAILURE_LOG_INTERVAL_S)
         self._connection_lines = Throttle(CONNECTION_LOG_INTERVAL_S)
         self._auth_lines = Throttle(CONNECTION_LOG_INTERVAL_S)
+
+    # --- membership ------------------------------------------------------------------------------
+
+    def membership_serving(self, record: ClusterRecord, owned: int) -> None:
+        """The node serves ``record``'s ring, holding a replica of ``owned`` partitions."""
+        self.metrics.membership_epoch.set(record.epoch)
+        self.metrics.partitions_owned.set(owned)
+
+    def record_changed(self, old: ClusterRecord, new: ClusterRecord, source: str) -> None:
+        self.metrics.membership_epoch.set(new.epoch)
+        if new.epoch != old.epoch:
+            self.log.info(
+                "membership_epoch_changed",
+                old_epoch=old.epoch,
+                epoch=new.epoch,
+                source=source,
+                members={m.node_id: m.state.value for m in new.members},
+            )
+        else:
+            learnt = [m.node_id for m, was in zip(new.members, old.members, strict=False) if m != was]
+            self.log.info("membership_updated", epoch=new.epoch, source=source, members_changed=learnt)
+
+    def peer_refused(self, event: str, details: dict[str, object]) -> None:
+        self.log.error(event, **details)
+
+    def member_replaced(self, node_id: str, old: str, new: str, address: str) -> None:
+        self.log.warning(
+            "member_replaced",
+            node=node_id,
+            old_identity=old,
+            identity=new,
+            address=address,
+            hint="the member answers at its own address as a new process (a new or wiped disk); "
+            "anti-entropy brings its data back",
+        )
+
+    def save_failed(self, record: ClusterRecord, error: str) -> None:
+        self.log.error(
+            "membership_not_saved",
+            epoch=record.epoch,
+            error=error,
+            hint="the node keeps its record until it can write KV_DATA_DIR/membership.json",
+        )
+
+    def conflict(self, ours: ClusterRecord, theirs: ClusterRecord, winner: ClusterRecord, peer: str) -> None:
+        self.log.error(
+            "membership_conflict",
+            epoch=ours.epoch,
+            peer=peer,
+            ours={m.node_id: m.address for m in ours.members},
+            theirs={m.node_id: m.address for m in theirs.members},
+            kept="ours" if winner == ours or winner.members == ours.members else "theirs",
+            hint="two membership changes were made at one epoch, or founding nodes were given different "
+            "addresses in KV_PEERS; the one kept is the same on every node",
+        )
 
     def track(self, store: LocalStore, peer_ids: Iterable[str]) -> None:
         """Read the store's key and hint counts and its state at each scrape; show every peer as not

@@ -20,6 +20,8 @@ from service.authentication import Authenticator
 from service.config import Config
 from service.coordinator import Coordinator
 from service.local_store import LocalStore, listing_page_bytes, records_page_bytes
+from service.membership import encode as encode_record
+from service.membership_view import MembershipView
 from service.node_stats import NodeReports
 from service.quorum import QuorumFailure, resolve_quorum
 from service.storage import StorageError, StorageFull
@@ -64,15 +66,38 @@ class RequestHandler:
         self._hello_body = protocol.encode_hello_reply(self.hello)
         self._listing_limit = listing_page_bytes(config.max_frame_bytes)  # a page must fit one frame
         self._records_limit = records_page_bytes(config.max_frame_bytes)
-        self._topology_body = protocol.encode_topology_reply(
-            protocol.TopologyReply(config.n, config.read_quorum, config.write_quorum, config.partitions, config.cluster)
-        )
+        self._shape = (config.n, config.read_quorum, config.write_quorum)
+        self._cluster = config.cluster
         self.n = config.n
         self._members = frozenset(node.node_id for node in config.cluster)
         self.read_quorum = config.read_quorum
         self.write_quorum = config.write_quorum
         self.accounts: Authenticator | None = None
         """The node's users, for USER_SET and USERS (the node sets it; ``None``: it has none)."""
+        self.membership: MembershipView | None = None
+        """The node's membership view (the node sets it): IDENTIFY, MEMBERSHIP, EPOCH and TOPOLOGY
+        answer from it, and while it names a problem GET, PUT and DELETE are refused with it."""
+
+    @property
+    def epoch(self) -> int:
+        """The membership epoch of the ring this node serves (0 without a membership view)."""
+        return self.membership.serving.epoch if self.membership is not None else 0
+
+    def epoch_moved(self, request_id: int, client_epoch: int) -> bytes:
+        """MEMBERSHIP_CHANGED for a client that said it routes by ``client_epoch`` (EPOCH)."""
+        return protocol.encode_error(
+            request_id,
+            Status.MEMBERSHIP_CHANGED,
+            f"the cluster's membership moved from epoch {client_epoch} to {self.epoch}; refresh the topology and retry",
+        )
+
+    def _check_membership(self, *, changing_ok: bool = False) -> None:
+        """``RequestError`` while this node may not coordinate (``MembershipView.problem``);
+        ``changing_ok``: only if it is not an accepted member (TOPOLOGY is the remedy for a change)."""
+        membership = self.membership
+        problem = membership.problem if membership is not None else None
+        if problem is not None and not (changing_ok and problem[0] is Status.MEMBERSHIP_CHANGED):
+            raise RequestError(*problem)
 
     def reply(self, request_id: int, request: protocol.Request, *, inline: bool = False) -> bytes:
         """The encoded reply; every failure becomes an error reply, never an exception, except
@@ -95,17 +120,20 @@ class RequestHandler:
     def _run(self, request: protocol.Request, inline: bool) -> tuple[Status, bytes]:
         match request:
             case protocol.Get(key, quorum):
+                self._check_membership()
                 self.check_key(key)
                 record = self.coordinator.get(key, self._quorum(quorum, self.read_quorum, "R"), wait=not inline)
                 if record is None or record.value is None:
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_value(record.version, record.value)
             case protocol.Put(key, value, quorum, after):
+                self._check_membership()
                 self.check_key(key)
                 self.check_value(value)
                 version = self.coordinator.put(key, value, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
             case protocol.Delete(key, quorum, after):
+                self._check_membership()
                 self.check_key(key)
                 version = self.coordinator.delete(key, self._quorum(quorum, self.write_quorum, "W"), after)
                 return Status.OK, protocol.encode_version(version)
@@ -152,11 +180,24 @@ class RequestHandler:
                 return Status.OK, protocol.encode_members_reply(self.reports.members())
             case protocol.Stats():
                 return Status.OK, protocol.encode_stats_reply(self.reports.stats())
-            case protocol.Ping():
-                reply = protocol.PingReply(self.coordinator.clock.physical_now(), self.store.flags)
+            case protocol.Ping(membership):
+                held = self.membership.version() if membership and self.membership is not None else None
+                reply = protocol.PingReply(self.coordinator.clock.physical_now(), self.store.flags, held)
                 return Status.OK, protocol.encode_ping_reply(reply)
-            case protocol.Topology():
-                return Status.OK, self._topology_body
+            case protocol.Topology(with_epoch):
+                self._check_membership(changing_ok=True)
+                return Status.OK, self._topology(with_epoch)
+            case protocol.Identify(sender):
+                if self.membership is None:
+                    raise RequestError(Status.BAD_REQUEST, "this node keeps no membership record")
+                return Status.OK, protocol.encode_identify_reply(self.membership.identify(sender))
+            case protocol.MembershipRecord():
+                if self.membership is None:
+                    raise RequestError(Status.BAD_REQUEST, "this node keeps no membership record")
+                return Status.OK, protocol.encode_membership_reply(encode_record(self.membership.record))
+            case protocol.Epoch():
+                self._check_membership(changing_ok=True)
+                return Status.OK, protocol.encode_epoch_reply(self.epoch)
             case protocol.Hello():
                 return self.negotiate(request)
             case protocol.UserSet():
@@ -173,6 +214,21 @@ class RequestHandler:
                 users = self.accounts.list_users() if self.accounts is not None else []
                 return Status.OK, protocol.encode_users_reply(users)
         raise RequestError(Status.BAD_REQUEST, f"unsupported request {type(request).__name__}")
+
+    def _topology(self, with_epoch: bool) -> bytes:
+        """TOPOLOGY's reply: the ring this node serves, from its membership record (with its epoch,
+        cluster id and member states if asked)."""
+        n, r, w = self._shape
+        if self.membership is None:
+            reply = protocol.TopologyReply(n, r, w, self.store.partitions, self._cluster)
+            return protocol.encode_topology_reply(reply)
+        record = self.membership.serving
+        nodes = tuple(protocol.NodeAddress(m.node_id, m.host, m.port) for m in record.members)
+        extra = None
+        if with_epoch:
+            states = tuple(protocol.MemberStateCode[m.state.name] for m in record.members)
+            extra = protocol.TopologyMembership(record.epoch, record.cluster_id, states)
+        return protocol.encode_topology_reply(protocol.TopologyReply(n, r, w, record.partitions, nodes, extra))
 
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
         if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:

@@ -231,6 +231,16 @@ class Metrics:
             "Writes stamped again above a newer version a replica held (a clock behind another node's)",
             registry=self.registry,
         )
+        self.membership_epoch = Gauge(
+            "kv_membership_epoch",
+            "Epoch of the membership record this node holds (a membership change makes a new one, epoch + 1)",
+            registry=self.registry,
+        )
+        self.partitions_owned = Gauge(
+            "kv_partitions_owned",
+            "Partitions this node holds a replica of on the ring it serves (of KV_PARTITIONS, N replicas each)",
+            registry=self.registry,
+        )
         self.connections = Gauge("kv_connections", "Open client and peer connections", registry=self.registry)
         self.connections_refused = Counter(
             "kv_connections_refused",

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 import gevent
 from prometheus_client import make_wsgi_app
 
-from client.protocol import PING_FLAG_STORAGE_FULL, PeerState
-from client.ring import Ring
+from client.protocol import PING_FLAG_STORAGE_FULL, NodeAddress, PeerState
+from service import membership as membership_record
+from service import membership_store
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.clock_offsets import ClockOffsets
 from service.cluster_view import ClusterView
@@ -34,6 +35,7 @@ from service.http import HttpServer, LogWriter, WsgiApp, make_app
 from service.http_auth import BasicAuth
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.membership_view import MembershipView
 from service.memory import RELEASE_INTERVAL, MemoryReleaser
 from service.metrics import WINDOW_TICK_SECONDS, Metrics
 from service.node_stats import NodeReports
@@ -82,6 +84,26 @@ class Node:
         self.metrics = Metrics()
         self.events = NodeEvents(self.metrics, self.log, hint_window_s=config.hint_window)
         self.security = load_security(config, self.events)  # ConfigError: a file it names does not load
+        # Before the store opens: a data directory of another node, cluster or partition count is
+        # refused (ConfigError) before anything reads it with the wrong partition map.
+        opened = membership_store.open_membership(config)
+        if opened.formed:
+            self.log.info(
+                "membership_formed",
+                cluster_id=opened.local.record.cluster_id,
+                identity=opened.local.identity,
+                members=list(opened.local.record.node_ids),
+                upgrade=opened.upgraded,
+            )
+        self.membership = MembershipView(
+            opened.local, lambda local: membership_store.save(config.data_dir, local), self.events
+        )
+        record = self.membership.record
+        members = [
+            NodeAddress(member.node_id, member.host, member.port)
+            for member in record.members
+            if member.node_id != config.node_id
+        ]
         self.storage = Storage(config.data_dir, config.storage_limit_bytes, config.partitions, sync=config.fsync_always)
         if self.storage.digests_rebuilt and self.storage.digests_rebuilt[0]:  # not closed last time: a crash or kill
             records, seconds = self.storage.digests_rebuilt
@@ -103,7 +125,8 @@ class Node:
         self.store = LocalStore(
             config.node_id, self.storage, self.clock, now_ms=self.node_clock.steady_ms, events=self.events
         )
-        self.ring = Ring([node.node_id for node in config.cluster], config.partitions)
+        self.ring = membership_record.ring(record)
+        self.events.membership_serving(record, self._partitions_owned())
 
         peer_settings = PeerSettings(
             config.node_id,
@@ -112,13 +135,14 @@ class Node:
             config.max_frame_bytes,
             security=self.security.peer_security,
             plaintext_fallback=self.security.mode is TlsMode.MIGRATE,
+            membership=self.membership,
         )
         self.store_flags = StoreFlags(
-            config.node_id, lambda: self.store.flags, [node.node_id for node in config.peers], self._peer_store_changed
+            config.node_id, lambda: self.store.flags, [node.node_id for node in members], self._peer_store_changed
         )
         self.peers = {
             node.node_id: Peer(node, peer_settings, self._peer_request_failed, self.store_flags.refused)
-            for node in config.peers
+            for node in members
         }
         self.detector = FailureDetector(self.peers, time.monotonic)
         self.offsets = ClockOffsets(self.peers, config.max_clock_offset_ms, self.node_clock.steady_ms)
@@ -126,7 +150,7 @@ class Node:
             self.peers.values(),
             self.detector,
             self.events,
-            HeartbeatRecords(self.offsets, self.store_flags, self.node_clock.wall_ms),
+            HeartbeatRecords(self.offsets, self.store_flags, self.node_clock.wall_ms, self.membership),
         )
         self.events.track(self.store, self.peers)
         # Hints held for a peer that came back can go now, not at the next pass.
@@ -178,6 +202,7 @@ class Node:
         )
         self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports)
         self.handler.accounts = self.security.authenticator
+        self.handler.membership = self.membership
         tls_acceptor = None
         if self.security.tls is not None:
             tls_acceptor = TlsAcceptor(
@@ -249,12 +274,15 @@ class Node:
 
     def readiness_problem(self) -> str | None:
         """Why the node cannot coordinate requests yet (``/readyz`` 503), or ``None``: it is not
-        serving, its store must be reopened, or it has no verdict yet on some peer (a write sent
-        now could find that live peer unreachable and fail)."""
+        serving, its store must be reopened, its peers refused it or their membership views differ
+        (``MembershipView.problem``), or it has no verdict yet on some peer (a write sent now could
+        find that live peer unreachable and fail)."""
         if not self._serving:
             return "not serving: the node is starting or stopping"
         if self.storage.panicked:
             return "the store is being reopened after a fatal LMDB error"
+        if self.membership.problem is not None:
+            return self.membership.problem[1]
         undecided = self.detector.undecided()
         if undecided:
             return f"waiting to hear from {', '.join(undecided)} (or to give up on them)"
@@ -277,7 +305,10 @@ class Node:
             live_keys=self.store.live_keys,
             hints_pending=self.store.pending_hints(),
             storage=self.store.state_description(),
-            members=[node.node_id for node in self.config.cluster],
+            members=list(self.membership.record.node_ids),
+            cluster_id=self.membership.record.cluster_id,
+            epoch=self.membership.record.epoch,
+            identity=self.membership.local.identity,
             n=self.config.n,
             r=self.config.read_quorum,
             w=self.config.write_quorum,
@@ -382,6 +413,11 @@ class Node:
             return True
         peer = self.peers.get(node_id)
         return peer is not None and peer.stalled()
+
+    def _partitions_owned(self) -> int:
+        """Partitions this node holds a replica of on the ring it serves (``kv_partitions_owned``)."""
+        ring, node_id, n = self.ring, self.config.node_id, self.config.n
+        return sum(node_id in ring.partition_owners(p)[:n] for p in range(ring.partitions))
 
     def _release_memory(self) -> None:
         freed = self.memory.run_pass()

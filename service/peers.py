@@ -15,17 +15,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import gevent
 
 from client import protocol
 from client.connection import Connection, Framing
-from client.errors import KVError, NodeUnreachableError, ReplicaBehindError, StorageFullError, TlsError
+from client.errors import (
+    BadRequestError,
+    KVError,
+    NodeUnreachableError,
+    ReplicaBehindError,
+    StorageFullError,
+    TlsError,
+)
 from client.protocol import (
     PING_FLAG_CATCHING_UP,
     PING_FLAG_STORAGE_FULL,
     Frame,
+    IdentifyReply,
+    MembershipVersion,
     NodeAddress,
+    PeerIdentity,
     PeerState,
     Record,
     Request,
@@ -37,6 +48,9 @@ from client.transport import ConnectionSlot
 from service.admission import PEER_NAME_PREFIX
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.failure_detector import FailureDetector
+from service.membership import ClusterRecord, MembershipError
+from service.membership import decode as decode_record
+from service.membership_view import MembershipRefusedError
 from service.store_flags import StoreFlags
 
 STALLED_AFTER = 0.25
@@ -44,6 +58,20 @@ STALLED_AFTER = 0.25
 it counts as stalled: far above a healthy round trip, far below the failure detector's 5 s."""
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between pings of each peer: a restarted peer is seen as up about this fast."""
+
+
+class PeerMembership(Protocol):
+    """What a peer link needs of the node's membership (``membership_view.MembershipView``)."""
+
+    def me(self) -> PeerIdentity: ...
+
+    def check_answer(self, expected: str, address: str, reply: IdentifyReply) -> None: ...
+
+    def unreachable(self, peer: str) -> None: ...
+
+    def observe(self, peer: str, version: MembershipVersion | None) -> bool: ...
+
+    def offer(self, peer: str, theirs: ClusterRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,8 @@ class PeerSettings:
     """How to dial a peer now: TLS context and the cluster secret's credentials (``NodeSecurity``)."""
     plaintext_fallback: bool = False
     """``KV_TLS_MODE=migrate``: a peer that does not speak TLS yet is dialled again in plaintext."""
+    membership: PeerMembership | None = None
+    """Each link opens with IDENTIFY, checked here; ``None``: links are used unchecked (tests)."""
 
 
 class Peer:
@@ -92,6 +122,8 @@ class Peer:
         self._max_frame_bytes = settings.max_frame_bytes
         self._security = settings.security
         self._plaintext_fallback = settings.plaintext_fallback
+        self._membership = settings.membership
+        self._gossips = settings.membership is not None  # PING asks for the membership epoch and digest
         self._on_failure = on_failure
         self._on_refusal = on_refusal
         self._slot = ConnectionSlot(self._dial, node.address)
@@ -154,7 +186,15 @@ class Peer:
         """The peer's answer to PING now (its wall clock and state flags), or ``None`` if it does not
         answer; reconnects if needed whatever the reconnection policy says."""
         try:
-            frame = self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
+            ping = protocol.Ping(membership=self._gossips)
+            try:
+                frame = self.call(ping, retry_now=True, timeout=self._connect_timeout * 2)
+            except BadRequestError:
+                if not self._gossips:
+                    raise
+                # A node from before membership records takes only an empty PING: ask it so from now on.
+                self._gossips = False
+                frame = self.call(protocol.Ping(), retry_now=True, timeout=self._connect_timeout * 2)
             return protocol.decode_ping_reply(frame.body)
         except protocol.ProtocolError as exc:
             self.last_error = f"bad PING reply: {exc}"
@@ -172,7 +212,23 @@ class Peer:
     def close(self) -> None:
         self._slot.close()
 
+    def pull_membership(self) -> ClusterRecord:
+        """The membership record the peer holds (MEMBERSHIP); ``KVError``, ``ProtocolError`` or
+        ``MembershipError`` if it cannot be had."""
+        frame = self.call(protocol.MembershipRecord())
+        return decode_record(protocol.decode_membership_reply(frame.body))
+
     def _dial(self) -> Connection:
+        try:
+            return self._dial_once()
+        except MembershipRefusedError:
+            raise
+        except NodeUnreachableError:
+            if self._membership is not None:
+                self._membership.unreachable(self.node_id)  # what it said before no longer counts
+            raise
+
+    def _dial_once(self) -> Connection:
         security = self._security()
         try:
             return self._connect(security)
@@ -191,7 +247,33 @@ class Peer:
             framing=Framing(max_frame_bytes=self._max_frame_bytes, coalesce=True, security=security),
         )
         connection.connect()  # a failure counts in the slot's backoff
+        if self._membership is not None:
+            self._identify(connection, self._membership)
         return connection
+
+    def _identify(self, connection: Connection, membership: PeerMembership) -> None:
+        """IDENTIFY both ways on a new link; ``MembershipRefusedError`` (the link closed) if the peer
+        is not the member dialled or refuses this node."""
+        try:
+            frame = connection.call(protocol.Identify(membership.me()), self._request_timeout)
+            reply = protocol.decode_identify_reply(frame.body)
+        except BadRequestError:
+            self._gossips = False  # a node from before IDENTIFY: no membership record to check or gossip
+            return
+        except protocol.ProtocolError as exc:
+            connection.close()
+            raise NodeUnreachableError(
+                f"{self.node_id} answered IDENTIFY with bytes that do not parse: {exc}"
+            ) from None
+        except KVError:
+            connection.close()
+            raise
+        try:
+            membership.check_answer(self.node_id, self.node.address, reply)
+        except MembershipRefusedError:
+            connection.close()
+            raise
+        self._gossips = True
 
 
 class MonitorEvents:
@@ -212,6 +294,8 @@ class HeartbeatRecords:
     offsets: ClockOffsets
     store_flags: StoreFlags
     wall_ms: Callable[[], int]
+    membership: PeerMembership | None = None
+    """Told each answer's membership epoch and digest; given the records pulled from peers that differ."""
 
 
 class PeerMonitor:
@@ -240,15 +324,29 @@ class PeerMonitor:
         pings = {node_id: gevent.spawn(self._ping, peer) for node_id, peer in self._peers.items()}
         gevent.joinall(list(pings.values()))
         records = self._records
+        pulls = []
         for node_id, ping in pings.items():
             answered = ping.value is not None
             if answered:
                 sent_ms, received_ms, reply = ping.value
+                if records.membership is not None and records.membership.observe(node_id, reply.membership):
+                    pulls.append(gevent.spawn(self._pull, self._peers[node_id], records.membership))
                 records.store_flags.observe(node_id, reply.flags)
                 sample = records.offsets.record(node_id, sent_ms, received_ms, reply.wall_ms)
                 self._events.clock_offset(node_id, sample, records.offsets)
             self._report(self._detector.heartbeat(node_id) if answered else self._detector.failure(node_id))
         self._report(self._detector.evaluate())
+        gevent.joinall(pulls)
+
+    @staticmethod
+    def _pull(peer: Peer, membership: PeerMembership) -> None:
+        """Fetch ``peer``'s membership record and offer it to this node's (the next beat retries a failure)."""
+        try:
+            record = peer.pull_membership()
+        except (KVError, protocol.ProtocolError, MembershipError) as exc:
+            peer.last_error = f"membership record not pulled: {exc}"
+            return
+        membership.offer(peer.node_id, record)
 
     def _ping(self, peer: Peer) -> tuple[int, int, protocol.PingReply] | None:
         sent_ms = self._records.wall_ms()

@@ -3,10 +3,10 @@
 | role | may run |
 |---|---|
 | before authentication | HELLO, AUTH_START, AUTH_FINISH |
-| ``read`` | + PING, GET, TOPOLOGY, MEMBERS, STATS |
+| ``read`` | + PING, GET, TOPOLOGY, MEMBERS, STATS, EPOCH |
 | ``readwrite`` | + PUT, DELETE |
 | ``admin`` | + REPAIR, USER_SET, USERS, cluster membership ops (0x23-0x2F), replica reads (below) |
-| ``peer`` | every op: + replica writes and hints (REPLICA_PUT, HINTED_PUT), streaming (0x15-0x1F: PARTITION_RECORDS) |
+| ``peer`` | every op: + REPLICA_PUT, HINTED_PUT, IDENTIFY, MEMBERSHIP, streaming (0x15-0x1F but EPOCH) |
 
 Replica reads (REPLICA_GET, DIGESTS, PARTITION_KEYS) show a replica's own records as they are: an
 admin may inspect them. ``peer`` is a member of the cluster, authenticated with the cluster secret; no user has it.
@@ -28,7 +28,10 @@ STREAMING_OPS = frozenset(range(0x15, 0x20))
 CLUSTER_MEMBERSHIP_OPS = frozenset(range(0x23, 0x30))
 """Reserved for elastic membership's administration (join, leave...): the admin role."""
 
-READ_OPS = frozenset({Op.HELLO, Op.AUTH_START, Op.AUTH_FINISH, Op.PING, Op.GET, Op.TOPOLOGY, Op.MEMBERS, Op.STATS})
+READ_OPS = frozenset(
+    {Op.HELLO, Op.AUTH_START, Op.AUTH_FINISH, Op.PING, Op.GET, Op.TOPOLOGY, Op.MEMBERS, Op.STATS, Op.EPOCH}
+)
+"""EPOCH (0x17) lies in the members' range but is a client's: it says which ring the client routes by."""
 READWRITE_OPS = READ_OPS | {Op.PUT, Op.DELETE}
 REPLICA_READS = frozenset({Op.REPLICA_GET, Op.DIGESTS, Op.PARTITION_KEYS})
 """A replica's own records, as they are: what an admin inspects (``kv`` tests, a key's replicas)."""

@@ -251,6 +251,8 @@ class Session:
         self._watch: Watch | None = None  # from HELLO on
         self.bytes_received = 0
         self.requests_received = 0
+        self.client_epoch = 0
+        """The membership epoch the client said it routes by (EPOCH); 0: it never said."""
 
     @property
     def buffered(self) -> int:
@@ -582,7 +584,13 @@ class Session:
                 reply = _stale_reply(frame, waited)
             elif isinstance(request, ProtocolError):
                 reply = protocol.encode_error(frame.request_id, Status.BAD_REQUEST, str(request))
+            elif self.client_epoch and frame.code in CLIENT_COMMANDS and self.client_epoch < self._handler.epoch:
+                # Told once: the client refreshes its ring and sends again, its epoch with it.
+                reply = self._handler.epoch_moved(frame.request_id, self.client_epoch)
+                self.client_epoch = self._handler.epoch
             else:
+                if isinstance(request, protocol.Epoch):
+                    self.client_epoch = request.epoch
                 reply = self._handler.reply(frame.request_id, request, inline=inline)
         except MustWait:
             raise

@@ -128,6 +128,9 @@ REPLY_DECODERS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]]
     "auth": (protocol.decode_auth_reply, protocol.encode_auth_reply),
     "user_set": (protocol.decode_user_set_reply, protocol.encode_user_set_reply),
     "users": (protocol.decode_users_reply, protocol.encode_users_reply),
+    "identify": (protocol.decode_identify_reply, protocol.encode_identify_reply),
+    "membership": (protocol.decode_membership_reply, protocol.encode_membership_reply),
+    "epoch": (protocol.decode_epoch_reply, protocol.encode_epoch_reply),
     "error": (_decode_error(Status.BAD_REQUEST), _error_body(Status.BAD_REQUEST)),
     "quorum_error": (_decode_error(Status.UNAVAILABLE), _error_body(Status.UNAVAILABLE)),
 }

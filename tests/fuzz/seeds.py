@@ -71,10 +71,20 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.UserSet(TIMESTAMP, "alice", protocol.Role.READWRITE, "SCRAM-SHA-256$4096:c2FsdA==$a2V5$a2V5"),
         protocol.UserSet(TIMESTAMP, "bob", protocol.Role.NONE),
         protocol.Users(),
+        protocol.Ping(membership=True),
+        protocol.Topology(epoch=True),
+        protocol.Identify(IDENTITY),
+        protocol.MembershipRecord(),
+        protocol.Epoch(3),
     ]
     missing = set(protocol.REQUEST_TYPES.values()) - {type(request) for request in found}
     assert not missing, f"no seed for {sorted(cls.__name__ for cls in missing)}"
     return found
+
+
+IDENTITY = protocol.PeerIdentity(
+    "kv-0123456789abcdef", "node3", "00112233445566778899aabbccddeeff", "node3", 5000, 3, bytes(range(8))
+)
 
 
 def request_frames(key_prefix: bytes = b"fuzz:") -> list[bytes]:
@@ -92,13 +102,26 @@ def reply_bodies() -> dict[str, list[bytes]]:
         "topology": [
             protocol.encode_topology_reply(
                 TopologyReply(2, 1, 2, 4096, (NodeAddress("node1", "10.0.0.1", 5000), NodeAddress("n2", "::1", 1)))
-            )
+            ),
+            protocol.encode_topology_reply(
+                TopologyReply(
+                    2,
+                    1,
+                    2,
+                    4096,
+                    (NodeAddress("node1", "10.0.0.1", 5000),),
+                    protocol.TopologyMembership(3, "kv-0123456789abcdef", (protocol.MemberStateCode.LEAVING,)),
+                )
+            ),
         ],
         "version": [protocol.encode_version(VERSION)],
         "value": [protocol.encode_value(VERSION, b"bar")],
         "record": [protocol.encode_record(VALUE_RECORD), protocol.encode_record(TOMBSTONE)],
         "replica_put": [protocol.encode_replica_put_reply(None), protocol.encode_replica_put_reply(VERSION)],
-        "ping": [protocol.encode_ping_reply(PingReply(0x019AC1E2F3A0, protocol.PING_FLAG_STORAGE_FULL))],
+        "ping": [
+            protocol.encode_ping_reply(PingReply(0x019AC1E2F3A0, protocol.PING_FLAG_STORAGE_FULL)),
+            protocol.encode_ping_reply(PingReply(0x019AC1E2F3A0, 0, protocol.MembershipVersion(3, bytes(8)))),
+        ],
         "digests": [protocol.encode_digests_reply([bytes(16), bytes(range(16))])],
         "partition_keys": [
             protocol.encode_partition_keys_reply(
@@ -141,6 +164,12 @@ def reply_bodies() -> dict[str, list[bytes]]:
         ],
         "user_set": [protocol.encode_user_set_reply(True), protocol.encode_user_set_reply(False)],
         "users": [protocol.encode_users_reply([protocol.UserView("alice", protocol.Role.ADMIN, 0)])],
+        "identify": [
+            protocol.encode_identify_reply(protocol.IdentifyReply(IDENTITY, True)),
+            protocol.encode_identify_reply(protocol.IdentifyReply(IDENTITY, False, "not a member")),
+        ],
+        "membership": [protocol.encode_membership_reply(b'{"format":1}')],
+        "epoch": [protocol.encode_epoch_reply(3)],
         "error": [error],
         "quorum_error": [quorum_error],
     }

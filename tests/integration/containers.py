@@ -248,11 +248,11 @@ class Cluster:
                 **{
                     **self.env,
                     **self._tls_env(node),
-                    **self.node_env.get(node, {}),
                     "KV_NODE_ID": node,
                     "KV_PEERS": PEERS,
                     "KV_PORT": str(PROTOCOL_PORT),
                     "KV_HTTP_PORT": str(HTTP_PORT),
+                    **self.node_env.get(node, {}),  # last: a test may misconfigure a node on purpose
                 }
             )
         )
@@ -359,6 +359,41 @@ class Cluster:
         self.containers[node].get_wrapped_container().remove(force=True, v=True)
         self._reset_admin()
         self._run_container(node)
+        self._wait_serving(node)
+        self.wait_peers_up()
+        self._reset_admin()
+
+    def run_as(self, node: str, env: dict[str, str], *, fresh_disk: bool = False) -> None:
+        """Replace the node's container (SIGKILL) with one whose environment has ``env`` over the
+        usual (``KV_NODE_ID`` and ``KV_PEERS`` too: a misconfigured node), on the same volume or
+        (``fresh_disk``) a new empty one, and wait until it is running with its ports published; not
+        until it is ready, which a misconfigured node may never be. ``run_as(node, {})`` and
+        ``wait_ready(node)`` put it back."""
+        self.node_env[node] = dict(env)
+        self.containers[node].get_wrapped_container().remove(force=True, v=True)
+        self._reset_admin()
+        if fresh_disk:
+            self.docker.volumes.get(self.volumes[node]).remove(force=True)
+            self._create_volume(node)
+        self._run_container(node)
+
+    def wait_published(self, node: str) -> None:
+        """Wait until the node's container runs with its ports published; fails if it exits."""
+        wait_until(lambda: self._read_ports(node), START_TIMEOUT, message=f"{node}'s published ports")
+
+    def wait_exited(self, node: str) -> tuple[int, str]:
+        """Wait until the node's container exits; its exit code and its output (stdout and stderr)."""
+        container = self.containers[node].get_wrapped_container()
+
+        def exited() -> bool:
+            container.reload()
+            return container.status in ("exited", "dead")
+
+        wait_until(exited, START_TIMEOUT, message=f"{node} to exit")
+        return int(container.attrs["State"]["ExitCode"]), container.logs().decode("utf-8", errors="replace")
+
+    def wait_ready(self, node: str) -> None:
+        """Wait until the node serves (``/readyz`` 200, PING) and every running node sees every peer up."""
         self._wait_serving(node)
         self.wait_peers_up()
         self._reset_admin()

@@ -110,7 +110,7 @@ class HeldCommits:
 
 class FakeNode:
     """A listening socket that answers each frame as ``script(connection_number, frame)`` says: the
-    bytes to send back, or ``None`` to close that connection. HELLO is answered for it."""
+    bytes to send back, or ``None`` to close that connection. HELLO and EPOCH are answered for it."""
 
     def __init__(self, script: Callable[[int, Frame], bytes | None]) -> None:
         self._script = script
@@ -141,9 +141,12 @@ class FakeNode:
         try:
             while data := sock.recv(65536):
                 for frame in decoder.feed(data):
-                    reply = (
-                        self.hello_reply(frame.request_id) if frame.code == Op.HELLO else self._script(number, frame)
-                    )
+                    if frame.code == Op.HELLO:
+                        reply: bytes | None = self.hello_reply(frame.request_id)
+                    elif frame.code == Op.EPOCH:  # a client's, on each new connection: epoch 0, none known
+                        reply = protocol.encode_response(frame.request_id, Status.OK, protocol.encode_epoch_reply(0))
+                    else:
+                        reply = self._script(number, frame)
                     if reply is None:
                         return
                     sock.sendall(reply)

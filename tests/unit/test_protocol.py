@@ -75,23 +75,38 @@ tombstones = st.builds(Record, versions, st.none())
 
 requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Hello, u8, u8, short_text),
-    st.just(Ping()),
+    st.builds(Ping, st.booleans()),
     st.builds(Get, keys, u8),
     st.builds(Put, keys, values, u8, u64),
     st.builds(Delete, keys, u8, u64),
-    st.just(Topology()),
+    st.builds(Topology, st.booleans()),
     st.builds(ReplicaGet, keys, st.booleans()),
     st.builds(ReplicaPut, keys, records),
     st.builds(ReplicaPut, keys, tombstones),
     st.builds(HintedPut, keys, records, short_text),
     st.builds(Digests, st.lists(u16, max_size=40).map(tuple)),
     st.builds(PartitionKeys, u16, keys),
+    st.builds(
+        protocol.Identify,
+        st.builds(
+            protocol.PeerIdentity,
+            short_text,
+            short_text,
+            short_text,
+            short_text,
+            u16,
+            u64,
+            st.binary(min_size=8, max_size=8),
+        ),
+    ),
+    st.just(protocol.MembershipRecord()),
+    st.builds(protocol.Epoch, u64),
     st.builds(PartitionRecords, u16, keys),
     st.just(Repair()),
     st.just(Members()),
     st.just(Stats()),
 )
-EMPTY_BODY_REQUESTS = (Ping, Topology, Repair, Members, Stats)
+EMPTY_BODY_REQUESTS = (Ping, Topology, protocol.MembershipRecord, Repair, Members, Stats)
 
 OP_CODES = {op.value for op in Op}
 
@@ -261,6 +276,9 @@ def test_op_and_status_codes_are_pinned() -> None:
         "HINTED_PUT": 0x12,
         "DIGESTS": 0x13,
         "PARTITION_KEYS": 0x14,
+        "IDENTIFY": 0x15,
+        "MEMBERSHIP": 0x16,
+        "EPOCH": 0x17,
         "PARTITION_RECORDS": 0x18,
         "REPAIR": 0x20,
         "MEMBERS": 0x21,
@@ -280,6 +298,8 @@ def test_op_and_status_codes_are_pinned() -> None:
         "AUTH_REQUIRED": 0x17,
         "AUTH_FAILED": 0x18,
         "FORBIDDEN": 0x19,
+        "MEMBERSHIP_CHANGED": 0x1A,
+        "NOT_A_MEMBER": 0x1B,
         "UNAVAILABLE": 0x20,
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
@@ -609,6 +629,10 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
         protocol.decode_partition_records_reply,
         protocol.decode_repair_reply,
         protocol.decode_members_reply,
+        protocol.decode_identify_reply,
+        protocol.decode_membership_reply,
+        protocol.decode_epoch_reply,
+        protocol.decode_ping_reply,
         lambda raw: protocol.decode_error(status, raw),
     ]
     for decode in decoders:

@@ -44,6 +44,7 @@ from client.protocol import (
 )
 
 DOC_TIMESTAMP = 0x01A2B3C4D5E60000
+DOC_DIGEST = bytes.fromhex("0123456789abcdef")
 
 
 def reply(request_id: int, body: bytes) -> bytes:
@@ -75,6 +76,19 @@ REQUESTS: dict[str, tuple[int, Request]] = {
         2,
         protocol.AuthStart(b"n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL"),
     ),
+    "PING id=20, flags 01 (with membership)": (20, Ping(membership=True)),
+    'IDENTIFY id=21: cluster "kv-0123456789abcdef", node "node3", identity "00112233445566778899aabbccddeeff", '
+    "node3:5000, epoch 3, digest 01 23 45 67 89 ab cd ef": (
+        21,
+        protocol.Identify(
+            protocol.PeerIdentity(
+                "kv-0123456789abcdef", "node3", "00112233445566778899aabbccddeeff", "node3", 5000, 3, DOC_DIGEST
+            )
+        ),
+    ),
+    "MEMBERSHIP id=22": (22, protocol.MembershipRecord()),
+    "TOPOLOGY id=23, flags 01 (with epoch)": (23, protocol.Topology(epoch=True)),
+    "EPOCH id=24, epoch 3": (24, protocol.Epoch(3)),
     'AUTH_FINISH id=3, client-final "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,'
     'p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="': (
         3,
@@ -167,6 +181,38 @@ REPLIES: dict[str, bytes] = {
     'FORBIDDEN id=4: "REPAIR is not allowed for alice"': protocol.encode_error(
         4, Status.FORBIDDEN, "REPAIR is not allowed for alice"
     ),
+    "OK id=20: wall clock 0x019ac1e2f3a0 ms, flags 00, membership epoch 3, digest 01 23 45 67 89 ab cd ef": reply(
+        20, protocol.encode_ping_reply(PingReply(DOC_WALL_MS, 0, protocol.MembershipVersion(3, DOC_DIGEST)))
+    ),
+    'OK id=21 to IDENTIFY: node "node1", identity "ffeeddccbbaa99887766554433221100", node1:5000, epoch 3, '
+    "the same digest; accepted": reply(
+        21,
+        protocol.encode_identify_reply(
+            protocol.IdentifyReply(
+                protocol.PeerIdentity(
+                    "kv-0123456789abcdef", "node1", "ffeeddccbbaa99887766554433221100", "node1", 5000, 3, DOC_DIGEST
+                ),
+                True,
+            )
+        ),
+    ),
+    'OK id=23 to TOPOLOGY: N 2, R 1, W 2, 4096 partitions, 1 node: "node1" at "h1":5000; epoch 3, '
+    'cluster "kv-0123456789abcdef", node1 normal': reply(
+        23,
+        protocol.encode_topology_reply(
+            protocol.TopologyReply(
+                2,
+                1,
+                2,
+                4096,
+                (protocol.NodeAddress("node1", "h1", 5000),),
+                protocol.TopologyMembership(3, "kv-0123456789abcdef", (protocol.MemberStateCode.NORMAL,)),
+            )
+        ),
+    ),
+    "OK id=24 to EPOCH: the node's epoch is 4": reply(24, protocol.encode_epoch_reply(4)),
+    'MEMBERSHIP_CHANGED id=25 to a GET: "epoch 4"': protocol.encode_error(25, Status.MEMBERSHIP_CHANGED, "epoch 4"),
+    'NOT_A_MEMBER id=26 to a PUT: "refused"': protocol.encode_error(26, Status.NOT_A_MEMBER, "refused"),
 }
 
 DOCUMENTED = documented_examples()

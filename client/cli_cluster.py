@@ -1,0 +1,138 @@
+"""``kv cluster status``: every member of the cluster on one line, as Cassandra's ``nodetool status``.
+
+The membership (ids, addresses, states, epoch) comes from TOPOLOGY, up or down from the first
+reachable node's failure detector (MEMBERS), keys and bytes from each node's STATS, and each
+member's share of the partitions from the ring the client builds (``client.ring``): the partitions
+it holds a replica of, of all of them, so with N copies the shares add up to N x 100%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gevent
+
+from client.client import Client
+from client.errors import KVError
+from client.protocol import MemberStateCode, PeerState, StatsReply
+from client.ring import Ring
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+USAGE = "usage: kv cluster status"
+STATE_LETTERS = {MemberStateCode.NORMAL: "N", MemberStateCode.JOINING: "J", MemberStateCode.LEAVING: "L"}
+OWNING = (MemberStateCode.NORMAL, MemberStateCode.LEAVING)
+
+
+@dataclass(frozen=True)
+class MemberLine:
+    status: str  # UN, UJ, UL, DN, DJ, DL
+    node_id: str
+    address: str
+    owns: float  # share of the partitions it holds a replica of, 0..1
+    keys: int | None  # None: not reachable
+    bytes_used: int | None
+    streaming: str  # "-" until streaming exists
+
+
+def cluster_command(client: Client, args: Sequence[str]) -> tuple[str, int]:
+    """The lines ``kv cluster ARGS`` prints and its exit status: 0 when every member is up and
+    normal, 2 otherwise (or for a usage error or a cluster that cannot be reached)."""
+    if list(args) != ["status"]:
+        return USAGE, EXIT_ERROR
+    try:
+        return status_report(client)
+    except KVError as exc:
+        return f"ERROR {exc.code} {exc.message}", EXIT_ERROR
+
+
+def status_report(client: Client) -> tuple[str, int]:
+    topology = client.topology()
+    viewer, members = client.members()
+    up = {member.node_id: member.state is PeerState.UP for member in members}
+    states = (
+        topology.membership.states
+        if topology.membership is not None
+        else (MemberStateCode.NORMAL,) * len(topology.nodes)
+    )
+    owners = [node.node_id for node, state in zip(topology.nodes, states, strict=True) if state in OWNING]
+    shares = ownership(Ring(owners, topology.partitions), topology.n) if owners else {}
+    stats = _all_stats(client, [node.node_id for node in topology.nodes])
+    lines = []
+    for node, state in zip(topology.nodes, states, strict=True):
+        figures = stats.get(node.node_id)
+        lines.append(
+            MemberLine(
+                ("U" if up.get(node.node_id, False) else "D") + STATE_LETTERS[state],
+                node.node_id,
+                client.node_address(node.node_id),
+                shares.get(node.node_id, 0.0),
+                figures.live_keys if figures is not None else None,
+                figures.disk_used_bytes if figures is not None else None,
+                "-",
+            )
+        )
+    head = (
+        f"Cluster {topology.membership.cluster_id}, epoch {topology.membership.epoch}"
+        if topology.membership is not None
+        else "Cluster (nodes before membership records)"
+    )
+    head += f", {topology.partitions} partitions, N={topology.n} (up/down as {viewer} sees it)"
+    all_well = all(line.status == "UN" for line in lines)
+    return "\n".join([head, "Status=Up/Down, State=Normal/Joining/Leaving", format_table(lines)]), (
+        EXIT_OK if all_well else EXIT_ERROR
+    )
+
+
+def ownership(ring: Ring, n: int) -> dict[str, float]:
+    """Each node's share of the partitions it holds one of the ``n`` replicas of."""
+    counts = dict.fromkeys(ring.node_ids, 0)
+    for partition in range(ring.partitions):
+        for node_id in ring.partition_owners(partition)[:n]:
+            counts[node_id] += 1
+    return {node_id: count / ring.partitions for node_id, count in counts.items()}
+
+
+def format_table(lines: Sequence[MemberLine]) -> str:
+    rows = [("--", "Node", "Address", "Owns", "Keys", "Bytes", "Streaming")]
+    for line in lines:
+        rows.append(
+            (
+                line.status,
+                line.node_id,
+                line.address,
+                f"{line.owns * 100:.1f}%",
+                "?" if line.keys is None else str(line.keys),
+                "?" if line.bytes_used is None else human_bytes(line.bytes_used),
+                line.streaming,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def human_bytes(count: int) -> str:
+    """``1.5 MiB``: bytes in binary units, as ``nodetool status`` shows a node's load."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _all_stats(client: Client, node_ids: Sequence[str]) -> dict[str, StatsReply]:
+    """STATS of every node that answers, asked at once."""
+
+    def one(node_id: str) -> StatsReply | None:
+        try:
+            return client.stats(node_id)
+        except KVError:
+            return None
+
+    probes = {node_id: gevent.spawn(one, node_id) for node_id in node_ids}
+    gevent.joinall(list(probes.values()))
+    return {node_id: probe.value for node_id, probe in probes.items() if probe.value is not None}

@@ -35,6 +35,7 @@ from client import protocol
 from client.address import format_address, parse_address
 from client.connection import Connection, Framing, check_reply
 from client.errors import (
+    AbandonedRequestError,
     AuthRequiredError,
     BadRequestError,
     ClockSkewError,
@@ -380,6 +381,12 @@ class Client:
                 continue
             try:
                 return connection.call(request, self.timeout, stalled_after=STALLED_GIVE_UP)
+            except AbandonedRequestError as exc:
+                # Sent, then given up on with the node silent: it may still apply the write when it
+                # wakes, so another coordinator must not apply it too (the late copy would be stamped
+                # after, and overwrite, whatever this client writes next to the key).
+                slot.failed()
+                raise RequestTimeoutError(f"{exc.message}; the write may still be applied") from None
             except NodeUnreachableError as exc:
                 failure = exc
                 if reused and not connection.is_open:

@@ -93,6 +93,14 @@ class NodeUnreachableError(KVError):
     code = "UNREACHABLE"
 
 
+class AbandonedRequestError(NodeUnreachableError):
+    """The client reset a connection to a node that answered nothing (paused, swapping) while this
+    request was on it. For routing the node is unreachable, and a read goes to another replica. A
+    write is not sent elsewhere: its bytes left this host and may still be applied when the node
+    wakes (a proxy or load balancer in between may already hold them), after a newer write of the
+    same key; the caller learns it failed, and that its outcome is unknown."""
+
+
 class TooManyConnectionsError(NodeUnreachableError):
     """The node is serving as many client connections as it may; it closed this one. A kind of
     unreachable: the client fails over to another node, and backs off from this one."""

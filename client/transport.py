@@ -32,6 +32,7 @@ from gevent.event import AsyncResult
 
 from client.address import format_address
 from client.errors import (
+    AbandonedRequestError,
     KVError,
     NodeUnreachableError,
     ProtocolViolationError,
@@ -438,10 +439,12 @@ class PipelinedSocket(Generic[ReplyT]):
     def abort(self, reason: str) -> None:
         """Reset the connection (TCP RST, not FIN): a server that was paused with our requests in its
         socket buffer finds the connection reset when it wakes, and its kernel has dropped those
-        requests, so none is applied late. Every waiter gets ``NodeUnreachableError(reason)``."""
+        requests, so none is applied late. Every waiter gets ``AbandonedRequestError(reason)``: a
+        middlebox that already took the bytes may still deliver them, so a write among them is
+        indeterminate, not unsent."""
         with contextlib.suppress(OSError):
             self._sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _RESET_ON_CLOSE)
-        self._fail(NodeUnreachableError(reason))
+        self._fail(AbandonedRequestError(reason))
 
     def stalled(self, after: float) -> bool:
         """Whether a request sent on this socket has gone more than ``after`` seconds with nothing

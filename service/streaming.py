@@ -192,7 +192,11 @@ class PartitionStream:
 
     def run(self, partition: int, sources: Sequence[str], share: int = 1) -> Transfer:
         """Stream ``partition`` here; ``share``: streams running at once, which split the rate. Returns
-        the finished state machine (``finished`` is false only after ``stop``)."""
+        the finished state machine (``finished`` is false only after ``stop``). Raises ``ValueError``
+        for a source that is not one of this node's peers."""
+        unknown = [source for source in sources if source not in self.peers]
+        if unknown:
+            raise ValueError(f"partition {partition}: sources {unknown} are not peers of this node")
         settings = self.settings
         rate = settings.rate_bytes_per_s / max(1, share)
         checkpoint = self.checkpoints.load(partition)
@@ -269,7 +273,7 @@ class PartitionStream:
         if page.cursor:
             # Fetch the next page while this one is written: the two overlap, as the listing's
             # concurrent fetches do. The pace is held a page late, which its burst allows for.
-            self._prefetch = (source, page.cursor, gevent.spawn(self._fetch_records, partition, source, page.cursor))
+            self._prefetch = (source, page.cursor, gevent.spawn(self._fetch_ahead, partition, source, page.cursor))
         newer = [(key, record) for key, record in page.entries if _is_newer(self.store.read(key), record)]
         self._write_all(newer)
         size = sum(protocol.record_entry_size(key, record) for key, record in page.entries)
@@ -279,6 +283,16 @@ class PartitionStream:
     def _fetch_records(self, partition: int, source: str, cursor: bytes) -> protocol.PartitionRecordsReply:
         frame = self.peers[source].call(protocol.PartitionRecords(partition, cursor))
         return protocol.decode_partition_records_reply(frame.body)
+
+    def _fetch_ahead(
+        self, partition: int, source: str, cursor: bytes
+    ) -> protocol.PartitionRecordsReply | KVError | protocol.ProtocolError:
+        """``_fetch_records``, its failure returned rather than raised: the page may never be taken
+        (a stop, a delta pass), and a greenlet that dies raising is printed to stderr by gevent."""
+        try:
+            return self._fetch_records(partition, source, cursor)
+        except (KVError, protocol.ProtocolError) as exc:
+            return exc
 
     def _prefetched(self, source: str, cursor: bytes) -> protocol.PartitionRecordsReply | None:
         """The page fetched ahead, if it is the one asked for (raising what its fetch raised); a
@@ -290,7 +304,9 @@ class PartitionStream:
         if (ahead_source, ahead_cursor) != (source, cursor):
             greenlet.kill(block=False)
             return None
-        page: protocol.PartitionRecordsReply = greenlet.get()
+        page: protocol.PartitionRecordsReply | KVError | protocol.ProtocolError = greenlet.get()
+        if isinstance(page, Exception):
+            raise page
         return page
 
     def _write_all(self, records: Sequence[tuple[bytes, Record]]) -> None:

@@ -140,3 +140,32 @@ def test_a_client_write_that_waited_out_a_stall_of_the_node_is_refused_not_appli
         assert kv.get("stale") == b"before"
         kv.put("stale", b"after")  # and writes go on once the loop runs again
         assert kv.get("stale") == b"after"
+
+
+def test_a_write_sent_on_a_connection_reset_for_a_stalled_node_fails_rather_than_go_to_another_node(
+    make_cluster: Callable[..., InProcessCluster],
+) -> None:
+    """Two writes wait on node3, which answers nothing. When the first gives up, the client resets the
+    connection, and the second fails with it. The second was sent: the proxy in front of node3 (as a
+    load balancer would) still delivers it when node3 wakes, and node3 stamps it then. Retried on
+    another coordinator and acknowledged, it was overwritten by its own late copy, after the client
+    had written the key again (a 12-lane run on a busy machine read ``10/30`` where ``10/233`` was
+    acknowledged)."""
+    cluster = make_cluster(3, proxied=("node3",), KV_REQUEST_TIMEOUT_MS="2000")
+    ring = cluster.ring()
+    first, second = [key for key in (f"stall{i}".encode() for i in range(1000)) if ring.primary(key) == "node3"][:2]
+    with cluster.running_client(timeout=5.0) as client:
+        client.put(second, b"before")
+        cluster.proxies["node3"].pause()
+        try:
+            abandoned = gevent.spawn(client.put, first, b"abandoned")
+            gevent.sleep(0.1)  # within SLOW_AFTER: the second write joins the first on node3's connection
+            late = gevent.spawn(client.put, second, b"late")
+            gevent.joinall([abandoned, late], timeout=10)
+            assert isinstance(abandoned.exception, KVError) and abandoned.exception.code == "TIMEOUT"
+            # Not acknowledged through another coordinator: failed, with its outcome unknown.
+            assert isinstance(late.exception, KVError), late.value
+            assert late.exception.code == "TIMEOUT" and "may still be applied" in late.exception.message
+            client.put(second, b"after")  # node3 is now routed around
+        finally:
+            cluster.proxies["node3"].resume()

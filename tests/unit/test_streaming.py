@@ -369,3 +369,9 @@ def test_only_members_may_stream_records() -> None:
     assert Op.PARTITION_RECORDS in ALLOWED[Role.PEER]
     assert Op.PARTITION_RECORDS not in ALLOWED[Role.ADMIN]
     assert Op.PARTITION_KEYS in ALLOWED[Role.ADMIN]
+
+
+def test_a_source_that_is_not_a_peer_is_refused_up_front(cluster: InProcessCluster) -> None:
+    receiver = cluster.node("node3")
+    with pytest.raises(ValueError, match="not peers"):
+        stream_into(receiver).run(0, ["node1", "node9"])

@@ -65,10 +65,12 @@ SPECULATIVE_READ_AFTER = 0.25
 """Seconds a GET waits for its node before it is also sent to the next one (speculative retry); the
 first answer wins. Only reads are repeated: a write sent twice could be applied a second time
 later, after a newer write of the same key, by a node that was paused while it sat in its queue."""
-MEMBERSHIP_RETRIES = 5
+MEMBERSHIP_RETRIES = 7
 """Times a request is sent again after MEMBERSHIP_CHANGED from every node tried, each after a fresh
-TOPOLOGY: views converge within a heartbeat or two (a second each), so five tries spaced by
-``MEMBERSHIP_RETRY_DELAY`` (doubling) cover about three seconds."""
+TOPOLOGY: views converge within a heartbeat or two (a second each), and a membership change moves
+the epoch twice in a few seconds; seven tries spaced by ``MEMBERSHIP_RETRY_DELAY`` (doubling) cover
+about six seconds, so a busy machine's late heartbeats still fit (a leave under load on a loaded
+test machine lost one request in 600 to five tries)."""
 MEMBERSHIP_RETRY_DELAY = 0.1
 STALLED_GIVE_UP = 1.0
 """Seconds a write waits on a node that answers nothing at all (``Connection.stalled``) before it
@@ -403,8 +405,11 @@ class Client:
             except MembershipChangedError as exc:  # its view is changing, and it did nothing: try another
                 self._stale = True
                 failures.append(exc)
-        if failures and all(isinstance(failure, MembershipChangedError) for failure in failures):
-            raise failures[-1]
+        # Some node's view is converging (and the others failed too: one that has just left the
+        # cluster, say, or was unreachable): worth a fresh ring and another try, a bounded few times.
+        changed = [failure for failure in failures if isinstance(failure, MembershipChangedError)]
+        if changed:
+            raise changed[-1]
         raise none_reachable(failures)
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import gevent
 import pytest
-from cluster import LOG_SINK, InProcessCluster, start_cluster
+from cluster import LOG_SINK, InProcessCluster, free_port, start_cluster
+from hypothesis import given
+from hypothesis import strategies as st
 from polling import wait_until
 
 from client import protocol
@@ -26,7 +28,10 @@ from client.protocol import Status
 from client.ring import Ring
 from service import membership, membership_changes, ownership
 from service.change_runner import ChangeError
+from service.config import ConfigError, load_config
+from service.joining import join_through_seeds
 from service.membership import MemberState
+from service.peers import PeerSettings
 
 pytestmark = pytest.mark.unit
 
@@ -302,3 +307,46 @@ def test_removing_a_dead_node_recreates_its_replicas_from_the_survivors(tmp_path
         wait_until(lambda: all(copies(key) == 2 for key in keys), 60, message="every key to have 2 copies again")
     finally:
         cluster.stop_all()
+
+
+def test_a_new_node_no_seed_admits_stops_with_what_each_seed_said(tmp_path: Path) -> None:
+    closed = free_port()
+    config = load_config(
+        {
+            "KV_NODE_ID": "node4",
+            "KV_PEERS": "node4=127.0.0.1:5999",
+            "KV_SEEDS": f"127.0.0.1:{closed}",
+            "KV_AUTO_JOIN": "true",
+            "KV_N": "2",
+            "KV_DATA_DIR": str(tmp_path),
+            "KV_HOST": "127.0.0.1",
+        }
+    )
+    settings = PeerSettings("node4", 0.2, 0.5, config.max_frame_bytes)
+    with pytest.raises(ConfigError) as refused:
+        join_through_seeds(config, settings, "0" * 32, deadline_s=0.0)
+    message = str(refused.value)
+    assert "no seed in KV_SEEDS admitted node4" in message and f"127.0.0.1:{closed}" in message, message
+
+
+def test_kv_auto_join_needs_seeds() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({"KV_NODE_ID": "node4", "KV_PEERS": "node4=h:5000", "KV_AUTO_JOIN": "true", "KV_HOST": "127.0.0.1"})
+    assert "KV_AUTO_JOIN=true needs KV_SEEDS" in str(refused.value)
+
+
+@given(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 3), st.integers(8, 64))
+def test_a_change_in_progress_writes_to_exactly_the_planners_receivers(node: str, n: int, partitions: int) -> None:
+    founders = [("a", "h", 1), ("b", "h", 2), ("c", "h", 3)]
+    record = membership.form("kv", founders, partitions, "a", "0" * 32)
+    if node == "d":
+        changing = membership_changes.admit(record, "d", "h", 4)
+    else:
+        changing = membership_changes.decommission(record, node)
+    settled = membership_changes.settle(changing)
+    plan = ownership.plan(membership.ring(record), membership.ring(settled), n)
+    pending = membership_changes.pending_owners(changing, n)
+    assert pending == {move.partition: move.receivers for move in plan.moves if move.receivers}
+    assert settled.epoch == record.epoch + 2 and not membership_changes.changing(settled)
+    # Reads keep the old owners until the switch: the changing record's ring is the old one.
+    assert membership.ring(changing).node_ids == membership.ring(record).node_ids

@@ -19,6 +19,7 @@ from cluster import LOG_SINK, InProcessCluster, free_port, start_cluster
 from hypothesis import given
 from hypothesis import strategies as st
 from polling import wait_until
+from security_kit import as_user, auth_settings
 
 from client import protocol
 from client.cli_cluster import cluster_command
@@ -350,3 +351,30 @@ def test_a_change_in_progress_writes_to_exactly_the_planners_receivers(node: str
     assert settled.epoch == record.epoch + 2 and not membership_changes.changing(settled)
     # Reads keep the old owners until the switch: the changing record's ring is the old one.
     assert membership.ring(changing).node_ids == membership.ring(record).node_ids
+
+
+def test_a_node_joins_a_secured_cluster_with_the_cluster_secret(tmp_path: Path) -> None:
+    secured = auth_settings(tmp_path / "secrets")
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64, **secured)
+    try:
+        with cluster.running_client() as client:
+            client.security = as_user("writer")
+            for i in range(100):
+                client.put(f"s{i:03d}", b"secured")
+        cluster.add_joining("node4", seeds=["node1"])
+        cluster.start("node4")
+
+        def joined() -> bool:
+            return all_hold(cluster, lambda r: getattr(r.member("node4"), "state", None) is MemberState.NORMAL)
+
+        wait_until(joined, 60, message="node4 to join the secured cluster")
+        with cluster.running_client() as client:
+            client.security = as_user("reader")
+            assert all(client.get(f"s{i:03d}", r=2) == b"secured" for i in range(100))
+        # A change takes the admin role.
+        with cluster.running_client() as client, pytest.raises(KVError) as refused:
+            client.security = as_user("reader")
+            client.change_membership(protocol.ClusterLeave("node4"))
+        assert refused.value.code == "FORBIDDEN"
+    finally:
+        cluster.stop_all()

@@ -378,3 +378,29 @@ def test_a_node_joins_a_secured_cluster_with_the_cluster_secret(tmp_path: Path) 
         assert refused.value.code == "FORBIDDEN"
     finally:
         cluster.stop_all()
+
+
+def test_a_join_completes_from_the_other_replicas_when_a_source_stops_mid_stream(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=256)
+    try:
+        value = b"v" * 4000
+        with cluster.running_client() as client:
+            for i in range(1000):
+                client.put(f"k{i:04d}", value)
+        LOG_SINK.clear()
+        cluster.add_joining("node4", seeds=["node2"], KV_STREAM_RATE_MBPS="1")
+        cluster.start("node4")
+        wait_until(lambda: LOG_SINK.events("stream_finished"), 30, message="node4 to finish a first partition")
+        cluster.stop("node1")  # a source, in mid-stream
+
+        def joined() -> bool:
+            return all_hold(cluster, lambda r: getattr(r.member("node4"), "state", None) is MemberState.NORMAL)
+
+        wait_until(joined, 120, message="node4's join to complete without node1")
+        assert any(event["source"] == "node1" for event in LOG_SINK.events("stream_source_failed"))
+        cluster.start("node1")
+        cluster.settle()
+        with cluster.running_client() as client:
+            assert all(client.get(f"k{i:04d}", r=2) == value for i in range(1000))
+    finally:
+        cluster.stop_all()

@@ -99,8 +99,8 @@ class MembershipView:
         self.problem: tuple[Status, str] | None = None
         """Why this node may not coordinate requests now (status and message), or ``None``."""
         self.apply_ring: Callable[[ClusterRecord], bool] = lambda record: False
-        """Switch the node's ring to a record's; ``True`` if it did. Membership changes (join, leave)
-        set it; until then a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
+        """Switch the node's ring to a record's; ``True`` if it did (the node sets it: ``Node._apply_ring``).
+        Without it, a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
         self.digest = membership.digest(local.record)
         self._last_me = local.record.member(local.node_id)
 

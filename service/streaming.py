@@ -25,8 +25,8 @@ clock and the sleep so tests need not wait. ``StreamQueue`` runs many partitions
 once, and reports how many remain (``kv_stream_partitions_pending``) and the bytes received
 (``kv_stream_bytes_total{direction="in"}``).
 
-Nothing calls this from membership yet: the membership change (join, leave, remove) will give it the
-ownership planner's moves for this node (``ownership.Plan.receiving``).
+``change_runner`` runs it for a membership change (join, leave, remove), with the ownership
+planner's moves for this node (``ownership.Plan.receiving``).
 """
 
 from __future__ import annotations

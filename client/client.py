@@ -405,12 +405,7 @@ class Client:
             except MembershipChangedError as exc:  # its view is changing, and it did nothing: try another
                 self._stale = True
                 failures.append(exc)
-        # Some node's view is converging (and the others failed too: one that has just left the
-        # cluster, say, or was unreachable): worth a fresh ring and another try, a bounded few times.
-        changed = [failure for failure in failures if isinstance(failure, MembershipChangedError)]
-        if changed:
-            raise changed[-1]
-        raise none_reachable(failures)
+        raise _retry_or_unreachable(failures)
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
         """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not
@@ -449,7 +444,7 @@ class Client:
                     raise
         if waiting:
             raise RequestTimeoutError(f"no reply within {self.timeout:g} s from {', '.join(waiting.values())}")
-        raise none_reachable(failures)
+        raise _retry_or_unreachable(failures)
 
     def _send_to_next(
         self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[KVError]
@@ -650,6 +645,15 @@ def none_reachable(failures: Sequence[KVError]) -> KVError:
     if any(isinstance(failure, ClockSkewError) for failure in failures):
         return ClockSkewError(message)
     return NodeUnreachableError(message)
+
+
+def _retry_or_unreachable(failures: Sequence[KVError]) -> KVError:
+    """What a request every node of its plan failed raises: ``MembershipChangedError`` if some node
+    said its view is converging (the others failed too: one that has just left the cluster answers
+    NOT_A_MEMBER, say), which ``_execute`` retries with a fresh ring a bounded few times; otherwise
+    ``none_reachable``."""
+    changed = [failure for failure in failures if isinstance(failure, MembershipChangedError)]
+    return changed[-1] if changed else none_reachable(failures)
 
 
 def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:

@@ -22,9 +22,10 @@ COPY client ./client
 COPY service ./service
 COPY bench ./bench
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
- && groupadd --system kv && useradd --system --gid kv --home-dir /home/kv --create-home kv \
+ && groupadd --system --gid 999 kv && useradd --system --uid 999 --gid kv --home-dir /home/kv --create-home kv \
  && mkdir -p /data && chown kv:kv /data
 
+# uid 999: deploy/k8s's runAsUser names it (Kubernetes checks runAsNonRoot against a number).
 USER kv
 VOLUME /data
 EXPOSE 5000 6379 8000

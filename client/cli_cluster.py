@@ -1,4 +1,11 @@
-"""``kv cluster status``: every member of the cluster on one line, as Cassandra's ``nodetool status``.
+"""``kv cluster``: ``status`` shows every member of the cluster on one line, as Cassandra's
+``nodetool status``; ``join``, ``leave`` and ``remove`` change the membership, as Riak's ``cluster``
+commands and ``nodetool decommission`` / ``removenode`` do.
+
+``join NODE=HOST:PORT`` admits a node (started with ``KV_SEEDS`` and ``KV_AUTO_JOIN=true``, before
+or after) as joining; ``leave NODE`` decommissions a live member; ``remove NODE`` drops a dead one.
+Each prints the new epoch and the members' states; the change then runs in the cluster, and
+``status`` shows its progress (UJ/UL and the partitions still to stream).
 
 The membership (ids, addresses, states, epoch) comes from TOPOLOGY, up or down from the first
 reachable node's failure detector (MEMBERS), keys and bytes from each node's STATS, and each
@@ -8,11 +15,14 @@ it holds a replica of, of all of them, so with N copies the shares add up to N x
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gevent
 
+from client import protocol
+from client.address import parse_address
 from client.client import Client
 from client.errors import KVError
 from client.protocol import MemberStateCode, PeerState, StatsReply
@@ -20,7 +30,7 @@ from client.ring import Ring
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-USAGE = "usage: kv cluster status"
+USAGE = "usage: kv cluster status | join NODE=HOST:PORT | leave NODE | remove NODE"
 STATE_LETTERS = {MemberStateCode.NORMAL: "N", MemberStateCode.JOINING: "J", MemberStateCode.LEAVING: "L"}
 OWNING = (MemberStateCode.NORMAL, MemberStateCode.LEAVING)
 
@@ -33,21 +43,46 @@ class MemberLine:
     owns: float  # share of the partitions it holds a replica of, 0..1
     keys: int | None  # None: not reachable
     bytes_used: int | None
-    streaming: str  # "-" until streaming exists
+    streaming: str  # partitions still to stream into it ("-": none, "?": not reachable)
 
 
 def cluster_command(client: Client, args: Sequence[str]) -> tuple[str, int]:
     """The lines ``kv cluster ARGS`` prints and its exit status: 0 when every member is up and
     normal, 2 otherwise (or for a usage error or a cluster that cannot be reached)."""
-    if list(args) != ["status"]:
-        return USAGE, EXIT_ERROR
     try:
-        return status_report(client)
+        match list(args):
+            case ["status"]:
+                return status_report(client)
+            case ["join", spec]:
+                node_id, _, address = spec.partition("=")
+                try:
+                    host, port = parse_address(address)
+                except ValueError as exc:
+                    return f"ERROR {exc}; {USAGE}", EXIT_ERROR
+                if not node_id or not address:
+                    return USAGE, EXIT_ERROR
+                return change_report(client.change_membership(protocol.ClusterJoin(node_id, host, port)))
+            case ["leave", node_id]:
+                return change_report(client.change_membership(protocol.ClusterLeave(node_id)))
+            case ["remove", node_id]:
+                return change_report(client.change_membership(protocol.ClusterRemove(node_id)))
+        return USAGE, EXIT_ERROR
     except KVError as exc:
         return f"ERROR {exc.code} {exc.message}", EXIT_ERROR
 
 
+def change_report(record: bytes) -> tuple[str, int]:
+    """``OK epoch 5: node1 normal, node4 joining`` from the record a change answered with."""
+    try:
+        obj = json.loads(record)
+        members = ", ".join(f"{m['id']} {m['state']}" for m in obj["members"])
+        return f"OK epoch {obj['epoch']}: {members}", EXIT_OK
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"ERROR the node answered with a record that does not read: {exc}", EXIT_ERROR
+
+
 def status_report(client: Client) -> tuple[str, int]:
+    client.refresh_topology()  # as it is now: a change may have moved it since this client connected
     topology = client.topology()
     viewer, members = client.members()
     up = {member.node_id: member.state is PeerState.UP for member in members}
@@ -70,7 +105,7 @@ def status_report(client: Client) -> tuple[str, int]:
                 shares.get(node.node_id, 0.0),
                 figures.live_keys if figures is not None else None,
                 figures.disk_used_bytes if figures is not None else None,
-                "-",
+                _streaming(figures),
             )
         )
     head = (
@@ -83,6 +118,12 @@ def status_report(client: Client) -> tuple[str, int]:
     return "\n".join([head, "Status=Up/Down, State=Normal/Joining/Leaving", format_table(lines)]), (
         EXIT_OK if all_well else EXIT_ERROR
     )
+
+
+def _streaming(figures: StatsReply | None) -> str:
+    if figures is None:
+        return "?"
+    return f"{figures.streams_pending} partitions to receive" if figures.streams_pending else "-"
 
 
 def ownership(ring: Ring, n: int) -> dict[str, float]:

@@ -65,10 +65,12 @@ SPECULATIVE_READ_AFTER = 0.25
 """Seconds a GET waits for its node before it is also sent to the next one (speculative retry); the
 first answer wins. Only reads are repeated: a write sent twice could be applied a second time
 later, after a newer write of the same key, by a node that was paused while it sat in its queue."""
-MEMBERSHIP_RETRIES = 5
+MEMBERSHIP_RETRIES = 7
 """Times a request is sent again after MEMBERSHIP_CHANGED from every node tried, each after a fresh
-TOPOLOGY: views converge within a heartbeat or two (a second each), so five tries spaced by
-``MEMBERSHIP_RETRY_DELAY`` (doubling) cover about three seconds."""
+TOPOLOGY: views converge within a heartbeat or two (a second each), and a membership change moves
+the epoch twice in a few seconds; seven tries spaced by ``MEMBERSHIP_RETRY_DELAY`` (doubling) cover
+about six seconds, so a busy machine's late heartbeats still fit (a leave under load on a loaded
+test machine lost one request in 600 to five tries)."""
 MEMBERSHIP_RETRY_DELAY = 0.1
 STALLED_GIVE_UP = 1.0
 """Seconds a write waits on a node that answers nothing at all (``Connection.stalled``) before it
@@ -288,6 +290,23 @@ class Client:
             return connection.hello.node_id, protocol.decode_members_reply(frame.body)
         raise none_reachable(failures)
 
+    def change_membership(
+        self, request: protocol.ClusterJoin | protocol.ClusterLeave | protocol.ClusterRemove
+    ) -> bytes:
+        """Ask the first reachable node to make a membership change (join, leave, remove); the
+        membership record that holds it (canonical JSON). Raises ``ChangeInProgressError`` while
+        another change runs, ``BadRequestError`` for a change that cannot be made."""
+        failures: list[KVError] = []
+        self._ensure_topology()
+        for address in dict.fromkeys([*self.seeds, *self._addresses.values()]):
+            try:
+                frame = self._connection(address).call(request, timeout=self.timeout)
+            except NodeUnreachableError as exc:
+                failures.append(exc)
+                continue
+            return protocol.decode_membership_reply(frame.body)
+        raise none_reachable(failures)
+
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""
         address = self.node_address(node_id)
@@ -386,9 +405,7 @@ class Client:
             except MembershipChangedError as exc:  # its view is changing, and it did nothing: try another
                 self._stale = True
                 failures.append(exc)
-        if failures and all(isinstance(failure, MembershipChangedError) for failure in failures):
-            raise failures[-1]
-        raise none_reachable(failures)
+        raise _retry_or_unreachable(failures)
 
     def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
         """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not
@@ -427,7 +444,7 @@ class Client:
                     raise
         if waiting:
             raise RequestTimeoutError(f"no reply within {self.timeout:g} s from {', '.join(waiting.values())}")
-        raise none_reachable(failures)
+        raise _retry_or_unreachable(failures)
 
     def _send_to_next(
         self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[KVError]
@@ -628,6 +645,15 @@ def none_reachable(failures: Sequence[KVError]) -> KVError:
     if any(isinstance(failure, ClockSkewError) for failure in failures):
         return ClockSkewError(message)
     return NodeUnreachableError(message)
+
+
+def _retry_or_unreachable(failures: Sequence[KVError]) -> KVError:
+    """What a request every node of its plan failed raises: ``MembershipChangedError`` if some node
+    said its view is converging (the others failed too: one that has just left the cluster answers
+    NOT_A_MEMBER, say), which ``_execute`` retries with a fresh ring a bounded few times; otherwise
+    ``none_reachable``."""
+    changed = [failure for failure in failures if isinstance(failure, MembershipChangedError)]
+    return changed[-1] if changed else none_reachable(failures)
 
 
 def _capture(command: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:

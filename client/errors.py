@@ -155,6 +155,13 @@ class NotAMemberError(NodeUnreachableError):
     code = "NOT_A_MEMBER"
 
 
+class ChangeInProgressError(KVError):
+    """A membership change (join, leave, remove) was refused because another one is still running:
+    changes are made one at a time. Wait until ``kv cluster status`` shows every member normal."""
+
+    code = "CHANGE_IN_PROGRESS"
+
+
 class ProtocolViolationError(KVError):
     """A node sent bytes that do not follow the protocol."""
 
@@ -174,6 +181,7 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.FORBIDDEN: ForbiddenError,
     Status.MEMBERSHIP_CHANGED: MembershipChangedError,
     Status.NOT_A_MEMBER: NotAMemberError,
+    Status.CHANGE_IN_PROGRESS: ChangeInProgressError,
     Status.STORAGE_FULL: StorageFullError,
     Status.REPLICA_BEHIND: ReplicaBehindError,
     Status.TLS_REQUIRED: TlsRequiredError,

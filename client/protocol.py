@@ -70,6 +70,11 @@ class Op(IntEnum):
     IDENTIFY = 0x15
     MEMBERSHIP = 0x16
     EPOCH = 0x17
+    PARTITION_RECORDS = 0x18
+    STREAM_DONE = 0x19
+    CLUSTER_JOIN = 0x28
+    CLUSTER_LEAVE = 0x29
+    CLUSTER_REMOVE = 0x2A
     REPAIR = 0x20
     MEMBERS = 0x21
     STATS = 0x22
@@ -92,6 +97,7 @@ class Status(IntEnum):
     FORBIDDEN = 0x19
     MEMBERSHIP_CHANGED = 0x1A
     NOT_A_MEMBER = 0x1B
+    CHANGE_IN_PROGRESS = 0x1D
     UNAVAILABLE = 0x20
     TIMEOUT = 0x21
     INTERNAL_ERROR = 0x30
@@ -719,6 +725,94 @@ class Epoch:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionRecords:
+    """One page of a partition's records (key, version, value or tombstone), starting after
+    ``cursor`` (empty: the start): what a new owner streams a partition with. Members only."""
+
+    OP: ClassVar[Op] = Op.PARTITION_RECORDS
+    partition: int
+    cursor: bytes = b""
+
+    def encode(self) -> bytes:
+        return _U16.pack(self.partition) + _bytes16(self.cursor)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> PartitionRecords:
+        partition = reader.u16()
+        return cls(partition, reader.bytes16())
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """Tells a leaving member that ``node_id`` holds every partition it receives in the change of
+    membership epoch ``epoch``: once every receiver has said so, the leaving member makes the
+    epoch that removes it. Members only; sent again until that epoch arrives."""
+
+    OP: ClassVar[Op] = Op.STREAM_DONE
+    epoch: int
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _U64.pack(self.epoch) + _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> StreamDone:
+        return cls(reader.u64(), reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterJoin:
+    """Asks a member to admit ``node_id``, reached at ``host``:``port``, as a joining member (a new
+    epoch). Admin; a joining node started with ``KV_AUTO_JOIN`` sends it to its seeds itself. The
+    reply is the record with the node in it (MEMBERSHIP's reply); CHANGE_IN_PROGRESS while another
+    change runs."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_JOIN
+    node_id: str
+    host: str
+    port: int
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id) + _str8(self.host) + _U16.pack(self.port)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterJoin:
+        return cls(reader.str8(), reader.str8(), reader.u16())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLeave:
+    """Asks a member to decommission ``node_id`` (a live member): it becomes ``leaving``, its
+    partitions stream to their new owners, then it leaves. Admin; the reply is the new record."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_LEAVE
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterLeave:
+        return cls(reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRemove:
+    """Asks a member to remove ``node_id`` (a dead member) at once; the new owners of its replicas
+    stream them from the surviving copies. Admin; the reply is the new record."""
+
+    OP: ClassVar[Op] = Op.CLUSTER_REMOVE
+    node_id: str
+
+    def encode(self) -> bytes:
+        return _str8(self.node_id)
+
+    @classmethod
+    def decode(cls, reader: BodyReader) -> ClusterRemove:
+        return cls(reader.str8())
+
+
+@dataclass(frozen=True, slots=True)
 class Repair(_EmptyBody):
     """Asks the node to run one anti-entropy round with all its peers now."""
 
@@ -743,7 +837,8 @@ class Stats(_EmptyBody):
 Request = (
     Hello | Ping | Get | Put | Delete | Topology | AuthStart | AuthFinish | UserSet | Users
     | ReplicaGet | ReplicaPut | HintedPut
-    | Digests | PartitionKeys | Identify | MembershipRecord | Epoch | Repair | Members | Stats
+    | Digests | PartitionKeys | PartitionRecords | Identify | MembershipRecord | Epoch | StreamDone
+    | ClusterJoin | ClusterLeave | ClusterRemove | Repair | Members | Stats
 )  # fmt: skip
 
 REQUEST_TYPES: dict[int, type[Request]] = {
@@ -751,7 +846,8 @@ REQUEST_TYPES: dict[int, type[Request]] = {
     for request_type in (
         Hello, Ping, Get, Put, Delete, Topology, AuthStart, AuthFinish, UserSet, Users,
         ReplicaGet, ReplicaPut, HintedPut,
-        Digests, PartitionKeys, Identify, MembershipRecord, Epoch, Repair, Members, Stats,
+        Digests, PartitionKeys, PartitionRecords, Identify, MembershipRecord, Epoch, StreamDone,
+        ClusterJoin, ClusterLeave, ClusterRemove, Repair, Members, Stats,
     )
 }  # fmt: skip
 """Op code -> request class: the one table ``decode_request`` reads."""
@@ -1166,6 +1262,12 @@ class PartitionKeysReply:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionRecordsReply:
+    entries: tuple[tuple[bytes, Record], ...]  # (key, record), in the partition's key order
+    cursor: bytes  # pass back to get the next page; empty when this page is the last
+
+
+@dataclass(frozen=True, slots=True)
 class RepairReply:
     partitions: int  # partitions compared with a peer
     differing: int  # keys found to differ
@@ -1210,6 +1312,31 @@ def encode_partition_keys_reply(reply: PartitionKeysReply) -> bytes:
         parts += [_bytes16(entry.key), _version(entry.version), _U8.pack(_TOMBSTONE_FLAG if entry.tombstone else 0)]
     parts.append(_bytes16(reply.cursor))
     return b"".join(parts)
+
+
+def record_entry_size(key: bytes, record: Record) -> int:
+    """Bytes one record takes in a PARTITION_RECORDS reply: key, flags, version and value."""
+    value = len(record.value) if record.value is not None else 0
+    return _U16.size + len(key) + _U8.size + _U64.size + _U8.size + len(record.version.node_id.encode()) + 4 + value
+
+
+def encode_partition_records_reply(reply: PartitionRecordsReply) -> bytes:
+    parts = [_U32.pack(len(reply.entries))]
+    for key, record in reply.entries:
+        parts += [_bytes16(key), _record_body(record)]
+    parts.append(_bytes16(reply.cursor))
+    return b"".join(parts)
+
+
+def decode_partition_records_reply(body: bytes) -> PartitionRecordsReply:
+    reader = BodyReader(body)
+    entries = []
+    for _ in range(reader.u32()):
+        key = reader.bytes16()
+        entries.append((key, _read_record(reader)))
+    cursor = reader.bytes16()
+    reader.end()
+    return PartitionRecordsReply(tuple(entries), cursor)
 
 
 def decode_partition_keys_reply(body: bytes) -> PartitionKeysReply:
@@ -1350,6 +1477,7 @@ class StatsReply(StoreFlagged):
     members: tuple[MemberView, ...]  # its failure detector's view, itself first, as MEMBERS
     clock_offsets: tuple[PeerClockOffset, ...]  # peers whose clock offset it has measured
     repair: RepairProgress
+    streams_pending: int = 0  # partitions still to stream into this node for a membership change
 
 
 _STATS_FIGURES = struct.Struct(">QQBQQQQQ")
@@ -1390,6 +1518,8 @@ def encode_stats_reply(reply: StatsReply) -> bytes:
             repair.keys_copied,
         ),
     ]
+    if reply.streams_pending:  # a u32 after the rest, only while the node streams (older nodes never send it)
+        parts.append(_U32.pack(reply.streams_pending))
     return b"".join(parts)
 
 
@@ -1404,6 +1534,11 @@ def decode_stats_reply(body: bytes) -> StatsReply:
     if repair_flags & ~REPAIR_FLAG_RUNNING:
         raise ProtocolError(f"unknown repair flags 0x{repair_flags:02x}")
     repair = RepairProgress(bool(repair_flags & REPAIR_FLAG_RUNNING), *progress)
+    streams_pending = 0
+    if reader.remaining:
+        streams_pending = reader.u32()
+        if streams_pending == 0:  # sent only when not 0: one encoding per reply
+            raise ProtocolError("STATS carries streams pending only when there are some")
     reader.end()
     return StatsReply(
         node_id,
@@ -1419,6 +1554,7 @@ def decode_stats_reply(body: bytes) -> StatsReply:
         members,
         offsets,
         repair,
+        streams_pending,
     )
 
 

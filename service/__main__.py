@@ -12,9 +12,10 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from service import logging as node_logging  # noqa: E402
-from service import membership_store  # noqa: E402
+from service.authentication import AuthEvents  # noqa: E402
 from service.config import SETTINGS, ConfigError, load_config  # noqa: E402
 from service.memory import tune_malloc  # noqa: E402
+from service.security import load_security  # noqa: E402
 from service.storage import StorageError  # noqa: E402
 from service.workers import STARTUP_FAILED_EXIT, Supervisor, WorkerSlot, die_with_supervisor  # noqa: E402
 
@@ -67,15 +68,16 @@ def main(argv: list[str]) -> int:
     node_logging.configure(config.node_id, config.log_level, worker.index if worker is not None else None)
     log = node_logging.get_logger()
     if worker is None and config.workers > 1:  # this process supervises; the workers are the node
+        from service.node import open_membership
+
         try:
             # Once, before any worker: workers starting together on an empty directory would each
-            # mint an identity for the node, and its peers would take the second for an impostor.
-            opened = membership_store.open_membership(config)
+            # mint an identity for the node (or each ask a seed to admit it), and its peers would
+            # take the second for an impostor.
+            open_membership(config, load_security(config, AuthEvents()), log)
         except ConfigError as exc:
             report_config_error(exc)
             return 2
-        if opened.formed:
-            log.info("membership_formed", cluster_id=opened.local.record.cluster_id, identity=opened.local.identity)
         return Supervisor(config, log).run()
     if worker is not None:
         die_with_supervisor(worker.supervisor_pid)

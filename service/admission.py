@@ -52,6 +52,10 @@ class Admission:
         self.waiting = 0
         self.links = dict.fromkeys(members, 0)
 
+    def add_member(self, member: str) -> None:
+        """``member`` (one that joined) earns peer links from now on."""
+        self.links.setdefault(member, 0)
+
     def arrive(self) -> Ticket | None:
         """A new connection's ticket: a client slot if one is free, else a place in the waiting
         room; ``None`` if that is full too (refuse it at once)."""

@@ -4,7 +4,11 @@ passwords checked for the ports that receive them, and user administration.
 A **user** authenticates with the verifier its ``UserDirectory`` holds (``service.users``). A
 **member** of the cluster authenticates as ``node:<id>`` with the cluster secret
 (``KV_CLUSTER_SECRET_FILE``) as its password: the node makes a verifier from the secret once, at
-start, so the secret itself is never compared or sent, and the member gets the ``peer`` role.
+start, so the secret itself is never compared or sent, and the member gets the ``peer`` role. Any
+valid node id is taken, not only the members this node knows: a node that joins the cluster has
+the secret before any record lists it (it asks a seed to admit it, and members learn of it by
+gossip), and which member a link is, is IDENTIFY's check against the membership record
+(``membership_view``), made on every link.
 
 An exchange for a user that does not exist goes on as for one that does, with a decoy verifier
 derived from the name (RFC 5802 §9 recommends it), and fails at the proof with the same message as
@@ -19,7 +23,6 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,7 @@ from client.protocol import SCRAM_SHA_256, AuthFinish, AuthReply, AuthStart, Rol
 from client.scram import MIN_ITERATIONS, Verifier, VerifierError, make_verifier, password_matches
 from service.admission import PEER_NAME_PREFIX
 from service.auth_throttle import AuthThrottle
+from service.membership import NAME_PATTERN
 from service.roles import role_name
 from service.users import UserDirectory, check_user_name
 
@@ -65,19 +69,12 @@ class Identity:
 
 class Authenticator:
     """Checks credentials for one node. ``users``: the users (``None``: authentication is off, every
-    connection may do anything); ``cluster_secret``: the members' shared password; ``members``: the
-    other members' ids, who may authenticate as ``node:<id>``."""
+    connection may do anything); ``cluster_secret``: the members' shared password, with which any
+    ``node:<id>`` authenticates (see the module docstring)."""
 
-    def __init__(
-        self,
-        users: UserDirectory | None,
-        cluster_secret: str | None,
-        members: Iterable[str],
-        events: AuthEvents,
-    ) -> None:
+    def __init__(self, users: UserDirectory | None, cluster_secret: str | None, events: AuthEvents) -> None:
         self.users = users
         self.required = users is not None
-        self._members = frozenset(PEER_NAME_PREFIX + member for member in members)
         self._peer_verifier = make_verifier(cluster_secret) if cluster_secret else None
         self._events = events
         self._throttle = AuthThrottle()
@@ -91,7 +88,8 @@ class Authenticator:
 
     def identify(self, name: str) -> tuple[Verifier, Identity] | None:
         """The verifier and identity ``name`` authenticates as, ``None`` if no user or member has it."""
-        if name in self._members and self._peer_verifier is not None:
+        member = name.startswith(PEER_NAME_PREFIX) and NAME_PATTERN.match(name[len(PEER_NAME_PREFIX) :])
+        if member and self._peer_verifier is not None:
             return self._peer_verifier, Identity(name, Role.PEER)
         user = self.users.lookup(name) if self.users is not None else None
         if user is None:

@@ -53,6 +53,12 @@ class ClockOffsets:
         self._samples: dict[str, OffsetSample] = {}
         self._verdict: tuple[int, str | None] | None = None  # (worked out at, fenced's answer)
 
+    def add(self, peer: str) -> None:
+        """Judge against ``peer`` too (a member that joined)."""
+        if peer not in self._peers:
+            self._peers.append(peer)
+            self._verdict = None
+
     def record(self, peer: str, sent_wall_ms: int, received_wall_ms: int, peer_wall_ms: int) -> OffsetSample:
         """A heartbeat to ``peer`` left at ``sent_wall_ms`` and its reply, stamped ``peer_wall_ms`` by
         the peer, arrived at ``received_wall_ms`` (this node's wall clock)."""

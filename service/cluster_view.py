@@ -62,12 +62,17 @@ class ClusterView:
         self.peers = peers
         self.placement = placement
         self.shape = ClusterShape(config.n, config.read_quorum, config.write_quorum, placement.ring.partitions)
-        self.ring = summarize_ring(placement.ring, placement.n)  # the ring never changes while a node runs
+        self.ring = summarize_ring(placement.ring, placement.n)
         self._gathering = gevent.lock.Semaphore()
         self._last: tuple[float, Json] | None = None
         self._lookups = gevent.lock.BoundedSemaphore(LOOKUP_CONCURRENCY)
 
     # --- /api/cluster ------------------------------------------------------------------------------
+
+    def use_placement(self, placement: Placement) -> None:
+        """A membership change switched the ring: show and look up keys by the new one."""
+        self.placement = placement
+        self.ring = summarize_ring(placement.ring, placement.n)
 
     def cluster(self, max_age: float = VIEW_MAX_AGE) -> Json:
         """Every member with its figures, and the ring, as this node sees them now: gathered at most

@@ -84,6 +84,8 @@ class Config:
     cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
     seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
     workers: int = 1  # processes serving this node (KV_WORKERS); 1: the node is this one process
+    auto_join: bool = False  # on a first start, ask a seed to add this node (KV_AUTO_JOIN)
+    stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
     def peers(self) -> tuple[NodeAddress, ...]:
@@ -106,7 +108,12 @@ SETTINGS = [
         "kv",
         "the cluster's name; with KV_PEERS' ids and KV_PARTITIONS it makes the cluster id that members check",
     ),
-    Setting("KV_SEEDS", "", "host:port,... of members a new node asks to join (for joining; not used yet)"),
+    Setting("KV_SEEDS", "", "host:port,... of members a new node asks to join (with KV_AUTO_JOIN)"),
+    Setting(
+        "KV_AUTO_JOIN",
+        "false",
+        "true: on its first start this node asks a seed (KV_SEEDS) to add it; KV_PEERS then names only itself",
+    ),
     Setting("KV_HOST", "0.0.0.0", "address the protocol, Redis-protocol and HTTP servers bind"),
     Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
     Setting("KV_HTTP_PORT", "8000", "HTTP port for /metrics and /healthz (0: any free port)"),
@@ -157,6 +164,12 @@ SETTINGS = [
         "(CLOCK_SKEW), and a node whose clock is that far off most peers' refuses to stamp writes",
     ),
     Setting(
+        "KV_STREAM_RATE_MBPS",
+        "25",
+        "MiB per second a node receives partitions at when membership changes (0: unpaced); Cassandra's "
+        "stream throughput is the model",
+    ),
+    Setting(
         "KV_READ_REPAIR_PERCENT",
         "10",
         "% of reads with R below the replicas up that also ask the rest and repair stale ones",
@@ -184,8 +197,8 @@ SETTINGS = [
     Setting("KV_METRICS_AUTH", "false", "true: /metrics asks for a user too (HTTP Basic), as the dashboard does"),
     Setting(
         "KV_WORKERS",
-        "",
-        "processes serving the node's ports and sharing its store, 1 to 64; default: the cores the "
+        "1",
+        "processes serving the node's ports and sharing its store, 1 to 64, or auto: the cores the "
         "container may use (CPU affinity and cgroup quota)",
     ),
     Setting("KV_LOG_COMMANDS", "true", "log every client command (turn off for benchmarks)"),
@@ -280,7 +293,8 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
     n = integer("KV_N", 1, MAX_N)
     write_quorum = integer("KV_W", 1, MAX_N)
     read_quorum = integer("KV_R", 1, MAX_N)
-    if cluster and n > len(cluster) and valid("KV_N"):
+    joining = bool(raw("KV_SEEDS")) and raw("KV_AUTO_JOIN").lower() == "true"
+    if cluster and n > len(cluster) and valid("KV_N") and not joining:
         problems.append(f"KV_N={n} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
     if write_quorum > n and valid("KV_N", "KV_W"):
         problems.append(f"KV_W={write_quorum} exceeds KV_N={n}: a write cannot wait for more replicas than N")
@@ -328,13 +342,25 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
     if not NODE_ID_PATTERN.match(cluster_name):
         problems.append(f"KV_CLUSTER_NAME={cluster_name!r}: must be 1-64 letters, digits, '.', '_' or '-'")
     seeds: tuple[str, ...] = parsed("KV_SEEDS", _seeds, ())
+    auto_join = parsed("KV_AUTO_JOIN", _boolean, False)
+    if auto_join and not seeds and "KV_SEEDS" not in invalid:
+        problems.append("KV_AUTO_JOIN=true needs KV_SEEDS: the host:port of one or more members to ask")
 
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         problems.append(f"KV_LOG_LEVEL={log_level!r}: must be debug, info, warning or error")
 
-    workers = integer("KV_WORKERS", 1, MAX_WORKERS) if raw("KV_WORKERS") else min(MAX_WORKERS, cores())
+    # One process unless asked: two workers measured 0.72-1.44x one on two cores (BENCHMARKS.md,
+    # "Workers"), at more CPU per op, and a node of several cannot yet leave the cluster.
+    def parse_workers(text: str) -> int:
+        if text == "auto":
+            return min(MAX_WORKERS, cores())
+        if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+            raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS}, or auto (one per core)")
+        return int(text)
+
+    workers = parsed("KV_WORKERS", parse_workers, 1)
 
     config = Config(
         node_id=node_id,
@@ -371,6 +397,8 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
         cluster_name=cluster_name,
         seeds=seeds,
         workers=workers,
+        auto_join=auto_join,
+        stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )
     if problems:

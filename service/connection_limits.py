@@ -24,9 +24,11 @@ SMALL_REPLY_BYTES = 1024
 """The most a reply without a value or listing may take: a header, a version (up to 264 bytes) or
 an error message (``MAX_ERROR_MESSAGE_BYTES``), and their length fields."""
 
-LARGE_REPLY_OPS = frozenset({Op.GET, Op.REPLICA_GET, Op.PARTITION_KEYS, Op.DIGESTS, Op.MEMBERS, Op.TOPOLOGY})
-"""Requests whose reply may be as large as a frame: a value, a page of keys, a digest per partition,
-or a view of every member."""
+LARGE_REPLY_OPS = frozenset(
+    {Op.GET, Op.REPLICA_GET, Op.PARTITION_KEYS, Op.PARTITION_RECORDS, Op.DIGESTS, Op.MEMBERS, Op.TOPOLOGY}
+)
+"""Requests whose reply may be as large as a frame: a value, a page of keys or records, a digest per
+partition, or a view of every member."""
 
 PEER_LIMIT_FACTOR = 4
 """A link from another member gets this many times a client's byte limit and output timeout: it

@@ -218,10 +218,17 @@ class Coordinator:
         self._chance = settings.chance
         self._clock_fenced = settings.clock_fenced
         self._hint_after = settings.timeout * HINT_AFTER
+        self._local = replicas.get(self.node_id)
+        self.set_placement(placement)
+
+    def set_placement(self, placement: Placement) -> None:
+        """Route by ``placement`` from now on (a membership change switched the ring, or started or
+        ended moving partitions); requests under way finish on the one they started with."""
+        self.placement = placement
         # Looked up once: every request uses them.
         self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
         self._is_full, self._is_behind = placement.is_full, placement.is_behind
-        self._local = replicas.get(self.node_id)
+        self._pending = placement.pending_owners
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -363,7 +370,12 @@ class Coordinator:
         fails) until ``w`` acked; return the newest version an acking replica holds instead, if
         any is newer than ``record``'s. Raises ``QuorumFailure``."""
         owners = self._ring.owners(key)
-        preferred, fallbacks = owners[: self._n], list(owners[self._n :])
+        # While a membership change moves the key's partition, its pending owners (which will hold
+        # it after the switch) get the write too, and each must ack it on top of W: Cassandra's
+        # pending ranges. They are no fallbacks meanwhile: a fallback's hint is for another owner.
+        pending = self._pending(key)
+        preferred = [*owners[: self._n], *pending]
+        fallbacks = [node for node in owners[self._n :] if node not in pending]
         newer: list[Version] = []
 
         full: dict[str, str] = {}  # owner -> why it or a fallback could not take its copy for lack of room
@@ -416,7 +428,7 @@ class Coordinator:
             details = f" ({', '.join(hint_failures)})" if hint_failures else ""
             raise RuntimeError(f"{failure}; no fallback node took a hint{details}")
 
-        quorum = QuorumRound(w, len(preferred), now=time.monotonic(), timeout=self.timeout)
+        quorum = QuorumRound(w + len(pending), len(preferred), now=time.monotonic(), timeout=self.timeout)
         try:
             self._settle(FanOut(preferred, write_to, inline=self.node_id, inline_timeout=self.timeout), quorum)
         except QuorumFailure as failure:

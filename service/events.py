@@ -12,7 +12,7 @@ and every log line about something a part did, is here. Events a client can caus
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Role, Version
@@ -30,6 +30,8 @@ from service.metrics import Metrics
 from service.peers import MonitorEvents, Peer
 from service.server import ConnectionEvents
 from service.storage import StorageError
+from service.streaming import StreamEvents
+from service.transfer import Checkpoint
 
 HINT_FAILURE_LOG_INTERVAL_S = 30.0
 """At most one ``hint_delivery_failed`` warning per owner in this many seconds: a pass runs every
@@ -75,6 +77,7 @@ class NodeEvents(
     ConnectionEvents,
     AuthEvents,
     MembershipEvents,
+    StreamEvents,
 ):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
 
@@ -163,6 +166,10 @@ class NodeEvents(
         self.metrics.track_store(lambda: store.live_keys, _or_zero(store.pending_hints), state)
         for peer_id in peer_ids:
             self.metrics.peer_up.labels(peer_id).set(0)
+
+    def peer_added(self, peer_id: str) -> None:
+        """A member joined: shown as not up until the failure detector says otherwise."""
+        self.metrics.peer_up.labels(peer_id).set(0)
 
     # --- peers and tasks --------------------------------------------------------------------------
 
@@ -364,6 +371,30 @@ class NodeEvents(
     def tombstones_purged(self, count: int) -> None:
         self.metrics.tombstones_purged.inc(count)
         self.log.info("tombstones_purged", count=count)
+
+    # --- partition streaming ------------------------------------------------------------------------
+
+    def stream_started(self, partition: int, sources: Sequence[str], checkpoint: Checkpoint | None) -> None:
+        resumed = checkpoint is not None
+        self.log.info("stream_started", partition=partition, sources=list(sources), resumed=resumed)
+
+    def stream_bytes(self, count: int) -> None:
+        self.metrics.stream_bytes.labels("in").inc(count)
+
+    def stream_page_served(self, size: int) -> None:
+        self.metrics.stream_bytes.labels("out").inc(size)
+
+    def stream_source_failed(self, partition: int, source: str, reason: str) -> None:
+        self.log.warning("stream_source_failed", partition=partition, source=source, error=reason)
+
+    def stream_failed(self, partition: int, reason: str, retry_in_s: float) -> None:
+        self.log.warning("stream_failed", partition=partition, error=reason, retry_in_s=round(retry_in_s, 3))
+
+    def stream_finished(self, partition: int, seconds: float, size: int, keys: int) -> None:
+        self.log.info("stream_finished", partition=partition, seconds=round(seconds, 3), bytes=size, keys=keys)
+
+    def streams_pending(self, count: int) -> None:
+        self.metrics.stream_partitions_pending.set(count)
 
 
 def _or_zero(read: Callable[[], int]) -> Callable[[], int]:

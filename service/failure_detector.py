@@ -57,6 +57,10 @@ class FailureDetector:
         # Until a peer answers once it is suspect: we have no evidence either way.
         self._peers = {peer: PeerRecord(PeerState.SUSPECT, started) for peer in peers}
 
+    def add(self, peer: str) -> None:
+        """Track ``peer`` too (a member that joined): suspect until it answers."""
+        self._peers.setdefault(peer, PeerRecord(PeerState.SUSPECT, self._now()))
+
     def heartbeat(self, peer: str) -> list[tuple[str, PeerState, PeerState]]:
         """The peer answered. Returns the state changes this caused, as (peer, old, new)."""
         record = self._peers[peer]

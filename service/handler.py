@@ -3,7 +3,8 @@
 ``RequestHandler`` holds no connection state and sees no sockets (``server`` owns those). Each op is
 one case in ``_run``: client GET, PUT and DELETE go to the coordinator; replica reads and writes,
 hints, digests and listings go to this node's ``LocalStore``; REPAIR runs an anti-entropy round;
-MEMBERS and STATS are this node's reports on itself (``NodeReports``); USER_SET and USERS change and
+MEMBERS and STATS are this node's reports on itself (``NodeReports``); CLUSTER_JOIN, CLUSTER_LEAVE
+and CLUSTER_REMOVE make a membership change (``changes``, which the node sets); USER_SET and USERS change and
 list the node's users (``Authenticator``). Who may send which op is the server's check, not this.
 Refusals (an oversize key or value, an impossible quorum, a partition out of range, a replica read
 while this node's store is full or catching up) are ``RequestError``s with the status to send; a
@@ -13,13 +14,16 @@ becomes an error reply, so a bad request costs one reply, never the connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from client import protocol
 from client.protocol import Status
 from service.anti_entropy import AntiEntropy
 from service.authentication import Authenticator
 from service.config import Config
 from service.coordinator import Coordinator
-from service.local_store import LocalStore, listing_page_bytes
+from service.local_store import LocalStore, listing_page_bytes, records_page_bytes
+from service.membership import ClusterRecord
 from service.membership import encode as encode_record
 from service.membership_view import MembershipView
 from service.node_stats import NodeReports
@@ -67,12 +71,20 @@ class RequestHandler:
         self._listing_limit = listing_page_bytes(config.max_frame_bytes)  # a page must fit one frame
         self._shape = (config.n, config.read_quorum, config.write_quorum)
         self._cluster = config.cluster
+        self._records_limit = records_page_bytes(config.max_frame_bytes)
         self.n = config.n
         self._members = frozenset(node.node_id for node in config.cluster)
         self.read_quorum = config.read_quorum
         self.write_quorum = config.write_quorum
         self.accounts: Authenticator | None = None
         """The node's users, for USER_SET and USERS (the node sets it; ``None``: it has none)."""
+        self.changes: (
+            Callable[[protocol.ClusterJoin | protocol.ClusterLeave | protocol.ClusterRemove], ClusterRecord] | None
+        ) = None
+        """Makes a membership change and returns the new record (the node sets it); raises
+        ``RequestError`` (CHANGE_IN_PROGRESS, BAD_REQUEST) when it may not be made."""
+        self.stream_done: Callable[[int, str], None] | None = None
+        """Hears STREAM_DONE (the node sets it)."""
         self.membership: MembershipView | None = None
         """The node's membership view (the node sets it): IDENTIFY, MEMBERSHIP, EPOCH and TOPOLOGY
         answer from it, and while it names a problem GET, PUT and DELETE are refused with it."""
@@ -157,7 +169,8 @@ class RequestHandler:
                 self.check_key(key)
                 if record.value is not None:
                     self.check_value(record.value)
-                if owner not in self._members or owner == self.hello.node_id:
+                members = self._members if self.membership is None else self.membership.record.node_ids
+                if owner not in members or owner == self.hello.node_id:
                     # Nobody would ever take it: it would sit on disk for the whole hint window.
                     raise RequestError(Status.BAD_REQUEST, f"a hint for {owner!r}, which is not another member")
                 self.store.write_hint(key, record, owner)
@@ -169,6 +182,10 @@ class RequestHandler:
                 self._check_partitions((partition,))
                 page = self.store.partition_keys(partition, cursor, self._listing_limit)
                 return Status.OK, protocol.encode_partition_keys_reply(page)
+            case protocol.PartitionRecords(partition, cursor):
+                self._check_partitions((partition,))
+                records = self.store.partition_records_page(partition, cursor, self._records_limit)
+                return Status.OK, protocol.encode_partition_records_reply(records)
             case protocol.Repair():
                 return Status.OK, protocol.encode_repair_reply(self.anti_entropy.run_round().reply())
             case protocol.Members():
@@ -190,6 +207,14 @@ class RequestHandler:
                 if self.membership is None:
                     raise RequestError(Status.BAD_REQUEST, "this node keeps no membership record")
                 return Status.OK, protocol.encode_membership_reply(encode_record(self.membership.record))
+            case protocol.ClusterJoin() | protocol.ClusterLeave() | protocol.ClusterRemove():
+                if self.changes is None:
+                    raise RequestError(Status.BAD_REQUEST, "this node makes no membership changes")
+                return Status.OK, protocol.encode_membership_reply(encode_record(self.changes(request)))
+            case protocol.StreamDone(epoch, node_id):
+                if self.stream_done is not None:
+                    self.stream_done(epoch, node_id)
+                return Status.OK, b""
             case protocol.Epoch():
                 self._check_membership(changing_ok=True)
                 return Status.OK, protocol.encode_epoch_reply(self.epoch)

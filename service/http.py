@@ -1,9 +1,11 @@
-"""The node's HTTP side: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for
+"""The node's HTTP side: ``/metrics`` for Prometheus, ``/livez``, ``/healthz`` and ``/readyz`` for
 orchestrators, and whatever further routes the node adds (the dashboard's, from ``dashboard_app``).
 
-``/healthz`` is 200 while the node is whole, 503 while it drains or its store is full; ``/readyz`` is
-200 once it can coordinate requests (its store is open and it has a verdict on every peer), which
-is what a load balancer, a container healthcheck or a test should wait for. A 503's body says why.
+``/livez`` is 200 whenever the node answers at all: the liveness probe, since restarting a node
+that answers fixes nothing. ``/healthz`` is 200 while the node is whole, 503 while it drains or its
+store is full; ``/readyz`` is 200 once it can coordinate requests (its store is open and it has a
+verdict on every peer), which is what a load balancer, a container healthcheck or a test should
+wait for. A 503's body says why.
 
 Served by ``gevent.pywsgi`` on its own port, so a scrape never queues behind protocol traffic; over
 HTTPS when the node's TLS is on (``KV_TLS_MODE``). The node protects the routes that reveal keys
@@ -31,7 +33,7 @@ def make_app(
 ) -> Callable[..., Iterable[bytes]]:
     """The node's WSGI app; ``routes`` maps further paths to their apps."""
     metrics_app = make_wsgi_app(registry)
-    checks = {"/healthz": health, "/readyz": readiness}
+    checks: dict[str, Check] = {"/livez": lambda: None, "/healthz": health, "/readyz": readiness}
     extra = dict(routes or {})
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -49,7 +51,7 @@ def make_app(
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [b"ok\n" if problem is None else f"{problem}\n".encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics, /healthz, /readyz or /dashboard\n"]
+        return [b"not found: try /metrics, /livez, /healthz, /readyz or /dashboard\n"]
 
     return app
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import TypeVar
 
 from client import protocol
-from client.protocol import KeyVersion, PartitionKeysReply, Record, Version, listing_size
+from client.protocol import KeyVersion, PartitionKeysReply, PartitionRecordsReply, Record, Version, listing_size
 from service.group_commit import CommitThread, GroupCommitter, start_in_threadpool, start_inline
 from service.storage import (
     MAX_CURSOR_BYTES,
@@ -67,23 +67,36 @@ def listing_page_bytes(max_frame_bytes: int) -> int:
     return min(LISTING_PAGE_BYTES, max_frame_bytes - LISTING_ENVELOPE_BYTES)
 
 
+def _listed_size(key: bytes, record: Record) -> int:
+    return listing_size(key, record.version)
+
+
+def records_page_bytes(max_frame_bytes: int) -> int:
+    """Record bytes per PARTITION_RECORDS page (``record_entry_size`` each): a whole frame less the
+    envelope, so a page carries as many records as one frame can (fewer pages, each a batch of
+    writes for the receiver's group commit); a single largest record still fits."""
+    return max_frame_bytes - LISTING_ENVELOPE_BYTES
+
+
 def listing_page(
-    entries: Generator[tuple[bytes, bytes, Record]], limit_bytes: int
+    entries: Generator[tuple[bytes, bytes, Record]],
+    limit_bytes: int,
+    entry_size: Callable[[bytes, Record], int] = _listed_size,
 ) -> tuple[list[tuple[bytes, Record]], bytes]:
     """The first ``(key, record)`` pairs of ``entries`` (``(cursor, key, record)`` in order, as
-    ``Storage.partition_entries`` yields them) that fit ``limit_bytes`` when listed, always at least
-    one, and the cursor to continue after them (empty when they reach the end). Closes ``entries``,
-    which ends its read transaction."""
+    ``Storage.partition_entries`` yields them) whose ``entry_size`` (a PARTITION_KEYS entry's by
+    default) fits ``limit_bytes``, always at least one, and the cursor to continue after them (empty
+    when they reach the end). Closes ``entries``, which ends its read transaction."""
     page: list[tuple[bytes, Record]] = []
     size = 0
     last = b""
     with contextlib.closing(entries):
         for cursor, key, record in entries:
-            entry_size = listing_size(key, record.version)
-            if page and size + entry_size > limit_bytes:
+            this_size = entry_size(key, record)
+            if page and size + this_size > limit_bytes:
                 return page, last
             page.append((key, record))
-            size += entry_size
+            size += this_size
             last = cursor
     return page, b""
 
@@ -113,6 +126,9 @@ class StoreEvents:
 
     def marker_failed(self, path: str, error: str) -> None:
         """The file marking the store as behind could not be created or removed."""
+
+    def stream_page_served(self, size: int) -> None:
+        """A PARTITION_RECORDS page of ``size`` bytes went to a node streaming a partition from here."""
 
 
 class LocalStore:
@@ -361,6 +377,19 @@ class LocalStore:
         )
         entries = tuple(KeyVersion(key, record.version, record.value is None) for key, record in page)
         return PartitionKeysReply(entries, next_cursor)
+
+    def partition_records_page(self, partition: int, cursor: bytes, limit_bytes: int) -> PartitionRecordsReply:
+        """One PARTITION_RECORDS page: the records of ``partition`` after ``cursor``, tombstones
+        included, that fit ``limit_bytes`` (always at least one), and the next page's cursor (empty
+        after the last). Reported as streamed out (``stream_page_served``)."""
+        page, next_cursor = self._read(
+            lambda: listing_page(
+                self._storage.partition_entries(partition, cursor), limit_bytes, protocol.record_entry_size
+            )
+        )
+        reply = PartitionRecordsReply(tuple(page), next_cursor)
+        self._events.stream_page_served(sum(protocol.record_entry_size(key, record) for key, record in page))
+        return reply
 
     def purge_tombstone(self, key: bytes, version: Version) -> bool:
         """Delete the key's record if it is still this tombstone; return whether it was."""

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Opened:
     local: LocalMembership
     formed: bool  # no record was there: formed from the configuration now
     upgraded: bool  # formed in a directory that already held a store
+    joined: bool = False  # no record was there: a seed admitted this node (KV_AUTO_JOIN)
 
 
 def new_identity() -> str:
@@ -62,9 +64,13 @@ def path_in(data_dir: str) -> Path:
     return Path(data_dir) / FILE_NAME
 
 
-def open_membership(config: Config) -> Opened:
+def open_membership(config: Config, join: Callable[[str], ClusterRecord] | None = None) -> Opened:
     """This node's membership from ``config.data_dir``, formed and saved on a first start.
-    ``ConfigError`` when the directory disagrees with ``config`` or the file cannot be read."""
+    ``ConfigError`` when the directory disagrees with ``config`` or the file cannot be read.
+
+    ``join``: on a first start, instead of forming a cluster, get the record that admits this node
+    (called with its new identity; ``KV_AUTO_JOIN``, see ``joining``), which raises ``ConfigError``
+    if no seed admits it."""
     path = path_in(config.data_dir)
     try:
         text = path.read_bytes()
@@ -74,6 +80,22 @@ def open_membership(config: Config) -> Opened:
         raise ConfigError(
             [f"cannot read {path}: {exc}; check that KV_DATA_DIR is a directory this node can read and write"]
         ) from None
+    if text is None and join is not None:
+        identity = new_identity()
+        record = join(identity)
+        if record.partitions != config.partitions:
+            raise ConfigError(
+                [
+                    f"KV_PARTITIONS={config.partitions}, but the cluster this node joins has {record.partitions}: "
+                    f"set KV_PARTITIONS={record.partitions}"
+                ]
+            )
+        local = LocalMembership(config.node_id, identity, membership.with_identity(record, config.node_id, identity))
+        try:
+            save(config.data_dir, local)
+        except OSError as exc:
+            raise ConfigError([f"cannot write {path}: {exc}; check that KV_DATA_DIR exists and is writable"]) from None
+        return Opened(local, formed=False, upgraded=False, joined=True)
     if text is None:
         identity = new_identity()
         nodes = [(node.node_id, node.host, node.port) for node in config.cluster]
@@ -117,7 +139,8 @@ def mismatches(local: LocalMembership, config: Config) -> list[str]:
         )
     ids = [node.node_id for node in config.cluster]
     derived = membership.derive_cluster_id(config.cluster_name, ids, record.partitions)
-    if derived != record.cluster_id:
+    # A node that joined later is no founder: its KV_PEERS names only itself, and says nothing of the id.
+    if local.node_id in record.founders and derived != record.cluster_id:
         problems.append(
             f"{where} belongs to cluster {record.cluster_id} "
             f"({membership.describe_founding(record.name, record.founders, record.partitions)}), "

@@ -99,9 +99,10 @@ class MembershipView:
         self.problem: tuple[Status, str] | None = None
         """Why this node may not coordinate requests now (status and message), or ``None``."""
         self.apply_ring: Callable[[ClusterRecord], bool] = lambda record: False
-        """Switch the node's ring to a record's; ``True`` if it did. Membership changes (join, leave)
-        set it; until then a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
+        """Switch the node's ring to a record's; ``True`` if it did (the node sets it: ``Node._apply_ring``).
+        Without it, a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
         self.digest = membership.digest(local.record)
+        self._last_me = local.record.member(local.node_id)
 
     # --- what this node is ----------------------------------------------------------------------
 
@@ -113,8 +114,15 @@ class MembershipView:
     def node_id(self) -> str:
         return self.local.node_id
 
+    @property
+    def left(self) -> bool:
+        """Whether this node has left the cluster (a decommission ended): the record lacks it."""
+        return self.record.member(self.node_id) is None
+
     def me(self) -> PeerIdentity:
-        member = self.record.member(self.node_id)
+        # After a decommission the record lacks this node; it still says who it was.
+        member = self.record.member(self.node_id) or self.serving.member(self.node_id) or self._last_me
+        self._last_me = member
         assert member is not None  # the store never loads a record without this node
         return PeerIdentity(
             self.record.cluster_id,
@@ -279,6 +287,12 @@ class MembershipView:
             self._behind[peer] = f"{peer} holds membership epoch {theirs.epoch}, this node {self.record.epoch}"
         self._update_problem()
 
+    def change(self, record: ClusterRecord, source: str) -> bool:
+        """Adopt ``record``, a membership change made on this node (``membership_changes``), which
+        gossip then spreads; whether it was (``False``: it could not be saved, and was logged)."""
+        self._adopt(record, source)
+        return self.record == record
+
     def _adopt(self, record: ClusterRecord, source: str) -> None:
         old = self.record
         local = replace(self.local, record=record)
@@ -299,7 +313,13 @@ class MembershipView:
     def _update_problem(self) -> None:
         against = {peer: v.reason for peer, v in self._verdicts.items() if not v.accepted}
         accepted = [peer for peer, v in self._verdicts.items() if v.accepted]
-        if len(against) > len(accepted):
+        if self.left:
+            self.problem = (
+                Status.NOT_A_MEMBER,
+                f"{self.node_id} left cluster {self.record.cluster_id} at membership epoch {self.record.epoch}: "
+                "it serves nothing now; stop it (its data directory can be wiped)",
+            )
+        elif len(against) > len(accepted):
             reasons = "; ".join(f"{reason}" for _, reason in sorted(against.items()))
             self.problem = (
                 Status.NOT_A_MEMBER,

@@ -313,6 +313,17 @@ class Metrics:
         self.tombstones_purged = Counter(
             "kv_tombstones_purged", "Tombstones deleted after the grace period", registry=self.registry
         )
+        self.stream_partitions_pending = Gauge(
+            "kv_stream_partitions_pending",
+            "Partitions still to stream into this node for a membership change (0 when none remains)",
+            registry=self.registry,
+        )
+        self.stream_bytes = Counter(
+            "kv_stream_bytes",
+            "Bytes of partitions streamed for membership changes: in, received here; out, served from here",
+            ["direction"],
+            registry=self.registry,
+        )
 
     def count_replica_write(self, peer: str, status: str) -> None:
         """One write sent to a replica (every write lands here, hence ``HotCounter``)."""

@@ -20,24 +20,27 @@ from collections.abc import Mapping
 
 import gevent
 from prometheus_client import make_wsgi_app
+from structlog.typing import FilteringBoundLogger
 
 from client.protocol import PING_FLAG_STORAGE_FULL, NodeAddress, PeerState
 from service import membership as membership_record
-from service import membership_store
+from service import membership_changes, membership_store
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
+from service.change_runner import ChangeError, ChangeParts, ChangeRequest, ChangeRunner
 from service.clock_offsets import ClockOffsets
 from service.cluster_view import ClusterView
 from service.config import Config
 from service.connection_limits import ConnectionLimits
-from service.coordinator import Coordinator, CoordinatorSettings
+from service.coordinator import Coordinator, CoordinatorSettings, Replica
 from service.dashboard_app import dashboard_routes
 from service.events import NodeEvents
 from service.failure_detector import FailureDetector
-from service.handler import RequestHandler
+from service.handler import RequestError, RequestHandler
 from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, WsgiApp, make_app
 from service.http_auth import BasicAuth
+from service.joining import join_through_seeds
 from service.local_store import LocalStore
 from service.logging import get_logger
 from service.membership_view import MembershipView
@@ -51,10 +54,11 @@ from service.recovery import PASS_INTERVAL as RECOVERY_INTERVAL
 from service.recovery import StorageRecovery
 from service.resp_handler import RespHandler
 from service.resp_server import RespServer
-from service.security import load_security
+from service.security import NodeSecurity, load_security
 from service.server import ProtocolServer, ServerSettings
 from service.storage import Storage
 from service.store_flags import StoreFlags
+from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 from service.worker_metrics import WorkerMetrics
@@ -105,15 +109,7 @@ class Node:
         self.security = load_security(config, self.events)  # ConfigError: a file it names does not load
         # Before the store opens: a data directory of another node, cluster or partition count is
         # refused (ConfigError) before anything reads it with the wrong partition map.
-        opened = membership_store.open_membership(config)
-        if opened.formed:
-            self.log.info(
-                "membership_formed",
-                cluster_id=opened.local.record.cluster_id,
-                identity=opened.local.identity,
-                members=list(opened.local.record.node_ids),
-                upgrade=opened.upgraded,
-            )
+        opened = open_membership(config, self.security, self.log)
         self.membership = MembershipView(
             opened.local, lambda local: membership_store.save(config.data_dir, local), self.events
         )
@@ -153,7 +149,7 @@ class Node:
         self.ring = membership_record.ring(record)
         self.events.membership_serving(record, self._partitions_owned())
 
-        peer_settings = PeerSettings(
+        peer_settings = self.peer_settings = PeerSettings(
             config.node_id,
             config.connect_timeout,
             config.request_timeout,
@@ -181,15 +177,14 @@ class Node:
         # Hints held for a peer that came back can go now, not at the next pass.
         self.events.on_peer_up = lambda peer: self._wake_handoff()
 
-        placement = Placement(
-            self.ring, config.n, self._unavailable, self.store_flags.is_full, self.store_flags.is_behind
-        )
+        placement = self._placement(record)
+        self.replicas: dict[str, Replica] = {config.node_id: self.store, **self.peers}
         self.coordinator = Coordinator(
             CoordinatorSettings(
                 config.node_id, config.request_timeout, config.read_repair_chance, clock_fenced=self.offsets.fenced
             ),
             placement,
-            {config.node_id: self.store, **self.peers},
+            self.replicas,
             self.clock,
             events=self.events,
         )
@@ -235,6 +230,22 @@ class Node:
         self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports)
         self.handler.accounts = self.security.authenticator
         self.handler.membership = self.membership
+        self.changes = ChangeRunner(
+            ChangeParts(
+                self.membership,
+                self.store,
+                self.peers,
+                self.detector.is_down,
+                config.n,
+                StreamSettings(config.data_dir, config.stream_rate_bytes_per_s),
+                self.events,
+                self.log,
+            )
+        )
+        self.reports.streams_pending = lambda: self.changes.pending
+        self.handler.changes = self._change
+        self.handler.stream_done = self.changes.stream_done
+        self.membership.apply_ring = self._apply_ring
         tls_acceptor = None
         if self.security.tls is not None:
             tls_acceptor = TlsAcceptor(
@@ -333,6 +344,8 @@ class Node:
         for task in self.tasks.values():
             task.start()
         self._serving = True
+        if self.owns_shared_tasks:  # one worker streams for the node, as one runs anti-entropy
+            self.changes.resume()
         self.log.info(
             "node_started",
             port=self.port,
@@ -361,6 +374,7 @@ class Node:
         self.server.stop(self.config.drain_timeout)
         if resp_stopping is not None:
             resp_stopping.get()
+        self.changes.stop()
         for task in self.tasks.values():
             task.stop()
         if not self.store.drain(self.config.drain_timeout):
@@ -458,6 +472,63 @@ class Node:
         peer = self.peers.get(node_id)
         return peer is not None and peer.stalled()
 
+    # --- membership changes -----------------------------------------------------------------------
+
+    def _placement(self, record: membership_record.ClusterRecord) -> Placement:
+        """Where keys live by ``record``: its ring, and the pending owners of the partitions its
+        change in progress moves."""
+        return Placement(
+            self.ring,
+            self.config.n,
+            self._unavailable,
+            self.store_flags.is_full,
+            self.store_flags.is_behind,
+            membership_changes.pending_owners(record, self.config.n),
+        )
+
+    def _change(self, request: ChangeRequest) -> membership_record.ClusterRecord:
+        """CLUSTER_JOIN, CLUSTER_LEAVE, CLUSTER_REMOVE: the change made here, or ``RequestError``."""
+        try:
+            return self.changes.request(request)
+        except ChangeError as exc:
+            raise RequestError(exc.status, exc.message) from None
+
+    def _apply_ring(self, record: membership_record.ClusterRecord) -> bool:
+        """Serve ``record``'s ring from now on (``MembershipView.apply_ring``): reach its new members,
+        route by its owners and pending owners, and start streaming what it asks of this node."""
+        old = self.membership.serving
+        for member in record.members:
+            if member.node_id != self.config.node_id and member.node_id not in self.peers:
+                self._add_peer(NodeAddress(member.node_id, member.host, member.port))
+        self.ring = membership_record.ring(record)
+        placement = self._placement(record)
+        self.coordinator.set_placement(placement)
+        self.anti_entropy.placement = placement
+        self.cluster_view.use_placement(placement)
+        self.events.membership_serving(record, self._partitions_owned())
+        self.log.info(
+            "membership_ring_switched",
+            old_epoch=old.epoch,
+            epoch=record.epoch,
+            owners=list(record.owners),
+            moving=len(placement.pending),
+        )
+        if self.owns_shared_tasks:
+            self.changes.on_record(old, record)
+        return True
+
+    def _add_peer(self, node: NodeAddress) -> None:
+        """A member that joined: a peer like the others, watched by the heartbeats."""
+        peer = Peer(node, self.peer_settings, self._peer_request_failed, self.store_flags.refused)
+        self.peers[node.node_id] = peer
+        self.replicas[node.node_id] = peer
+        self.detector.add(node.node_id)
+        self.offsets.add(node.node_id)
+        self.store_flags.add(node.node_id)
+        self.monitor.add(peer)
+        self.server.add_member(node.node_id)
+        self.events.peer_added(node.node_id)
+
     def _partitions_owned(self) -> int:
         """Partitions this node holds a replica of on the ring it serves (``kv_partitions_owned``)."""
         ring, node_id, n = self.ring, self.config.node_id, self.config.n
@@ -481,3 +552,43 @@ class Node:
         task = self.tasks.get("hinted_handoff")
         if task is not None:
             task.wake()
+
+
+def open_membership(config: Config, security: NodeSecurity, log: FilteringBoundLogger) -> membership_store.Opened:
+    """This node's membership record from its data directory: formed from ``KV_PEERS`` on a first
+    start, or, with ``KV_AUTO_JOIN``, asked of a seed. Logs what it formed or joined. Raises
+    ``ConfigError`` when the directory disagrees with ``config`` or no seed admits the node. A node of
+    several workers calls it once in its supervisor, before any worker starts."""
+    join = None
+    if config.auto_join:
+        settings = PeerSettings(
+            config.node_id,
+            config.connect_timeout,
+            config.request_timeout,
+            config.max_frame_bytes,
+            security=security.peer_security,
+            plaintext_fallback=security.mode is TlsMode.MIGRATE,
+        )
+
+        def join(identity: str) -> membership_record.ClusterRecord:
+            return join_through_seeds(config, settings, identity)
+
+    opened = membership_store.open_membership(config, join)
+    record = opened.local.record
+    if opened.joined:
+        log.info(
+            "membership_joined",
+            cluster_id=record.cluster_id,
+            identity=opened.local.identity,
+            epoch=record.epoch,
+            members=list(record.node_ids),
+        )
+    if opened.formed:
+        log.info(
+            "membership_formed",
+            cluster_id=record.cluster_id,
+            identity=opened.local.identity,
+            members=list(record.node_ids),
+            upgrade=opened.upgraded,
+        )
+    return opened

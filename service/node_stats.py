@@ -61,6 +61,8 @@ class NodeReports:
     anti_entropy: RepairSource
     clock_offsets: Callable[[], Mapping[str, float]] = no_clock_offsets
     store_flags: Callable[[str], int] = lambda node_id: 0
+    streams_pending: Callable[[], int] = lambda: 0
+    """Partitions still to stream here for a membership change (STATS, ``kv cluster status``)."""
     """Each node's store flags as last heard (``StoreFlags.flags``; this node's own for its id)."""
     clock: Callable[[], float] = time.monotonic
     started: float = field(default_factory=time.monotonic)
@@ -112,4 +114,5 @@ class NodeReports:
             members=tuple(self.members()),
             clock_offsets=offsets,
             repair=self.anti_entropy.progress(),
+            streams_pending=self.streams_pending(),
         )

@@ -315,6 +315,10 @@ class PeerMonitor:
         self._events = events
         self._records = records
 
+    def add(self, peer: Peer) -> None:
+        """Beat ``peer`` too from the next round on (a member that joined)."""
+        self._peers.setdefault(peer.node_id, peer)
+
     def request_failed(self, node_id: str) -> None:
         """A request to ``node_id`` failed to reach it: evidence for the detector."""
         self._report(self._detector.failure(node_id))

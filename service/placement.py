@@ -9,8 +9,8 @@ an N and a detector of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from client.ring import Ring
 
@@ -30,6 +30,13 @@ class Placement:
     is_down: Callable[[str], bool] = _never
     is_full: Callable[[str], bool] = _never
     is_behind: Callable[[str], bool] = _never
+    pending: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    """Partition -> its pending owners while a membership change moves it (``membership_changes``):
+    nodes that will own it after the change, which a write goes to as well."""
+
+    def pending_owners(self, key: bytes) -> tuple[str, ...]:
+        """The pending owners of ``key``'s partition (none unless a change moves it)."""
+        return self.pending.get(self.ring.partition(key), ()) if self.pending else ()
 
     def preference_list(self, key: bytes) -> list[str]:
         """The ``n`` nodes that hold ``key``, primary first, down or not."""

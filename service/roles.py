@@ -6,7 +6,7 @@
 | ``read`` | + PING, GET, TOPOLOGY, MEMBERS, STATS, EPOCH |
 | ``readwrite`` | + PUT, DELETE |
 | ``admin`` | + REPAIR, USER_SET, USERS, cluster membership ops (0x23-0x2F), replica reads (below) |
-| ``peer`` | every op: + REPLICA_PUT, HINTED_PUT, IDENTIFY, MEMBERSHIP, streaming (0x15-0x1F but EPOCH) |
+| ``peer`` | every op: + REPLICA_PUT, HINTED_PUT, IDENTIFY, MEMBERSHIP, PARTITION_RECORDS (0x15-0x1F but EPOCH) |
 
 Replica reads (REPLICA_GET, DIGESTS, PARTITION_KEYS) show a replica's own records as they are: an
 admin may inspect them. ``peer`` is a member of the cluster, authenticated with the cluster secret; no user has it.

@@ -91,7 +91,7 @@ def load_security(config: Config, events: AuthEvents) -> NodeSecurity:
             )
     if problems:
         raise ConfigError(problems)
-    authenticator = Authenticator(users, secret, [node.node_id for node in config.peers], events)
+    authenticator = Authenticator(users, secret, events)
     return NodeSecurity(config.node_id, authenticator, mode, tls, secret)
 
 

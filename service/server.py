@@ -748,6 +748,10 @@ class ProtocolServer:
         port: int = self._server.server_port
         return port
 
+    def add_member(self, node_id: str) -> None:
+        """``node_id`` joined the cluster: its HELLO earns a peer link from now on."""
+        self._shared.admission.add_member(node_id)
+
     @property
     def buffered_bytes(self) -> int:
         """Bytes every connection holds in requests in flight and unsent replies."""

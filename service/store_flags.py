@@ -40,6 +40,10 @@ class StoreFlags:
         self._on_change = on_change
         self._peers: dict[str, int] = dict.fromkeys(peers, 0)
 
+    def add(self, peer: str) -> None:
+        """Keep ``peer``'s flags too (a member that joined)."""
+        self._peers.setdefault(peer, 0)
+
     def observe(self, peer: str, flags: int) -> None:
         """``peer`` answered a PING with ``flags``: its state as it says it now."""
         self._set(peer, flags & STORE_FLAGS)

@@ -84,6 +84,7 @@ class FrameSource:
             protocol.HintedPut(self.key(), record, rng.choice(["node1", "node2", "node3", "stranger"])),
             protocol.Digests(tuple(rng.randrange(64) for _ in range(rng.randrange(5)))),
             protocol.PartitionKeys(rng.randrange(64), rng.choice([b"", self.key()])),
+            protocol.PartitionRecords(rng.randrange(64), rng.choice([b"", self.key()])),
             protocol.Members(),
         ]
         if rng.random() < 0.01:  # a whole anti-entropy round: rarely, it is the costliest request

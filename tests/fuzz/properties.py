@@ -120,6 +120,7 @@ REPLY_DECODERS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]]
     "ping": (protocol.decode_ping_reply, protocol.encode_ping_reply),
     "digests": (protocol.decode_digests_reply, protocol.encode_digests_reply),
     "partition_keys": (protocol.decode_partition_keys_reply, protocol.encode_partition_keys_reply),
+    "partition_records": (protocol.decode_partition_records_reply, protocol.encode_partition_records_reply),
     "repair": (protocol.decode_repair_reply, protocol.encode_repair_reply),
     "members": (protocol.decode_members_reply, protocol.encode_members_reply),
     "stats": (protocol.decode_stats_reply, protocol.encode_stats_reply),

@@ -58,6 +58,8 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.Digests((0, 7, 63)),
         protocol.PartitionKeys(7),
         protocol.PartitionKeys(7, key),
+        protocol.PartitionRecords(7),
+        protocol.PartitionRecords(7, key),
         protocol.ReplicaGet(key, True),
         protocol.Repair(),
         protocol.Members(),
@@ -74,6 +76,10 @@ def requests(key_prefix: bytes = b"fuzz:") -> list[Request]:
         protocol.Identify(IDENTITY),
         protocol.MembershipRecord(),
         protocol.Epoch(3),
+        protocol.StreamDone(5, "node2"),
+        protocol.ClusterJoin("node4", "node4", 5000),
+        protocol.ClusterLeave("node4"),
+        protocol.ClusterRemove("node4"),
     ]
     missing = set(protocol.REQUEST_TYPES.values()) - {type(request) for request in found}
     assert not missing, f"no seed for {sorted(cls.__name__ for cls in missing)}"
@@ -124,6 +130,11 @@ def reply_bodies() -> dict[str, list[bytes]]:
         "partition_keys": [
             protocol.encode_partition_keys_reply(
                 PartitionKeysReply((KeyVersion(b"foo", VERSION, True), KeyVersion(b"", VERSION, False)), b"foo")
+            )
+        ],
+        "partition_records": [
+            protocol.encode_partition_records_reply(
+                protocol.PartitionRecordsReply(((b"foo", VALUE_RECORD), (b"", TOMBSTONE)), b"foo")
             )
         ],
         "repair": [protocol.encode_repair_reply(RepairReply(1365, 3, 3, ("node3",)))],

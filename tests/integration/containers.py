@@ -379,6 +379,21 @@ class Cluster:
             self._create_volume(node)
         self._run_container(node)
 
+    def add_joining(self, node: str, seeds: Iterable[str], env: dict[str, str] | None = None) -> None:
+        """Run one more node, ``node`` (e.g. node4), on the cluster's network with a volume of its own,
+        started as a new node joins: ``KV_PEERS`` naming only itself, ``KV_SEEDS`` and
+        ``KV_AUTO_JOIN=true``; and wait until it serves. It is not in ``node_ids``: the helpers that
+        go over every node leave it out; ``address``, ``kill``, ``start`` and ``metrics`` take it."""
+        self.node_env[node] = {
+            "KV_PEERS": f"{node}={node}:{PROTOCOL_PORT}",
+            "KV_SEEDS": ",".join(f"{seed}:{PROTOCOL_PORT}" for seed in seeds),
+            "KV_AUTO_JOIN": "true",
+            **(env or {}),
+        }
+        self._create_volume(node)
+        self._run_container(node)
+        self._wait_serving(node)
+
     def wait_published(self, node: str) -> None:
         """Wait until the node's container runs with its ports published; fails if it exits."""
         wait_until(lambda: self._read_ports(node), START_TIMEOUT, message=f"{node}'s published ports")

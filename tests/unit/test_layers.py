@@ -25,6 +25,8 @@ def run_python(code: str) -> None:
     "module",
     [
         "service.config",
+        "service.ownership",
+        "service.transfer",
         "service.storage_health",
         "service.store_flags",
         "service.cluster_report",

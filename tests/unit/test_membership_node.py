@@ -287,7 +287,9 @@ def test_kv_cluster_with_another_subcommand_is_a_usage_error(
     cluster: InProcessCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["--nodes", cluster.addresses[0], "cluster", "join"]) == 2
-    assert capsys.readouterr().out.strip() == "usage: kv cluster status"
+    assert (
+        capsys.readouterr().out.strip() == "usage: kv cluster status | join NODE=HOST:PORT | leave NODE | remove NODE"
+    )
 
 
 # --- nodes from before membership records -----------------------------------------------------------

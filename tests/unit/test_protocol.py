@@ -35,6 +35,8 @@ from client.protocol import (
     OversizeFrameError,
     PartitionKeys,
     PartitionKeysReply,
+    PartitionRecords,
+    PartitionRecordsReply,
     PeerClockOffset,
     PeerState,
     Ping,
@@ -99,6 +101,11 @@ requests: st.SearchStrategy[Request] = st.one_of(
     ),
     st.just(protocol.MembershipRecord()),
     st.builds(protocol.Epoch, u64),
+    st.builds(PartitionRecords, u16, keys),
+    st.builds(protocol.ClusterJoin, short_text, short_text, u16),
+    st.builds(protocol.ClusterLeave, short_text),
+    st.builds(protocol.StreamDone, u64, short_text),
+    st.builds(protocol.ClusterRemove, short_text),
     st.just(Repair()),
     st.just(Members()),
     st.just(Stats()),
@@ -276,6 +283,11 @@ def test_op_and_status_codes_are_pinned() -> None:
         "IDENTIFY": 0x15,
         "MEMBERSHIP": 0x16,
         "EPOCH": 0x17,
+        "PARTITION_RECORDS": 0x18,
+        "STREAM_DONE": 0x19,
+        "CLUSTER_JOIN": 0x28,
+        "CLUSTER_LEAVE": 0x29,
+        "CLUSTER_REMOVE": 0x2A,
         "REPAIR": 0x20,
         "MEMBERS": 0x21,
         "STATS": 0x22,
@@ -296,6 +308,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "FORBIDDEN": 0x19,
         "MEMBERSHIP_CHANGED": 0x1A,
         "NOT_A_MEMBER": 0x1B,
+        "CHANGE_IN_PROGRESS": 0x1D,
         "UNAVAILABLE": 0x20,
         "TIMEOUT": 0x21,
         "INTERNAL_ERROR": 0x30,
@@ -355,6 +368,14 @@ def test_partition_keys_reply_round_trips(reply: PartitionKeysReply) -> None:
     assert protocol.decode_partition_keys_reply(protocol.encode_partition_keys_reply(reply)) == reply
 
 
+@given(st.builds(PartitionRecordsReply, st.lists(st.tuples(keys, records), max_size=20).map(tuple), keys))
+def test_partition_records_reply_round_trips_and_sizes_its_entries(reply: PartitionRecordsReply) -> None:
+    body = protocol.encode_partition_records_reply(reply)
+    assert protocol.decode_partition_records_reply(body) == reply
+    envelope = 4 + 2 + len(reply.cursor)
+    assert len(body) == envelope + sum(protocol.record_entry_size(key, record) for key, record in reply.entries)
+
+
 @settings(max_examples=50)
 @given(st.builds(RepairReply, u32, u32, u32, st.lists(short_text, max_size=20).map(tuple)))
 def test_repair_reply_round_trips(reply: RepairReply) -> None:
@@ -404,7 +425,7 @@ def test_a_truncated_stats_reply_is_a_protocol_error(reply: StatsReply, cut: int
     body = protocol.encode_stats_reply(reply)
     with pytest.raises(ProtocolError):
         protocol.decode_stats_reply(body[: min(cut, len(body) - 1)])
-    with pytest.raises(ProtocolError, match="unexpected bytes"):
+    with pytest.raises(ProtocolError, match=r"unexpected bytes|body ends"):
         protocol.decode_stats_reply(body + b"\x00")
 
 
@@ -614,6 +635,7 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
         protocol.decode_record,
         protocol.decode_digests_reply,
         protocol.decode_partition_keys_reply,
+        protocol.decode_partition_records_reply,
         protocol.decode_repair_reply,
         protocol.decode_members_reply,
         protocol.decode_identify_reply,

@@ -24,6 +24,8 @@ from client.protocol import (
     MemberView,
     PartitionKeys,
     PartitionKeysReply,
+    PartitionRecords,
+    PartitionRecordsReply,
     PeerClockOffset,
     PeerState,
     Ping,
@@ -68,6 +70,7 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     ),
     "DIGESTS id=10, 2 partitions: 7, 4095": (10, Digests((7, 4095))),
     "PARTITION_KEYS id=11, partition 7, cursor empty": (11, PartitionKeys(7)),
+    "PARTITION_RECORDS id=15, partition 7, cursor empty": (15, PartitionRecords(7)),
     "STATS id=14": (14, Stats()),
     'AUTH_START id=2, mechanism "SCRAM-SHA-256", client-first "n,,n=alice,r=fyko+d2lbbFgONRv9qkxdawL"': (
         2,
@@ -86,6 +89,10 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     "MEMBERSHIP id=22": (22, protocol.MembershipRecord()),
     "TOPOLOGY id=23, flags 01 (with epoch)": (23, protocol.Topology(epoch=True)),
     "EPOCH id=24, epoch 3": (24, protocol.Epoch(3)),
+    'CLUSTER_JOIN id=27, node "node4" at "node4":5000': (27, protocol.ClusterJoin("node4", "node4", 5000)),
+    'CLUSTER_LEAVE id=28, node "node4"': (28, protocol.ClusterLeave("node4")),
+    'CLUSTER_REMOVE id=29, node "node4"': (29, protocol.ClusterRemove("node4")),
+    'STREAM_DONE id=30, epoch 5, node "node2"': (30, protocol.StreamDone(5, "node2")),
     'AUTH_FINISH id=3, client-final "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,'
     'p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="': (
         3,
@@ -143,6 +150,13 @@ REPLIES: dict[str, bytes] = {
         11,
         protocol.encode_partition_keys_reply(
             PartitionKeysReply((KeyVersion(b"foo", Version(DOC_TIMESTAMP, "node2"), True),), b"")
+        ),
+    ),
+    'OK id=15: 1 record: "foo", flags 00, version (0x01a2b3c4d5e60000, "node2"), value "bar"; cursor empty '
+    "(last page)": reply(
+        15,
+        protocol.encode_partition_records_reply(
+            PartitionRecordsReply(((b"foo", Record(Version(DOC_TIMESTAMP, "node2"), b"bar")),), b"")
         ),
     ),
     "OK id=12 to REPAIR: 1365 partitions compared, 3 keys differed, 3 copied, no peer missed": reply(
@@ -203,6 +217,9 @@ REPLIES: dict[str, bytes] = {
     "OK id=24 to EPOCH: the node's epoch is 4": reply(24, protocol.encode_epoch_reply(4)),
     'MEMBERSHIP_CHANGED id=25 to a GET: "epoch 4"': protocol.encode_error(25, Status.MEMBERSHIP_CHANGED, "epoch 4"),
     'NOT_A_MEMBER id=26 to a PUT: "refused"': protocol.encode_error(26, Status.NOT_A_MEMBER, "refused"),
+    'CHANGE_IN_PROGRESS id=28 to CLUSTER_LEAVE: "node5 is joining"': protocol.encode_error(
+        28, Status.CHANGE_IN_PROGRESS, "node5 is joining"
+    ),
 }
 
 DOCUMENTED = documented_examples()

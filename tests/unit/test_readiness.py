@@ -60,6 +60,7 @@ def test_a_node_is_not_ready_until_it_has_heard_from_its_peers(unstarted: InProc
     assert "node2" in body
     assert "node3" in body
     assert http_get(node1.http_port, "/healthz") == (200, "ok\n")  # alive and whole, just not ready
+    assert http_get(node1.http_port, "/livez") == (200, "ok\n")
 
     unstarted.start("node2")
     unstarted.start("node3")
@@ -84,6 +85,7 @@ def test_a_draining_node_is_neither_healthy_nor_ready(unstarted: InProcessCluste
     try:
         assert http_get(node.http_port, "/healthz")[0] == 503
         assert http_get(node.http_port, "/readyz")[0] == 503
+        assert http_get(node.http_port, "/livez") == (200, "ok\n")  # alive: no reason to restart it
     finally:
         node._serving = True
 

@@ -57,9 +57,10 @@ def test_usable_cores_is_the_smaller_of_affinity_and_quota(affinity: int, cpu_ma
     assert usable_cores(affinity, cpu_max) == cores
 
 
-def test_kv_workers_defaults_to_the_cores_available() -> None:
-    assert load_config(BASE_ENV, cores=lambda: 3).workers == 3
-    assert load_config(BASE_ENV, cores=lambda: 500).workers == MAX_WORKERS
+def test_kv_workers_defaults_to_one_and_auto_is_the_cores_available() -> None:
+    assert load_config(BASE_ENV, cores=lambda: 3).workers == 1
+    assert load_config({**BASE_ENV, "KV_WORKERS": "auto"}, cores=lambda: 3).workers == 3
+    assert load_config({**BASE_ENV, "KV_WORKERS": "auto"}, cores=lambda: 500).workers == MAX_WORKERS
 
 
 def test_kv_workers_set_explicitly_wins_over_the_cores() -> None:

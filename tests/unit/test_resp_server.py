@@ -137,8 +137,12 @@ def single(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
 
 @pytest.fixture
 def trio(make_cluster: Callable[..., InProcessCluster]) -> InProcessCluster:
-    """Three nodes with N=2, W=2, R=1, each with its Redis port."""
-    return make_cluster(3, resp=True)
+    """Three nodes with N=2, W=2, R=1, each with its Redis port. The three share this process's
+    event loop, so while one coordinates a long pipeline the others answer late; with the default
+    request timeout (2 s) a peer silent for half a second counts as stalled and is routed around,
+    and on a loaded machine writes then failed for want of a fallback. These tests are about the
+    Redis protocol, not slow peers (test_slow_nodes.py), so the peers get 8 s (2 s to stall)."""
+    return make_cluster(3, resp=True, KV_REQUEST_TIMEOUT_MS="8000")
 
 
 # --- data commands through redis-py ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import gevent
 
 from client import protocol
-from client.address import parse_address
+from client.address import format_address, parse_address
 from client.client import Client
 from client.errors import KVError, NodeUnreachableError
 from client.protocol import MemberStateCode, PeerState, StatsReply, TopologyReply
@@ -78,6 +78,7 @@ def join_report(client: Client, spec: str) -> tuple[str, int]:
         host, port = parse_address(address)
     except ValueError as exc:
         return f"ERROR {exc}; {USAGE}", EXIT_ERROR
+    address = format_address(host, port)  # with the default port filled in
     if named and not node_id:
         return USAGE, EXIT_ERROR
     client.refresh_topology()  # the membership as it is now, to tell whether the node is in it
@@ -93,11 +94,7 @@ def join_report(client: Client, spec: str) -> tuple[str, int]:
                 EXIT_ERROR,
             )
         node_id = identity.node_id
-        if (
-            identity.cluster_id is not None
-            and identity.cluster_id != cluster_id
-            and not _member_state(topology, node_id)
-        ):
+        if identity.cluster_id is not None and identity.cluster_id != cluster_id:
             return (
                 f"ERROR {node_id} at {address} serves a cluster of its own ({identity.cluster_id}), not "
                 f"{cluster_id}: a node joins on its first start, with an empty data directory, KV_SEEDS "

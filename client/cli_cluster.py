@@ -33,6 +33,21 @@ from client.ring import Ring
 EXIT_OK = 0
 EXIT_ERROR = 2
 USAGE = "usage: kv cluster status | join HOST:PORT | join NODE=HOST:PORT | leave NODE | remove NODE"
+HELP = f"""{USAGE}
+
+  status               every member as nodetool status shows it: UN, UJ, UL or DN (up or
+                       down; normal, joining or leaving), address, share of the partitions,
+                       keys, bytes and streaming progress; exit 2 unless every member is UN
+  join HOST:PORT       admit the node at HOST:PORT as joining, under the node id it gives
+                       (it must answer; one that serves a cluster of its own or is a member
+                       is refused). A node started with KV_SEEDS and KV_AUTO_JOIN=true on an
+                       empty data directory joins by itself
+  join NODE=HOST:PORT  the same for a node not started yet, named by its KV_NODE_ID
+  leave NODE           decommission a live member: its partitions stream to their new
+                       owners, then it leaves
+  remove NODE          drop a dead member; its replicas are re-created from the survivors
+
+One change at a time: another while one runs is refused (CHANGE_IN_PROGRESS)."""
 STATE_LETTERS = {MemberStateCode.NORMAL: "N", MemberStateCode.JOINING: "J", MemberStateCode.LEAVING: "L"}
 OWNING = (MemberStateCode.NORMAL, MemberStateCode.LEAVING)
 
@@ -55,6 +70,8 @@ def cluster_command(client: Client, args: Sequence[str]) -> tuple[str, int]:
         match list(args):
             case ["status"]:
                 return status_report(client)
+            case ["--help" | "-h" | "help"]:
+                return HELP, EXIT_OK
             case ["join", spec]:
                 return join_report(client, spec)
             case ["leave", node_id]:

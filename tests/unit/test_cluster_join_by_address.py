@@ -98,3 +98,13 @@ def test_join_by_address_refuses_a_member_a_silent_address_and_a_node_of_its_own
     finally:
         other.stop_all()
         cluster.stop_all()
+
+
+def test_kv_cluster_help_names_both_forms_of_join_and_exits_0(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 2, partitions=64)
+    try:
+        with cluster.running_client() as client:
+            text, code = cluster_command(client, ["--help"])
+        assert code == 0 and "join HOST:PORT " in text and "join NODE=HOST:PORT " in text, text
+    finally:
+        cluster.stop_all()

@@ -473,6 +473,8 @@ or a prompt).
 kv cluster status shows every member as nodetool status does: UN, UJ, UL or
 DN (up or down, normal, joining or leaving), its address, its share of the
 partitions, its keys and bytes, and streaming progress; exit 2 unless all UN.
+kv cluster join HOST:PORT (or NODE=HOST:PORT), leave NODE and remove NODE
+change the membership, as an admin; see kv cluster --help.
 
 kv bench [options] measures throughput and latency of the cluster (and of
 Redis, for comparison); see kv bench --help.

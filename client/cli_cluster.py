@@ -3,7 +3,9 @@
 commands and ``nodetool decommission`` / ``removenode`` do.
 
 ``join NODE=HOST:PORT`` admits a node (started with ``KV_SEEDS`` and ``KV_AUTO_JOIN=true``, before
-or after) as joining; ``leave NODE`` decommissions a live member; ``remove NODE`` drops a dead one.
+or after) as joining; ``join HOST:PORT`` asks the node there for its id first (so it must answer)
+and refuses, with what to do, a node that already serves a cluster of its own or is a member;
+``leave NODE`` decommissions a live member; ``remove NODE`` drops a dead one.
 Each prints the new epoch and the members' states; the change then runs in the cluster, and
 ``status`` shows its progress (UJ/UL and the partitions still to stream).
 
@@ -22,15 +24,30 @@ from dataclasses import dataclass
 import gevent
 
 from client import protocol
-from client.address import parse_address
+from client.address import format_address, parse_address
 from client.client import Client
-from client.errors import KVError
-from client.protocol import MemberStateCode, PeerState, StatsReply
+from client.errors import KVError, NodeUnreachableError
+from client.protocol import MemberStateCode, PeerState, StatsReply, TopologyReply
 from client.ring import Ring
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-USAGE = "usage: kv cluster status | join NODE=HOST:PORT | leave NODE | remove NODE"
+USAGE = "usage: kv cluster status | join HOST:PORT | join NODE=HOST:PORT | leave NODE | remove NODE"
+HELP = f"""{USAGE}
+
+  status               every member as nodetool status shows it: UN, UJ, UL or DN (up or
+                       down; normal, joining or leaving), address, share of the partitions,
+                       keys, bytes and streaming progress; exit 2 unless every member is UN
+  join HOST:PORT       admit the node at HOST:PORT as joining, under the node id it gives
+                       (it must answer; one that serves a cluster of its own or is a member
+                       is refused). A node started with KV_SEEDS and KV_AUTO_JOIN=true on an
+                       empty data directory joins by itself
+  join NODE=HOST:PORT  the same for a node not started yet, named by its KV_NODE_ID
+  leave NODE           decommission a live member: its partitions stream to their new
+                       owners, then it leaves
+  remove NODE          drop a dead member; its replicas are re-created from the survivors
+
+One change at a time: another while one runs is refused (CHANGE_IN_PROGRESS)."""
 STATE_LETTERS = {MemberStateCode.NORMAL: "N", MemberStateCode.JOINING: "J", MemberStateCode.LEAVING: "L"}
 OWNING = (MemberStateCode.NORMAL, MemberStateCode.LEAVING)
 
@@ -53,15 +70,10 @@ def cluster_command(client: Client, args: Sequence[str]) -> tuple[str, int]:
         match list(args):
             case ["status"]:
                 return status_report(client)
+            case ["--help" | "-h" | "help"]:
+                return HELP, EXIT_OK
             case ["join", spec]:
-                node_id, _, address = spec.partition("=")
-                try:
-                    host, port = parse_address(address)
-                except ValueError as exc:
-                    return f"ERROR {exc}; {USAGE}", EXIT_ERROR
-                if not node_id or not address:
-                    return USAGE, EXIT_ERROR
-                return change_report(client.change_membership(protocol.ClusterJoin(node_id, host, port)))
+                return join_report(client, spec)
             case ["leave", node_id]:
                 return change_report(client.change_membership(protocol.ClusterLeave(node_id)))
             case ["remove", node_id]:
@@ -69,6 +81,61 @@ def cluster_command(client: Client, args: Sequence[str]) -> tuple[str, int]:
         return USAGE, EXIT_ERROR
     except KVError as exc:
         return f"ERROR {exc.code} {exc.message}", EXIT_ERROR
+
+
+def join_report(client: Client, spec: str) -> tuple[str, int]:
+    """``join HOST:PORT`` or ``join NODE=HOST:PORT``: admit the node at HOST:PORT as joining. With a
+    bare address the node's id comes from the node itself (``Client.identify``), so it must be
+    running; a node that already serves another cluster, or is already a member, is refused here
+    with what to do, before any change is made."""
+    node_id, named, address = spec.partition("=")
+    if not named:
+        node_id, address = "", spec
+    try:
+        host, port = parse_address(address)
+    except ValueError as exc:
+        return f"ERROR {exc}; {USAGE}", EXIT_ERROR
+    address = format_address(host, port)  # with the default port filled in
+    if named and not node_id:
+        return USAGE, EXIT_ERROR
+    client.refresh_topology()  # the membership as it is now, to tell whether the node is in it
+    topology = client.topology()
+    cluster_id = topology.membership.cluster_id if topology.membership is not None else None
+    if not node_id:
+        try:
+            identity = client.identify(address)
+        except NodeUnreachableError as exc:
+            return (
+                f"ERROR {address} does not answer ({exc.message}), so its node id is unknown: start the node, "
+                f"or name it: kv cluster join NODE={address}",
+                EXIT_ERROR,
+            )
+        node_id = identity.node_id
+        if identity.cluster_id is not None and identity.cluster_id != cluster_id:
+            return (
+                f"ERROR {node_id} at {address} serves a cluster of its own ({identity.cluster_id}), not "
+                f"{cluster_id}: a node joins on its first start, with an empty data directory, KV_SEEDS "
+                "and KV_AUTO_JOIN=true (then it asks a seed itself)",
+                EXIT_ERROR,
+            )
+    state = _member_state(topology, node_id)
+    if state:
+        return (
+            f"ERROR {node_id} is already a member of cluster {cluster_id} ({state}, at "
+            f"{client.node_address(node_id)}); nothing changed",
+            EXIT_ERROR,
+        )
+    return change_report(client.change_membership(protocol.ClusterJoin(node_id, host, port)))
+
+
+def _member_state(topology: TopologyReply, node_id: str) -> str:
+    """``node_id``'s state in ``topology`` (``normal``, ``joining``, ``leaving``); "" if no member."""
+    for index, node in enumerate(topology.nodes):
+        if node.node_id == node_id:
+            if topology.membership is None:
+                return "normal"
+            return topology.membership.states[index].name.lower()
+    return ""
 
 
 def change_report(record: bytes) -> tuple[str, int]:

@@ -99,6 +99,14 @@ class NodeStatus(NamedTuple):
     up: bool
 
 
+class NodeIdentity(NamedTuple):
+    """Who the node at an address says it is (``Client.identify``)."""
+
+    node_id: str  # from its HELLO
+    cluster_id: str | None  # the cluster of the membership record it serves; None: it serves none
+    # (not an accepted member of any cluster, or a node from before membership records)
+
+
 class Limits(NamedTuple):
     """The largest key, value and frame the cluster accepts (from a node's HELLO), in bytes."""
 
@@ -306,6 +314,33 @@ class Client:
                 continue
             return protocol.decode_membership_reply(frame.body)
         raise none_reachable(failures)
+
+    def identify(self, address: str) -> NodeIdentity:
+        """Ask the node at ``address`` (``host:port``) who it is, on a connection of its own that
+        tells it no epoch (``kv cluster join HOST:PORT`` asks a node that is no member of this
+        cluster yet): its HELLO's node id, and the cluster id of the record it serves (TOPOLOGY).
+        Raises ``InvalidArgumentError`` for a malformed address, ``NodeUnreachableError`` when
+        nothing answers there, ``AuthFailedError`` when it refuses this client's user."""
+        try:
+            host, port = parse_address(address)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        connection = self._connection_factory(
+            host,
+            port,
+            connect_timeout=self.connect_timeout,
+            client_name=self.client_name,
+            framing=Framing(security=self.security),
+        )
+        hello = connection.connect()
+        try:
+            frame = connection.call(protocol.Topology(epoch=True), timeout=self.timeout)
+            membership = protocol.decode_topology_reply(frame.body).membership
+        except (NotAMemberError, BadRequestError):  # serves no cluster, or from before TOPOLOGY's epoch
+            membership = None
+        finally:
+            connection.close()
+        return NodeIdentity(hello.node_id, membership.cluster_id if membership is not None else None)
 
     def repair(self, node_id: str, *, timeout: float = REPAIR_TIMEOUT) -> RepairReply:
         """Run one anti-entropy round on ``node_id`` now, with all its peers, and wait for it."""

@@ -5,6 +5,7 @@ variables), with the node's configuration rules and with the image."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,38 @@ def test_peers_find_each_other_by_the_statefulsets_stable_names() -> None:
     expected = [f"{name}-{i}={name}-{i}.{service}:{environ['KV_PORT']}" for i in range(replicas)]
     assert environ["KV_PEERS"].split(",") == expected
     assert environ["KV_SEEDS"].split(",") == [entry.split("=")[1] for entry in expected]
-    assert environ["KV_AUTO_JOIN"] == "true"
+    assert environ["KV_AUTO_JOIN"] == "false"  # founders form the cluster; see the next test
+    assert int(environ["FOUNDERS"]) == replicas
     # Each node's certificate names its peer DNS name (make_secrets --nodes kvstore-0.kvstore-peers,...).
     assert environ["KV_TLS_CERT"] == f"/secrets/{name}-0.{service}.crt"
     assert environ["KV_TLS_KEY"] == f"/secrets/{name}-0.{service}.key"
+
+
+def environment_after_command(pod: str) -> dict[str, str]:
+    """The ``KV_*`` variables the node process of pod ``pod`` starts with: the manifest's, as the
+    container's shell command changes them (run here with ``env`` in place of the node)."""
+    command, args = container()["command"], container()["args"]
+    assert command == ["/bin/sh", "-c"] and len(args) == 1
+    script = args[0].replace("exec python3 -m service", "exec env")
+    assert script != args[0], "the command no longer ends by starting the node"
+    printed = subprocess.run(
+        ["/bin/sh", "-c", script], env=pod_environment(pod), capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    pairs = (line.split("=", 1) for line in printed.splitlines() if line.startswith("KV_"))
+    return dict(pairs)
+
+
+def test_a_founder_forms_and_a_pod_beyond_them_joins_through_the_seeds() -> None:
+    founder = environment_after_command("kvstore-2")
+    assert founder == {name: value for name, value in pod_environment("kvstore-2").items() if name.startswith("KV_")}
+    assert load_config(founder).auto_join is False
+    joiner = environment_after_command("kvstore-3")
+    assert joiner["KV_PEERS"] == "kvstore-3=kvstore-3.kvstore-peers:5000"  # only itself, as a joining node
+    assert joiner["KV_AUTO_JOIN"] == "true"
+    config = load_config(joiner)  # raises ConfigError naming every problem
+    assert config.auto_join and config.node_id == "kvstore-3"
+    assert config.seeds == tuple(founder["KV_SEEDS"].split(","))
+    assert joiner["KV_TLS_CERT"] == "/secrets/kvstore-3.kvstore-peers.crt"  # make_secrets names kvstore-0..5
 
 
 @pytest.mark.parametrize("pod", ["kvstore-0", "kvstore-2"])

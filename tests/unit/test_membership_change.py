@@ -278,8 +278,10 @@ def test_kv_cluster_join_leave_and_remove_from_the_cli(tmp_path: Path) -> None:
             wait_until(lambda: cluster.nodes["node1"].detector.is_down("node9"), 15, message="node9 down")
             line, code = cluster_command(client, ["remove", "node9"])
             assert code == 0 and "node9" not in line, line
-            line, code = cluster_command(client, ["join", "node1"])
+            line, code = cluster_command(client, ["join", "node1:port"])
             assert code == 2 and "usage: kv cluster" in line, line
+            line, code = cluster_command(client, ["join", "node1"])  # a bare address: node1:5000
+            assert code == 2 and "node1:5000 does not answer" in line, line
     finally:
         cluster.stop_all()
 

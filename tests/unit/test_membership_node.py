@@ -288,7 +288,8 @@ def test_kv_cluster_with_another_subcommand_is_a_usage_error(
 ) -> None:
     assert cli.main(["--nodes", cluster.addresses[0], "cluster", "join"]) == 2
     assert (
-        capsys.readouterr().out.strip() == "usage: kv cluster status | join NODE=HOST:PORT | leave NODE | remove NODE"
+        capsys.readouterr().out.strip()
+        == "usage: kv cluster status | join HOST:PORT | join NODE=HOST:PORT | leave NODE | remove NODE"
     )
 
 

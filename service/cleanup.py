@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import gevent
+import gevent.lock
 import structlog
 
 from client import protocol
@@ -85,9 +86,17 @@ class Cleanup:
         self.page_bytes = listing_page_bytes(parts.max_frame_bytes)
         self.events = parts.events
         self.log = parts.log
+        self._pass_lock = gevent.lock.Semaphore()
 
     def run_pass(self) -> int:
-        """Clean up to ``PARTITIONS_PER_PASS`` partitions; the records dropped (0 when it may not run now)."""
+        """Clean up to ``PARTITIONS_PER_PASS`` partitions; the records dropped (0 when it may not run
+        now, or another pass is running)."""
+        if self._pass_lock.locked():
+            return 0
+        with self._pass_lock:
+            return self._run_pass()
+
+    def _run_pass(self) -> int:
         record = self.view.record
         if (
             record.member(self.node_id) is None

@@ -112,7 +112,7 @@ class Cleanup:
         pending = membership_changes.pending_owners(record, self.n)  # none: no change runs
         for partition in unowned_partitions(ring, self.n, self.node_id, held, pending)[:PARTITIONS_PER_PASS]:
             owners = ring.partition_owners(partition)[: self.n]
-            dropped += self._clean(partition, owners)
+            dropped += self._clean(partition, owners, record.epoch)
         return dropped
 
     def _all_members_hold(self, record: membership.ClusterRecord) -> bool:
@@ -126,9 +126,12 @@ class Cleanup:
                 return False
         return True
 
-    def _clean(self, partition: int, owners: Sequence[str]) -> int:
+    def _clean(self, partition: int, owners: Sequence[str], epoch: int) -> int:
         """Drop what every owner of ``partition`` holds; copy to them what they lack. The records
-        dropped. A partition with an owner that is down or does not answer waits for a later pass."""
+        dropped. A partition with an owner that is down or does not answer waits for a later pass,
+        and the pass stops between pages once the node holds another epoch than ``epoch`` (a new
+        change may make this node a pending owner of the partition again: what it streams in must
+        stay)."""
         peers = [self.peers.get(owner) for owner in owners]
         if not owners or any(peer is None or self.is_down(peer.node_id) for peer in peers):
             return 0
@@ -140,6 +143,8 @@ class Cleanup:
         kept = 0
         cursor = b""
         while True:
+            if self.view.record.epoch != epoch:
+                return dropped
             page, cursor = self.store.records_page(partition, cursor, self.page_bytes)
             decision = sort_keys(page, listings)
             mine = dict(page)

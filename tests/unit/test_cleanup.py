@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cluster import LOG_SINK, InProcessCluster, start_cluster
+from cluster import LOG_SINK, InProcessCluster, free_port, start_cluster
 from hypothesis import given
 from hypothesis import strategies as st
 from polling import wait_until
 
+from client import protocol
 from client.protocol import Record, Version
 from client.ring import Ring
-from service import membership, ownership
+from service import membership, membership_changes, ownership
 from service.local_store import LocalStore
 from service.membership import MemberState
 from service.ownership import sort_keys, unowned_partitions
@@ -236,5 +237,42 @@ def test_a_key_its_new_owner_lacks_is_copied_before_it_is_dropped(tmp_path: Path
             assert old.store.read(key) == held
             wait_until(lambda: old.cleanup.run_pass() >= 0 and old.store.read(key) is None, 10, message="the drop")
             assert client.get(key, r=2) == held.value
+    finally:
+        cluster.stop_all()
+
+
+def test_no_pass_drops_anything_while_a_change_is_in_progress(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64)
+    try:
+        with cluster.running_client() as client:
+            for i in range(KEYS):
+                client.put(f"k{i:04d}", f"v{i}".encode())
+        join_node4(cluster)
+        total = kv_keys_total(cluster)
+        # node5 is admitted (joining) but never starts: the change stays in progress.
+        port = free_port()
+        cluster.nodes["node1"].changes.request(protocol.ClusterJoin("node5", "127.0.0.1", port))
+        wait_until(
+            lambda: all(membership_changes.changing(cluster.nodes[n].membership.record) for n in cluster.running),
+            10,
+            message="every node to hold node5 joining",
+        )
+        wait_until(
+            lambda: all(cluster.nodes[n].detector.is_down("node5") for n in cluster.running),
+            10,
+            message="every node to see node5 down (so only the change in progress holds clean-up back)",
+        )
+        assert clean(cluster) == 0
+        assert kv_keys_total(cluster) == total
+        assert any(held_unowned(cluster, node_id) for node_id in cluster.running)
+        # The join abandoned: clean-up goes ahead.
+        cluster.nodes["node1"].changes.request(protocol.ClusterRemove("node5"))
+        wait_until(
+            lambda: not any(membership_changes.changing(cluster.nodes[n].membership.record) for n in cluster.running),
+            10,
+            message="every node to hold node5 removed",
+        )
+        wait_until(lambda: clean(cluster) > 0, 10, message="a pass to drop something")
+        assert kv_keys_total(cluster) < total
     finally:
         cluster.stop_all()

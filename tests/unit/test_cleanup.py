@@ -169,6 +169,7 @@ def test_after_a_join_the_old_owners_give_back_what_they_no_longer_own(tmp_path:
             assert kv_keys_total(cluster) == 2 * live
             join_node4(cluster)
             assert kv_keys_total(cluster) > 2 * live  # the retiring owners still hold their copies
+            before_cleanup = kv_keys_total(cluster)
             LOG_SINK.clear()
             dropped = 0
             for _ in range(10):  # each pass cleans at most PARTITIONS_PER_PASS partitions per node
@@ -178,6 +179,10 @@ def test_after_a_join_the_old_owners_give_back_what_they_no_longer_own(tmp_path:
             assert not any(held_unowned(cluster, node_id) for node_id in cluster.running)
             assert kv_keys_total(cluster) == 2 * live
             assert dropped >= kv_keys_total(cluster) // 8  # node4's share went from the others
+            print(
+                f"clean-up: kv_keys sum {before_cleanup} -> {kv_keys_total(cluster)} (2 x {live} live), "
+                f"{dropped} dropped"
+            )
             dropped_metric = sum(
                 cluster.nodes[node_id].metrics.cleanup_keys_dropped._value.get() for node_id in cluster.running
             )

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import gevent
 import gevent.lock
-import structlog
 
 from client import protocol
 from client.errors import KVError
@@ -70,7 +69,6 @@ class CleanupParts:
     n: int
     max_frame_bytes: int
     events: CleanupEvents
-    log: structlog.typing.FilteringBoundLogger
 
 
 class Cleanup:
@@ -85,7 +83,6 @@ class Cleanup:
         self.n = parts.n
         self.page_bytes = listing_page_bytes(parts.max_frame_bytes)
         self.events = parts.events
-        self.log = parts.log
         self._pass_lock = gevent.lock.Semaphore()
 
     def run_pass(self) -> int:

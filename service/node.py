@@ -252,7 +252,6 @@ class Node:
                 config.n,
                 config.max_frame_bytes,
                 self.events,
-                self.log,
             )
         )
         self.reports.streams_pending = lambda: self.changes.pending

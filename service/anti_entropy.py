@@ -184,6 +184,9 @@ class AntiEntropy:
         """Reconcile with every peer that is not down, then purge what that made safe to purge."""
         with self._round_lock:
             started = time.monotonic()
+            # From the placement served now: after a membership change the partitions shared, and
+            # the peers, differ (a retiring owner must not pull back what clean-up dropped).
+            self._shared = self._shared_partitions()
             down = {peer_id for peer_id in self._shared if self.placement.is_down(peer_id)}
             total = sum(len(partitions) for peer_id, partitions in self._shared.items() if peer_id not in down)
             progress = self._progress = RoundProgress(self.now_ms(), total)

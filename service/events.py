@@ -18,6 +18,7 @@ from typing import Any
 from client.protocol import PING_FLAG_CATCHING_UP, PING_FLAG_STORAGE_FULL, PeerState, Role, Version
 from service.anti_entropy import AntiEntropyEvents, RoundResult
 from service.authentication import AuthEvents
+from service.cleanup import CleanupEvents
 from service.clock_offsets import ClockOffsets, OffsetSample
 from service.connection_limits import Close
 from service.coordinator import CoordinatorEvents
@@ -78,6 +79,7 @@ class NodeEvents(
     AuthEvents,
     MembershipEvents,
     StreamEvents,
+    CleanupEvents,
 ):
     """Every event a node's parts report, as metrics (``metrics``) and JSON log lines (``log``).
 
@@ -371,6 +373,12 @@ class NodeEvents(
     def tombstones_purged(self, count: int) -> None:
         self.metrics.tombstones_purged.inc(count)
         self.log.info("tombstones_purged", count=count)
+
+    def cleanup_keys_dropped(self, count: int) -> None:
+        self.metrics.cleanup_keys_dropped.inc(count)
+
+    def cleanup_partition_finished(self, partition: int, dropped: int) -> None:
+        self.log.info("cleanup_partition_finished", partition=partition, dropped=dropped)
 
     # --- partition streaming ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from service.storage import (
     MAX_CURSOR_BYTES,
     DiskUsage,
     DropHint,
+    DropRecord,
     Hint,
     PurgeTombstone,
     PutHint,
@@ -397,6 +398,20 @@ class LocalStore:
             return self.committer.submit(PurgeTombstone(key, version))
         except StorageFull as exc:
             raise self._no_room(exc) from exc
+
+    def drop_record(self, key: bytes, version: Version) -> bool:
+        """Delete the key's record (value or tombstone) if it is still at ``version``, leaving no
+        tombstone and replicating nothing; return whether it was. For data this node no longer
+        owns once its owners hold it (``service.cleanup``): keys, digests and byte counts follow."""
+        try:
+            return self.committer.submit(DropRecord(key, version))
+        except StorageFull as exc:
+            raise self._no_room(exc) from exc
+
+    def records_page(self, partition: int, cursor: bytes, limit_bytes: int) -> tuple[list[tuple[bytes, Record]], bytes]:
+        """The ``(key, record)`` pairs of ``partition`` after ``cursor`` whose PARTITION_KEYS entry
+        sizes fit ``limit_bytes`` (at least one), and the next cursor (empty after the last)."""
+        return self._read(lambda: listing_page(self._storage.partition_entries(partition, cursor), limit_bytes))
 
     # --- lifecycle --------------------------------------------------------------------------------
 

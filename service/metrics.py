@@ -313,6 +313,11 @@ class Metrics:
         self.tombstones_purged = Counter(
             "kv_tombstones_purged", "Tombstones deleted after the grace period", registry=self.registry
         )
+        self.cleanup_keys_dropped = Counter(
+            "kv_cleanup_keys_dropped",
+            "Records of partitions this node no longer owns deleted here once every owner held them",
+            registry=self.registry,
+        )
         self.stream_partitions_pending = Gauge(
             "kv_stream_partitions_pending",
             "Partitions still to stream into this node for a membership change (0 when none remains)",

@@ -27,6 +27,7 @@ from service import membership as membership_record
 from service import membership_changes, membership_store
 from service.anti_entropy import AntiEntropy, AntiEntropySettings
 from service.change_runner import ChangeError, ChangeParts, ChangeRequest, ChangeRunner
+from service.cleanup import CLEANUP_INTERVAL_S, Cleanup, CleanupParts
 from service.clock_offsets import ClockOffsets
 from service.cluster_view import ClusterView
 from service.config import Config
@@ -242,6 +243,17 @@ class Node:
                 self.log,
             )
         )
+        self.cleanup = Cleanup(
+            CleanupParts(
+                self.membership,
+                self.store,
+                self.peers,
+                self.detector.is_down,
+                config.n,
+                config.max_frame_bytes,
+                self.events,
+            )
+        )
         self.reports.streams_pending = lambda: self.changes.pending
         self.handler.changes = self._change
         self.handler.stream_done = self.changes.stream_done
@@ -437,6 +449,17 @@ class Node:
                     self.anti_entropy.run_round,
                     config.anti_entropy_interval,
                     first_delay=FIRST_ANTI_ENTROPY_DELAY,
+                    on_error=self.events.task_failed,
+                )
+            )
+        if self.owns_shared_tasks:
+            # Data of partitions a membership change moved away goes once their owners hold it.
+            tasks.append(
+                Periodic(
+                    "cleanup",
+                    self.cleanup.run_pass,
+                    CLEANUP_INTERVAL_S,
+                    first_delay=CLEANUP_INTERVAL_S,
                     on_error=self.events.task_failed,
                 )
             )

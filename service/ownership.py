@@ -21,6 +21,10 @@ partition's ranking. A join therefore moves a replica of about N/(n+1) of the pa
 the new node, which is 1/(n+1) of all replicas (Dynamo's ideal); a removal moves only the replicas
 the node held, each to the next node in that partition's ranking.
 
+After the switch, the retiring owners' copies go (``service.cleanup``): ``unowned_partitions`` says
+which partitions a node holds data in and no longer owns, and ``sort_keys`` which of their keys
+every current owner already holds (those may go) and which must be sent to an owner first.
+
 The planner knows nothing of states, epochs or I/O: the membership record decides when a change
 starts and ends; ``transfer`` drives one partition's handoff; ``streaming`` does the copying.
 """
@@ -28,9 +32,10 @@ starts and ends; ``transfer`` drives one partition's handoff; ``streaming`` does
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from client.protocol import Record, Version
 from client.ring import Ring
 
 
@@ -157,3 +162,47 @@ def plan(old: Ring, new: Ring, n: int, unavailable: Iterable[str] = ()) -> Plan:
 def plan_change(old_members: Iterable[str], new_members: Iterable[str], n: int, partitions: int) -> Plan:
     """``plan`` from two member lists: the rings they make with ``partitions`` partitions."""
     return plan(Ring(old_members, partitions), Ring(new_members, partitions), n)
+
+
+def unowned_partitions(
+    ring: Ring,
+    n: int,
+    node_id: str,
+    held: Iterable[int],
+    pending: Mapping[int, Sequence[str]] | None = None,
+) -> list[int]:
+    """The partitions of ``held`` (those this node has records in) that ``node_id`` neither owns
+    (one of the first ``n`` of ``ring.partition_owners``) nor is a pending owner of (``pending``:
+    partition -> pending owners, ``membership_changes.pending_owners``), in ascending order."""
+    pending = pending or {}
+    return sorted(
+        {
+            partition
+            for partition in held
+            if node_id not in ring.partition_owners(partition)[:n] and node_id not in pending.get(partition, ())
+        }
+    )
+
+
+@dataclass
+class KeyDecision:
+    """What one page of a partition's keys needs: ``drop``, the keys every owner holds at this
+    node's version or newer (key -> that version); ``send``, owner -> the keys it lacks or holds
+    older, which it must be sent before they may go."""
+
+    drop: dict[bytes, Version] = field(default_factory=dict)
+    send: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+def sort_keys(mine: Iterable[tuple[bytes, Record]], owners: Mapping[str, Mapping[bytes, Version]]) -> KeyDecision:
+    """Which of ``mine`` (this node's records, tombstones included) may be dropped, given each
+    current owner's versions (``owners``: owner -> key -> version it holds). With no owners at all
+    nothing is dropped."""
+    decision = KeyDecision()
+    for key, record in mine:
+        lacking = [owner for owner, held in owners.items() if (have := held.get(key)) is None or have < record.version]
+        for owner in lacking:
+            decision.send.setdefault(owner, []).append(key)
+        if owners and not lacking:
+            decision.drop[key] = record.version
+    return decision

@@ -179,6 +179,15 @@ class PurgeTombstone(NamedTuple):
     version: Version
 
 
+class DropRecord(NamedTuple):
+    """Delete the key's record, a value or a tombstone, if it is still this very version: a local
+    physical delete that leaves no tombstone (the clean-up of a partition this node no longer owns,
+    ``service.cleanup``; a newer write that arrived meanwhile stays)."""
+
+    key: bytes
+    version: Version
+
+
 class SpaceProbe(NamedTuple):
     """Write ``PROBE_PIECES`` records of ``PROBE_PIECE_BYTES`` (``fill``), or delete them (not
     ``fill``): a full store's test of whether it has room again."""
@@ -186,7 +195,7 @@ class SpaceProbe(NamedTuple):
     fill: bool
 
 
-Operation = PutRecord | PutHint | DropHint | PurgeTombstone | SpaceProbe
+Operation = PutRecord | PutHint | DropHint | PurgeTombstone | DropRecord | SpaceProbe
 
 
 class Hint(NamedTuple):
@@ -695,6 +704,8 @@ class _Batch:
                 return self._drop_hint(txn, owner, key, version)
             case PurgeTombstone(key, version):
                 return self._purge(txn, key, version)
+            case DropRecord(key, version):
+                return self._drop_record(txn, key, version)
             case SpaceProbe(fill):
                 return self._probe(txn, fill)
         raise TypeError(f"not a storage operation: {operation!r}")
@@ -751,6 +762,19 @@ class _Batch:
         if not current[1] or current[0] != version:
             return False
         txn.delete(skey)
+        self._fold_digest_change(skey, record_hash(skey, *current))
+        return True
+
+    def _drop_record(self, txn: lmdb.Transaction, key: bytes, version: Version) -> bool:
+        skey = storage_key(key)
+        raw = txn.get(skey)
+        if raw is None:
+            return False
+        current = stored_version(raw)
+        if current[0] != version:
+            return False
+        txn.delete(skey)
+        self.live_keys -= not current[1]  # a value counted as a live key; a tombstone did not
         self._fold_digest_change(skey, record_hash(skey, *current))
         return True
 

@@ -1,5 +1,6 @@
 """Membership changes on real containers (issue 10): node4 joins a three-node cluster under load,
-is SIGKILLed in mid-stream and restarted, and the join completes; then node4 dies for good, is
+is SIGKILLed in mid-stream and restarted, and the join completes; the old owners clean up what they
+gave away (the sum of kv_keys becomes N x the live keys); then node4 dies for good, is
 removed, and every key has N copies again on the three that remain."""
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_re
     share = (kv_keys["node4"] or 0) / (2 * live)
     assert 0.20 <= share <= 0.30, (share, kv_keys)
     print(f"join: {ok} requests ok, {failed} failed; node4 holds {share:.1%} of the replicas; kv_keys {kv_keys}")
+
+    # Clean-up: the old owners drop node4's share once node4 holds it, so each live key is held N times.
+    with cluster.client() as kv:
+        live_now = sum(kv.get(key, r=2) is not None for key in acked)
+
+    def cleaned() -> bool:
+        return sum(cluster.sample(node, "kv_keys") or 0 for node in (*NODE_IDS, "node4")) == 2 * live_now
+
+    wait_until(cleaned, 90, interval=1.0, message="the sum of kv_keys to be N x the live keys")
+    dropped = sum(cluster.sample(node, "kv_cleanup_keys_dropped_total") or 0 for node in NODE_IDS)
+    assert dropped > 0
+    print(f"clean-up: {dropped:.0f} records dropped; kv_keys sum {2 * live_now} = 2 x {live_now} live keys")
 
     # node4 dies for good: remove it, and the survivors re-create its replicas.
     cluster.kill("node4")

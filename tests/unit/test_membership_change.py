@@ -164,8 +164,30 @@ def test_a_node_joins_under_load_and_nothing_acknowledged_is_lost(tmp_path: Path
         assert 0.20 <= share <= 0.30, share
         print(f"join: {model.ok} ok, {model.failed} failed, {len(streamed)} partitions streamed, share {share:.3f}")
         assert cluster.nodes["node4"].metrics.stream_partitions_pending._value.get() == 0
+
+        # Clean-up: the old owners give back node4's share, so each live key is held exactly N times.
+        def cleaned() -> bool:
+            for node_id in sorted(cluster.running):
+                cluster.nodes[node_id].cleanup.run_pass()
+            return all(not unowned_held(cluster, node_id) for node_id in cluster.running)
+
+        wait_until(cleaned, 30, message="every node to hold only the partitions it owns")
+        with cluster.running_client() as client:
+            live_now = sum(client.get(key, r=cluster.config.n) is not None for key in model.acked)
+        kv_keys = sum(cluster.nodes[node_id].store.live_keys for node_id in cluster.running)
+        assert kv_keys == cluster.config.n * live_now, (kv_keys, live_now)
+        check_data(cluster, model)
     finally:
         cluster.stop_all()
+
+
+def unowned_held(cluster: InProcessCluster, node_id: str) -> list[int]:
+    """The partitions ``node_id`` holds records in and does not own on its current ring."""
+    node = cluster.nodes[node_id]
+    ring = membership.ring(node.membership.record)
+    everything = range(ring.partitions)
+    held = [p for p, digest in zip(everything, node.store.digests(everything), strict=True) if any(digest)]
+    return ownership.unowned_partitions(ring, cluster.config.n, node_id, held)
 
 
 def test_a_second_change_while_one_runs_is_refused(tmp_path: Path) -> None:

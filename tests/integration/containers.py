@@ -29,6 +29,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 import contextlib
 import hashlib
 import json
+import random
 import socket
 import ssl
 import subprocess
@@ -37,7 +38,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +56,7 @@ from testcontainers.core.network import Network
 from client import protocol
 from client.client import Client
 from client.connection import Connection, Framing
+from client.errors import KVError
 from client.protocol import MemberView, Record, ReplicaGet, Status
 from client.security import NO_SECURITY, Credentials, Security, TlsSettings
 from service.make_secrets import make_secrets
@@ -788,3 +791,50 @@ class ComposeProject:
 def output_lines(raw: bytes | str | None) -> list[str]:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else (raw or "")
     return [line.rstrip("\r") for line in text.splitlines()]
+
+
+@dataclass
+class ChangeLoad:
+    """A bounded load for a membership change: puts, overwrites and deletes of ``keys`` keys named
+    ``prefix`` and four digits, each followed by a read of the key, one request at a time.
+
+    ``acked`` holds each key's last acknowledged value (``None``: deleted); ``maybe`` the values
+    written since whose outcome is unknown (their request failed), any of which the key may hold.
+    ``ok`` and ``failed`` count requests; ``errors`` says why each failure failed."""
+
+    prefix: str
+    keys: int
+    rng: random.Random
+    acked: dict[str, bytes | None] = field(default_factory=dict)
+    maybe: dict[str, set[bytes | None]] = field(default_factory=dict)
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    operations: int = 0
+
+    def key(self, index: int) -> str:
+        return f"{self.prefix}{index:04d}"
+
+    def run_until(self, kv: Client, done: Callable[[], bool], timeout: float, limit: int = 20_000) -> None:
+        """Run until ``done()``, ``timeout`` seconds, or ``limit`` more writes, whichever comes first."""
+        deadline = time.monotonic() + timeout
+        stop_at = self.operations + limit
+        while not done() and time.monotonic() < deadline and self.operations < stop_at:
+            for _ in range(50):
+                self.operations += 1
+                key = self.key(self.rng.randrange(self.keys))
+                value = None if self.rng.random() < 0.15 else f"{self.prefix}{self.operations}".encode()
+                self.maybe.setdefault(key, set()).add(value)
+                try:
+                    if value is None:
+                        kv.delete(key)
+                    else:
+                        kv.put(key, value)
+                    kv.get(key)
+                except KVError as exc:
+                    self.failed += 1
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                self.ok += 2
+                self.acked[key] = value
+                self.maybe[key] = set()

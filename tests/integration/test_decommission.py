@@ -6,15 +6,13 @@ longer lists node4, and every key has its N copies on the three that remain."""
 from __future__ import annotations
 
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from containers import sample_value
+from containers import ChangeLoad, sample_value
 
 from client import protocol
 from client.cli_cluster import cluster_command
-from client.errors import KVError
 from client.ring import Ring
 
 if TYPE_CHECKING:
@@ -44,13 +42,12 @@ def members_seen_by(cluster: Cluster, node: str) -> set[str]:
 
 
 def test_node4_leaves_under_load_and_nothing_acknowledged_is_lost(cluster: Cluster, wait_until: Any) -> None:
-    rng = random.Random(11)
-    acked: dict[str, bytes | None] = {}
-    maybe: dict[str, set[bytes | None]] = {}
+    load = ChangeLoad("d", KEYS, random.Random(11))
+    acked, maybe = load.acked, load.maybe
     with cluster.client() as kv:
         for i in range(KEYS):
-            kv.put(f"d{i:04d}", VALUE)
-            acked[f"d{i:04d}"] = VALUE
+            kv.put(load.key(i), VALUE)
+            acked[load.key(i)] = VALUE
     start_epoch = epochs(cluster, NODE_IDS)["node1"]
     assert start_epoch is not None
 
@@ -72,32 +69,11 @@ def test_node4_leaves_under_load_and_nothing_acknowledged_is_lost(cluster: Clust
         def left() -> bool:
             return all("node4" not in members_seen_by(cluster, node) for node in NODE_IDS)
 
-        ok = failed = operations = 0
-        errors: list[str] = []
-        deadline = time.monotonic() + CHANGE_TIMEOUT
-        while not left() and time.monotonic() < deadline and operations < 20_000:
-            for _ in range(50):
-                operations += 1
-                key = f"d{rng.randrange(KEYS):04d}"
-                value: bytes | None = None if rng.random() < 0.15 else f"y{operations}".encode()
-                maybe.setdefault(key, set()).add(value)
-                try:
-                    if value is None:
-                        kv.delete(key)
-                    else:
-                        kv.put(key, value)
-                    kv.get(key)
-                except KVError as exc:
-                    failed += 1
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                ok += 2
-                acked[key] = value
-                maybe[key] = set()
+        load.run_until(kv, left, CHANGE_TIMEOUT)
         wait_until(left, 30, message="every node to drop node4 from its membership")
-        assert ok + failed > 0
-        assert ok / (ok + failed) >= 0.999, (ok, failed, errors[:5])
-        print(f"leave: {ok} requests ok, {failed} failed during the change")
+        assert load.ok + load.failed > 0
+        assert load.ok / (load.ok + load.failed) >= 0.999, (load.ok, load.failed, load.errors[:5])
+        print(f"leave: {load.ok} requests ok, {load.failed} failed during the change")
 
     # kv cluster status: three members, all up and normal, node4 not listed.
     with cluster.client() as kv:

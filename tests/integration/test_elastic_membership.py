@@ -6,14 +6,12 @@ removed, and every key has N copies again on the three that remain."""
 from __future__ import annotations
 
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from containers import sample_value
+from containers import ChangeLoad, sample_value
 
 from client import protocol
-from client.errors import KVError
 from client.protocol import PeerState
 from client.ring import Ring
 
@@ -38,14 +36,12 @@ def epochs(cluster: Cluster, nodes: tuple[str, ...]) -> dict[str, float | None]:
 def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_removed(
     cluster: Cluster, wait_until: Any
 ) -> None:
-    rng = random.Random(10)
-    acked: dict[str, bytes | None] = {}
-    maybe: dict[str, set[bytes | None]] = {}
-    ok = failed = 0
+    load = ChangeLoad("m", KEYS, random.Random(10))
+    acked, maybe = load.acked, load.maybe
     with cluster.client() as kv:
         for i in range(KEYS):
-            kv.put(f"m{i:04d}", VALUE)
-            acked[f"m{i:04d}"] = VALUE
+            kv.put(load.key(i), VALUE)
+            acked[load.key(i)] = VALUE
         start_epoch = epochs(cluster, NODE_IDS)["node1"]
         assert start_epoch is not None
 
@@ -65,28 +61,9 @@ def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_re
             return all(epoch == want for epoch in epochs(cluster, (*NODE_IDS, "node4")).values())
 
         # Load while the join runs: puts, overwrites and deletes, one at a time, bounded.
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        operations = 0
-        while not joined() and time.monotonic() < deadline and operations < 20_000:
-            for _ in range(50):
-                operations += 1
-                key = f"m{rng.randrange(KEYS):04d}"
-                value: bytes | None = None if rng.random() < 0.15 else f"x{operations}".encode()
-                maybe.setdefault(key, set()).add(value)
-                try:
-                    if value is None:
-                        kv.delete(key)
-                    else:
-                        kv.put(key, value)
-                    kv.get(key)
-                except KVError:
-                    failed += 1
-                    continue
-                ok += 2
-                acked[key] = value
-                maybe[key] = set()
+        load.run_until(kv, joined, JOIN_TIMEOUT)
         wait_until(joined, 30, message="every node to hold node4 as normal (epoch + 2)")
-        assert ok / (ok + failed) >= 0.999, (ok, failed)
+        assert load.ok / (load.ok + load.failed) >= 0.999, (load.ok, load.failed)
 
     # Nothing acknowledged is lost, nothing deleted comes back; N copies read together.
     with cluster.client() as kv:
@@ -96,7 +73,8 @@ def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_re
     live = sum(1 for value in acked.values() if value is not None)
     share = (kv_keys["node4"] or 0) / (2 * live)
     assert 0.20 <= share <= 0.30, (share, kv_keys)
-    print(f"join: {ok} requests ok, {failed} failed; node4 holds {share:.1%} of the replicas; kv_keys {kv_keys}")
+    print(f"join: {load.ok} requests ok, {load.failed} failed; node4 holds {share:.1%} of the replicas")
+    print(f"kv_keys {kv_keys}")
 
     # Clean-up: the old owners drop node4's share once node4 holds it, so each live key is held N times.
     with cluster.client() as kv:

@@ -2,9 +2,10 @@
 ``nodetool status``; ``join``, ``leave`` and ``remove`` change the membership, as Riak's ``cluster``
 commands and ``nodetool decommission`` / ``removenode`` do.
 
-``join NODE=HOST:PORT`` admits a node (started with ``KV_SEEDS`` and ``KV_AUTO_JOIN=true``, before
-or after) as joining; ``join HOST:PORT`` asks the node there for its id first (so it must answer)
-and refuses, with what to do, a node that already serves a cluster of its own or is a member;
+``join HOST:PORT`` admits the node there (started with ``KV_SEEDS`` and ``KV_AUTO_JOIN=wait``: it
+answers HELLO while it waits) as joining, under the id it gives, and refuses, with what to do, a
+node that already serves a cluster of its own or is a member; ``join NODE=HOST:PORT`` names the
+node instead, which need not answer yet;
 ``leave NODE`` decommissions a live member; ``remove NODE`` drops a dead one.
 Each prints the new epoch and the members' states; the change then runs in the cluster, and
 ``status`` shows its progress (UJ/UL and the partitions still to stream).
@@ -38,11 +39,13 @@ HELP = f"""{USAGE}
   status               every member as nodetool status shows it: UN, UJ, UL or DN (up or
                        down; normal, joining or leaving), address, share of the partitions,
                        keys, bytes and streaming progress; exit 2 unless every member is UN
-  join HOST:PORT       admit the node at HOST:PORT as joining, under the node id it gives
-                       (it must answer; one that serves a cluster of its own or is a member
-                       is refused). A node started with KV_SEEDS and KV_AUTO_JOIN=true on an
-                       empty data directory joins by itself
-  join NODE=HOST:PORT  the same for a node not started yet, named by its KV_NODE_ID
+  join HOST:PORT       admit the node at HOST:PORT as joining, under the node id it gives:
+                       start it first on an empty data directory with KV_SEEDS (members it
+                       learns the change from) and KV_AUTO_JOIN=wait. One that serves a
+                       cluster of its own or is a member is refused. With KV_AUTO_JOIN=true
+                       instead, a new node asks KV_SEEDS to add it, without this command
+  join NODE=HOST:PORT  the same for a node named by its KV_NODE_ID, which need not answer
+                       yet (with security on, a waiting node cannot log you in: use this)
   leave NODE           decommission a live member: its partitions stream to their new
                        owners, then it leaves
   remove NODE          drop a dead member; its replicas are re-created from the survivors
@@ -114,8 +117,8 @@ def join_report(client: Client, spec: str) -> tuple[str, int]:
         if identity.cluster_id is not None and identity.cluster_id != cluster_id:
             return (
                 f"ERROR {node_id} at {address} serves a cluster of its own ({identity.cluster_id}), not "
-                f"{cluster_id}: a node joins on its first start, with an empty data directory, KV_SEEDS "
-                "and KV_AUTO_JOIN=true (then it asks a seed itself)",
+                f"{cluster_id}: a node joins on its first start, with an empty data directory and KV_SEEDS, "
+                "and KV_AUTO_JOIN=wait (then add it here) or KV_AUTO_JOIN=true (then it asks a seed itself)",
                 EXIT_ERROR,
             )
     state = _member_state(topology, node_id)

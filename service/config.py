@@ -84,7 +84,8 @@ class Config:
     cluster_name: str = "kv"  # with the founding ids and the partitions, gives the cluster id
     seeds: tuple[str, ...] = ()  # host:port of members a new node asks to join (KV_SEEDS)
     workers: int = 1  # processes serving this node (KV_WORKERS); 1: the node is this one process
-    auto_join: bool = False  # on a first start, ask a seed to add this node (KV_AUTO_JOIN)
+    auto_join: bool = False  # on a first start, ask a seed to add this node (KV_AUTO_JOIN=true)
+    wait_to_join: bool = False  # on a first start, wait until a member adds this node (KV_AUTO_JOIN=wait)
     stream_rate_bytes_per_s: float = 25 * 1024 * 1024  # partition streaming into this node; 0: unpaced
 
     @property
@@ -112,7 +113,9 @@ SETTINGS = [
     Setting(
         "KV_AUTO_JOIN",
         "false",
-        "true: on its first start this node asks a seed (KV_SEEDS) to add it; KV_PEERS then names only itself",
+        "on a first start, true: ask a seed (KV_SEEDS) to add this node; wait: listen until an admin adds it "
+        "(kv cluster join HOST:PORT) and learn of it from KV_SEEDS; KV_PEERS then names only itself. "
+        "false: form the cluster from KV_PEERS",
     ),
     Setting("KV_HOST", "0.0.0.0", "address the protocol, Redis-protocol and HTTP servers bind"),
     Setting("KV_PORT", "5000", "protocol port (0: any free port)"),
@@ -293,7 +296,7 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
     n = integer("KV_N", 1, MAX_N)
     write_quorum = integer("KV_W", 1, MAX_N)
     read_quorum = integer("KV_R", 1, MAX_N)
-    joining = bool(raw("KV_SEEDS")) and raw("KV_AUTO_JOIN").lower() == "true"
+    joining = bool(raw("KV_SEEDS")) and raw("KV_AUTO_JOIN").lower() in {"true", "wait"}
     if cluster and n > len(cluster) and valid("KV_N") and not joining:
         problems.append(f"KV_N={n} exceeds the {len(cluster)} members in KV_PEERS: lower KV_N or add members")
     if write_quorum > n and valid("KV_N", "KV_W"):
@@ -342,9 +345,9 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
     if not NODE_ID_PATTERN.match(cluster_name):
         problems.append(f"KV_CLUSTER_NAME={cluster_name!r}: must be 1-64 letters, digits, '.', '_' or '-'")
     seeds: tuple[str, ...] = parsed("KV_SEEDS", _seeds, ())
-    auto_join = parsed("KV_AUTO_JOIN", _boolean, False)
-    if auto_join and not seeds and "KV_SEEDS" not in invalid:
-        problems.append("KV_AUTO_JOIN=true needs KV_SEEDS: the host:port of one or more members to ask")
+    join_mode = parsed("KV_AUTO_JOIN", _join_mode, "false")
+    if join_mode != "false" and not seeds and "KV_SEEDS" not in invalid:
+        problems.append(f"KV_AUTO_JOIN={join_mode} needs KV_SEEDS: the host:port of one or more members to ask")
 
     log_commands = parsed("KV_LOG_COMMANDS", _boolean, True)
     log_level = raw("KV_LOG_LEVEL").lower()
@@ -397,7 +400,8 @@ def load_config(environ: Mapping[str, str], *, cores: Callable[[], int] = availa
         cluster_name=cluster_name,
         seeds=seeds,
         workers=workers,
-        auto_join=auto_join,
+        auto_join=join_mode == "true",
+        wait_to_join=join_mode == "wait",
         stream_rate_bytes_per_s=float(integer("KV_STREAM_RATE_MBPS", 0, 100_000) * MB),
         **security,
     )
@@ -490,6 +494,16 @@ def _security(
 def _seeds(text: str) -> tuple[str, ...]:
     """``host:port,host:port`` as formatted addresses; ``ValueError`` naming the bad one."""
     return tuple(format_address(*parse_address(item.strip())) for item in text.split(",") if item.strip())
+
+
+def _join_mode(text: str) -> str:
+    """KV_AUTO_JOIN: ``"true"``, ``"wait"`` or ``"false"`` (booleans' other spellings accepted)."""
+    if text.lower() == "wait":
+        return "wait"
+    try:
+        return "true" if _boolean(text) else "false"
+    except ValueError:
+        raise ValueError("must be true, wait or false") from None
 
 
 def _boolean(text: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import gevent
 from prometheus_client import make_wsgi_app
@@ -30,7 +30,7 @@ from service.change_runner import ChangeError, ChangeParts, ChangeRequest, Chang
 from service.cleanup import CLEANUP_INTERVAL_S, Cleanup, CleanupParts
 from service.clock_offsets import ClockOffsets
 from service.cluster_view import ClusterView
-from service.config import Config
+from service.config import Config, ConfigError
 from service.connection_limits import ConnectionLimits
 from service.coordinator import Coordinator, CoordinatorSettings, Replica
 from service.dashboard_app import dashboard_routes
@@ -41,7 +41,7 @@ from service.handoff import PASS_INTERVAL as HANDOFF_INTERVAL
 from service.handoff import HandoffSettings, HintedHandoff
 from service.http import HttpServer, LogWriter, WsgiApp, make_app
 from service.http_auth import BasicAuth
-from service.joining import join_through_seeds
+from service.joining import join_through_seeds, wait_until_admitted
 from service.local_store import LocalStore
 from service.logging import get_logger
 from service.membership_view import MembershipView
@@ -61,6 +61,7 @@ from service.storage import Storage
 from service.store_flags import StoreFlags
 from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
+from service.unadmitted import WaitingServer
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 from service.worker_metrics import WorkerMetrics
 from service.workers import WorkerSlot, connection_share, listen_on
@@ -110,7 +111,7 @@ class Node:
         self.security = load_security(config, self.events)  # ConfigError: a file it names does not load
         # Before the store opens: a data directory of another node, cluster or partition count is
         # refused (ConfigError) before anything reads it with the wrong partition map.
-        opened = open_membership(config, self.security, self.log)
+        opened = open_membership(config, self.security, self.log, listener)
         self.membership = MembershipView(
             opened.local, lambda local: membership_store.save(config.data_dir, local), self.events
         )
@@ -577,24 +578,42 @@ class Node:
             task.wake()
 
 
-def open_membership(config: Config, security: NodeSecurity, log: FilteringBoundLogger) -> membership_store.Opened:
+def open_membership(
+    config: Config, security: NodeSecurity, log: FilteringBoundLogger, listener: socket.socket | None = None
+) -> membership_store.Opened:
     """This node's membership record from its data directory: formed from ``KV_PEERS`` on a first
-    start, or, with ``KV_AUTO_JOIN``, asked of a seed. Logs what it formed or joined. Raises
+    start, or, with ``KV_AUTO_JOIN``, asked of a seed (``true``) or waited for (``wait``: the node
+    answers HELLO meanwhile, ``unadmitted``, on ``listener`` if given). Logs what it formed or joined. Raises
     ``ConfigError`` when the directory disagrees with ``config`` or no seed admits the node. A node of
     several workers calls it once in its supervisor, before any worker starts."""
-    join = None
+    settings = PeerSettings(
+        config.node_id,
+        config.connect_timeout,
+        config.request_timeout,
+        config.max_frame_bytes,
+        security=security.peer_security,
+        plaintext_fallback=security.mode is TlsMode.MIGRATE,
+    )
+    join: Callable[[str], membership_record.ClusterRecord] | None = None
     if config.auto_join:
-        settings = PeerSettings(
-            config.node_id,
-            config.connect_timeout,
-            config.request_timeout,
-            config.max_frame_bytes,
-            security=security.peer_security,
-            plaintext_fallback=security.mode is TlsMode.MIGRATE,
-        )
 
         def join(identity: str) -> membership_record.ClusterRecord:
             return join_through_seeds(config, settings, identity)
+
+    elif config.wait_to_join:
+
+        def join(identity: str) -> membership_record.ClusterRecord:
+            waiting = WaitingServer(config, log, listener)
+            try:
+                waiting.start()
+            except OSError as exc:
+                raise ConfigError(
+                    [f"cannot listen on {config.host}:{config.port}: {exc}; free the port or change KV_PORT"]
+                ) from None
+            try:
+                return wait_until_admitted(config, settings, log)
+            finally:
+                waiting.stop()
 
     opened = membership_store.open_membership(config, join)
     record = opened.local.record

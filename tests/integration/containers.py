@@ -397,6 +397,51 @@ class Cluster:
         self._run_container(node)
         self._wait_serving(node)
 
+    def add_by_admin(self, node: str, seeds: Iterable[str], env: dict[str, str] | None = None) -> str:
+        """Run ``node`` as a new node that waits to be added (``KV_AUTO_JOIN=wait``, ``KV_SEEDS``),
+        add it as an operator does, with ``kv cluster join node:5000`` run in a container on the
+        cluster's network (asked again until the node answers HELLO), and wait until it serves.
+        The CLI's output."""
+        self.node_env[node] = {
+            "KV_PEERS": f"{node}={node}:{PROTOCOL_PORT}",
+            "KV_SEEDS": ",".join(f"{seed}:{PROTOCOL_PORT}" for seed in seeds),
+            "KV_AUTO_JOIN": "wait",
+            **(env or {}),
+        }
+        self._create_volume(node)
+        self._run_container(node)
+        self.wait_published(node)
+        said: list[str] = []
+
+        def added() -> bool:
+            code, output = self.run_cli(["cluster", "join", f"{node}:{PROTOCOL_PORT}"])
+            said.append(output)
+            if code != 0 and "does not answer" not in output:
+                raise AssertionError(f"kv cluster join {node}:{PROTOCOL_PORT} exited {code}: {output}")
+            return code == 0
+
+        wait_until(added, START_TIMEOUT, interval=1.0, message=f"kv cluster join {node}:{PROTOCOL_PORT} to succeed")
+        self._wait_serving(node)
+        return said[-1]
+
+    def run_cli(self, args: list[str]) -> tuple[int, str]:
+        """Run ``kv ARGS`` (seeded with the founders) in a one-off container of the image on the
+        cluster's network, as ``docker compose run client`` does; its exit status and output."""
+        nodes = ",".join(f"{node}:{PROTOCOL_PORT}" for node in NODE_IDS)
+        container = self.docker.containers.run(
+            self.image,
+            ["kv", *args],
+            environment={"KV_NODES": nodes},
+            network=self.network.name,
+            labels=self.labels,
+            detach=True,
+        )
+        try:
+            status = container.wait(timeout=START_TIMEOUT)
+            return int(status["StatusCode"]), container.logs().decode("utf-8", errors="replace").strip()
+        finally:
+            container.remove(force=True)
+
     def wait_published(self, node: str) -> None:
         """Wait until the node's container runs with its ports published; fails if it exits."""
         wait_until(lambda: self._read_ports(node), START_TIMEOUT, message=f"{node}'s published ports")

@@ -1,7 +1,8 @@
-"""Decommission on real containers (issue 10): node4 joins a three-node cluster, then leaves it by
-``kv cluster leave node4`` under a bounded writer/reader load. Nothing acknowledged is lost, no
-delete comes back, at least 99.9% of requests succeed during the change, ``kv cluster status`` no
-longer lists node4, and every key has its N copies on the three that remain."""
+"""Decommission on real containers (issue 10): node4, started waiting to be added, is added to a
+three-node cluster by ``kv cluster join node4:5000`` (the CLI in a container on the network), then
+leaves it by ``kv cluster leave node4`` under a bounded writer/reader load. Nothing acknowledged is
+lost, no delete comes back, at least 99.9% of requests succeed during the change, ``kv cluster
+status`` no longer lists node4, and every key has its N copies on the three that remain."""
 
 from __future__ import annotations
 
@@ -51,8 +52,10 @@ def test_node4_leaves_under_load_and_nothing_acknowledged_is_lost(cluster: Clust
     start_epoch = epochs(cluster, NODE_IDS)["node1"]
     assert start_epoch is not None
 
-    # node4 joins as a new node does (KV_SEEDS, KV_AUTO_JOIN=true) and becomes normal.
-    cluster.add_joining("node4", seeds=["node1", "node2"])
+    # node4 starts waiting to be added (KV_SEEDS, KV_AUTO_JOIN=wait); an operator adds it with
+    # `kv cluster join node4:5000`, which asks node4 its id; node4 learns of it and becomes normal.
+    said = cluster.add_by_admin("node4", seeds=["node1", "node2"])
+    assert said.startswith(f"OK epoch {start_epoch + 1:.0f}:") and "node4 joining" in said, said
     wait_until(
         lambda: all(epoch == start_epoch + 2 for epoch in epochs(cluster, (*NODE_IDS, "node4")).values()),
         CHANGE_TIMEOUT,

@@ -166,18 +166,19 @@ class InProcessCluster:
 
     def add_joining(self, node_id: str, seeds: Iterable[str], **settings: str) -> None:
         """Configure ``node_id`` as a new node that joins through ``seeds`` (node ids) with
-        ``KV_AUTO_JOIN``: its ``KV_PEERS`` names only itself. Start it with ``start``."""
+        ``KV_AUTO_JOIN=true`` (``settings`` may say ``wait``): its ``KV_PEERS`` names only itself.
+        Start it with ``start``."""
         self.node_ids.append(node_id)
         self.listeners[node_id] = listen_socket()
         self.ports[node_id] = self.listeners[node_id].getsockname()[1]
         environ = {
             **DEFAULT_SETTINGS,
             **self.settings,
+            "KV_AUTO_JOIN": "true",
             **settings,
             "KV_NODE_ID": node_id,
             "KV_PEERS": f"{node_id}={self.address(node_id)}",
             "KV_SEEDS": ",".join(self.address(seed) for seed in seeds),
-            "KV_AUTO_JOIN": "true",
             "KV_HOST": LOCALHOST,
             "KV_PORT": str(self.ports[node_id]),
             "KV_HTTP_PORT": "0",

@@ -354,10 +354,28 @@ def test_a_new_node_no_seed_admits_stops_with_what_each_seed_said(tmp_path: Path
     assert "no seed in KV_SEEDS admitted node4" in message and f"127.0.0.1:{closed}" in message, message
 
 
-def test_kv_auto_join_needs_seeds() -> None:
+@pytest.mark.parametrize("mode", ["true", "wait"])
+def test_kv_auto_join_needs_seeds(mode: str) -> None:
     with pytest.raises(ConfigError) as refused:
-        load_config({"KV_NODE_ID": "node4", "KV_PEERS": "node4=h:5000", "KV_AUTO_JOIN": "true", "KV_HOST": "127.0.0.1"})
-    assert "KV_AUTO_JOIN=true needs KV_SEEDS" in str(refused.value)
+        load_config({"KV_NODE_ID": "node4", "KV_PEERS": "node4=h:5000", "KV_AUTO_JOIN": mode, "KV_HOST": "127.0.0.1"})
+    assert f"KV_AUTO_JOIN={mode} needs KV_SEEDS" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "asks", "waits"), [("true", True, False), ("WAIT", False, True), ("false", False, False), ("0", False, False)]
+)
+def test_kv_auto_join_asks_waits_or_forms(text: str, asks: bool, waits: bool) -> None:
+    config = load_config(
+        {"KV_NODE_ID": "node4", "KV_PEERS": "node4=h:5000", "KV_SEEDS": "h:5001", "KV_AUTO_JOIN": text}
+        | {"KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1", "KV_R": "1"}
+    )
+    assert (config.auto_join, config.wait_to_join) == (asks, waits)
+
+
+def test_kv_auto_join_names_its_values_when_it_is_none_of_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({"KV_NODE_ID": "n", "KV_PEERS": "n=h:5000", "KV_SEEDS": "h:1", "KV_AUTO_JOIN": "later"})
+    assert "KV_AUTO_JOIN='later': must be true, wait or false" in str(refused.value)
 
 
 @given(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 3), st.integers(8, 64))

@@ -31,6 +31,11 @@ def position(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=_HASH_BYTES).digest(), "big")
 
 
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition ``key`` falls in, of ``partitions``: they split the hash space into equal ranges."""
+    return position(key) * partitions // _RING_SIZE
+
+
 def _rank(node_id: str, partition: int) -> int:
     return position(f"{node_id}/{partition}".encode())
 
@@ -57,7 +62,7 @@ class Ring:
 
     def partition(self, key: bytes) -> int:
         """The partition ``key`` falls in: partitions split the hash space into equal ranges."""
-        return position(key) * self.partitions // _RING_SIZE
+        return partition_of(key, self.partitions)
 
     def primary(self, key: bytes) -> str:
         return self.owners(key)[0]

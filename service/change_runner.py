@@ -167,7 +167,7 @@ class ChangeRunner:
         leaving = [m.node_id for m in old.members if m.state is MemberState.LEAVING]
         if removed and not leaving and new.epoch == old.epoch + 1:
             moves = ownership.plan(membership.ring(old), membership.ring(new), self.n, unavailable=removed)
-            self._stream(new, moves.receiving(self.node_id), then=None)
+            self._stream(new, moves.receiving(self.node_id), then=None, owned=True)
 
     def resume(self) -> None:
         """At start: carry on with the change in the stored record, or the streams a crash cut."""
@@ -179,7 +179,7 @@ class ChangeRunner:
         if saved:
             ring = membership.ring(record)
             moves = [(p, tuple(o for o in ring.partition_owners(p)[: self.n] if o != self.node_id)) for p in saved]
-            self._spawn(self._run_queue, record, moves, None)
+            self._spawn(self._run_queue, record, moves, None, True)
 
     def stop(self) -> None:
         self._stopped = True
@@ -204,26 +204,40 @@ class ChangeRunner:
         record: ClusterRecord,
         moves: Sequence[ownership.Move],
         then: Callable[[ClusterRecord], None] | None,
+        *,
+        owned: bool = False,
     ) -> None:
         work = [(move.partition, move.sources[self.node_id]) for move in moves]
-        self._spawn(self._run_queue, record, work, then)
+        if owned:  # at once, before any read reaches this node by the new ring
+            self.store.arriving.update(partition for partition, _ in work)
+        self._spawn(self._run_queue, record, work, then, owned)
 
     def _run_queue(
         self,
         record: ClusterRecord,
         work: Sequence[tuple[int, Sequence[str]]],
         then: Callable[[ClusterRecord], None] | None,
+        owned: bool = False,
     ) -> None:
+        """Stream ``work`` (partition, sources) here, then ``then(record)`` if all arrived.
+        ``owned``: this node owns them already (a removal): until the stream ends they are
+        ``LocalStore.arriving``, so that reads of them go to the surviving replicas."""
         self._planned = len(work)
         self.events.streams_pending(len(work))
-        if not self._wait_for_members(record):
-            return
-        if self._queue is not None:
-            self._queue.stop()
-        queue = self._queue = StreamQueue(self.store, self.peers, self.settings, self.events)
-        self._planned = 0
-        self.log.info("membership_streams_started", epoch=record.epoch, partitions=len(work))
-        finished = queue.run(work)
+        if owned:
+            self.store.arriving.update(partition for partition, _ in work)
+        try:
+            if not self._wait_for_members(record):
+                return
+            if self._queue is not None:
+                self._queue.stop()
+            queue = self._queue = StreamQueue(self.store, self.peers, self.settings, self.events)
+            self._planned = 0
+            self.log.info("membership_streams_started", epoch=record.epoch, partitions=len(work))
+            finished = queue.run(work)
+        finally:
+            if owned:
+                self.store.arriving.difference_update(partition for partition, _ in work)
         if self._stopped or queue is not self._queue or queue.pending:
             return
         self.log.info(

@@ -228,6 +228,7 @@ class Coordinator:
         # Looked up once: every request uses them.
         self._ring, self._n, self._is_down = placement.ring, placement.n, placement.is_down
         self._is_full, self._is_behind = placement.is_full, placement.is_behind
+        self._arriving_here = placement.arriving_here
         self._pending = placement.pending_owners
 
     # --- reads ------------------------------------------------------------------------------------
@@ -238,14 +239,16 @@ class Coordinator:
         Raises ``QuorumFailure``. ``wait=False`` (a session answering a request without a greenlet of
         its own) raises ``MustWait`` instead of waiting on another node, before anything is sent.
         """
+        is_behind = self._is_behind
+        if self._arriving_here(key):  # this node is behind for this key: it is still streaming in
+            here, anywhere = self.node_id, self._is_behind
+            is_behind = lambda node_id: node_id == here or anywhere(node_id)  # noqa: E731
         # Plan: which replicas, and whether all of them (pure, see read_plan).
-        targets = read_targets(
-            self._ring.preference_list(key, self._n), self._is_down, self.node_id, r, self._is_behind
-        )
+        targets = read_targets(self._ring.preference_list(key, self._n), self._is_down, self.node_id, r, is_behind)
         # Asking them all is for read repair; with a replica behind (full: a repair cannot land; or
         # about to get its hints) the read asks R and keeps the behind one as the last spare, so its
         # reply is never among the first R while another can answer.
-        behind = self._is_behind(targets[-1])  # read_targets puts behind replicas last
+        behind = is_behind(targets[-1])  # read_targets puts behind replicas last
         ask_all = not behind and asks_all(r, len(targets), self.read_repair_chance, self._chance)
         # Local read: this node's store answers alone, and at once; the common read.
         local = self._local

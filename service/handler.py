@@ -156,6 +156,11 @@ class RequestHandler:
                         f"{self.hello.node_id}: {self.store.state_description()}; "
                         "its store may lack acknowledged writes, ask another replica",
                     )
+                if not behind_ok and self.store.arriving_key(key):
+                    raise RequestError(
+                        Status.REPLICA_BEHIND,
+                        f"{self.hello.node_id}: the key's partition is still streaming in; ask another replica",
+                    )
                 stored = self.store.read(key)
                 if stored is None:
                     return Status.NOT_FOUND, b""

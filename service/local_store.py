@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from client import protocol
 from client.protocol import KeyVersion, PartitionKeysReply, PartitionRecordsReply, Record, Version, listing_size
+from client.ring import partition_of
 from service.group_commit import CommitThread, GroupCommitter, start_in_threadpool, start_inline
 from service.storage import (
     MAX_CURSOR_BYTES,
@@ -168,6 +169,10 @@ class LocalStore:
         self._marker = os.path.join(storage.path, BEHIND_MARKER)
         self.health = StorageHealth(time.monotonic(), catching_up=os.path.exists(self._marker))
         self._syncing = False  # a periodic fsync is running in a native thread
+        self.arriving: set[int] = set()
+        """Partitions this node owns already and is still streaming in (``change_runner``: a removal
+        makes the new owners owners at once). It may lack acknowledged writes of these, so it does
+        not answer reads of them alone (``arriving_key``): they go to the surviving replicas."""
 
     # --- health -----------------------------------------------------------------------------------
 
@@ -180,6 +185,10 @@ class LocalStore:
     def flags(self) -> int:
         """The store's state as PING and MEMBERS carry it (``client.protocol`` store flags)."""
         return self.health.flags
+
+    def arriving_key(self, key: bytes) -> bool:
+        """Whether ``key`` falls in a partition still streaming in (``arriving``)."""
+        return bool(self.arriving) and partition_of(key, self.partitions) in self.arriving
 
     @property
     def readable_alone(self) -> bool:

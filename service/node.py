@@ -507,6 +507,7 @@ class Node:
             self._unavailable,
             self.store_flags.is_full,
             self.store_flags.is_behind,
+            self.store.arriving_key,
             membership_changes.pending_owners(record, self.config.n),
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from client.ring import Ring
 
 
-def _never(node_id: str) -> bool:
+def _never(_: str | bytes) -> bool:
     return False
 
 
@@ -30,6 +30,9 @@ class Placement:
     is_down: Callable[[str], bool] = _never
     is_full: Callable[[str], bool] = _never
     is_behind: Callable[[str], bool] = _never
+    arriving_here: Callable[[bytes], bool] = _never
+    """Whether a key's partition is still streaming into this node, which owns it already (after a
+    removal, ``LocalStore.arriving_key``): this node is behind for that key alone."""
     pending: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     """Partition -> its pending owners while a membership change moves it (``membership_changes``):
     nodes that will own it after the change, which a write goes to as well."""

@@ -5,14 +5,15 @@ admit it, so a node that waits must answer on its protocol port before it has a 
 a ring or a store. ``WaitingServer`` answers HELLO with the node's id and limits (as a member does)
 and every other request with NOT_A_MEMBER, saying how to add the node; ``client.Client.identify``
 reads that as "serves no cluster". Its HTTP port stays closed until it is added (no /livez or
-/readyz: it is not live as a member yet, so a liveness probe must allow for the wait). It keeps no state, so it cannot be told anything: the node
-learns that it was added by asking its seeds (``joining.wait_until_admitted``), never from what
-connects here.
+/readyz: it is no member yet, so a liveness probe must allow for the wait). It keeps no state, so
+it cannot be told anything: the node learns that it was added by asking its seeds
+(``joining.wait_until_admitted``), never from what connects here.
 
-It has a member's guards: at most ``MAX_CONNECTIONS`` at once (others are closed at once), frames
-over ``KV_MAX_FRAME_BYTES`` or malformed end their connection, and a connection silent for
-``IDLE_TIMEOUT_S`` is closed. It speaks plaintext without users: a client that sends AUTH is told
-to name the node instead (``kv cluster join NODE=HOST:PORT``), which needs no answer from it.
+It has a member's guards: at most ``MAX_CONNECTIONS`` served at once (more wait in the listen
+backlog), frames over ``KV_MAX_FRAME_BYTES`` or malformed end their connection, and a connection
+silent for ``IDLE_TIMEOUT_S`` is closed. It speaks plaintext without users: a client that sends
+AUTH is told to name the node instead (``kv cluster join NODE=HOST:PORT``), which needs no answer
+from it.
 """
 
 from __future__ import annotations

@@ -66,6 +66,15 @@ class ReplicaBehindError(KVError):
     code = "REPLICA_BEHIND"
 
 
+class PartitionNotHereError(KVError):
+    """A replica read was refused for this key alone: the node does not hold the key's partition
+    whole (it does not own it by the ring it serves, or the partition is still streaming in after a
+    removal), so its NOT_FOUND would say nothing. Nodes send it to each other; a coordinator asks
+    another replica, and still reads the node's other keys."""
+
+    code = "PARTITION_NOT_HERE"
+
+
 class QuorumError(KVError):
     """Too few replicas answered: ``acked`` of the ``required`` replies came back."""
 
@@ -184,6 +193,7 @@ STATUS_ERRORS: dict[Status, type[KVError]] = {
     Status.CHANGE_IN_PROGRESS: ChangeInProgressError,
     Status.STORAGE_FULL: StorageFullError,
     Status.REPLICA_BEHIND: ReplicaBehindError,
+    Status.PARTITION_NOT_HERE: PartitionNotHereError,
     Status.TLS_REQUIRED: TlsRequiredError,
     Status.UNAVAILABLE: UnavailableError,
     Status.TIMEOUT: RequestTimeoutError,

@@ -104,6 +104,7 @@ class Status(IntEnum):
     STORAGE_FULL = 0x31
     REPLICA_BEHIND = 0x32
     TLS_REQUIRED = 0x33
+    PARTITION_NOT_HERE = 0x34
 
     @property
     def is_error(self) -> bool:

@@ -146,7 +146,8 @@ class ClusterView:
             return ReplicaAnswer(node_id, state, Answer.DOWN)
         else:
             try:
-                frame = self.peers[node_id].call(protocol.ReplicaGet(key), timeout=PEER_TIMEOUT)
+                # What its store holds, whatever its state or ring: this view shows each copy.
+                frame = self.peers[node_id].call(protocol.ReplicaGet(key, behind_ok=True), timeout=PEER_TIMEOUT)
                 record = None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
             except KVError as exc:
                 return ReplicaAnswer(node_id, state, Answer.UNREACHABLE, error=exc.message)

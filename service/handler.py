@@ -158,11 +158,18 @@ class RequestHandler:
                     )
                 if not behind_ok and self.store.arriving_key(key):
                     raise RequestError(
-                        Status.REPLICA_BEHIND,
+                        Status.PARTITION_NOT_HERE,
                         f"{self.hello.node_id}: the key's partition is still streaming in; ask another replica",
                     )
                 stored = self.store.read(key)
                 if stored is None:
+                    if not behind_ok and not self._owns(key):
+                        # A coordinator on another ring (a change not spread yet, or this node gave
+                        # the key away): this node's NOT_FOUND would say nothing about the key.
+                        raise RequestError(
+                            Status.PARTITION_NOT_HERE,
+                            f"{self.hello.node_id} does not own this key at epoch {self.epoch}; ask another replica",
+                        )
                     return Status.NOT_FOUND, b""
                 return Status.OK, protocol.encode_record(stored)
             case protocol.ReplicaPut(key, record):
@@ -254,6 +261,13 @@ class RequestHandler:
             states = tuple(protocol.MemberStateCode[m.state.name] for m in record.members)
             extra = protocol.TopologyMembership(record.epoch, record.cluster_id, states)
         return protocol.encode_topology_reply(protocol.TopologyReply(n, r, w, record.partitions, nodes, extra))
+
+    def _owns(self, key: bytes) -> bool:
+        """Whether this node holds ``key`` by the ring it serves: one of its N replicas, or a
+        pending owner while a change moves its partition."""
+        placement = self.coordinator.placement
+        node_id = self.hello.node_id
+        return node_id in placement.preference_list(key) or node_id in placement.pending_owners(key)
 
     def negotiate(self, hello: protocol.Hello) -> tuple[Status, bytes]:
         if hello.min_version <= protocol.PROTOCOL_VERSION <= hello.max_version:

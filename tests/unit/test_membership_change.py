@@ -24,7 +24,7 @@ from security_kit import as_user, auth_settings
 from client import protocol
 from client.cli_cluster import cluster_command
 from client.client import Client
-from client.errors import KVError
+from client.errors import KVError, PartitionNotHereError
 from client.protocol import Status
 from client.ring import Ring
 from service import membership, membership_changes, ownership
@@ -454,5 +454,27 @@ def test_a_join_completes_from_the_other_replicas_when_a_source_stops_mid_stream
         cluster.settle()
         with cluster.running_client() as client:
             assert all(client.get(f"k{i:04d}", r=2) == value for i in range(1000))
+    finally:
+        cluster.stop_all()
+
+
+def test_a_replica_read_of_a_key_a_node_does_not_own_is_refused_for_that_key_alone(tmp_path: Path) -> None:
+    # A coordinator routing by another epoch must not take a non-owner's empty answer for "absent".
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64)
+    try:
+        ring = Ring(["node1", "node2", "node3"], 64)
+        key = next(k for k in (b"k%d" % i for i in range(100)) if "node3" not in ring.preference_list(k, 2))
+        owner = ring.preference_list(key, 2)[0]
+        with cluster.running_client() as client:
+            with pytest.raises(PartitionNotHereError) as refused:
+                client.call_node(cluster.address("node3"), protocol.ReplicaGet(key))
+            assert "node3 does not own this key at epoch 1" in refused.value.message
+            # Asked to answer anyway, it says what it holds; an owner says NOT_FOUND; and the refusal
+            # did not make node3 look behind to its peers: GETs still read from it.
+            assert client.call_node(cluster.address("node3"), protocol.ReplicaGet(key, True)).code == Status.NOT_FOUND
+            assert client.call_node(cluster.address(owner), protocol.ReplicaGet(key)).code == Status.NOT_FOUND
+            client.put(key, b"v")
+            assert client.call_node(cluster.address(owner), protocol.ReplicaGet(key)).code == Status.OK
+            assert not cluster.nodes["node1"].store_flags.is_behind("node3")
     finally:
         cluster.stop_all()

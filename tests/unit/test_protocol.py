@@ -315,6 +315,7 @@ def test_op_and_status_codes_are_pinned() -> None:
         "STORAGE_FULL": 0x31,
         "REPLICA_BEHIND": 0x32,
         "TLS_REQUIRED": 0x33,
+        "PARTITION_NOT_HERE": 0x34,
     }
     assert [status for status in Status if status.is_error] == [status for status in Status if status >= 0x10]
 

@@ -26,7 +26,8 @@ SENDERS = ("node2", "node3")  # node1 stays up throughout: the test's client and
 N = 2  # the containers' default KV_N
 PARTITIONS = 256
 KEYS = 800
-VALUE_BYTES = 16_000  # node4 receives about 60% of the keys: ~7.7 MB in ~130 partitions
+VALUE_BYTES = 16_000  # node4 receives ~60% of the keys: ~7.7 MB in ~130 partitions, ~6 s at RATE_MIB
+RATE_MIB = 1  # KV_STREAM_RATE_MBPS on node4
 LOAD_KEYS = 200
 CHANGE_TIMEOUT = 120.0
 
@@ -72,7 +73,7 @@ def test_join_completes_from_the_other_replica_when_a_sender_is_killed(cluster: 
         start_epoch = epochs(cluster, NODE_IDS)["node1"]
         assert start_epoch is not None
 
-        cluster.add_joining("node4", seeds=["node1"], env={"KV_STREAM_RATE_MBPS": "1"})
+        cluster.add_joining("node4", seeds=["node1"], env={"KV_STREAM_RATE_MBPS": str(RATE_MIB)})
 
         def streaming() -> bool:
             families = cluster.metrics("node4")
@@ -128,8 +129,11 @@ def test_join_completes_from_the_other_replica_when_a_sender_is_killed(cluster: 
         wrong = [key for key in load.acked if kv.get(key, r=N) not in {load.acked[key], *load.maybe.get(key, set())}]
     assert not lost, f"{len(lost)} stored keys lost: {lost[:5]}"
     assert not wrong, f"{len(wrong)} keys read otherwise than acknowledged: {wrong[:5]}"
-    total = load.ok + load.failed
+    # The pace held across partitions: beyond the rate, only one burst (1 MiB) and the pages in flight.
     streamed, seconds = streamed_in(cluster, "node4")
+    rate = RATE_MIB * 1024 * 1024
+    assert seconds >= (streamed - 2 * rate) / rate, f"{streamed} bytes in {seconds:.1f} s: faster than {RATE_MIB} MiB/s"
+    total = load.ok + load.failed
     print(
         f"\nnode4 streamed {streamed:,} bytes in {seconds:.1f} s; "
         f"killed {victim} with {pending_at_kill:g} partitions pending on node4; "

@@ -22,8 +22,9 @@ state machine asks and tells it what happened:
 
 Waiting (the pace, a retry's back-off) is the only sleeping, and ``StreamSettings`` injects both the
 clock and the sleep so tests need not wait. ``StreamQueue`` runs many partitions' streams, a few at
-once, and reports how many remain (``kv_stream_partitions_pending``) and the bytes received
-(``kv_stream_bytes_total{direction="in"}``).
+once, all drawing on one ``transfer.Pace`` at the node's rate (a bucket per partition would let
+each small partition through at once as its own burst), and reports how many remain
+(``kv_stream_partitions_pending``) and the bytes received (``kv_stream_bytes_total{direction="in"}``).
 
 ``change_runner`` runs it for a membership change (join, leave, remove), with the ownership
 planner's moves for this node (``ownership.Plan.receiving``).
@@ -55,6 +56,7 @@ from service.transfer import (
     DigestsCompared,
     Event,
     MarkDone,
+    Pace,
     PageCopied,
     ReportFailure,
     RequestPage,
@@ -70,7 +72,7 @@ FETCH_CONCURRENCY = 32
 the peer's multiplexed connection, as anti-entropy's transfers do."""
 STREAMS_AT_ONCE = 4
 """Partitions streamed at once by a ``StreamQueue``: enough to keep the pace busy while one waits on a
-slow source, few enough to leave the peer links to client traffic. The rate is split between them."""
+slow source, few enough to leave the peer links to client traffic. They share the queue's pace."""
 CHECKPOINT_DIR = "streams"
 STOP_CHECK_S = 0.5
 """Longest sleep between two looks at ``stop``: a paced or backing-off stream stops this fast."""
@@ -105,7 +107,7 @@ class StreamSettings:
     rate_bytes_per_s: float = 0.0
     """The pace of all streams into this node together (``KV_STREAM_RATE_MBPS``); 0: unpaced."""
     transfer: TransferSettings = field(default_factory=TransferSettings)
-    """Back-off and verification settings; its rate is replaced by this one's share."""
+    """Burst, back-off and verification settings; its rate is replaced by this one."""
     clock: Callable[[], float] = time.monotonic
     """Seconds on a monotonic clock."""
     sleep: Callable[[float], object] = gevent.sleep
@@ -190,24 +192,23 @@ class PartitionStream:
         (its checkpoint stays for a later run)."""
         self._stopped = True
 
-    def run(self, partition: int, sources: Sequence[str], share: int = 1) -> Transfer:
-        """Stream ``partition`` here; ``share``: streams running at once, which split the rate. Returns
-        the finished state machine (``finished`` is false only after ``stop``). Raises ``ValueError``
-        for a source that is not one of this node's peers."""
+    def run(self, partition: int, sources: Sequence[str], pace: Pace | None = None) -> Transfer:
+        """Stream ``partition`` here; ``pace``: the token bucket it shares with other streams (default:
+        its own, at the settings' rate). Returns the finished state machine (``finished`` is false
+        only after ``stop``). Raises ``ValueError`` for a source that is not one of this node's peers."""
         unknown = [source for source in sources if source not in self.peers]
         if unknown:
             raise ValueError(f"partition {partition}: sources {unknown} are not peers of this node")
         settings = self.settings
-        rate = settings.rate_bytes_per_s / max(1, share)
         checkpoint = self.checkpoints.load(partition)
         transfer_settings = TransferSettings(
-            rate_bytes_per_s=rate,
+            rate_bytes_per_s=settings.rate_bytes_per_s,
             burst_bytes=settings.transfer.burst_bytes,
             retry_after_s=settings.transfer.retry_after_s,
             retry_max_s=settings.transfer.retry_max_s,
             verify_rounds=settings.transfer.verify_rounds,
         )
-        machine = self.machine = Transfer(partition, sources, transfer_settings, checkpoint)
+        machine = self.machine = Transfer(partition, sources, transfer_settings, checkpoint, pace)
         self.events.stream_started(partition, sources, checkpoint)
         started = settings.clock()
         pending: deque[Action] = deque(machine.start(started))
@@ -368,7 +369,7 @@ def _is_newer(held: Record | None, theirs: Record | protocol.KeyVersion) -> bool
 
 
 class StreamQueue:
-    """Many partitions streamed into this node, ``STREAMS_AT_ONCE`` at a time, sharing the rate.
+    """Many partitions streamed into this node, ``STREAMS_AT_ONCE`` at a time, sharing one pace.
     ``pending`` is how many have not finished; ``run`` returns when none remains (or ``stop``)."""
 
     def __init__(
@@ -391,7 +392,8 @@ class StreamQueue:
         """Stream every ``(partition, sources)`` here; return their finished state machines."""
         self.pending = len(moves)
         self.events.streams_pending(self.pending)
-        share = max(1, min(STREAMS_AT_ONCE, len(moves)))
+        at_once = max(1, min(STREAMS_AT_ONCE, len(moves)))
+        pace = Pace(self.settings.rate_bytes_per_s, self.settings.transfer.burst_bytes)
 
         def one(move: tuple[int, Sequence[str]]) -> Transfer:
             stream = PartitionStream(self.store, self.peers, self.settings, self.events)
@@ -399,7 +401,7 @@ class StreamQueue:
             if self._stopped:
                 stream.stop()
             try:
-                machine = stream.run(move[0], move[1], share)
+                machine = stream.run(move[0], move[1], pace)
             finally:
                 self._streams.remove(stream)
             if machine.finished:
@@ -407,7 +409,7 @@ class StreamQueue:
                 self.events.streams_pending(self.pending)
             return machine
 
-        self.finished = list(gevent.pool.Pool(share).imap_unordered(one, moves))
+        self.finished = list(gevent.pool.Pool(at_once).imap_unordered(one, moves))
         return self.finished
 
     @property

@@ -19,8 +19,10 @@ The phases::
 * **Checkpoints.** After each page is written (durably) the machine asks for the cursor to be saved;
   a receiver restarted after a crash builds its ``Transfer`` from the saved ``Checkpoint`` and
   resumes there. A page copied twice does no harm: the store keeps the newer version of each key.
-* **Pacing.** A token bucket of ``rate_bytes_per_s`` and ``burst_bytes``: each page's bytes are
-  debited when it arrives, and the next page is asked for once the bucket is no longer in debt.
+* **Pacing.** A token bucket (``Pace``) of ``rate_bytes_per_s`` and ``burst_bytes``: each page's
+  bytes are debited when it arrives, and the next page is asked for once the bucket is no longer in
+  debt. Many transfers may share one bucket (a node's streams together keep the node's rate); a
+  transfer without one is given a bucket of its own.
 * **Verification.** The last page copied, the receiver's partition digest is compared with the
   source's (``anti_entropy``'s digests). Writes during the move reach both, so they match once the
   copy is whole; a mismatch (a write in flight, a write that reached one side only) starts a delta
@@ -67,6 +69,38 @@ class TransferSettings:
     retry_max_s: float = 30.0
     verify_rounds: int = 3
     """Digest mismatches in a row (each followed by a delta pass) before the transfer fails."""
+
+
+class Pace:
+    """A token bucket: ``rate_bytes_per_s`` on average (0: unpaced), up to ``burst_bytes`` at once
+    after an idle spell. Times are seconds on the monotonic clock of the transfers sharing it."""
+
+    def __init__(self, rate_bytes_per_s: float, burst_bytes: int) -> None:
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self.burst_bytes = burst_bytes
+        self._budget = float(burst_bytes)
+        self._budget_at: float | None = None  # when the budget was last refilled; None: never used
+
+    def spend(self, size: int, now: float) -> None:
+        """``size`` bytes arrived at ``now``: debit them (the budget may go into debt)."""
+        if self.rate_bytes_per_s > 0:
+            self._refill(now)
+            self._budget -= size
+
+    def ready_at(self, now: float) -> float | None:
+        """``None`` if the next page may be asked for now; else when the debt is paid."""
+        if self.rate_bytes_per_s <= 0:
+            return None
+        self._refill(now)
+        if self._budget > -1.0:  # less than a byte of debt is float rounding of a debt just paid
+            return None
+        return now + -self._budget / self.rate_bytes_per_s
+
+    def _refill(self, now: float) -> None:
+        if self._budget_at is not None:
+            elapsed = max(0.0, now - self._budget_at)
+            self._budget = min(float(self.burst_bytes), self._budget + elapsed * self.rate_bytes_per_s)
+        self._budget_at = now if self._budget_at is None else max(self._budget_at, now)
 
 
 # --- events: what the shell tells the machine ---------------------------------------------------
@@ -148,9 +182,10 @@ Action = RequestPage | SaveCheckpoint | CompareDigests | MarkDone | ReportFailur
 
 class Transfer:
     """One partition's handoff to this node. ``sources``: the old owners to copy from, preferred
-    first (``ownership.Move.sources``); ``checkpoint``: where a previous run stopped. Times are
-    seconds on any monotonic clock, the same one for every call. Raises ``ValueError`` without a
-    source."""
+    first (``ownership.Move.sources``); ``checkpoint``: where a previous run stopped; ``pace``: the
+    token bucket it shares with other transfers (default: its own, of the settings' rate and
+    burst). Times are seconds on any monotonic clock, the same one for every call. Raises
+    ``ValueError`` without a source."""
 
     def __init__(
         self,
@@ -158,6 +193,7 @@ class Transfer:
         sources: Sequence[str],
         settings: TransferSettings,
         checkpoint: Checkpoint | None = None,
+        pace: Pace | None = None,
     ) -> None:
         if not sources:
             raise ValueError(f"partition {partition}: a transfer needs at least one source")
@@ -179,8 +215,7 @@ class Transfer:
         self._delta = False  # the digests differed once: passes from now on move only what differs
         self._failures = 0  # sources that failed since the last progress
         self._mismatches = 0
-        self._budget = float(settings.burst_bytes)
-        self._budget_at = 0.0
+        self.pace = pace or Pace(settings.rate_bytes_per_s, settings.burst_bytes)
         self._waiting = False  # a request (page or digests) is out; no other is made meanwhile
         self._resume_at: float | None = None  # paced: the next page is asked for then
 
@@ -205,7 +240,6 @@ class Transfer:
         """Begin (or resume from the checkpoint): the first page, or verification if every page is in."""
         if self.phase is not Phase.PENDING:
             return []
-        self._budget_at = now
         return self._proceed(now)
 
     def tick(self, now: float) -> list[Action]:
@@ -218,9 +252,7 @@ class Transfer:
             return self._proceed(now)
         if self.phase is Phase.STREAMING and self._resume_at is not None and now >= self._resume_at:
             self._resume_at = None
-            self._refill(now)
-            self._budget = max(self._budget, 0.0)  # the wait paid the debt (float rounding aside)
-            return self._request_page(now)
+            return self._request_page(now)  # waits again if transfers sharing the pace spent meanwhile
         return []
 
     def step(self, event: Event, now: float) -> list[Action]:
@@ -250,9 +282,9 @@ class Transfer:
         return self._request_page(now)
 
     def _request_page(self, now: float) -> list[Action]:
-        self._refill(now)
-        if self._budget < 0:  # in debt: wait until the pace has paid for the last page
-            self._resume_at = now + (-self._budget) / self.settings.rate_bytes_per_s
+        ready_at = self.pace.ready_at(now)
+        if ready_at is not None:  # in debt: wait until the pace has paid for the last pages
+            self._resume_at = ready_at
             return []
         self._waiting = True
         if not self.checkpoint.cursor:  # a pass from the first key begins
@@ -269,9 +301,7 @@ class Transfer:
         self._pass_keys += event.keys
         if event.source != self._pass_source:
             self._pass_source = ""  # pages from two sources: the pass proves nothing about either
-        self._refill(now)
-        if self.settings.rate_bytes_per_s > 0:
-            self._budget -= event.size
+        self.pace.spend(event.size, now)
         self.checkpoint = Checkpoint(event.cursor, complete=not event.cursor)
         actions: list[Action] = [SaveCheckpoint(self.checkpoint)]
         if self.checkpoint.complete and self._pass_source == self.source and not self._pass_keys:
@@ -319,10 +349,3 @@ class Transfer:
 
     def _next_source(self) -> str:
         return self.sources[(self.sources.index(self.source) + 1) % len(self.sources)]
-
-    def _refill(self, now: float) -> None:
-        rate = self.settings.rate_bytes_per_s
-        if rate > 0:
-            elapsed = max(0.0, now - self._budget_at)
-            self._budget = min(float(self.settings.burst_bytes), self._budget + elapsed * rate)
-        self._budget_at = max(self._budget_at, now)

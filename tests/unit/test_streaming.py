@@ -17,7 +17,14 @@ from client.protocol import Frame, Op, PartitionRecords, Record, Request, Role, 
 from service.node import Node
 from service.peers import Peer
 from service.roles import ALLOWED
-from service.streaming import Checkpoints, PartitionStream, StreamEvents, StreamQueue, StreamSettings
+from service.streaming import (
+    STREAMS_AT_ONCE,
+    Checkpoints,
+    PartitionStream,
+    StreamEvents,
+    StreamQueue,
+    StreamSettings,
+)
 from service.transfer import Checkpoint, Phase, TransferSettings
 
 pytestmark = pytest.mark.unit
@@ -280,6 +287,34 @@ def test_a_queue_streams_many_partitions_and_counts_down(cluster: InProcessClust
     assert queue.pending == 0
     for partition, sources in moves:
         assert records(receiver, partition) == records(cluster.node(sources[0]), partition)
+
+
+def test_a_queue_keeps_the_rate_across_partitions_smaller_than_its_burst(
+    make_cluster: Callable[..., InProcessCluster],
+) -> None:
+    cluster = make_cluster(3, KV_MAX_VALUE_BYTES="1024", KV_PARTITIONS="64")
+    ring = cluster.ring()
+    moves = [(p, list(ring.partition_owners(p)[:2])) for p in range(64) if "node3" not in ring.partition_owners(p)[:2]]
+    for partition, _ in moves:
+        fill(cluster, partition, 20)
+    receiver = cluster.node("node3")
+    fake = FakeTime()
+    rate = 20_000.0
+    burst = 8192
+    settings = StreamSettings(
+        receiver.config.data_dir,
+        rate_bytes_per_s=rate,
+        transfer=TransferSettings(burst_bytes=burst),
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    finished = StreamQueue(receiver.store, receiver.peers, settings).run(moves)
+    assert all(machine.phase is Phase.DONE for machine in finished)
+    largest = max(machine.bytes_copied for machine in finished)
+    assert largest < burst  # each partition alone would pass as a burst: only a shared pace holds the rate
+    received = sum(machine.bytes_copied for machine in finished)
+    # One burst in all; each stream may have a page out and one fetched ahead beyond what is paid for.
+    assert fake.now >= (received - burst - 2 * STREAMS_AT_ONCE * largest) / rate > 0
 
 
 def test_a_node_reports_streams_as_metrics_and_log_lines(cluster: InProcessCluster) -> None:

@@ -12,6 +12,7 @@ from service.transfer import (
     CompareDigests,
     DigestsCompared,
     MarkDone,
+    Pace,
     PageCopied,
     Phase,
     ReportFailure,
@@ -209,6 +210,29 @@ def test_unpaced_never_waits() -> None:
     for i in range(100):
         assert t.step(PageCopied("a", b"k%d" % i, 10**9, 1), 0.0)[-1] == RequestPage("a", b"k%d" % i)
     assert t.next_wake() is None
+
+
+def test_transfers_sharing_a_pace_keep_its_rate_together() -> None:
+    pace = Pace(rate_bytes_per_s=1000.0, burst_bytes=1000)
+    one, two = (Transfer(partition, ("a",), UNPACED, pace=pace) for partition in (1, 2))  # the pace, not the settings
+    assert one.start(0.0) == two.start(0.0) == [RequestPage("a", b"")]
+    one.step(PageCopied("a", b"k1", 3000, 3), 0.0)  # the burst and 2000 bytes of debt
+    two.step(PageCopied("a", b"k1", 500, 1), 0.0)  # 500 more
+    assert (one.next_wake(), two.next_wake()) == (pytest.approx(2.0), pytest.approx(2.5))
+    assert one.tick(2.0) == []  # two's page is not paid for yet
+    assert one.next_wake() == pytest.approx(2.5)
+    assert one.tick(2.5) == two.tick(2.5) == [RequestPage("a", b"k1")]
+
+
+def test_a_transfer_started_on_a_pace_in_debt_gets_no_burst_of_its_own() -> None:
+    pace = Pace(rate_bytes_per_s=1000.0, burst_bytes=1000)
+    first = Transfer(1, ("a",), UNPACED, pace=pace)
+    first.start(0.0)
+    first.step(PageCopied("a", b"", 3000, 3), 0.0)  # the whole partition: 2 s of debt
+    second = Transfer(2, ("a",), UNPACED, pace=pace)
+    assert second.start(1.0) == []
+    assert second.next_wake() == pytest.approx(2.0)
+    assert second.tick(2.0) == [RequestPage("a", b"")]
 
 
 # --- a simulated run --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 NODE_IDS = ("node1", "node2", "node3")
 KEYS = 600
-VALUE = b"v" * 4000  # node4 receives about 0.7 MB of it: a few seconds at KV_STREAM_RATE_MBPS=1
+VALUE = b"v" * 16000  # node4 receives about 4.8 MB: 1 MiB at once (the burst), then 3-4 s at 1 MB/s
 JOIN_TIMEOUT = 180.0
 
 

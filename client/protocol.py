@@ -762,8 +762,9 @@ class StreamDone:
 
 CHANGE_FORWARDED = 0x01
 """In CLUSTER_JOIN's, CLUSTER_LEAVE's and CLUSTER_REMOVE's optional flags byte: a member passed the
-request on to the node it takes for the claimant, which makes the change itself and never passes
-it on again (so a request cannot bounce between two nodes that disagree on the claimant)."""
+request on to the node it takes for the claimant. That node makes the change if it takes itself
+for the claimant too, refuses it if not, and never passes it on again (so a request cannot bounce
+between two nodes that disagree on the claimant)."""
 
 
 def _forwarded_flag(forwarded: bool) -> bytes:

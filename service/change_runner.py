@@ -4,11 +4,12 @@ The records are ``membership_changes``'s (pure); this module does the I/O around
 
 * **Making a change** (``request``): one node makes every change, the claimant
   (``membership_changes.claimant``); any other node sends CLUSTER_JOIN, CLUSTER_LEAVE and
-  CLUSTER_REMOVE on to it, marked forwarded, and answers what it answered. The claimant, and any
-  node a forwarded request reaches (which never sends it on again), makes changes one at a time:
-  it pulls every live peer's record, makes the next record from it and adopts it
-  (``MembershipView.change``, saved before it is used); heartbeats spread it. Another change in
-  progress is CHANGE_IN_PROGRESS; a claimant that cannot be reached is UNAVAILABLE, with what to do.
+  CLUSTER_REMOVE on to it, marked forwarded, and answers what it answered. The claimant makes
+  changes one at a time: it pulls every live peer's record, makes the next record from it and
+  adopts it (``MembershipView.change``, saved before it is used); heartbeats spread it. Another
+  change in progress is CHANGE_IN_PROGRESS. A forwarded request is never sent on again: a node
+  that, with the records it pulled, takes another member for the claimant refuses it
+  (UNAVAILABLE), as the forwarder does when the claimant cannot be reached, saying what to do.
 * **Receiving** (``on_record``, called whenever the node switches to a record): the partitions the
   planner says this node will own after the change in progress, and does not own now, stream to it
   (``streaming.StreamQueue``, from their old owners, paced, checkpointed, digest-verified). It
@@ -111,13 +112,19 @@ class ChangeRunner:
     # --- making a change ------------------------------------------------------------------------
 
     def request(self, request: ChangeRequest) -> ClusterRecord:
-        """Have the change ``request`` asks for made: here if this node is the claimant or the
-        request was forwarded to it, else by the claimant; the record that holds it. Raises
-        ``ChangeError``."""
-        claimant = membership_changes.claimant(self.view.record, self._seen_down)
-        if request.forwarded or claimant == self.node_id:
-            with self._making:  # one at a time: the next one is made from the record this one saved
-                return self._make(request)
+        """Have the change ``request`` asks for made, by the claimant: here if this node is it, else
+        sent on to it (``_forward``); the record that holds the change. A forwarded request is
+        made here only if this node takes itself for the claimant too, and is never sent on.
+        Raises ``ChangeError``."""
+        claimant = self._claimant()
+        if claimant == self.node_id or request.forwarded:
+            with self._making:  # one at a time: the next one is judged against the record this one saved
+                self._catch_up()
+                claimant = self._claimant()  # the records just pulled may name another member
+                if claimant == self.node_id:
+                    return self._make(request)
+            if request.forwarded:
+                raise self._not_the_claimant(claimant)
         if claimant is None:
             raise ChangeError(
                 Status.UNAVAILABLE,
@@ -126,11 +133,25 @@ class ChangeRunner:
             )
         return self._forward(request, claimant)
 
-    def _seen_down(self, node_id: str) -> bool:
-        return node_id != self.node_id and self.is_down(node_id)
+    def _claimant(self) -> str | None:
+        """``membership_changes.claimant`` by this node's record and failure detector."""
+        return membership_changes.claimant(
+            self.view.record, lambda node_id: node_id != self.node_id and self.is_down(node_id)
+        )
+
+    def _not_the_claimant(self, claimant: str | None) -> ChangeError:
+        """The answer to a request forwarded here while this node takes ``claimant`` for the
+        claimant: made here, it could run beside a change ``claimant`` makes."""
+        named = f"takes {claimant} for it ({claimant} is not down here)" if claimant else "sees no normal member up"
+        ask = f", or ask {claimant}" if claimant else ""
+        return ChangeError(
+            Status.UNAVAILABLE,
+            f"this change was sent on to {self.node_id} as the claimant (the member that makes every membership "
+            f"change), but {self.node_id} {named}: the members disagree on which are down, or hold different "
+            f"records; nothing was changed. Retry in a few seconds, once they agree{ask}",
+        )
 
     def _make(self, request: ChangeRequest) -> ClusterRecord:
-        self._catch_up()
         record = self.view.record
         try:
             match request:

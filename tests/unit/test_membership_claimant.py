@@ -3,8 +3,9 @@
 The claimant is a pure function of the record and the failure detector's verdicts (hypothesis
 properties below); then, on real in-process nodes: two changes asked at once at two nodes give
 exactly one OK and the cluster keeps that one, a change asked elsewhere is made by the claimant,
-a forwarded request is never forwarded again, and a claimant that is gone gives a clear error
-until the failure detector sees it down and the next member takes over.
+a forwarded request is never forwarded again (nor made by a node that takes another member for
+the claimant), and a claimant that is gone gives a clear error until the failure detector sees it
+down and the next member takes over.
 """
 
 from __future__ import annotations
@@ -155,19 +156,31 @@ def test_a_change_asked_at_a_node_that_is_not_the_claimant_is_made_by_the_claima
         cluster.stop_all()
 
 
-def test_a_forwarded_request_is_made_where_it_arrives_and_never_forwarded_again(tmp_path: Path) -> None:
+def test_a_forwarded_request_is_never_forwarded_again_and_made_only_by_a_node_that_is_the_claimant(
+    tmp_path: Path,
+) -> None:
     cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64)
     try:
-        node2 = cluster.nodes["node2"]
+        node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
         before = node2.membership.record
         assert claimant(before, node2.detector.is_down) == "node1"  # node2 would send a plain request on
         LOG_SINK.clear()
-        join = phantom_join("node9")
-        answer = node2.changes.request(replace(join, forwarded=True))
-        assert answer.epoch == before.epoch + 1 and answer.member("node9") is not None
+        forwarded = replace(phantom_join("node9"), forwarded=True)
+        # At node2, which takes node1 for the claimant: refused, neither sent on nor made beside node1's.
+        with pytest.raises(ChangeError) as refused:
+            node2.changes.request(forwarded)
+        assert refused.value.status is Status.UNAVAILABLE
+        message = refused.value.message
+        assert "node2 takes node1 for it" in message and "nothing was changed" in message, message
         assert LOG_SINK.events("membership_change_forwarded") == []
-        assert len(LOG_SINK.events("membership_change_made")) == 1  # made by node2, the only node asked
-        assert node2.membership.record == answer
+        assert LOG_SINK.events("membership_change_made") == []
+        assert node1.membership.record == before and node2.membership.record == before
+        # At node1, the claimant: made there, and not sent on either.
+        answer = node1.changes.request(forwarded)
+        assert answer.epoch == before.epoch + 1 and answer.member("node9") is not None
+        assert node1.membership.record == answer
+        assert LOG_SINK.events("membership_change_forwarded") == []
+        assert len(LOG_SINK.events("membership_change_made")) == 1
     finally:
         cluster.stop_all()
 

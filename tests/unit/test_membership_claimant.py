@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from polling import wait_until
 
 from client import protocol
+from client.cli_cluster import cluster_command
 from client.client import Client
 from client.protocol import Status
 from service import membership
@@ -141,11 +142,8 @@ def test_a_change_asked_at_a_node_that_is_not_the_claimant_is_made_by_the_claima
         before = cluster.nodes["node3"].membership.record
         assert claimant(before, cluster.nodes["node3"].detector.is_down) == "node1"
         LOG_SINK.clear()
-        client = Client([cluster.address("node3")], timeout=3.0, connect_timeout=0.5)  # only node3 is asked
-        try:
+        with Client([cluster.address("node3")], timeout=3.0, connect_timeout=0.5) as client:  # only node3 is asked
             answer = membership.decode(client.change_membership(phantom_join("node9")))
-        finally:
-            client.close()
         assert answer.epoch == before.epoch + 1 and answer.member("node9") is not None
         assert [e["claimant"] for e in LOG_SINK.events("membership_change_forwarded")] == ["node1"]
         assert len(LOG_SINK.events("membership_change_made")) == 1
@@ -196,6 +194,10 @@ def test_a_claimant_that_is_gone_gives_a_clear_error_until_it_is_seen_down(tmp_p
         message = refused.value.message
         assert "node1 is the claimant" in message and "cannot be reached" in message, message
         assert "nothing was changed" in message and "kv cluster remove node1" in message, message
+        # What an admin running `kv cluster remove node1` against node2 reads.
+        with Client([cluster.address("node2")], timeout=3.0, connect_timeout=0.5) as client:
+            line, code = cluster_command(client, ["remove", "node1"])
+        assert code == 2 and line.startswith("ERROR UNAVAILABLE node1 is the claimant"), line
         assert cluster.nodes["node2"].membership.record == before
 
         def seen_down() -> bool:

@@ -45,10 +45,11 @@ def changing(record: ClusterRecord) -> list[Member]:
 
 
 def claimant(record: ClusterRecord, seen_down: Callable[[str], bool]) -> str | None:
-    """The member that makes every membership change: the lowest node id among ``record``'s
-    ``normal`` members that ``seen_down(node_id)`` (the asking node's failure detector) does not
-    call down; ``None`` when there is none. Joining and leaving members are never it (the record
-    that makes one of them normal or gone is made by that node itself, see ``settle``)."""
+    """The member that makes every membership change: the lowest node id (as strings compare)
+    among ``record``'s ``normal`` members that ``seen_down(node_id)`` (the asking node's failure
+    detector) does not call down; ``None`` when there is none. Joining and leaving members are
+    never it (the record that makes one of them normal or gone is made by that node itself, see
+    ``settle``)."""
     candidates = (m.node_id for m in record.members if m.state is MemberState.NORMAL and not seen_down(m.node_id))
     return min(candidates, default=None)
 

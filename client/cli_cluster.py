@@ -50,7 +50,9 @@ HELP = f"""{USAGE}
                        owners, then it leaves
   remove NODE          drop a dead member; its replicas are re-created from the survivors
 
-One change at a time: another while one runs is refused (CHANGE_IN_PROGRESS)."""
+One change at a time: another while one runs is refused (CHANGE_IN_PROGRESS). Any member
+may be asked; it sends the change on to the claimant, the lowest-id normal member it does not
+see down, which makes every change (UNAVAILABLE while the claimant cannot be reached)."""
 STATE_LETTERS = {MemberStateCode.NORMAL: "N", MemberStateCode.JOINING: "J", MemberStateCode.LEAVING: "L"}
 OWNING = (MemberStateCode.NORMAL, MemberStateCode.LEAVING)
 

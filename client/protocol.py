@@ -761,56 +761,76 @@ class StreamDone:
         return cls(reader.u64(), reader.str8())
 
 
+CHANGE_FORWARDED = 0x01
+"""In CLUSTER_JOIN's, CLUSTER_LEAVE's and CLUSTER_REMOVE's optional flags byte: a member passed the
+request on to the node it takes for the claimant. That node makes the change if it takes itself
+for the claimant too, refuses it if not, and never passes it on again (so a request cannot bounce
+between two nodes that disagree on the claimant)."""
+
+
+def _forwarded_flag(forwarded: bool) -> bytes:
+    return _U8.pack(CHANGE_FORWARDED) if forwarded else b""
+
+
+def _forwarded(reader: BodyReader, op: str) -> bool:
+    return _optional_flags(reader, CHANGE_FORWARDED, op) != 0
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterJoin:
     """Asks a member to admit ``node_id``, reached at ``host``:``port``, as a joining member (a new
     epoch). Admin; a joining node started with ``KV_AUTO_JOIN`` sends it to its seeds itself. The
     reply is the record with the node in it (MEMBERSHIP's reply); CHANGE_IN_PROGRESS while another
-    change runs."""
+    change runs. ``forwarded``: sent on by a member to the claimant (``CHANGE_FORWARDED``)."""
 
     OP: ClassVar[Op] = Op.CLUSTER_JOIN
     node_id: str
     host: str
     port: int
+    forwarded: bool = False
 
     def encode(self) -> bytes:
-        return _str8(self.node_id) + _str8(self.host) + _U16.pack(self.port)
+        return _str8(self.node_id) + _str8(self.host) + _U16.pack(self.port) + _forwarded_flag(self.forwarded)
 
     @classmethod
     def decode(cls, reader: BodyReader) -> ClusterJoin:
-        return cls(reader.str8(), reader.str8(), reader.u16())
+        return cls(reader.str8(), reader.str8(), reader.u16(), _forwarded(reader, "CLUSTER_JOIN"))
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterLeave:
     """Asks a member to decommission ``node_id`` (a live member): it becomes ``leaving``, its
-    partitions stream to their new owners, then it leaves. Admin; the reply is the new record."""
+    partitions stream to their new owners, then it leaves. Admin; the reply is the new record.
+    ``forwarded`` as in ``ClusterJoin``."""
 
     OP: ClassVar[Op] = Op.CLUSTER_LEAVE
     node_id: str
+    forwarded: bool = False
 
     def encode(self) -> bytes:
-        return _str8(self.node_id)
+        return _str8(self.node_id) + _forwarded_flag(self.forwarded)
 
     @classmethod
     def decode(cls, reader: BodyReader) -> ClusterLeave:
-        return cls(reader.str8())
+        return cls(reader.str8(), _forwarded(reader, "CLUSTER_LEAVE"))
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterRemove:
     """Asks a member to remove ``node_id`` (a dead member) at once; the new owners of its replicas
-    stream them from the surviving copies. Admin; the reply is the new record."""
+    stream them from the surviving copies. Admin; the reply is the new record. ``forwarded`` as in
+    ``ClusterJoin``."""
 
     OP: ClassVar[Op] = Op.CLUSTER_REMOVE
     node_id: str
+    forwarded: bool = False
 
     def encode(self) -> bytes:
-        return _str8(self.node_id)
+        return _str8(self.node_id) + _forwarded_flag(self.forwarded)
 
     @classmethod
     def decode(cls, reader: BodyReader) -> ClusterRemove:
-        return cls(reader.str8())
+        return cls(reader.str8(), _forwarded(reader, "CLUSTER_REMOVE"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,14 @@
 
 The records are ``membership_changes``'s (pure); this module does the I/O around them.
 
-* **Making a change** (``request``): CLUSTER_JOIN, CLUSTER_LEAVE and CLUSTER_REMOVE make the next
-  record from the one this node holds and adopt it (``MembershipView.change``, saved before it is
-  used); heartbeats spread it. Another change in progress is CHANGE_IN_PROGRESS.
+* **Making a change** (``request``): one node makes every change, the claimant
+  (``membership_changes.claimant``); any other node sends CLUSTER_JOIN, CLUSTER_LEAVE and
+  CLUSTER_REMOVE on to it, marked forwarded, and answers what it answered. The claimant makes
+  changes one at a time: it pulls every live peer's record, makes the next record from it and
+  adopts it (``MembershipView.change``, saved before it is used); heartbeats spread it. Another
+  change in progress is CHANGE_IN_PROGRESS. A forwarded request is never sent on again: a node
+  that, with the records it pulled, takes another member for the claimant refuses it
+  (UNAVAILABLE), as the forwarder does when the claimant cannot be reached, saying what to do.
 * **Receiving** (``on_record``, called whenever the node switches to a record): the partitions the
   planner says this node will own after the change in progress, and does not own now, stream to it
   (``streaming.StreamQueue``, from their old owners, paced, checkpointed, digest-verified). It
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gevent
+import gevent.lock
 import structlog
 
 from client import protocol
-from client.errors import KVError
+from client.errors import AbandonedRequestError, KVError, NodeUnreachableError, RequestTimeoutError
 from client.protocol import Status
 from service import membership, membership_changes, ownership
 from service.local_store import LocalStore
@@ -43,12 +49,16 @@ POLL_S = 0.5
 """Seconds between two looks at the peers' epochs while waiting for a change to reach them all."""
 DONE_RESEND_S = 2.0
 """Seconds between two STREAM_DONE to a leaving node, until the epoch that removes it arrives."""
+FORWARD_TIMEOUTS = 2
+"""A request sent on to the claimant waits this many request timeouts for its answer: the claimant
+first pulls its peers' records, each pull bounded by one request timeout."""
 
 ChangeRequest = protocol.ClusterJoin | protocol.ClusterLeave | protocol.ClusterRemove
 
 
 class ChangeError(Exception):
-    """A change request refused: ``status`` (CHANGE_IN_PROGRESS, BAD_REQUEST) and the reason."""
+    """A change request refused: ``status`` (CHANGE_IN_PROGRESS, BAD_REQUEST; UNAVAILABLE or
+    TIMEOUT when the claimant did not answer) and the reason."""
 
     def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
@@ -91,6 +101,7 @@ class ChangeRunner:
         self._tasks: list[gevent.Greenlet] = []
         self._stopped = False
         self._leaving_epoch = 0  # the change whose end this (leaving) node waits for
+        self._making = gevent.lock.BoundedSemaphore()  # held while a change is caught up, made and saved
 
     @property
     def pending(self) -> int:
@@ -101,8 +112,46 @@ class ChangeRunner:
     # --- making a change ------------------------------------------------------------------------
 
     def request(self, request: ChangeRequest) -> ClusterRecord:
-        """Make the change ``request`` asks for; the record that holds it. Raises ``ChangeError``."""
-        self._catch_up()
+        """Have the change ``request`` asks for made, by the claimant: here if this node is it, else
+        sent on to it (``_forward``); the record that holds the change. A forwarded request is
+        made here only if this node takes itself for the claimant too, and is never sent on.
+        Raises ``ChangeError``."""
+        claimant = self._claimant()
+        if claimant == self.node_id or request.forwarded:
+            with self._making:  # one at a time: the next one is judged against the record this one saved
+                self._catch_up()
+                claimant = self._claimant()  # the records just pulled may name another member
+                if claimant == self.node_id:
+                    return self._make(request)
+            if request.forwarded:
+                raise self._not_the_claimant(claimant)
+        if claimant is None:
+            raise ChangeError(
+                Status.UNAVAILABLE,
+                f"no normal member that {self.node_id} sees up can make the change (the claimant is the "
+                "lowest-id normal member not seen down); retry once one is up",
+            )
+        return self._forward(request, claimant)
+
+    def _claimant(self) -> str | None:
+        """``membership_changes.claimant`` by this node's record and failure detector."""
+        return membership_changes.claimant(
+            self.view.record, lambda node_id: node_id != self.node_id and self.is_down(node_id)
+        )
+
+    def _not_the_claimant(self, claimant: str | None) -> ChangeError:
+        """The answer to a request forwarded here while this node takes ``claimant`` for the
+        claimant: made here, it could run beside a change ``claimant`` makes."""
+        named = f"takes {claimant} for it ({claimant} is not down here)" if claimant else "sees no normal member up"
+        ask = f", or ask {claimant}" if claimant else ""
+        return ChangeError(
+            Status.UNAVAILABLE,
+            f"this change was sent on to {self.node_id} as the claimant (the member that makes every membership "
+            f"change), but {self.node_id} {named}: the members disagree on which are down, or hold different "
+            f"records; nothing was changed. Retry in a few seconds, once they agree{ask}",
+        )
+
+    def _make(self, request: ChangeRequest) -> ClusterRecord:
         record = self.view.record
         try:
             match request:
@@ -128,9 +177,41 @@ class ChangeRunner:
                 raise ChangeError(Status.INTERNAL_ERROR, "the new membership record could not be saved here")
         return self.view.record
 
+    def _forward(self, request: ChangeRequest, claimant: str) -> ClusterRecord:
+        """The claimant's answer to ``request``, marked forwarded; its record is offered to this
+        node's view, so a change asked here next is judged against it."""
+        role = f"{claimant} is the claimant, the member that makes every membership change"
+        peer = self.peers.get(claimant)
+        if peer is None:
+            raise ChangeError(Status.UNAVAILABLE, f"{role}, and {self.node_id} has no connection to it")
+        self.log.info("membership_change_forwarded", change=type(request).__name__, claimant=claimant)
+        try:
+            frame = peer.call(replace(request, forwarded=True), timeout=FORWARD_TIMEOUTS * peer.request_timeout)
+            record = membership.decode(protocol.decode_membership_reply(frame.body))
+        except (RequestTimeoutError, AbandonedRequestError) as exc:
+            raise ChangeError(
+                Status.TIMEOUT,
+                f"{role}, and it did not answer ({exc.message}): the change may have been made; "
+                "see `kv cluster status` before asking again",
+            ) from None
+        except NodeUnreachableError as exc:
+            raise ChangeError(
+                Status.UNAVAILABLE,
+                f"{role}, and it cannot be reached ({exc.message}); nothing was changed. Retry once "
+                f"{self.node_id} sees {claimant} down (the next member in node id order takes over), "
+                f"then, if {claimant} is gone for good, `kv cluster remove {claimant}`",
+            ) from None
+        except KVError as exc:  # the claimant's own refusal, passed on as it is
+            raise ChangeError(Status.__members__.get(exc.code, Status.INTERNAL_ERROR), exc.message) from None
+        except (protocol.ProtocolError, membership.MembershipError) as exc:
+            raise ChangeError(Status.INTERNAL_ERROR, f"{claimant} answered no membership record: {exc}") from None
+        self.view.offer(claimant, record)
+        return record
+
     def _catch_up(self) -> None:
-        """Pull every live peer's record first, so that a change another member has just made (not
-        gossiped here yet) is seen, and this one is refused rather than made beside it."""
+        """Pull every live peer's record first, so that a record another member has just made (not
+        gossiped here yet: the settle epoch of a joining or leaving node, or a change a former
+        claimant made) is seen, and this change is refused or made after it rather than beside it."""
 
         def pull(peer: Peer) -> None:
             # A peer that cannot answer now (each call is bounded by the request timeout) learns of

@@ -81,8 +81,9 @@ class RequestHandler:
         self.changes: (
             Callable[[protocol.ClusterJoin | protocol.ClusterLeave | protocol.ClusterRemove], ClusterRecord] | None
         ) = None
-        """Makes a membership change and returns the new record (the node sets it); raises
-        ``RequestError`` (CHANGE_IN_PROGRESS, BAD_REQUEST) when it may not be made."""
+        """Has a membership change made (by the claimant, perhaps another node) and returns the new
+        record (the node sets it); raises ``RequestError`` (CHANGE_IN_PROGRESS, BAD_REQUEST; UNAVAILABLE
+        or TIMEOUT when the claimant did not answer) when it may not be made."""
         self.stream_done: Callable[[int, str], None] | None = None
         """Hears STREAM_DONE (the node sets it)."""
         self.membership: MembershipView | None = None

@@ -11,6 +11,11 @@ A change is two epochs, as in Cassandra's bootstrap and decommission:
 * **remove** (a dead node): ``remove`` makes epoch + 1 without it at once; the new owners of its
   replicas stream them from the surviving copies (nothing can come from the dead node).
 
+**Who makes a change**: ``claimant``, Riak's term, the one member every other sends its requests
+on to, so that changes asked at the same moment anywhere are made one after the other in one
+place. It is a function of the record and the failure detector's verdicts only, so nodes that
+hold the same record and see the same members down name the same claimant without any exchange.
+
 ``target`` is the record a change in progress ends in, and ``pending_owners`` the planner's
 receivers per partition (``ownership.plan`` between the two rings): the coordinator adds them to
 a write's replicas. ``ChangeRefused`` carries the reason a change cannot start: another change is
@@ -19,6 +24,7 @@ in progress (changes are serialized), or the node is unknown, already a member, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from service import membership, ownership
@@ -36,6 +42,16 @@ class ChangeRefused(ValueError):
 def changing(record: ClusterRecord) -> list[Member]:
     """The members that are joining or leaving: a change is in progress while this is not empty."""
     return [m for m in record.members if m.state is not MemberState.NORMAL]
+
+
+def claimant(record: ClusterRecord, seen_down: Callable[[str], bool]) -> str | None:
+    """The member that makes every membership change: the lowest node id (as strings compare)
+    among ``record``'s ``normal`` members that ``seen_down(node_id)`` (the asking node's failure
+    detector) does not call down; ``None`` when there is none. Joining and leaving members are
+    never it (the record that makes one of them normal or gone is made by that node itself, see
+    ``settle``)."""
+    candidates = (m.node_id for m in record.members if m.state is MemberState.NORMAL and not seen_down(m.node_id))
+    return min(candidates, default=None)
 
 
 def _check_idle(record: ClusterRecord, what: str) -> None:

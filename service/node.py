@@ -512,7 +512,8 @@ class Node:
         )
 
     def _change(self, request: ChangeRequest) -> membership_record.ClusterRecord:
-        """CLUSTER_JOIN, CLUSTER_LEAVE, CLUSTER_REMOVE: the change made here, or ``RequestError``."""
+        """CLUSTER_JOIN, CLUSTER_LEAVE, CLUSTER_REMOVE: the change made (by the claimant, here or
+        there), or ``RequestError``."""
         try:
             return self.changes.request(request)
         except ChangeError as exc:

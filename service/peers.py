@@ -182,6 +182,11 @@ class Peer:
             self._on_failure(self.node_id)
             raise
 
+    @property
+    def request_timeout(self) -> float:
+        """Seconds ``call`` waits for a reply unless given another ``timeout``."""
+        return self._request_timeout
+
     def ping(self) -> protocol.PingReply | None:
         """The peer's answer to PING now (its wall clock and state flags), or ``None`` if it does not
         answer; reconnects if needed whatever the reconnection policy says."""

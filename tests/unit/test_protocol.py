@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from client import errors, protocol
@@ -102,15 +103,30 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.just(protocol.MembershipRecord()),
     st.builds(protocol.Epoch, u64),
     st.builds(PartitionRecords, u16, keys),
-    st.builds(protocol.ClusterJoin, short_text, short_text, u16),
-    st.builds(protocol.ClusterLeave, short_text),
+    st.builds(protocol.ClusterJoin, short_text, short_text, u16, st.booleans()),
+    st.builds(protocol.ClusterLeave, short_text, st.booleans()),
     st.builds(protocol.StreamDone, u64, short_text),
-    st.builds(protocol.ClusterRemove, short_text),
+    st.builds(protocol.ClusterRemove, short_text, st.booleans()),
     st.just(Repair()),
     st.just(Members()),
     st.just(Stats()),
 )
 EMPTY_BODY_REQUESTS = (Ping, Topology, protocol.MembershipRecord, Repair, Members, Stats)
+OPTIONAL_FLAGS = {
+    Ping: "membership",
+    Topology: "epoch",
+    protocol.ClusterJoin: "forwarded",
+    protocol.ClusterLeave: "forwarded",
+    protocol.ClusterRemove: "forwarded",
+}
+"""Requests that end in a flags byte only when their one flag is set, by the flag's field."""
+
+
+def flagged(request: Request) -> Request:
+    """``request`` with its optional flag set (``request`` itself if it has none)."""
+    field = OPTIONAL_FLAGS.get(type(request))
+    return request if field is None else replace(request, **{field: True})
+
 
 OP_CODES = {op.value for op in Op}
 
@@ -452,6 +468,15 @@ def test_unknown_key_flags_in_a_listing_are_a_protocol_error() -> None:
         protocol.decode_partition_keys_reply(body[:-3] + b"\x02" + body[-2:])
 
 
+@pytest.mark.parametrize("flags", [b"\x00", b"\x02"])
+def test_a_change_request_takes_only_the_forwarded_flag_and_only_when_set(flags: bytes) -> None:
+    plain = protocol.encode_request(1, protocol.ClusterLeave("node4"))
+    assert protocol.encode_request(1, protocol.ClusterLeave("node4", forwarded=True)) != plain
+    frame = FrameDecoder().feed(plain[:3] + bytes([plain[3] + 1]) + plain[4:] + flags)[0]
+    with pytest.raises(ProtocolError, match="CLUSTER_LEAVE"):
+        protocol.decode_request(frame)
+
+
 error_statuses = st.sampled_from([status for status in Status if status.is_error])
 
 
@@ -653,7 +678,9 @@ def test_arbitrary_reply_bodies_raise_only_protocol_error(status: Status, body: 
 @given(request_ids, requests.filter(lambda r: not isinstance(r, EMPTY_BODY_REQUESTS)), st.data())
 def test_truncated_bodies_are_protocol_errors(request_id: int, request: Request, data: st.DataObject) -> None:
     op, body = protocol.request_body(request)
-    cut = data.draw(st.integers(0, len(body) - 1))
+    # Cut just before an optional flags byte, what is left is the same request without the flag.
+    whole = len(body) - 1 if type(request) in OPTIONAL_FLAGS and flagged(request) == request else len(body)
+    cut = data.draw(st.integers(0, whole - 1))
     with pytest.raises(ProtocolError):
         protocol.decode_request(Frame(request_id, op, body[:cut]))
 
@@ -661,6 +688,7 @@ def test_truncated_bodies_are_protocol_errors(request_id: int, request: Request,
 @given(request_ids, requests, st.binary(min_size=1, max_size=16))
 def test_trailing_bytes_are_protocol_errors(request_id: int, request: Request, extra: bytes) -> None:
     op, body = protocol.request_body(request)
+    assume(body + extra != protocol.request_body(flagged(request))[1])  # the optional flags byte, set
     with pytest.raises(ProtocolError):
         protocol.decode_request(Frame(request_id, op, body + extra))
 

@@ -92,6 +92,10 @@ REQUESTS: dict[str, tuple[int, Request]] = {
     'CLUSTER_JOIN id=27, node "node4" at "node4":5000': (27, protocol.ClusterJoin("node4", "node4", 5000)),
     'CLUSTER_LEAVE id=28, node "node4"': (28, protocol.ClusterLeave("node4")),
     'CLUSTER_REMOVE id=29, node "node4"': (29, protocol.ClusterRemove("node4")),
+    'CLUSTER_LEAVE id=31, node "node4", flags 01 (forwarded to the claimant)': (
+        31,
+        protocol.ClusterLeave("node4", forwarded=True),
+    ),
     'STREAM_DONE id=30, epoch 5, node "node2"': (30, protocol.StreamDone(5, "node2")),
     'AUTH_FINISH id=3, client-final "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,'
     'p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="': (

@@ -252,6 +252,12 @@ class MembershipView:
         must be pulled. A peer at another epoch counts as not sharing this ring until pulled."""
         if version is None:
             return False
+        if self.record.member(peer) is None and version.epoch <= self.record.epoch:
+            # Not a member (removed, or never one): its view is nothing to wait for, and it holds
+            # nothing newer to pull. A removed node restarted on its old disk must not stall the cluster.
+            if self._behind.pop(peer, None) is not None:
+                self._update_problem()
+            return False
         if (version.epoch, version.digest) == (self.record.epoch, self.digest):
             if self._behind.pop(peer, None) is not None:
                 self._update_problem()
@@ -281,7 +287,7 @@ class MembershipView:
             )
         if merged != ours:
             self._adopt(merged, peer)
-        if membership.same_ring(self.record, theirs):
+        if membership.same_ring(self.record, theirs) or self.record.member(peer) is None:
             self._behind.pop(peer, None)
         else:
             self._behind[peer] = f"{peer} holds membership epoch {theirs.epoch}, this node {self.record.epoch}"
@@ -332,10 +338,10 @@ class MembershipView:
                 f"{self.node_id} holds membership epoch {self.record.epoch}, whose ring it cannot serve yet "
                 f"(it serves epoch {self.serving.epoch}'s); ask another node",
             )
-        elif self._behind:
+        elif behind := [why for peer, why in self._behind.items() if self.record.member(peer) is not None]:
             self.problem = (
                 Status.MEMBERSHIP_CHANGED,
-                f"membership views differ ({'; '.join(sorted(self._behind.values()))}); refresh the topology and retry",
+                f"membership views differ ({'; '.join(sorted(behind))}); refresh the topology and retry",
             )
         else:
             self.problem = None

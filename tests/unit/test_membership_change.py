@@ -478,3 +478,50 @@ def test_a_replica_read_of_a_key_a_node_does_not_own_is_refused_for_that_key_alo
             assert not cluster.nodes["node1"].store_flags.is_behind("node3")
     finally:
         cluster.stop_all()
+
+
+def test_a_removed_node_restarted_on_its_old_disk_is_refused_and_stalls_nothing(tmp_path: Path) -> None:
+    # An old machine rebooting after its node was removed: its record still lists it, at an old epoch.
+    cluster = start_cluster(
+        tmp_path, 4, n=2, w=2, r=1, partitions=64, tombstone_grace_s=2, hint_window_s=1, anti_entropy_interval_s=1
+    )
+    try:
+        keys = [b"z%d" % i for i in range(60)]
+        founders = ("node1", "node2", "node3")
+        with cluster.running_client() as client:
+            for key in keys:
+                client.put(key, b"old")
+            cluster.stop("node4")
+            cluster.settle()
+            line, code = cluster_command(client, ["remove", "node4"])
+            assert code == 0, line
+            wait_until(lambda: all(cluster.nodes[n].membership.record.epoch == 2 for n in founders), 10)
+            for key in keys[:30]:
+                client.delete(key)
+        node4 = cluster.start("node4")
+        wait_until(lambda: node4.membership.problem is not None, 10, message="node4 to be refused by its peers")
+        assert node4.membership.problem[0] is Status.NOT_A_MEMBER
+        assert "node4 is not a member of" in node4.membership.problem[1]
+        wait_until(
+            lambda: all(cluster.nodes[n].detector.is_down("node4") is False for n in founders),
+            10,
+            message="the members to hear node4 again",
+        )
+        for node_id in (*founders, "node4"):  # a round of anti-entropy everywhere, node4's own too
+            cluster.nodes[node_id].anti_entropy.run_round()
+        # The members serve on: no "membership views differ" for a node that is no member (without
+        # the fix it lasted as long as node4 ran) ...
+        wait_until(
+            lambda: all(cluster.nodes[n].membership.problem is None for n in founders),
+            10,
+            message="every member to coordinate with node4 back",
+        )
+        with Client([cluster.address(n) for n in founders], timeout=3.0) as client:
+            for key in keys:
+                assert client.get(key, r=2) == (None if key in keys[:30] else b"old"), key
+            # ... and node4 coordinates nothing.
+            with pytest.raises(KVError) as refused:
+                client.call_node(cluster.address("node4"), protocol.Get(keys[40]))
+            assert refused.value.code == "NOT_A_MEMBER"
+    finally:
+        cluster.stop_all()

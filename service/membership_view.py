@@ -4,7 +4,10 @@ themselves and of it, and whether it may coordinate requests.
 No sockets: the peers' links call ``check_answer`` with the IDENTIFY reply they got, the request
 handler calls ``identify`` with an IDENTIFY it received, and the heartbeat monitor reports each
 peer's membership epoch and digest (``observe``) and hands over the records it pulls (``offer``).
-Records are persisted through ``save`` (``membership_store.save``) before they are used.
+Records are persisted through ``save`` (``membership_file.MembershipFile.save``) before they are
+used, and the view adopts what was saved: on a node of several workers, the record merged with one
+another worker saved first. Such a worker's record is also merged in when it is read back
+(``reload``), so the workers of one node serve the same record.
 
 **Peers prove who they are.** A link between members opens with IDENTIFY both ways (the dialler's
 request, the receiver's reply): cluster id, node id, identity, address, epoch and digest. The
@@ -79,12 +82,14 @@ class Verdict:
 
 class MembershipView:
     """The record this node holds and its peers' verdicts (see the module docstring). ``save`` makes
-    a record durable before it is used; ``serving``: the record the node's ring was built from."""
+    a record durable before it is used and returns the membership saved (the record merged with the
+    one in the data directory; ``OSError`` if it could not be written); ``serving``: the record the
+    node's ring was built from."""
 
     def __init__(
         self,
         local: LocalMembership,
-        save: Callable[[LocalMembership], None],
+        save: Callable[[LocalMembership], LocalMembership],
         events: MembershipEvents,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -287,6 +292,16 @@ class MembershipView:
             self._behind[peer] = f"{peer} holds membership epoch {theirs.epoch}, this node {self.record.epoch}"
         self._update_problem()
 
+    def reload(self, record: ClusterRecord) -> None:
+        """Another worker of this node saved ``record`` (``membership_file``): merged into this
+        worker's as a peer's would be, but it is no peer whose view this node waits for."""
+        ours = self.record
+        merged = membership.merge(ours, record)  # one data directory: one cluster
+        if membership.conflicting(ours, record):
+            self._events.conflict(ours, record, merged, "worker")
+        if merged != ours:
+            self._adopt(merged, "worker")
+
     def change(self, record: ClusterRecord, source: str) -> bool:
         """Adopt ``record``, a membership change made on this node (``membership_changes``), which
         gossip then spreads; whether it was (``False``: it could not be saved, and was logged)."""
@@ -295,12 +310,15 @@ class MembershipView:
 
     def _adopt(self, record: ClusterRecord, source: str) -> None:
         old = self.record
-        local = replace(self.local, record=record)
         try:
-            self._save(local)  # durable before it is used
+            # Durable before it is used; merged with a record another worker saved meanwhile.
+            local = self._save(replace(self.local, record=record))
         except OSError as exc:
             self._events.save_failed(record, str(exc))
             return  # kept the old record; the next heartbeat offers the new one again
+        record = local.record
+        if record == old:
+            return  # the record saved is the one held: ``record`` lost the merge with it
         self.local = local
         self.digest = membership.digest(record)
         if membership.same_ring(record, self.serving) or self.apply_ring(record):

@@ -44,6 +44,8 @@ from service.http_auth import BasicAuth
 from service.joining import join_through_seeds
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.membership_file import RELOAD_INTERVAL as MEMBERSHIP_RELOAD_INTERVAL
+from service.membership_file import MembershipFile
 from service.membership_view import MembershipView
 from service.memory import RELEASE_INTERVAL, MemoryReleaser
 from service.metrics import WINDOW_TICK_SECONDS, Metrics
@@ -62,7 +64,7 @@ from service.store_flags import StoreFlags
 from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
-from service.worker_metrics import WorkerMetrics
+from service.worker_metrics import OwnerFigures, WorkerMetrics
 from service.workers import WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
@@ -111,9 +113,8 @@ class Node:
         # Before the store opens: a data directory of another node, cluster or partition count is
         # refused (ConfigError) before anything reads it with the wrong partition map.
         opened = open_membership(config, self.security, self.log)
-        self.membership = MembershipView(
-            opened.local, lambda local: membership_store.save(config.data_dir, local), self.events
-        )
+        self.membership_file = MembershipFile(config.data_dir)
+        self.membership = MembershipView(opened.local, self.membership_file.save, self.events)
         record = self.membership.record
         members = [
             NodeAddress(member.node_id, member.host, member.port)
@@ -214,7 +215,11 @@ class Node:
         )
         self.worker_metrics = (
             WorkerMetrics(
-                worker, self.metrics.registry, self.log, self.metrics.request_stats.recent, self.anti_entropy.progress
+                worker,
+                self.metrics.registry,
+                self.log,
+                self.metrics.request_stats.recent,
+                OwnerFigures(self.anti_entropy.progress, lambda: self.changes.pending),  # changes: built below
             )
             if shared and worker is not None
             else None
@@ -254,7 +259,9 @@ class Node:
                 self.events,
             )
         )
-        self.reports.streams_pending = lambda: self.changes.pending
+        self.reports.streams_pending = (
+            self.worker_metrics.streams_pending if self.worker_metrics is not None else lambda: self.changes.pending
+        )
         self.handler.changes = self._change
         self.handler.stream_done = self.changes.stream_done
         self.membership.apply_ring = self._apply_ring
@@ -442,6 +449,16 @@ class Node:
             )
         if not self.owns_shared_tasks:
             tasks = [task for task in tasks if task.name != "hinted_handoff"]
+        if self.worker is not None and self.worker.count > 1:
+            # A record another worker saved (a change it made, gossip it heard) is served here too.
+            tasks.append(
+                Periodic(
+                    "membership_reload",
+                    self._reload_membership,
+                    MEMBERSHIP_RELOAD_INTERVAL,
+                    on_error=self.events.task_failed,
+                )
+            )
         if config.anti_entropy_interval > 0 and self.owns_shared_tasks:
             tasks.append(
                 Periodic(
@@ -539,6 +556,11 @@ class Node:
         if self.owns_shared_tasks:
             self.changes.on_record(old, record)
         return True
+
+    def _reload_membership(self) -> None:
+        record = self.membership_file.changed()
+        if record is not None:
+            self.membership.reload(record)
 
     def _add_peer(self, node: NodeAddress) -> None:
         """A member that joined: a peer like the others, watched by the heartbeats."""

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
 
 from service import membership, membership_store
-from service.membership import ClusterRecord, MembershipError
+from service.membership import ClusterRecord
 from service.membership_store import LocalMembership
 
 LOCK_NAME = "membership.lock"
@@ -57,11 +58,11 @@ class MembershipFile:
         os.makedirs(self.data_dir, exist_ok=True)
         with self._locked():
             held = self._read()
-            if held is not None and held.record.cluster_id == local.record.cluster_id:
-                local = replace(local, record=membership.merge(held.record, local.record))
-                if local == held:
+            if held is not None and held.cluster_id == local.record.cluster_id:
+                local = replace(local, record=membership.merge(held, local.record))
+                if local.record == held:
                     self._seen = self._stamp()
-                    return held
+                    return local
             membership_store.save(self.data_dir, local)
             self._seen = self._stamp()  # under the lock: no other process wrote since
             return local
@@ -73,16 +74,17 @@ class MembershipFile:
         if stamp is None or stamp == self._seen:
             return None
         held = self._read()  # at least as new as the stamp: a save replaces the file whole
-        if held is None:
-            return None
-        self._seen = stamp
-        return held.record
+        if held is not None:
+            self._seen = stamp
+        return held
 
-    def _read(self) -> LocalMembership | None:
-        """The file's membership, or ``None`` if it is absent or damaged (a save replaces it)."""
+    def _read(self) -> ClusterRecord | None:
+        """The file's record, or ``None`` if it is absent or damaged (a save replaces it). Read here
+        rather than by ``membership_store.decode_local``, which refuses a record without this node:
+        the one a worker saves when the node's decommission ends, which the others must see."""
         try:
-            return membership_store.decode_local(self._path.read_bytes())
-        except (OSError, MembershipError):
+            return membership.from_json(json.loads(self._path.read_bytes())["record"])
+        except (OSError, ValueError, KeyError, TypeError):  # MembershipError is a ValueError
             return None
 
     def _stamp(self) -> _Stamp | None:

@@ -8,8 +8,9 @@ heartbeat monitor, hinted handoff and anti-entropy. What those components report
 
 As one worker of several (``worker``, ``service.workers``), it serves the sockets the supervisor
 bound, shares the store with the other workers, stamps versions in its own residue of the clock's
-counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff and anti-entropy only as
-worker 0, and answers ``/metrics`` for the whole node (``worker_metrics``).
+counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff, anti-entropy, streaming and
+clean-up only as worker 0, reads back the membership record another worker saved
+(``membership_file``), and answers ``/metrics`` for the whole node (``worker_metrics``).
 """
 
 from __future__ import annotations

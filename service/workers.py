@@ -21,7 +21,9 @@ keeps the port (a free one, for port 0) reserved for the node while no worker li
 
 Workers share one LMDB environment (``storage.Storage(shared=True)``); what else they share and what
 each keeps to itself is in ARCHITECTURE.md, "Workers". In short: worker 0 alone runs hinted handoff
-delivery and anti-entropy; every worker runs its own heartbeats and failure detector (the verdicts
+delivery, anti-entropy and a membership change's streams and end, while the membership record and
+the receivers' STREAM_DONE reports are shared through the data directory (``membership_file``,
+``stream_done``); every worker runs its own heartbeats and failure detector (the verdicts
 and clock offsets are needed on every request path); peer connections are one per peer per worker;
 ``KV_MAX_CONNECTIONS`` is divided between the workers; ``/metrics`` is gathered from every worker
 (``worker_metrics``).

@@ -37,6 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from client.errors import NodeUnreachableError
 from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity, Status
@@ -74,6 +75,16 @@ class MembershipEvents:
         """``record`` could not be written to the data directory, so it was not adopted."""
 
 
+class SaveRecord(Protocol):
+    """How the view makes a record durable (``membership_file.MembershipFile.save``)."""
+
+    def __call__(self, local: LocalMembership, *, made_from: int | None = None) -> LocalMembership:
+        """Save ``local`` merged with the record in the data directory, and return what is saved
+        there now; with ``made_from``, ``local`` is a change made from the record of that epoch, saved
+        only if no newer record is there. ``OSError`` if it cannot be written."""
+        ...
+
+
 @dataclass(frozen=True)
 class Verdict:
     accepted: bool
@@ -89,7 +100,7 @@ class MembershipView:
     def __init__(
         self,
         local: LocalMembership,
-        save: Callable[[LocalMembership], LocalMembership],
+        save: SaveRecord,
         events: MembershipEvents,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -303,16 +314,18 @@ class MembershipView:
             self._adopt(merged, "worker")
 
     def change(self, record: ClusterRecord, source: str) -> bool:
-        """Adopt ``record``, a membership change made on this node (``membership_changes``), which
-        gossip then spreads; whether it was (``False``: it could not be saved, and was logged)."""
-        self._adopt(record, source)
+        """Adopt ``record``, a membership change made on this node (``membership_changes``) from the
+        record it holds, which gossip then spreads; whether it was (``False``: it could not be saved,
+        and was logged, or another worker of this node saved a newer record first, which this one
+        adopts instead)."""
+        self._adopt(record, source, made_from=self.record.epoch)
         return self.record == record
 
-    def _adopt(self, record: ClusterRecord, source: str) -> None:
+    def _adopt(self, record: ClusterRecord, source: str, made_from: int | None = None) -> None:
         old = self.record
         try:
             # Durable before it is used; merged with a record another worker saved meanwhile.
-            local = self._save(replace(self.local, record=record))
+            local = self._save(replace(self.local, record=record), made_from=made_from)
         except OSError as exc:
             self._events.save_failed(record, str(exc))
             return  # kept the old record; the next heartbeat offers the new one again

@@ -88,6 +88,21 @@ def test_a_worker_behind_never_takes_the_file_back_to_an_older_record(tmp_path: 
     assert getattr(on_disk.member("c"), "state", None) is MemberState.LEAVING
 
 
+def test_a_change_made_on_a_record_another_worker_changed_first_is_refused_not_merged(tmp_path: Path) -> None:
+    record = founded(tmp_path)
+    first, second = Worker(tmp_path), Worker(tmp_path)
+    leaving = membership_changes.decommission(record, "c")
+    assert second.view.change(leaving, "admin")
+    # Worker 0 has not looked at the file yet, and makes another change from the record it holds: at
+    # the same epoch, which a merge would settle by dropping one of two acknowledged changes.
+    joining = membership_changes.admit(record, "d", "h", 4)
+    assert joining.epoch == leaving.epoch
+    assert not first.view.change(joining, "admin")
+    assert first.view.record == leaving  # it serves the change that was made first
+    on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path)).read_bytes()).record
+    assert on_disk == leaving
+
+
 def test_stream_done_on_worker_1_lets_worker_0_finish_the_leave(tmp_path: Path) -> None:
     record = founded(tmp_path)
     owner, other = Worker(tmp_path), Worker(tmp_path)

@@ -74,6 +74,21 @@ class MembershipEvents:
     def save_failed(self, record: ClusterRecord, error: str) -> None:
         """``record`` could not be written to the data directory, so it was not adopted."""
 
+    def publish_failed(self, epoch: int, error: str) -> None:
+        """The other workers of this node could not be told it holds ``epoch``."""
+
+
+class OtherWorkers(Protocol):
+    """The other workers of this node, as far as the epochs they hold (``workers.ServingEpochs``)."""
+
+    def publish(self, epoch: int) -> None:
+        """This worker holds ``epoch`` now; ``OSError`` if it could not say so."""
+        ...
+
+    def lowest(self) -> int | None:
+        """The lowest epoch another worker holds, ``None`` if no other worker says."""
+        ...
+
 
 class SaveRecord(Protocol):
     """How the view makes a record durable (``membership_file.MembershipFile.save``)."""
@@ -114,6 +129,9 @@ class MembershipView:
         self._logged: dict[tuple[str, str], float] = {}
         self.problem: tuple[Status, str] | None = None
         """Why this node may not coordinate requests now (status and message), or ``None``."""
+        self.workers: OtherWorkers | None = None
+        """The node's other workers, on a node of several (the node sets it): each adoption is
+        published to them, and PING reports the lowest epoch any worker holds (``version``)."""
         self.apply_ring: Callable[[ClusterRecord], bool] = lambda record: False
         """Switch the node's ring to a record's; ``True`` if it did (the node sets it: ``Node._apply_ring``).
         Without it, a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
@@ -151,7 +169,22 @@ class MembershipView:
         )
 
     def version(self) -> MembershipVersion:
-        return MembershipVersion(self.record.epoch, self.digest)
+        """What PING reports: this node's epoch and digest; on a node of several workers, the lowest
+        epoch any of them holds (a receiver waits until every worker routes by its change)."""
+        epoch = self.record.epoch
+        lowest = self.workers.lowest() if self.workers is not None else None
+        return MembershipVersion(epoch if lowest is None else min(epoch, lowest), self.digest)
+
+    def publish(self) -> None:
+        """Tell the node's other workers the epoch this worker holds (at start, and after each
+        adoption). A failure is logged: the others then go on reporting an older epoch, which
+        makes receivers wait, never stream too early."""
+        if self.workers is None:
+            return
+        try:
+            self.workers.publish(self.record.epoch)
+        except OSError as exc:
+            self._events.publish_failed(self.record.epoch, str(exc))
 
     # --- IDENTIFY, as the receiver ---------------------------------------------------------------
 
@@ -336,6 +369,7 @@ class MembershipView:
         self.digest = membership.digest(record)
         if membership.same_ring(record, self.serving) or self.apply_ring(record):
             self.serving = record
+        self.publish()  # once it routes by the record
         self._events.record_changed(old, record, source)
         self._update_problem()
 

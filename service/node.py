@@ -66,7 +66,7 @@ from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 from service.worker_metrics import OwnerFigures, WorkerMetrics
-from service.workers import WorkerSlot, connection_share, listen_on
+from service.workers import ServingEpochs, WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -116,6 +116,8 @@ class Node:
         opened = open_membership(config, self.security, self.log)
         self.membership_file = MembershipFile(config.data_dir)
         self.membership = MembershipView(opened.local, self.membership_file.save, self.events)
+        if shared and worker is not None:
+            self.membership.workers = ServingEpochs(worker)
         record = self.membership.record
         members = [
             NodeAddress(member.node_id, member.host, member.port)
@@ -355,6 +357,7 @@ class Node:
     def start(self) -> None:
         if self.worker_metrics is not None:
             self.worker_metrics.serve()
+        self.membership.publish()  # before it serves: the other workers' PING counts its epoch from now on
         for sock in self._inherited:  # from now on the kernel hands this worker its share of connections
             listen_on(sock)
         self.server.start()

@@ -135,6 +135,49 @@ class WorkerSlot:
         return os.path.join(self.run_dir, f"metrics-{self.index if index is None else index}.sock")
 
 
+class ServingEpochs:
+    """The membership epoch each worker of a node holds, as files in the supervisor's run directory
+    (``epoch-<index>``), so that the node's PING reports the lowest (``MembershipView.version``).
+
+    A receiver in a membership change waits until every member answers PING with the change's
+    epoch before it copies a page (``change_runner``): from then on every coordinator sends the
+    writes to it too. A member of several workers answers from whichever worker took the link, and
+    another of its workers may not have read the record back yet (``membership_file``) and still
+    coordinate writes without the receiver; so a worker answers with the lowest epoch any worker of
+    the node holds. A worker that has not published yet (starting) does not count: it serves nothing
+    until it has loaded the newest record and published it. One that died counts with the epoch it
+    last published, until its replacement publishes: lower, if anything, which only makes a
+    receiver wait.
+    """
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        self._slot = slot
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self._slot.run_dir, f"epoch-{index}")
+
+    def publish(self, epoch: int) -> None:
+        """This worker holds ``epoch`` now. ``OSError`` if the run directory cannot be written."""
+        path = self._path(self._slot.index)
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="ascii") as file:
+            file.write(str(epoch))
+        os.replace(temporary, path)  # read whole or not at all: no torn number
+
+    def lowest(self) -> int | None:
+        """The lowest epoch the node's other workers published; ``None`` if none has."""
+        epochs = []
+        for index in range(self._slot.count):
+            if index == self._slot.index:
+                continue
+            try:
+                with open(self._path(index), encoding="ascii") as file:
+                    epochs.append(int(file.read()))
+            except (OSError, ValueError):  # not started yet (no file)
+                continue
+        return min(epochs, default=None)
+
+
 def connection_share(max_connections: int, workers: int) -> int:
     """Client connections each of ``workers`` may serve so that the node serves at most
     ``max_connections`` (``KV_MAX_CONNECTIONS``): an equal share, at least 1 each."""

@@ -5,11 +5,12 @@ worker records or saves in the shared data directory, another sees (``membership
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from client.protocol import IdentifyReply, PeerIdentity
+from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity
 from service import membership, membership_changes, membership_store
 from service.change_runner import ChangeParts, ChangeRunner
 from service.logging import get_logger
@@ -18,6 +19,7 @@ from service.membership_file import MembershipFile
 from service.membership_store import LocalMembership
 from service.membership_view import MembershipEvents, MembershipView
 from service.streaming import StreamEvents, StreamSettings
+from service.workers import ServingEpochs, WorkerSlot
 
 pytestmark = pytest.mark.unit
 
@@ -25,20 +27,31 @@ IDENTITY = "a" * 32
 
 
 def founded(tmp_path: Path) -> ClusterRecord:
-    """A three-node cluster as node ``a``'s data directory holds it after a first start."""
+    """A three-node cluster as node ``a``'s data directory (``tmp_path/data``) holds it after a first
+    start."""
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2), ("c", "h", 3)], 16, "a", IDENTITY)
-    membership_store.save(str(tmp_path), LocalMembership("a", IDENTITY, record))
+    membership_store.save(str(tmp_path / "data"), LocalMembership("a", IDENTITY, record))
     return record
 
 
-class Worker:
-    """One worker of node ``a``: its own view and change runner over the shared data directory."""
+def version_of(record: ClusterRecord) -> MembershipVersion:
+    """What PING reports of a node holding ``record`` (every worker of it, if it has several)."""
+    return MembershipVersion(record.epoch, membership.digest(record))
 
-    def __init__(self, data_dir: Path) -> None:
+
+class Worker:
+    """Worker ``index`` of node ``a``'s two: its own view and change runner over the shared data
+    directory, started (it published the epoch it holds)."""
+
+    def __init__(self, data_dir: Path, index: int) -> None:
         self.file = MembershipFile(str(data_dir))
         local = membership_store.decode_local(membership_store.path_in(str(data_dir)).read_bytes())
         self.view = MembershipView(local, self.file.save, MembershipEvents())
         self.view.apply_ring = lambda record: True
+        run_dir = data_dir.parent / "run"
+        run_dir.mkdir(exist_ok=True)
+        self.view.workers = ServingEpochs(WorkerSlot(index, 2, -1, -1, -1, str(run_dir), os.getpid()))
+        self.view.publish()
         parts = ChangeParts(
             self.view,
             None,  # type: ignore[arg-type]  # no stream runs here: only the reports and the leave's end
@@ -60,7 +73,7 @@ class Worker:
 
 def test_a_change_one_worker_makes_is_served_by_the_other_at_its_next_look(tmp_path: Path) -> None:
     record = founded(tmp_path)
-    first, second = Worker(tmp_path), Worker(tmp_path)
+    first, second = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
     leaving = membership_changes.decommission(record, "c")
     assert second.view.change(leaving, "admin")  # the admin's CLUSTER_LEAVE landed on worker 1
     assert first.view.record == record
@@ -70,9 +83,21 @@ def test_a_change_one_worker_makes_is_served_by_the_other_at_its_next_look(tmp_p
     assert first.file.changed() is None and second.file.changed() is None
 
 
+def test_ping_reports_the_lowest_epoch_a_worker_holds_until_every_worker_has_the_change(tmp_path: Path) -> None:
+    record = founded(tmp_path)
+    first, second = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
+    leaving = membership_changes.decommission(record, "c")
+    assert second.view.change(leaving, "admin")
+    # Worker 0 still routes by the old record: a receiver that asks worker 1 must not start yet.
+    assert second.view.version().epoch == record.epoch
+    assert first.view.version().epoch == record.epoch
+    first.reload()
+    assert second.view.version() == first.view.version() == version_of(leaving)
+
+
 def test_a_worker_behind_never_takes_the_file_back_to_an_older_record(tmp_path: Path) -> None:
     record = founded(tmp_path)
-    first, second = Worker(tmp_path), Worker(tmp_path)
+    first, second = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
     leaving = membership_changes.decommission(record, "c")
     assert second.view.change(leaving, "admin")
     # Worker 0 learns a member's identity at the old epoch before it has looked at the file: the
@@ -82,7 +107,7 @@ def test_a_worker_behind_never_takes_the_file_back_to_an_older_record(tmp_path: 
         "h:2",
         IdentifyReply(PeerIdentity(record.cluster_id, "b", "b" * 32, "h", 2, record.epoch, b""), True),
     )
-    on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path)).read_bytes()).record
+    on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path / "data")).read_bytes()).record
     assert on_disk.epoch == leaving.epoch
     assert first.view.record == on_disk
     assert getattr(on_disk.member("c"), "state", None) is MemberState.LEAVING
@@ -90,7 +115,7 @@ def test_a_worker_behind_never_takes_the_file_back_to_an_older_record(tmp_path: 
 
 def test_a_change_made_on_a_record_another_worker_changed_first_is_refused_not_merged(tmp_path: Path) -> None:
     record = founded(tmp_path)
-    first, second = Worker(tmp_path), Worker(tmp_path)
+    first, second = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
     leaving = membership_changes.decommission(record, "c")
     assert second.view.change(leaving, "admin")
     # Worker 0 has not looked at the file yet, and makes another change from the record it holds: at
@@ -99,13 +124,13 @@ def test_a_change_made_on_a_record_another_worker_changed_first_is_refused_not_m
     assert joining.epoch == leaving.epoch
     assert not first.view.change(joining, "admin")
     assert first.view.record == leaving  # it serves the change that was made first
-    on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path)).read_bytes()).record
+    on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path / "data")).read_bytes()).record
     assert on_disk == leaving
 
 
 def test_stream_done_on_worker_1_lets_worker_0_finish_the_leave(tmp_path: Path) -> None:
     record = founded(tmp_path)
-    owner, other = Worker(tmp_path), Worker(tmp_path)
+    owner, other = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
     leaving = membership_changes.decommission(record, "a")  # this node, a, is decommissioned
     assert owner.view.change(leaving, "admin")
     other.reload()

@@ -52,17 +52,17 @@ class MembershipFile:
         self._path = membership_store.path_in(data_dir)
         self._seen: _Stamp | None = None  # the file as this process last read or wrote it; None: not yet
 
-    def save(self, local: LocalMembership, *, made_from: int | None = None) -> LocalMembership:
+    def save(self, local: LocalMembership, *, advance: bool = False) -> LocalMembership:
         """Make ``local`` durable, merged with the record the file holds; the membership the file
-        holds afterwards. ``made_from``: ``local``'s record is a change made from the record of that
-        epoch, and is not saved over a newer one (another worker made or learnt a change first: the
-        two would conflict at one epoch, and the merge would drop one already acknowledged).
-        ``OSError`` if it cannot be written (the file is left as it was)."""
+        holds afterwards. ``advance``: ``local``'s record is a change, saved only if its epoch is above
+        the file's (else another worker made or learnt a change first: the two would conflict at one
+        epoch, and the merge would drop one already acknowledged). ``OSError`` if it cannot be
+        written (the file is left as it was)."""
         os.makedirs(self.data_dir, exist_ok=True)
         with self._locked():
             held = self._read()
             if held is not None and held.cluster_id == local.record.cluster_id:
-                if made_from is not None and held.epoch > made_from:
+                if advance and held.epoch >= local.record.epoch:
                     return replace(local, record=held)
                 local = replace(local, record=membership.merge(held, local.record))
                 if local.record == held:

@@ -93,10 +93,10 @@ class OtherWorkers(Protocol):
 class SaveRecord(Protocol):
     """How the view makes a record durable (``membership_file.MembershipFile.save``)."""
 
-    def __call__(self, local: LocalMembership, *, made_from: int | None = None) -> LocalMembership:
+    def __call__(self, local: LocalMembership, *, advance: bool = False) -> LocalMembership:
         """Save ``local`` merged with the record in the data directory, and return what is saved
-        there now; with ``made_from``, ``local`` is a change made from the record of that epoch, saved
-        only if no newer record is there. ``OSError`` if it cannot be written."""
+        there now; with ``advance``, ``local`` is a change, saved only if its epoch is above the one
+        there. ``OSError`` if it cannot be written."""
         ...
 
 
@@ -347,18 +347,18 @@ class MembershipView:
             self._adopt(merged, "worker")
 
     def change(self, record: ClusterRecord, source: str) -> bool:
-        """Adopt ``record``, a membership change made on this node (``membership_changes``) from the
-        record it holds, which gossip then spreads; whether it was (``False``: it could not be saved,
-        and was logged, or another worker of this node saved a newer record first, which this one
-        adopts instead)."""
-        self._adopt(record, source, made_from=self.record.epoch)
+        """Adopt ``record``, a membership change made on this node (``membership_changes``: the
+        epoch after the record it was made from), which gossip then spreads; whether it was
+        (``False``: it could not be saved, and was logged, or another worker of this node saved a
+        record of that epoch or a later one first, which this one adopts instead)."""
+        self._adopt(record, source, advance=True)
         return self.record == record
 
-    def _adopt(self, record: ClusterRecord, source: str, made_from: int | None = None) -> None:
+    def _adopt(self, record: ClusterRecord, source: str, *, advance: bool = False) -> None:
         old = self.record
         try:
             # Durable before it is used; merged with a record another worker saved meanwhile.
-            local = self._save(replace(self.local, record=record), made_from=made_from)
+            local = self._save(replace(self.local, record=record), advance=advance)
         except OSError as exc:
             self._events.save_failed(record, str(exc))
             return  # kept the old record; the next heartbeat offers the new one again

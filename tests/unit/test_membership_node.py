@@ -219,7 +219,7 @@ def test_a_newer_epoch_spreads_and_clients_are_told_to_refresh(cluster: InProces
         assert b"kv_partitions_owned" in body
 
 
-def in_memory(local: LocalMembership, made_from: int | None = None) -> LocalMembership:
+def in_memory(local: LocalMembership, advance: bool = False) -> LocalMembership:
     """A view's ``save`` that keeps nothing: the record saved is the one given."""
     return local
 
@@ -228,7 +228,7 @@ def test_a_node_behind_its_peers_answers_membership_changed_until_it_has_pulled(
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
     saved: list[LocalMembership] = []
 
-    def save(local: LocalMembership, made_from: int | None = None) -> LocalMembership:
+    def save(local: LocalMembership, advance: bool = False) -> LocalMembership:
         saved.append(local)
         return local
 
@@ -371,7 +371,7 @@ def test_kv_cluster_name_and_kv_seeds_are_checked_at_start() -> None:
 def test_a_record_that_cannot_be_saved_is_not_adopted() -> None:
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
 
-    def full_disk(local: LocalMembership, made_from: int | None = None) -> LocalMembership:
+    def full_disk(local: LocalMembership, advance: bool = False) -> LocalMembership:
         raise OSError(28, "No space left on device")
 
     view = MembershipView(LocalMembership("a", "0" * 32, record), full_disk, MembershipEvents())

@@ -79,7 +79,7 @@ class MembershipEvents:
 
 
 class OtherWorkers(Protocol):
-    """The other workers of this node, as far as the epochs they hold (``workers.ServingEpochs``)."""
+    """The other workers of this node, as far as the epochs they hold (``workers.WorkerEpochs``)."""
 
     def publish(self, epoch: int) -> None:
         """This worker holds ``epoch`` now; ``OSError`` if it could not say so."""

@@ -66,7 +66,7 @@ from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
 from service.worker_metrics import OwnerFigures, WorkerMetrics
-from service.workers import ServingEpochs, WorkerSlot, connection_share, listen_on
+from service.workers import WorkerEpochs, WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -117,7 +117,7 @@ class Node:
         self.membership_file = MembershipFile(config.data_dir)
         self.membership = MembershipView(opened.local, self.membership_file.save, self.events)
         if shared and worker is not None:
-            self.membership.workers = ServingEpochs(worker)
+            self.membership.workers = WorkerEpochs(worker)
         record = self.membership.record
         members = [
             NodeAddress(member.node_id, member.host, member.port)

@@ -135,7 +135,7 @@ class WorkerSlot:
         return os.path.join(self.run_dir, f"metrics-{self.index if index is None else index}.sock")
 
 
-class ServingEpochs:
+class WorkerEpochs:
     """The membership epoch each worker of a node holds, as files in the supervisor's run directory
     (``epoch-<index>``), so that the node's PING reports the lowest (``MembershipView.version``).
 

@@ -19,7 +19,7 @@ from service.membership_file import MembershipFile
 from service.membership_store import LocalMembership
 from service.membership_view import MembershipEvents, MembershipView
 from service.streaming import StreamEvents, StreamSettings
-from service.workers import ServingEpochs, WorkerSlot
+from service.workers import WorkerEpochs, WorkerSlot
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +50,7 @@ class Worker:
         self.view.apply_ring = lambda record: True
         run_dir = data_dir.parent / "run"
         run_dir.mkdir(exist_ok=True)
-        self.view.workers = ServingEpochs(WorkerSlot(index, 2, -1, -1, -1, str(run_dir), os.getpid()))
+        self.view.workers = WorkerEpochs(WorkerSlot(index, 2, -1, -1, -1, str(run_dir), os.getpid()))
         self.view.publish()
         parts = ChangeParts(
             self.view,

@@ -24,7 +24,7 @@ import contextlib
 import math
 import operator
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import gevent
@@ -405,11 +405,14 @@ class Client:
         self._check_limits(request)
         assert self._ring is not None and self._topology is not None
         plan = self.routing.plan(request.key, self._ring, self._topology.n, self._avoided)
+        # The plan's addresses as of its ring: another greenlet may refresh the ring while this one
+        # waits on a node, and a node the cluster dropped meanwhile is still tried here, then skipped.
+        addresses = self._addresses
         if isinstance(request, protocol.Get) and len(plan) > 1:
-            return self._read(request, plan)
+            return self._read(request, plan, addresses)
         failures: list[KVError] = []
         for node_id in plan:
-            slot = self._slot(self._addresses[node_id])
+            slot = self._slot(addresses[node_id])
             reused = slot.usable
             try:
                 connection = slot.get(dial_backing_off=self.routing.dials_backing_off)
@@ -442,11 +445,12 @@ class Client:
                 failures.append(exc)
         raise _retry_or_unreachable(failures)
 
-    def _read(self, request: protocol.Get, plan: Sequence[str]) -> Frame:
-        """A GET sent to the plan's nodes in turn: to the next one when the last failed, or has not
-        answered within ``SPECULATIVE_READ_AFTER``; the first answer wins (speculative retry)."""
+    def _read(self, request: protocol.Get, plan: Sequence[str], addresses: Mapping[str, str]) -> Frame:
+        """A GET sent to the plan's nodes (at ``addresses``) in turn: to the next one when the last
+        failed, or has not answered within ``SPECULATIVE_READ_AFTER``; the first answer wins
+        (speculative retry)."""
         deadline = time.monotonic() + self.timeout
-        nodes = iter(plan)
+        nodes = iter([addresses[node_id] for node_id in plan])
         waiting: dict[AsyncResult, str] = {}  # a reply due -> its node's address
         failures: list[KVError] = []
         more = self._send_to_next(nodes, request, waiting, failures)
@@ -484,10 +488,9 @@ class Client:
     def _send_to_next(
         self, nodes: Iterator[str], request: Request, waiting: dict[AsyncResult, str], failures: list[KVError]
     ) -> bool:
-        """Send ``request`` to the next node of ``nodes`` that can be reached, adding its reply to
+        """Send ``request`` to the next address of ``nodes`` that can be reached, adding its reply to
         ``waiting``; ``False`` when no node is left."""
-        for node_id in nodes:
-            address = self._addresses[node_id]
+        for address in nodes:
             try:
                 waiting[self._connection_for(address).send(request)] = address
             except NodeUnreachableError as exc:

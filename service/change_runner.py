@@ -19,6 +19,8 @@ The records are ``membership_changes``'s (pure); this module does the I/O around
 * **Ending it.** A joining node that holds all its partitions makes the epoch that makes it normal.
   A receiver in a decommission tells the leaving node (STREAM_DONE, again every ``DONE_RESEND_S``
   until the change ends); the leaving node makes the epoch without itself once every receiver has.
+  The reports are kept in the data directory (``stream_done``), since on a node of several workers
+  any worker may take a receiver's link while worker 0 alone finishes the leave.
 * **Restarts.** The change is in the persisted record and each stream's cursor in its checkpoint,
   so a restarted node picks up where it was: ``resume`` (at start) streams again what a record in
   progress gives it, or, after a removal, the partitions whose checkpoints remain.
@@ -43,6 +45,7 @@ from service.membership import ClusterRecord, MemberState
 from service.membership_changes import ChangeRefused
 from service.membership_view import MembershipView
 from service.peers import Peer
+from service.stream_done import ReportedDone
 from service.streaming import Checkpoints, StreamEvents, StreamQueue, StreamSettings
 
 POLL_S = 0.5
@@ -96,7 +99,7 @@ class ChangeRunner:
         self.log = parts.log
         self.receiving_epoch = 0  # the change this node streams for now (0: none)
         self._planned = 0  # partitions to stream here, before their queue starts
-        self.done: dict[int, set[str]] = {}  # epoch -> receivers that said STREAM_DONE (on a leaving node)
+        self.reported = ReportedDone(parts.settings.data_dir)  # receivers that said STREAM_DONE (a leaving node)
         self._queue: StreamQueue | None = None
         self._tasks: list[gevent.Greenlet] = []
         self._stopped = False
@@ -224,8 +227,12 @@ class ChangeRunner:
         gevent.joinall([gevent.spawn(pull, peer) for peer in live])
 
     def stream_done(self, epoch: int, node_id: str) -> None:
-        """A receiver holds everything it receives in the change of ``epoch`` (STREAM_DONE)."""
-        self.done.setdefault(epoch, set()).add(node_id)
+        """A receiver holds everything it receives in the change of ``epoch`` (STREAM_DONE), recorded
+        for whichever worker finishes the leave. A sender that is not a member of the record held
+        here is ignored (its id is no safe file name, and no receiver); ``OSError`` if the report
+        cannot be written (the receiver sends it again)."""
+        if self.view.record.member(node_id) is not None:
+            self.reported.add(epoch, node_id)
 
     # --- following the records --------------------------------------------------------------------
 
@@ -376,11 +383,13 @@ class ChangeRunner:
 
     def _finish_leaving(self, record: ClusterRecord) -> None:
         receivers = {r for move in membership_changes.plan(record, self.n).moves for r in move.receivers}
+        self.reported.clear(record.epoch - 1)  # reports of changes that ended before this one
         while not self._stopped and self.view.record.epoch == record.epoch:
-            if receivers <= self.done.get(record.epoch, set()):
+            if receivers <= self.reported.receivers(record.epoch):
                 settled = membership_changes.settle(self.view.record)
                 self.log.info("membership_leave_complete", node=self.node_id, epoch=settled.epoch)
-                self.view.change(settled, "leave complete")
+                if self.view.change(settled, "leave complete"):
+                    self.reported.clear(record.epoch)
                 return
             gevent.sleep(POLL_S)
 

@@ -144,6 +144,15 @@ class NodeEvents(
             hint="the node keeps its record until it can write KV_DATA_DIR/membership.json",
         )
 
+    def publish_failed(self, epoch: int, error: str) -> None:
+        self.log.error(
+            "membership_epoch_not_published",
+            epoch=epoch,
+            error=error,
+            hint="the node's PING reports an older epoch, so membership changes wait; check the supervisor's "
+            "run directory (its supervisor_started line) is writable",
+        )
+
     def conflict(self, ours: ClusterRecord, theirs: ClusterRecord, winner: ClusterRecord, peer: str) -> None:
         self.log.error(
             "membership_conflict",

@@ -85,7 +85,7 @@ class RequestHandler:
         record (the node sets it); raises ``RequestError`` (CHANGE_IN_PROGRESS, BAD_REQUEST; UNAVAILABLE
         or TIMEOUT when the claimant did not answer) when it may not be made."""
         self.stream_done: Callable[[int, str], None] | None = None
-        """Hears STREAM_DONE (the node sets it)."""
+        """Hears STREAM_DONE (the node sets it); ``OSError`` if it cannot record it."""
         self.membership: MembershipView | None = None
         """The node's membership view (the node sets it): IDENTIFY, MEMBERSHIP, EPOCH and TOPOLOGY
         answer from it, and while it names a problem GET, PUT and DELETE are refused with it."""
@@ -226,7 +226,10 @@ class RequestHandler:
                 return Status.OK, protocol.encode_membership_reply(encode_record(self.changes(request)))
             case protocol.StreamDone(epoch, node_id):
                 if self.stream_done is not None:
-                    self.stream_done(epoch, node_id)
+                    try:
+                        self.stream_done(epoch, node_id)
+                    except OSError as exc:  # the receiver sends it again until the change ends
+                        raise RequestError(Status.INTERNAL_ERROR, f"cannot record STREAM_DONE: {exc}") from None
                 return Status.OK, b""
             case protocol.Epoch():
                 self._check_membership(changing_ok=True)

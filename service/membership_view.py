@@ -4,7 +4,10 @@ themselves and of it, and whether it may coordinate requests.
 No sockets: the peers' links call ``check_answer`` with the IDENTIFY reply they got, the request
 handler calls ``identify`` with an IDENTIFY it received, and the heartbeat monitor reports each
 peer's membership epoch and digest (``observe``) and hands over the records it pulls (``offer``).
-Records are persisted through ``save`` (``membership_store.save``) before they are used.
+Records are persisted through ``save`` (``membership_file.MembershipFile.save``) before they are
+used, and the view adopts what was saved: on a node of several workers, the record merged with one
+another worker saved first. Such a worker's record is also merged in when it is read back
+(``reload``), so the workers of one node serve the same record.
 
 **Peers prove who they are.** A link between members opens with IDENTIFY both ways (the dialler's
 request, the receiver's reply): cluster id, node id, identity, address, epoch and digest. The
@@ -34,6 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from client.errors import NodeUnreachableError
 from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity, Status
@@ -70,6 +74,31 @@ class MembershipEvents:
     def save_failed(self, record: ClusterRecord, error: str) -> None:
         """``record`` could not be written to the data directory, so it was not adopted."""
 
+    def publish_failed(self, epoch: int, error: str) -> None:
+        """The other workers of this node could not be told it holds ``epoch``."""
+
+
+class OtherWorkers(Protocol):
+    """The other workers of this node, as far as the epochs they hold (``workers.WorkerEpochs``)."""
+
+    def publish(self, epoch: int) -> None:
+        """This worker holds ``epoch`` now; ``OSError`` if it could not say so."""
+        ...
+
+    def lowest(self) -> int | None:
+        """The lowest epoch another worker holds, ``None`` if no other worker says."""
+        ...
+
+
+class SaveRecord(Protocol):
+    """How the view makes a record durable (``membership_file.MembershipFile.save``)."""
+
+    def __call__(self, local: LocalMembership, *, advance: bool = False) -> LocalMembership:
+        """Save ``local`` merged with the record in the data directory, and return what is saved
+        there now; with ``advance``, ``local`` is a change, saved only if its epoch is above the one
+        there. ``OSError`` if it cannot be written."""
+        ...
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -79,12 +108,14 @@ class Verdict:
 
 class MembershipView:
     """The record this node holds and its peers' verdicts (see the module docstring). ``save`` makes
-    a record durable before it is used; ``serving``: the record the node's ring was built from."""
+    a record durable before it is used and returns the membership saved (the record merged with the
+    one in the data directory; ``OSError`` if it could not be written); ``serving``: the record the
+    node's ring was built from."""
 
     def __init__(
         self,
         local: LocalMembership,
-        save: Callable[[LocalMembership], None],
+        save: SaveRecord,
         events: MembershipEvents,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -98,6 +129,9 @@ class MembershipView:
         self._logged: dict[tuple[str, str], float] = {}
         self.problem: tuple[Status, str] | None = None
         """Why this node may not coordinate requests now (status and message), or ``None``."""
+        self.workers: OtherWorkers | None = None
+        """The node's other workers, on a node of several (the node sets it): each adoption is
+        published to them, and PING reports the lowest epoch any worker holds (``version``)."""
         self.apply_ring: Callable[[ClusterRecord], bool] = lambda record: False
         """Switch the node's ring to a record's; ``True`` if it did (the node sets it: ``Node._apply_ring``).
         Without it, a record with another ring keeps the node answering MEMBERSHIP_CHANGED."""
@@ -135,7 +169,22 @@ class MembershipView:
         )
 
     def version(self) -> MembershipVersion:
-        return MembershipVersion(self.record.epoch, self.digest)
+        """What PING reports: this node's epoch and digest; on a node of several workers, the lowest
+        epoch any of them holds (a receiver waits until every worker routes by its change)."""
+        epoch = self.record.epoch
+        lowest = self.workers.lowest() if self.workers is not None else None
+        return MembershipVersion(epoch if lowest is None else min(epoch, lowest), self.digest)
+
+    def publish(self) -> None:
+        """Tell the node's other workers the epoch this worker holds (at start, and after each
+        adoption). A failure is logged: the others then go on reporting an older epoch, which
+        makes receivers wait, never stream too early."""
+        if self.workers is None:
+            return
+        try:
+            self.workers.publish(self.record.epoch)
+        except OSError as exc:
+            self._events.publish_failed(self.record.epoch, str(exc))
 
     # --- IDENTIFY, as the receiver ---------------------------------------------------------------
 
@@ -293,24 +342,40 @@ class MembershipView:
             self._behind[peer] = f"{peer} holds membership epoch {theirs.epoch}, this node {self.record.epoch}"
         self._update_problem()
 
+    def reload(self, record: ClusterRecord) -> None:
+        """Another worker of this node saved ``record`` (``membership_file``): merged into this
+        worker's as a peer's would be, but it is no peer whose view this node waits for."""
+        ours = self.record
+        merged = membership.merge(ours, record)  # one data directory: one cluster
+        if membership.conflicting(ours, record):
+            self._events.conflict(ours, record, merged, "worker")
+        if merged != ours:
+            self._adopt(merged, "worker")
+
     def change(self, record: ClusterRecord, source: str) -> bool:
-        """Adopt ``record``, a membership change made on this node (``membership_changes``), which
-        gossip then spreads; whether it was (``False``: it could not be saved, and was logged)."""
-        self._adopt(record, source)
+        """Adopt ``record``, a membership change made on this node (``membership_changes``: the
+        epoch after the record it was made from), which gossip then spreads; whether it was
+        (``False``: it could not be saved, and was logged, or another worker of this node saved a
+        record of that epoch or a later one first, which this one adopts instead)."""
+        self._adopt(record, source, advance=True)
         return self.record == record
 
-    def _adopt(self, record: ClusterRecord, source: str) -> None:
+    def _adopt(self, record: ClusterRecord, source: str, *, advance: bool = False) -> None:
         old = self.record
-        local = replace(self.local, record=record)
         try:
-            self._save(local)  # durable before it is used
+            # Durable before it is used; merged with a record another worker saved meanwhile.
+            local = self._save(replace(self.local, record=record), advance=advance)
         except OSError as exc:
             self._events.save_failed(record, str(exc))
             return  # kept the old record; the next heartbeat offers the new one again
+        record = local.record
+        if record == old:
+            return  # the record saved is the one held: ``record`` lost the merge with it
         self.local = local
         self.digest = membership.digest(record)
         if membership.same_ring(record, self.serving) or self.apply_ring(record):
             self.serving = record
+        self.publish()  # once it routes by the record
         self._events.record_changed(old, record, source)
         self._update_problem()
 

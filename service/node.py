@@ -8,8 +8,9 @@ heartbeat monitor, hinted handoff and anti-entropy. What those components report
 
 As one worker of several (``worker``, ``service.workers``), it serves the sockets the supervisor
 bound, shares the store with the other workers, stamps versions in its own residue of the clock's
-counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff and anti-entropy only as
-worker 0, and answers ``/metrics`` for the whole node (``worker_metrics``).
+counter, serves its share of ``KV_MAX_CONNECTIONS``, runs hinted handoff, anti-entropy, streaming and
+clean-up only as worker 0, reads back the membership record another worker saved
+(``membership_file``), and answers ``/metrics`` for the whole node (``worker_metrics``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from service.http_auth import BasicAuth
 from service.joining import join_through_seeds, wait_until_admitted
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.membership_file import RELOAD_INTERVAL as MEMBERSHIP_RELOAD_INTERVAL
+from service.membership_file import MembershipFile
 from service.membership_view import MembershipView
 from service.memory import RELEASE_INTERVAL, MemoryReleaser
 from service.metrics import WINDOW_TICK_SECONDS, Metrics
@@ -63,8 +66,8 @@ from service.streaming import StreamSettings
 from service.tls import TlsAcceptor, TlsMode
 from service.unadmitted import WaitingServer
 from service.versioning import HybridLogicalClock, NodeClock, physical_ms
-from service.worker_metrics import WorkerMetrics
-from service.workers import WorkerSlot, connection_share, listen_on
+from service.worker_metrics import OwnerFigures, WorkerMetrics
+from service.workers import WorkerEpochs, WorkerSlot, connection_share, listen_on
 
 FLUSH_INTERVAL = 1.0
 """Seconds between fsyncs with KV_FSYNC=periodic: the most a machine crash can lose, as in Redis's
@@ -112,9 +115,10 @@ class Node:
         # Before the store opens: a data directory of another node, cluster or partition count is
         # refused (ConfigError) before anything reads it with the wrong partition map.
         opened = open_membership(config, self.security, self.log, listener)
-        self.membership = MembershipView(
-            opened.local, lambda local: membership_store.save(config.data_dir, local), self.events
-        )
+        self.membership_file = MembershipFile(config.data_dir)
+        self.membership = MembershipView(opened.local, self.membership_file.save, self.events)
+        if shared and worker is not None:
+            self.membership.workers = WorkerEpochs(worker)
         record = self.membership.record
         members = [
             NodeAddress(member.node_id, member.host, member.port)
@@ -215,7 +219,11 @@ class Node:
         )
         self.worker_metrics = (
             WorkerMetrics(
-                worker, self.metrics.registry, self.log, self.metrics.request_stats.recent, self.anti_entropy.progress
+                worker,
+                self.metrics.registry,
+                self.log,
+                self.metrics.request_stats.recent,
+                OwnerFigures(self.anti_entropy.progress, lambda: self.changes.pending),  # changes: built below
             )
             if shared and worker is not None
             else None
@@ -255,7 +263,9 @@ class Node:
                 self.events,
             )
         )
-        self.reports.streams_pending = lambda: self.changes.pending
+        self.reports.streams_pending = (
+            self.worker_metrics.streams_pending if self.worker_metrics is not None else lambda: self.changes.pending
+        )
         self.handler.changes = self._change
         self.handler.stream_done = self.changes.stream_done
         self.membership.apply_ring = self._apply_ring
@@ -348,6 +358,7 @@ class Node:
     def start(self) -> None:
         if self.worker_metrics is not None:
             self.worker_metrics.serve()
+        self.membership.publish()  # before it serves: the other workers' PING counts its epoch from now on
         for sock in self._inherited:  # from now on the kernel hands this worker its share of connections
             listen_on(sock)
         self.server.start()
@@ -443,6 +454,16 @@ class Node:
             )
         if not self.owns_shared_tasks:
             tasks = [task for task in tasks if task.name != "hinted_handoff"]
+        if self.worker is not None and self.worker.count > 1:
+            # A record another worker saved (a change it made, gossip it heard) is served here too.
+            tasks.append(
+                Periodic(
+                    "membership_reload",
+                    self._reload_membership,
+                    MEMBERSHIP_RELOAD_INTERVAL,
+                    on_error=self.events.task_failed,
+                )
+            )
         if config.anti_entropy_interval > 0 and self.owns_shared_tasks:
             tasks.append(
                 Periodic(
@@ -542,6 +563,11 @@ class Node:
         if self.owns_shared_tasks:
             self.changes.on_record(old, record)
         return True
+
+    def _reload_membership(self) -> None:
+        record = self.membership_file.changed()
+        if record is not None:
+            self.membership.reload(record)
 
     def _add_peer(self, node: NodeAddress) -> None:
         """A member that joined: a peer like the others, watched by the heartbeats."""

@@ -21,11 +21,12 @@ scrape; ``kv_workers_reporting`` says how many were gathered. Its counters then 
 scrape, which Prometheus's ``rate`` reads as a counter reset, as it would for a restarted node.
 
 STATS is gathered the same way: its request window sums every worker's latency buckets over the
-window before taking the p99 (``window``), and anti-entropy's progress is worker 0's, the one that
-runs the rounds (``progress``).
+window before taking the p99 (``window``), and anti-entropy's progress and the partitions still to
+stream for a membership change are worker 0's, the one that runs the rounds and the streams
+(``progress``, ``streams_pending``).
 
-The unix socket's protocol: one request line (``metrics``, ``window`` or ``repair``), one answer
-(the Prometheus text exposition, or JSON), then the worker closes the connection.
+The unix socket's protocol: one request line (``metrics``, ``window``, ``repair`` or ``streams``),
+one answer (the Prometheus text exposition, or JSON), then the worker closes the connection.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gevent.server import StreamServer
@@ -93,10 +95,19 @@ def _rule(family: Metric) -> str:
     return "max" if family.name in MAX_GAUGES else "first"
 
 
+@dataclass(frozen=True)
+class OwnerFigures:
+    """What worker 0 alone knows, for STATS: anti-entropy's progress (``repair``) and the partitions
+    still to stream into the node for a membership change (``streams``)."""
+
+    repair: Callable[[], RepairProgress]
+    streams: Callable[[], int]
+
+
 class WorkerMetrics(Collector):
     """This worker's side of the exporter: ``serve`` publishes its own ``registry``, request
-    window (``recent``) and anti-entropy progress (``repair``) on its unix socket; collecting this
-    (``registry``, what ``/metrics`` serves), ``window`` and ``progress`` gather every worker's."""
+    window (``recent``) and ``owned`` figures on its unix socket; collecting this (``registry``,
+    what ``/metrics`` serves), ``window``, ``progress`` and ``streams_pending`` gather every worker's."""
 
     def __init__(
         self,
@@ -104,13 +115,14 @@ class WorkerMetrics(Collector):
         own: CollectorRegistry,
         log: Any,
         recent: Recent,
-        repair: Callable[[], RepairProgress],
+        owned: OwnerFigures,
     ) -> None:
         self._slot = slot
         self._own = own
         self._log = log
         self._recent = recent
-        self._repair = repair
+        self._repair = owned.repair
+        self._streams = owned.streams
         self._server: StreamServer | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -141,6 +153,8 @@ class WorkerMetrics(Collector):
                 sock.sendall(json.dumps(self._recent()).encode())
             elif request == b"repair":
                 sock.sendall(json.dumps(dataclasses.asdict(self._repair())).encode())
+            elif request == b"streams":
+                sock.sendall(json.dumps(self._streams()).encode())
         except OSError:
             pass  # the asking worker gave up; it goes on without this one
         finally:
@@ -175,6 +189,19 @@ class WorkerMetrics(Collector):
             except (ValueError, TypeError) as exc:
                 self._log.warning("worker_repair_unreadable", worker=0, error=str(exc))
         return self._repair()
+
+    def streams_pending(self) -> int:
+        """Partitions still to stream into the node for STATS: worker 0's, which streams them (this
+        worker's own, 0, if worker 0 does not answer)."""
+        if self._slot.owner:
+            return self._streams()
+        text = self._fetch(0, b"streams")
+        if text is not None:
+            try:
+                return int(json.loads(text))
+            except (ValueError, TypeError) as exc:
+                self._log.warning("worker_streams_unreadable", worker=0, error=str(exc))
+        return self._streams()
 
     def describe(self) -> list[Metric]:
         return []  # registering must not gather (other workers may not be up yet)

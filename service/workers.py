@@ -21,7 +21,9 @@ keeps the port (a free one, for port 0) reserved for the node while no worker li
 
 Workers share one LMDB environment (``storage.Storage(shared=True)``); what else they share and what
 each keeps to itself is in ARCHITECTURE.md, "Workers". In short: worker 0 alone runs hinted handoff
-delivery and anti-entropy; every worker runs its own heartbeats and failure detector (the verdicts
+delivery, anti-entropy and a membership change's streams and end, while the membership record and
+the receivers' STREAM_DONE reports are shared through the data directory (``membership_file``,
+``stream_done``); every worker runs its own heartbeats and failure detector (the verdicts
 and clock offsets are needed on every request path); peer connections are one per peer per worker;
 ``KV_MAX_CONNECTIONS`` is divided between the workers; ``/metrics`` is gathered from every worker
 (``worker_metrics``).
@@ -131,6 +133,49 @@ class WorkerSlot:
     def metrics_socket(self, index: int | None = None) -> str:
         """The unix socket worker ``index`` (default: this one) serves its own metrics on."""
         return os.path.join(self.run_dir, f"metrics-{self.index if index is None else index}.sock")
+
+
+class WorkerEpochs:
+    """The membership epoch each worker of a node holds, as files in the supervisor's run directory
+    (``epoch-<index>``), so that the node's PING reports the lowest (``MembershipView.version``).
+
+    A receiver in a membership change waits until every member answers PING with the change's
+    epoch before it copies a page (``change_runner``): from then on every coordinator sends the
+    writes to it too. A member of several workers answers from whichever worker took the link, and
+    another of its workers may not have read the record back yet (``membership_file``) and still
+    coordinate writes without the receiver; so a worker answers with the lowest epoch any worker of
+    the node holds. A worker that has not published yet (starting) does not count: it serves nothing
+    until it has loaded the newest record and published it. One that died counts with the epoch it
+    last published, until its replacement publishes: lower, if anything, which only makes a
+    receiver wait.
+    """
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        self._slot = slot
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self._slot.run_dir, f"epoch-{index}")
+
+    def publish(self, epoch: int) -> None:
+        """This worker holds ``epoch`` now. ``OSError`` if the run directory cannot be written."""
+        path = self._path(self._slot.index)
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="ascii") as file:
+            file.write(str(epoch))
+        os.replace(temporary, path)  # read whole or not at all: no torn number
+
+    def lowest(self) -> int | None:
+        """The lowest epoch the node's other workers published; ``None`` if none has."""
+        epochs = []
+        for index in range(self._slot.count):
+            if index == self._slot.index:
+                continue
+            try:
+                with open(self._path(index), encoding="ascii") as file:
+                    epochs.append(int(file.read()))
+            except (OSError, ValueError):  # not started yet (no file)
+                continue
+        return min(epochs, default=None)
 
 
 def connection_share(max_connections: int, workers: int) -> int:

@@ -2,7 +2,9 @@
 three-node cluster by ``kv cluster join node4:5000`` (the CLI in a container on the network), then
 leaves it by ``kv cluster leave node4`` under a bounded writer/reader load. Nothing acknowledged is
 lost, no delete comes back, at least 99.9% of requests succeed during the change, ``kv cluster
-status`` no longer lists node4, and every key has its N copies on the three that remain."""
+status`` no longer lists node4, and every key has its N copies on the three that remain. Run twice:
+with nodes of one process, and with nodes of two workers (``KV_WORKERS=2``), whose STREAM_DONE and
+membership record any worker may receive."""
 
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ VALUE = b"v" * 2000
 CHANGE_TIMEOUT = 180.0
 
 
-@pytest.fixture(scope="module")
-def cluster_env() -> dict[str, str]:
-    return {"KV_PARTITIONS": "256", "KV_ANTI_ENTROPY_INTERVAL_S": "0"}
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-workers"])
+def cluster_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    return {"KV_PARTITIONS": "256", "KV_ANTI_ENTROPY_INTERVAL_S": "0", "KV_WORKERS": request.param}
 
 
 def epochs(cluster: Cluster, nodes: tuple[str, ...]) -> dict[str, float | None]:

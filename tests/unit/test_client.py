@@ -680,3 +680,30 @@ def test_a_node_that_accepts_but_never_answers_hello_counts_as_unreachable() -> 
             connection.connect()
     finally:
         listener.close()
+
+
+def test_a_ring_refreshed_while_a_request_waits_on_a_node_leaves_the_plan_its_other_nodes(
+    cluster: InProcessCluster,
+) -> None:
+    key = key_with_primary(cluster, "node1")
+    second = cluster.replicas_of(key)[1]
+    client: Client
+
+    class RefreshedMeanwhile(Connection):
+        """Dialling node1 fails after another greenlet's refresh dropped the plan's next node."""
+
+        def connect(self) -> None:
+            if f"{self.host}:{self.port}" == cluster.address("node1") and second in client._addresses:
+                client._addresses = {n: a for n, a in client._addresses.items() if n != second}
+            super().connect()
+
+    client = Client(cluster.addresses, connection_factory=RefreshedMeanwhile, connect_timeout=0.5)
+    try:
+        client.put("learn the ring", "v")
+        cluster.stop("node1")
+        for slot in client._slots.values():  # node1 is dialled again, as after an idle close
+            slot.close()
+        version = client.put(key, "written by the next node of the plan")
+        assert version.node_id == second
+    finally:
+        client.close()

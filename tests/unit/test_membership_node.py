@@ -219,10 +219,20 @@ def test_a_newer_epoch_spreads_and_clients_are_told_to_refresh(cluster: InProces
         assert b"kv_partitions_owned" in body
 
 
+def in_memory(local: LocalMembership, advance: bool = False) -> LocalMembership:
+    """A view's ``save`` that keeps nothing: the record saved is the one given."""
+    return local
+
+
 def test_a_node_behind_its_peers_answers_membership_changed_until_it_has_pulled(tmp_path: Path) -> None:
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
     saved: list[LocalMembership] = []
-    view = MembershipView(LocalMembership("a", "0" * 32, record), saved.append, MembershipEvents())
+
+    def save(local: LocalMembership, advance: bool = False) -> LocalMembership:
+        saved.append(local)
+        return local
+
+    view = MembershipView(LocalMembership("a", "0" * 32, record), save, MembershipEvents())
     assert view.problem is None
     newer = membership.next_epoch(record, record.members)
     assert view.observe("b", protocol.MembershipVersion(2, membership.digest(newer)))
@@ -235,7 +245,7 @@ def test_a_node_behind_its_peers_answers_membership_changed_until_it_has_pulled(
 
 def test_a_record_with_another_ring_is_not_served_until_the_node_switches(tmp_path: Path) -> None:
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
-    view = MembershipView(LocalMembership("a", "0" * 32, record), lambda local: None, MembershipEvents())
+    view = MembershipView(LocalMembership("a", "0" * 32, record), in_memory, MembershipEvents())
     grown = membership.next_epoch(record, [*record.members, membership.Member("c", "h", 3)])
     view.offer("b", grown)
     assert view.record == grown and view.serving == record
@@ -334,7 +344,7 @@ def test_two_identities_for_one_member_are_an_error_only_at_one_epoch() -> None:
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
     known = membership.with_identity(record, "b", "1" * 32)
     events = RecordingEvents()
-    view = MembershipView(LocalMembership("a", "0" * 32, known), lambda local: None, events)
+    view = MembershipView(LocalMembership("a", "0" * 32, known), in_memory, events)
     replaced = membership.next_epoch(
         record, [m if m.node_id == "a" else replace(m, identity="2" * 32) for m in record.members]
     )
@@ -361,7 +371,7 @@ def test_kv_cluster_name_and_kv_seeds_are_checked_at_start() -> None:
 def test_a_record_that_cannot_be_saved_is_not_adopted() -> None:
     record = membership.form("kv", [("a", "h", 1), ("b", "h", 2)], 16, "a", "0" * 32)
 
-    def full_disk(local: LocalMembership) -> None:
+    def full_disk(local: LocalMembership, advance: bool = False) -> LocalMembership:
         raise OSError(28, "No space left on device")
 
     view = MembershipView(LocalMembership("a", "0" * 32, record), full_disk, MembershipEvents())

@@ -1,21 +1,28 @@
 """The pure parts of a node served by several worker processes: the default worker count (CPU
 affinity and the cgroup v2 quota), HLC stamps that no two workers of a node ever share, a worker's
-slot and share of the connection limit, and the merge of every worker's metrics into one set."""
+slot and share of the connection limit, the merge of every worker's metrics into one set, and STATS'
+partitions to stream asked of worker 0 over its metrics socket."""
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from client.protocol import RepairProgress
 from service.config import MAX_WORKERS, ConfigError, load_config
 from service.cores import quota_cores, usable_cores
+from service.logging import get_logger
 from service.versioning import LOGICAL_BITS, HybridLogicalClock, worker_bits
-from service.worker_metrics import merge_families
+from service.worker_metrics import OwnerFigures, WorkerMetrics, merge_families
 from service.workers import WorkerSlot, bind_reuseport, connection_share, listen_on
 
 BASE_ENV = {"KV_NODE_ID": "node1", "KV_PEERS": "node1=127.0.0.1:5000", "KV_HOST": "127.0.0.1", "KV_N": "1", "KV_W": "1"}
@@ -217,6 +224,35 @@ def test_merged_metrics_sum_counts_and_take_the_stores_gauges_once() -> None:
 def test_merging_one_workers_metrics_changes_nothing() -> None:
     alone = exposition(WORKER_0)
     assert merge_families([alone]) == exposition(WORKER_0)
+
+
+def test_stats_gives_worker_0s_partitions_to_stream_whichever_worker_answers(tmp_path: Path) -> None:
+    """Worker 0 alone streams a membership change's partitions, so STATS asks it how many remain."""
+
+    def no_repair() -> RepairProgress:
+        raise AssertionError("STATS' partitions to stream asked for anti-entropy's progress")
+
+    def worker(index: int, streams: int) -> WorkerMetrics:
+        slot = WorkerSlot(index, 2, -1, -1, -1, str(tmp_path), os.getpid())
+        owned = OwnerFigures(no_repair, lambda: streams)
+        return WorkerMetrics(slot, CollectorRegistry(), get_logger(), lambda: (0, [], []), owned)
+
+    owner, other = worker(0, 7), worker(1, 0)
+    assert owner.streams_pending() == 7
+    assert other.streams_pending() == 0  # worker 0 does not answer: this worker's own
+    # Worker 0 answers on its socket from a thread of its own (this test's loop would block on it).
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(owner._slot.metrics_socket())
+        listener.listen(1)
+
+        def answer_once() -> None:
+            connection, address = listener.accept()
+            owner._answer(connection, address)
+
+        answering = threading.Thread(target=answer_once)
+        answering.start()
+        assert other.streams_pending() == 7
+        answering.join(timeout=5)
 
 
 def accepted(sock: socket.socket) -> int:

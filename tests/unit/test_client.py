@@ -191,8 +191,11 @@ def test_a_single_seed_is_enough(cluster: InProcessCluster) -> None:
 # --- pipelines -------------------------------------------------------------------------------------
 
 
-def test_pipeline_of_500_puts_then_500_gets_keeps_order(cluster: InProcessCluster) -> None:
-    client = cluster.client()
+def test_pipeline_of_500_puts_then_500_gets_keeps_order(make_cluster: Callable[..., InProcessCluster]) -> None:
+    # The three nodes share one event loop: 500 writes at once keep a peer busy past the default
+    # 1 s request timeout's stall threshold on a loaded machine, and it would be taken for stalled.
+    cluster = make_cluster(3, KV_REQUEST_TIMEOUT_MS="8000")
+    client = cluster.client(timeout=20.0)
     with client.pipeline() as pipe:
         for i in range(500):
             pipe.put(f"pipe-{i}", f"value-{i}")

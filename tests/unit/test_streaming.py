@@ -246,6 +246,17 @@ class FakeTime:
         gevent.sleep(0)
 
 
+def paced(data_dir: str, fake: FakeTime, rate: float, burst: int) -> StreamSettings:
+    """Streams at ``rate`` bytes/s after a ``burst``, on ``fake``'s clock and sleep."""
+    return StreamSettings(
+        data_dir,
+        rate_bytes_per_s=rate,
+        transfer=TransferSettings(burst_bytes=burst),
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+
+
 def test_streams_are_paced_to_the_rate(cluster: InProcessCluster) -> None:
     partition, sources = partition_not_on(cluster, "node3")
     fill(cluster, partition)
@@ -253,13 +264,7 @@ def test_streams_are_paced_to_the_rate(cluster: InProcessCluster) -> None:
     fake = FakeTime()
     rate = 20_000.0
     burst = 4096
-    settings = StreamSettings(
-        receiver.config.data_dir,
-        rate_bytes_per_s=rate,
-        transfer=TransferSettings(burst_bytes=burst),
-        clock=fake.clock,
-        sleep=fake.sleep,
-    )
+    settings = paced(receiver.config.data_dir, fake, rate, burst)
     machine = stream_into(receiver, settings).run(partition, sources)
     assert machine.phase is Phase.DONE
     largest_page = receiver.config.max_frame_bytes + 400 * 250  # a listing and its records, at most
@@ -301,13 +306,7 @@ def test_a_queue_keeps_the_rate_across_partitions_smaller_than_its_burst(
     fake = FakeTime()
     rate = 20_000.0
     burst = 8192
-    settings = StreamSettings(
-        receiver.config.data_dir,
-        rate_bytes_per_s=rate,
-        transfer=TransferSettings(burst_bytes=burst),
-        clock=fake.clock,
-        sleep=fake.sleep,
-    )
+    settings = paced(receiver.config.data_dir, fake, rate, burst)
     finished = StreamQueue(receiver.store, receiver.peers, settings).run(moves)
     assert all(machine.phase is Phase.DONE for machine in finished)
     largest = max(machine.bytes_copied for machine in finished)

@@ -16,86 +16,48 @@ order (the supervisor joins before it starts the workers), not something the wor
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cluster import DEFAULT_SETTINGS, LOCALHOST, InProcessCluster, free_port, http_get, start_cluster
-from gevent import subprocess
 from polling import wait_until
 from test_membership_change import KEYS, Model, check_data, records, run_load
+from test_workers_node import WorkerNode
 
 from client import protocol
 from service.membership import MemberState
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
 CHANGE_TIMEOUT = 40.0
 
 
-class TwoWorkerNode:
+def two_worker_node(cluster: InProcessCluster, node_id: str, seed: str, log_path: Path) -> WorkerNode:
     """``node_id`` as a supervised node of two workers joining ``cluster`` through ``seed``; its log
     (JSON lines of the supervisor and both workers) goes to ``log_path``."""
+    port = free_port()
+    settings = {
+        **DEFAULT_SETTINGS,
+        **cluster.settings,
+        "KV_NODE_ID": node_id,
+        "KV_PEERS": f"{node_id}={LOCALHOST}:{port}",
+        "KV_SEEDS": cluster.address(seed),
+        "KV_AUTO_JOIN": "true",
+        "KV_HOST": LOCALHOST,
+        "KV_PORT": str(port),
+    }
+    return WorkerNode(cluster.tmp_path / node_id, log_path, settings)
 
-    def __init__(self, cluster: InProcessCluster, node_id: str, seed: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        environ = {
-            **os.environ,
-            **DEFAULT_SETTINGS,
-            **cluster.settings,
-            "KV_WORKERS": "2",
-            "KV_NODE_ID": node_id,
-            "KV_PEERS": f"{node_id}={LOCALHOST}:{self.port}",
-            "KV_SEEDS": cluster.address(seed),
-            "KV_AUTO_JOIN": "true",
-            "KV_HOST": LOCALHOST,
-            "KV_PORT": str(self.port),
-            "KV_HTTP_PORT": "0",
-            "KV_DATA_DIR": str(cluster.tmp_path / node_id),
-        }
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        started = wait_until(lambda: self.events("supervisor_started"), START_TIMEOUT, message="supervisor started")
-        self.http_port: int = started[0]["http_port"]
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text().splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if line.get("event") == name:
-                lines.append(line)
-        return lines
-
-    def readiness(self) -> list[tuple[int, str]]:
-        """``/readyz`` asked on eight new connections, which the kernel spreads over both workers."""
-        return [http_get(self.http_port, "/readyz") for _ in range(8)]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+def readiness(node: WorkerNode) -> list[tuple[int, str]]:
+    """``/readyz`` asked on eight new connections, which the kernel spreads over both workers (over
+    gevent sockets: the cluster's nodes share this process's event loop)."""
+    return [http_get(node.http_port, "/readyz") for _ in range(8)]
 
 
 def test_a_node_of_two_workers_joins_and_is_decommissioned_under_load(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=256)
-    node4: TwoWorkerNode | None = None
+    node4: WorkerNode | None = None
     try:
         model = Model()
         with cluster.running_client() as client:
@@ -106,12 +68,12 @@ def test_a_node_of_two_workers_joins_and_is_decommissioned_under_load(tmp_path: 
             def state_everywhere(state: MemberState | None) -> bool:
                 return all(getattr(r.member("node4"), "state", None) is state for r in records(cluster).values())
 
-            node4 = TwoWorkerNode(cluster, "node4", "node1", tmp_path / "node4.log")
+            node4 = two_worker_node(cluster, "node4", "node1", tmp_path / "node4.log")
             run_load(client, model, until=lambda: state_everywhere(MemberState.NORMAL), max_ops=3000)
             wait_until(lambda: state_everywhere(MemberState.NORMAL), CHANGE_TIMEOUT, message="node4 joined")
             # Worker 0 streamed node4's partitions and ended the join; both workers serve that record.
             assert node4.events("membership_join_complete")
-            wait_until(lambda: all(status == 200 for status, _ in node4.readiness()), 10, message="node4 ready")
+            wait_until(lambda: all(status == 200 for status, _ in readiness(node4)), 10, message="node4 ready")
 
             joined_ok, joined_failed = model.ok, model.failed
             answer = cluster.nodes["node1"].changes.request(protocol.ClusterLeave("node4"))
@@ -122,7 +84,7 @@ def test_a_node_of_two_workers_joins_and_is_decommissioned_under_load(tmp_path: 
         assert [line["worker"] for line in node4.events("membership_leave_complete")] == [0]
 
         def both_workers_know_it_left() -> bool:
-            return all(status == 503 and "left cluster" in body for status, body in node4.readiness())
+            return all(status == 503 and "left cluster" in body for status, body in readiness(node4))
 
         wait_until(both_workers_know_it_left, 5, message="node4's workers to serve the record without it")
         node4.stop()

@@ -33,9 +33,10 @@ START_TIMEOUT = 30.0
 
 
 class WorkerNode:
-    """A supervised two-worker node whose stdout (JSON log lines) goes to ``log_path``."""
+    """A supervised two-worker node whose stdout (JSON log lines) goes to ``log_path``; ``env``:
+    settings over the defaults (a lone node, N=W=R=1, on ports the kernel picks)."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         environ = {
             **os.environ,
@@ -50,6 +51,7 @@ class WorkerNode:
             "KV_R": "1",
             "KV_DATA_DIR": str(data_dir),
             "KV_DRAIN_TIMEOUT_S": "2",
+            **(env or {}),
         }
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(

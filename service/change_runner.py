@@ -177,6 +177,13 @@ class ChangeRunner:
         if changed is not record:
             self.log.info("membership_change_made", change=type(request).__name__, epoch=changed.epoch)
             if not self.view.change(changed, "admin"):
+                held = self.view.record
+                if held.epoch >= changed.epoch:  # another worker of this node saved a change first
+                    raise ChangeError(
+                        Status.CHANGE_IN_PROGRESS,
+                        f"another membership change was made at the same time (epoch {held.epoch}); "
+                        "see `kv cluster status`, then ask again",
+                    )
                 raise ChangeError(Status.INTERNAL_ERROR, "the new membership record could not be saved here")
         return self.view.record
 

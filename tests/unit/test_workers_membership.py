@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity
+from client import protocol
+from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity, Status
 from service import membership, membership_changes, membership_store
-from service.change_runner import ChangeParts, ChangeRunner
+from service.change_runner import ChangeError, ChangeParts, ChangeRunner
 from service.logging import get_logger
 from service.membership import ClusterRecord, MemberState
 from service.membership_file import MembershipFile
@@ -126,6 +127,17 @@ def test_a_change_made_on_a_record_another_worker_changed_first_is_refused_not_m
     assert first.view.record == leaving  # it serves the change that was made first
     on_disk = membership_store.decode_local(membership_store.path_in(str(tmp_path / "data")).read_bytes()).record
     assert on_disk == leaving
+
+
+def test_a_change_asked_of_a_worker_behind_another_is_answered_change_in_progress(tmp_path: Path) -> None:
+    founded(tmp_path)
+    first, second = Worker(tmp_path / "data", 0), Worker(tmp_path / "data", 1)
+    leaving = second.changes.request(protocol.ClusterLeave("c"))  # an admin's request lands on worker 1
+    with pytest.raises(ChangeError) as refused:  # another, at the same moment, on worker 0
+        first.changes.request(protocol.ClusterJoin("d", "h", 4))
+    assert refused.value.status is Status.CHANGE_IN_PROGRESS
+    assert f"another membership change was made at the same time (epoch {leaving.epoch})" in refused.value.message
+    assert first.view.record == leaving
 
 
 def test_stream_done_on_worker_1_lets_worker_0_finish_the_leave(tmp_path: Path) -> None:

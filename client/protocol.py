@@ -598,21 +598,31 @@ class ReplicaPut:
 
 @dataclass(frozen=True, slots=True)
 class HintedPut:
-    """A write for ``owner``, held by the receiving node until ``owner`` can take it."""
+    """A write for ``owner``, held by the receiving node until ``owner`` can take it. ``epoch``: the
+    membership epoch the sender routes by (an optional trailing ``u64``; 0: not said), so that a
+    node that has not heard of ``owner`` yet, a member admitted at a newer epoch, still holds it."""
 
     OP: ClassVar[Op] = Op.HINTED_PUT
     key: bytes
     record: Record
     owner: str
+    epoch: int = 0
 
     def encode(self) -> bytes:
-        return _bytes16(self.key) + _record_body(self.record) + _str8(self.owner)
+        body = _bytes16(self.key) + _record_body(self.record) + _str8(self.owner)
+        return body + _U64.pack(self.epoch) if self.epoch else body
 
     @classmethod
     def decode(cls, reader: BodyReader) -> HintedPut:
         key = reader.bytes16()
         record = _read_record(reader)
-        return cls(key, record, reader.str8())
+        owner = reader.str8()
+        if not reader.remaining:
+            return cls(key, record, owner)
+        epoch = reader.u64()
+        if not epoch:  # one encoding per request: no epoch is no trailing field
+            raise ProtocolError("HINTED_PUT without an epoch has no epoch field, not a 0")
+        return cls(key, record, owner, epoch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,12 +178,15 @@ class RequestHandler:
                 if record.value is not None:
                     self.check_value(record.value)
                 return Status.OK, protocol.encode_replica_put_reply(self.store.write(key, record))
-            case protocol.HintedPut(key, record, owner):
+            case protocol.HintedPut(key, record, owner, epoch):
                 self.check_key(key)
                 if record.value is not None:
                     self.check_value(record.value)
                 members = self._members if self.membership is None else self.membership.record.node_ids
-                if owner not in members or owner == self.hello.node_id:
+                # A member of a newer epoch than this node holds (a node just admitted; gossip brings
+                # it here within a heartbeat or two, and hinted handoff then delivers).
+                newer = self.membership is not None and epoch > self.membership.record.epoch
+                if owner == self.hello.node_id or (owner not in members and not newer):
                     # Nobody would ever take it: it would sit on disk for the whole hint window.
                     raise RequestError(Status.BAD_REQUEST, f"a hint for {owner!r}, which is not another member")
                 self.store.write_hint(key, record, owner)

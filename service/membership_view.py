@@ -149,6 +149,11 @@ class MembershipView:
         return self.local.node_id
 
     @property
+    def epoch(self) -> int:
+        """The membership epoch of the ring this node routes by (``serving``)."""
+        return self.serving.epoch
+
+    @property
     def left(self) -> bool:
         """Whether this node has left the cluster (a decommission ended): the record lacks it."""
         return self.record.member(self.node_id) is None

@@ -73,6 +73,11 @@ class PeerMembership(Protocol):
 
     def offer(self, peer: str, theirs: ClusterRecord) -> None: ...
 
+    @property
+    def epoch(self) -> int:
+        """The membership epoch of the ring this node routes by."""
+        ...
+
 
 @dataclass(frozen=True)
 class PeerSettings:
@@ -147,7 +152,9 @@ class Peer:
         return protocol.decode_replica_put_reply(frame.body)
 
     def write_hint(self, key: bytes, record: Record, owner: str) -> None:
-        self._write(protocol.HintedPut(key, record, owner))
+        # The epoch it is routed by: a fallback that has not heard of ``owner`` yet holds it anyway.
+        epoch = self._membership.epoch if self._membership is not None else 0
+        self._write(protocol.HintedPut(key, record, owner, epoch))
 
     def _write(self, request: protocol.ReplicaPut | protocol.HintedPut, stalled_after: float | None = None) -> Frame:
         try:

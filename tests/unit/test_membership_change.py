@@ -525,3 +525,27 @@ def test_a_removed_node_restarted_on_its_old_disk_is_refused_and_stalls_nothing(
             assert refused.value.code == "NOT_A_MEMBER"
     finally:
         cluster.stop_all()
+
+
+def test_a_hint_for_a_member_of_a_newer_epoch_is_held_by_a_node_that_has_not_heard_of_it(tmp_path: Path) -> None:
+    # A coordinator already routing by the epoch that admitted node9 hints a write for it to a
+    # fallback still at the epoch before: the fallback holds it (and delivers it once node9 is its
+    # peer), where it used to refuse it and fail the write. A hint for an unknown node from a sender
+    # at no newer epoch (a removed node, a mistake) is still refused.
+    cluster = start_cluster(tmp_path, 3, n=2, w=2, r=1, partitions=64)
+    try:
+        record = protocol.Record(protocol.Version(1, "node1"), b"v")
+        node3 = cluster.nodes["node3"]
+        epoch = node3.membership.record.epoch
+        with cluster.running_client() as client:
+            address = cluster.address("node3")
+            for said in (0, epoch):
+                with pytest.raises(KVError) as refused:
+                    client.call_node(address, protocol.HintedPut(b"k", record, "node9", said))
+                assert refused.value.code == "BAD_REQUEST" and "'node9', which is not another member" in str(
+                    refused.value
+                )
+            assert client.call_node(address, protocol.HintedPut(b"k", record, "node9", epoch + 1)).code == Status.OK
+        assert node3.store.hint_counts() == {"node9": 1}
+    finally:
+        cluster.stop_all()

@@ -85,6 +85,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(ReplicaPut, keys, records),
     st.builds(ReplicaPut, keys, tombstones),
     st.builds(HintedPut, keys, records, short_text),
+    st.builds(HintedPut, keys, records, short_text, st.integers(1, 2**64 - 1)),
     st.builds(Digests, st.lists(u16, max_size=40).map(tuple)),
     st.builds(PartitionKeys, u16, keys),
     st.builds(
@@ -277,6 +278,14 @@ def test_hinted_put_bytes_are_pinned() -> None:
     )
     assert protocol.encode_request(0x0102, request) == expected
     assert protocol.decode_request(FrameDecoder().feed(expected)[0]) == request
+    # With the epoch its sender routes by: a trailing u64, present only when not 0.
+    at_epoch = HintedPut(b"a", Record(Version(1, "n"), b"v"), "own", 5)
+    with_epoch = bytes.fromhex("00000024") + expected[4:] + bytes.fromhex("0000000000000005")
+    assert protocol.encode_request(0x0102, at_epoch) == with_epoch
+    assert protocol.decode_request(FrameDecoder().feed(with_epoch)[0]) == at_epoch
+    zero = bytes.fromhex("00000024") + expected[4:] + bytes(8)
+    with pytest.raises(protocol.ProtocolError, match="HINTED_PUT without an epoch"):
+        protocol.decode_request(FrameDecoder().feed(zero)[0])
 
 
 def test_op_and_status_codes_are_pinned() -> None:

@@ -68,6 +68,10 @@ REQUESTS: dict[str, tuple[int, Request]] = {
         9,
         HintedPut(b"foo", Record(Version(DOC_TIMESTAMP + 2, "node1"), b"baz"), "node2"),
     ),
+    'HINTED_PUT id=12: the same at epoch 5, for owner "node4"': (
+        12,
+        HintedPut(b"foo", Record(Version(DOC_TIMESTAMP + 2, "node1"), b"baz"), "node4", 5),
+    ),
     "DIGESTS id=10, 2 partitions: 7, 4095": (10, Digests((7, 4095))),
     "PARTITION_KEYS id=11, partition 7, cursor empty": (11, PartitionKeys(7)),
     "PARTITION_RECORDS id=15, partition 7, cursor empty": (15, PartitionRecords(7)),

@@ -162,6 +162,7 @@ class ChangeRunner:
                     changed = membership_changes.admit(record, node_id, host, port)
                 case protocol.ClusterLeave(node_id):
                     changed = membership_changes.decommission(record, node_id)
+                    membership_changes.check_copies_left(record, node_id, self.n)
                 case protocol.ClusterRemove(node_id):
                     peer = self.peers.get(node_id)
                     if node_id == self.node_id or (peer is not None and peer.ping() is not None):
@@ -170,6 +171,7 @@ class ChangeRunner:
                             f"`kv cluster leave {node_id}`, which streams its data away first"
                         )
                     changed = membership_changes.remove(record, node_id)
+                    membership_changes.check_copies_left(record, node_id, self.n)
         except ChangeRefused as exc:
             raise ChangeError(Status.CHANGE_IN_PROGRESS if exc.in_progress else Status.BAD_REQUEST, str(exc)) from None
         except membership.MembershipError as exc:

@@ -126,6 +126,18 @@ def pending_owners(record: ClusterRecord, n: int) -> dict[int, tuple[str, ...]]:
     return {move.partition: move.receivers for move in plan(record, n).moves if move.receivers}
 
 
+def check_copies_left(record: ClusterRecord, node_id: str, n: int) -> None:
+    """``ChangeRefused`` if taking ``node_id`` out (leave or remove) would leave fewer owning members
+    than ``n`` copies of each key: every write at W = N would fail, and some keys would have fewer
+    than N copies for good. Cassandra refuses such a decommission too."""
+    left = [owner for owner in record.owners if owner != node_id]
+    if node_id in record.owners and len(left) < n:
+        raise ChangeRefused(
+            f"without {node_id}, {len(left)} member{'s' if len(left) != 1 else ''} would be left to hold "
+            f"KV_N={n} copies of each key; add a member first (kv cluster join), then take {node_id} out"
+        )
+
+
 def _member(record: ClusterRecord, node_id: str) -> Member:
     member = record.member(node_id)
     if member is None:

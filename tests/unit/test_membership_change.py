@@ -549,3 +549,29 @@ def test_a_hint_for_a_member_of_a_newer_epoch_is_held_by_a_node_that_has_not_hea
         assert node3.store.hint_counts() == {"node9": 1}
     finally:
         cluster.stop_all()
+
+
+@given(st.integers(2, 5), st.integers(1, 5))
+def test_no_member_is_taken_out_below_n_owners(members: int, n: int) -> None:
+    founders = [(f"m{i}", "h", i + 1) for i in range(members)]
+    record = membership.form("kv", founders, 16, "m0", "0" * 32)
+    joining = membership_changes.admit(record, "new", "h", 99)
+    if members - 1 < n:
+        with pytest.raises(membership_changes.ChangeRefused) as refused:
+            membership_changes.check_copies_left(record, "m1", n)
+        assert f"would be left to hold KV_N={n} copies" in str(refused.value)
+    else:
+        membership_changes.check_copies_left(record, "m1", n)
+    membership_changes.check_copies_left(joining, "new", n)  # a joining node owns nothing yet
+
+
+def test_kv_cluster_leave_below_n_members_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 2, n=2, w=2, r=1, partitions=64)
+    try:
+        with cluster.running_client() as client:
+            line, code = cluster_command(client, ["leave", "node2"])
+            assert code == 2 and "without node2, 1 member would be left to hold KV_N=2 copies" in line, line
+            assert "add a member first (kv cluster join)" in line
+            assert cluster.nodes["node1"].membership.record.epoch == 1  # nothing changed
+    finally:
+        cluster.stop_all()

@@ -113,8 +113,8 @@ def freeze_startup_heap() -> None:
     all alive until the process ends) out of the garbage collector's full collections.
 
     A full (generation 2) collection walks every tracked object, on the event loop's thread: with
-    start-up's objects in it, it took 17-31 ms of CPU every 10-20 s under load, a stall of every
-    request on the node (and of every write it replicates); frozen, 2 ms. Collected first, so that
+    start-up's objects in it, it took 17-45 ms of CPU every 10-20 s under load, a stall of every
+    request on the node (and of every write it replicates); frozen, 2-5 ms. Collected first, so that
     no start-up garbage is frozen with the rest (frozen objects are never freed)."""
     gc.collect()
     gc.freeze()

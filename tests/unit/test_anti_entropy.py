@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
+import gevent
 from cluster import InProcessCluster
 
 from client import protocol
@@ -230,6 +231,29 @@ def test_a_tombstone_is_purged_from_every_replica_after_the_grace_period(make_cl
     assert metric(first, "kv_tombstones_purged_total") == metric(second, "kv_tombstones_purged_total") == 1
     with cluster.running_client() as client:
         assert client.get(key) is None
+
+
+def test_the_tombstone_scan_lets_other_greenlets_run_between_partitions(make_cluster: MakeCluster) -> None:
+    # The scan reads every synced partition; in one go it would stall every request on the node.
+    cluster = make_cluster(3, **GRACE_SETTINGS)
+    key, _, first, _ = deleted_key(cluster)
+    now = with_fake_now(first)
+    run_rounds(cluster)  # every shared partition synced
+    now.offset_ms = 2_500  # the scan is due, and the tombstone purgeable
+    other_ran: list[bool] = []
+    seen_at_each_read: list[bool] = []
+    read = first.store.partition_records
+
+    def partition_records(partition: int) -> dict[bytes, Record]:
+        seen_at_each_read.append(bool(other_ran))
+        return read(partition)
+
+    first.store.partition_records = partition_records  # type: ignore[method-assign]
+    gevent.spawn(other_ran.append, True)
+    first.anti_entropy._purge_tombstones()
+    assert len(seen_at_each_read) > 100  # the node's synced share of the 4096 partitions
+    assert seen_at_each_read[:2] == [False, True]  # it ran right after the first partition
+    assert first.storage.get(key) is None  # and the scan still purged
 
 
 def test_a_tombstone_is_not_purged_before_every_replica_synced(make_cluster: MakeCluster) -> None:

@@ -98,6 +98,17 @@ def test_ring_ignores_input_order_and_duplicates(keys: list[bytes]) -> None:
         assert shuffled.preference_list(key, 3) == reference.preference_list(key, 3)
 
 
+def test_rings_of_the_same_nodes_share_their_rankings() -> None:
+    # Built again and again (clean-up every 10 s), a ring of the same nodes must not be ranked again.
+    first, again = Ring(THREE), Ring(list(reversed(THREE)))
+    assert all(first.partition_owners(p) is again.partition_owners(p) for p in range(DEFAULT_PARTITIONS))
+    other_nodes, other_partitions = Ring([*THREE, "node4"]), Ring(THREE, partitions=64)
+    assert first.partition_owners(0) is not other_nodes.partition_owners(0)
+    assert len(other_nodes.partition_owners(0)) == 4
+    assert other_partitions.partitions == 64
+    assert all(sorted(other_partitions.partition_owners(p)) == THREE for p in range(64))
+
+
 def test_partitions_split_the_hash_space(ring3: Ring, keys: list[bytes]) -> None:
     seen = {ring3.partition(key) for key in keys}
     assert min(seen) >= 0

@@ -283,8 +283,21 @@ class Cluster:
 
     def _image_uid_gid(self) -> str:
         """``"<uid>,gid=<gid>"`` of the image's user (the tmpfs must be its; docker ignores a mode)."""
-        output = self.docker.containers.run(self.image, ["sh", "-c", "echo $(id -u),gid=$(id -g)"], remove=True)
-        return str(output.decode().strip())
+        _, output = self.run_once(["sh", "-c", "echo $(id -u),gid=$(id -g)"])
+        return output
+
+    def run_once(self, command: list[str], *, stderr: bool = True, **options: Any) -> tuple[int, str]:
+        """Run ``command`` in a one-off container of the image (``options``: the docker SDK's, e.g.
+        ``network``); its exit status and output (stdout, and stderr unless not ``stderr``). The
+        container is removed with its anonymous volume: the image declares ``VOLUME /data``, and
+        ``remove=True`` would leave one behind per run."""
+        container = self.docker.containers.run(self.image, command, labels=self.labels, detach=True, **options)
+        try:
+            status = container.wait(timeout=START_TIMEOUT)
+            output = container.logs(stdout=True, stderr=stderr)
+            return int(status["StatusCode"]), output.decode("utf-8", errors="replace").strip()
+        finally:
+            container.remove(force=True, v=True)
 
     def close(self) -> None:
         """Remove containers, volumes and the network; try every step, report every failure at the end."""
@@ -428,19 +441,7 @@ class Cluster:
         """Run ``kv ARGS`` (seeded with the founders) in a one-off container of the image on the
         cluster's network, as ``docker compose run client`` does; its exit status and output."""
         nodes = ",".join(f"{node}:{PROTOCOL_PORT}" for node in NODE_IDS)
-        container = self.docker.containers.run(
-            self.image,
-            ["kv", *args],
-            environment={"KV_NODES": nodes},
-            network=self.network.name,
-            labels=self.labels,
-            detach=True,
-        )
-        try:
-            status = container.wait(timeout=START_TIMEOUT)
-            return int(status["StatusCode"]), container.logs().decode("utf-8", errors="replace").strip()
-        finally:
-            container.remove(force=True)
+        return self.run_once(["kv", *args], environment={"KV_NODES": nodes}, network=self.network.name)
 
     def wait_published(self, node: str) -> None:
         """Wait until the node's container runs with its ports published; fails if it exits."""

@@ -65,10 +65,9 @@ def cluster_secured() -> bool:
 @pytest.fixture
 def probe(cluster: Cluster) -> Iterator[dict[str, Any]]:
     """What the probe saw, run in a container of the image on the cluster's network."""
-    output = cluster.docker.containers.run(
-        cluster.image, ["python3", "-c", PROBE], network=cluster.network.name, remove=True, labels=cluster.labels
-    )
-    yield json.loads(output.decode().strip().splitlines()[-1])
+    code, output = cluster.run_once(["python3", "-c", PROBE], stderr=False, network=cluster.network.name)
+    assert code == 0, output
+    yield json.loads(output.splitlines()[-1])
 
 
 def test_a_container_without_credentials_can_do_nothing_but_hello(probe: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ The records are ``membership_changes``'s (pure); this module does the I/O around
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import gevent
@@ -40,10 +40,9 @@ from client import protocol
 from client.errors import AbandonedRequestError, KVError, NodeUnreachableError, RequestTimeoutError
 from client.protocol import Status
 from service import membership, membership_changes, ownership
-from service.local_store import LocalStore
+from service.member_parts import MemberParts, MemberWork
 from service.membership import ClusterRecord, MemberState
 from service.membership_changes import ChangeRefused
-from service.membership_view import MembershipView
 from service.peers import Peer
 from service.stream_done import ReportedDone
 from service.streaming import Checkpoints, StreamEvents, StreamQueue, StreamSettings
@@ -71,29 +70,20 @@ class ChangeError(Exception):
 
 @dataclass(frozen=True)
 class ChangeParts:
-    """What a ``ChangeRunner`` works with. ``peers``: the node's peers by id (the node adds joined
-    members to it); ``is_down``: the failure detector's verdict; ``n``: replicas per key."""
+    """What a ``ChangeRunner`` works with besides the ``MemberParts``: how it streams, and where
+    it reports."""
 
-    view: MembershipView
-    store: LocalStore
-    peers: Mapping[str, Peer]
-    is_down: Callable[[str], bool]
-    n: int
+    members: MemberParts
     settings: StreamSettings
     events: StreamEvents
     log: structlog.typing.FilteringBoundLogger
 
 
-class ChangeRunner:
+class ChangeRunner(MemberWork):
     """See the module docstring."""
 
     def __init__(self, parts: ChangeParts) -> None:
-        self.view = parts.view
-        self.node_id = parts.view.node_id
-        self.store = parts.store
-        self.peers = parts.peers
-        self.is_down = parts.is_down
-        self.n = parts.n
+        super().__init__(parts.members)
         self.settings = parts.settings
         self.events = parts.events
         self.log = parts.log

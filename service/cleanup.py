@@ -24,7 +24,7 @@ runs one every ``CLEANUP_INTERVAL_S`` in its owner process, like anti-entropy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import gevent
@@ -34,8 +34,8 @@ from client import protocol
 from client.errors import KVError
 from client.protocol import Record, Status, Version
 from service import membership, membership_changes
-from service.local_store import LocalStore, listing_page_bytes
-from service.membership_view import MembershipView
+from service.local_store import listing_page_bytes
+from service.member_parts import MemberParts, MemberWork
 from service.ownership import sort_keys, unowned_partitions
 from service.peers import Peer
 
@@ -59,28 +59,19 @@ class CleanupEvents:
 
 @dataclass(frozen=True)
 class CleanupParts:
-    """What a ``Cleanup`` works with. ``peers``: the node's peers by id; ``is_down``: the failure
-    detector's verdict; ``n``: replicas per key; ``max_frame_bytes``: bounds a page of keys."""
+    """What a ``Cleanup`` works with besides the ``MemberParts``: ``max_frame_bytes`` bounds a page
+    of keys."""
 
-    view: MembershipView
-    store: LocalStore
-    peers: Mapping[str, Peer]
-    is_down: Callable[[str], bool]
-    n: int
+    members: MemberParts
     max_frame_bytes: int
     events: CleanupEvents
 
 
-class Cleanup:
+class Cleanup(MemberWork):
     """See the module docstring; ``run_pass`` runs one pass."""
 
     def __init__(self, parts: CleanupParts) -> None:
-        self.view = parts.view
-        self.node_id = parts.view.node_id
-        self.store = parts.store
-        self.peers = parts.peers
-        self.is_down = parts.is_down
-        self.n = parts.n
+        super().__init__(parts.members)
         self.page_bytes = listing_page_bytes(parts.max_frame_bytes)
         self.events = parts.events
         self._pass_lock = gevent.lock.Semaphore()

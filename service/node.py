@@ -45,6 +45,7 @@ from service.http_auth import BasicAuth
 from service.joining import join_through_seeds, wait_until_admitted
 from service.local_store import LocalStore
 from service.logging import get_logger
+from service.member_parts import MemberParts
 from service.membership_file import RELOAD_INTERVAL as MEMBERSHIP_RELOAD_INTERVAL
 from service.membership_file import MembershipFile
 from service.membership_view import MembershipView
@@ -240,13 +241,10 @@ class Node:
         self.handler = RequestHandler(config, self.coordinator, self.store, self.anti_entropy, self.reports)
         self.handler.accounts = self.security.authenticator
         self.handler.membership = self.membership
+        member_parts = MemberParts(self.membership, self.store, self.peers, self.detector.is_down, config.n)
         self.changes = ChangeRunner(
             ChangeParts(
-                self.membership,
-                self.store,
-                self.peers,
-                self.detector.is_down,
-                config.n,
+                member_parts,
                 StreamSettings(config.data_dir, config.stream_rate_bytes_per_s),
                 self.events,
                 self.log,
@@ -254,11 +252,7 @@ class Node:
         )
         self.cleanup = Cleanup(
             CleanupParts(
-                self.membership,
-                self.store,
-                self.peers,
-                self.detector.is_down,
-                config.n,
+                member_parts,
                 config.max_frame_bytes,
                 self.events,
             )

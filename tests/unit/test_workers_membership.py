@@ -15,6 +15,7 @@ from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity, Stat
 from service import membership, membership_changes, membership_store
 from service.change_runner import ChangeError, ChangeParts, ChangeRunner
 from service.logging import get_logger
+from service.member_parts import MemberParts
 from service.membership import ClusterRecord, MemberState
 from service.membership_file import MembershipFile
 from service.membership_store import LocalMembership
@@ -53,12 +54,15 @@ class Worker:
         run_dir.mkdir(exist_ok=True)
         self.view.workers = WorkerEpochs(WorkerSlot(index, 2, -1, -1, -1, str(run_dir), os.getpid()))
         self.view.publish()
-        parts = ChangeParts(
+        members = MemberParts(
             self.view,
             None,  # type: ignore[arg-type]  # no stream runs here: only the reports and the leave's end
             {},
             lambda node_id: False,
             2,
+        )
+        parts = ChangeParts(
+            members,
             StreamSettings(str(data_dir)),
             StreamEvents(),
             get_logger(),

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,17 +25,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.benchmarks import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 LOADGEN = REPO / "bench" / "loadgen" / "target" / "release" / "kv-loadgen"
 START_TIMEOUT = 30.0
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tree_cpu_seconds(root: int) -> float:

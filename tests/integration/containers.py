@@ -524,6 +524,10 @@ class Cluster:
         frame = admin.call_node(self.address(node), ReplicaGet(raw_key, behind_ok=True))
         return None if frame.code == Status.NOT_FOUND else protocol.decode_record(frame.body)
 
+    def epochs(self, nodes: Iterable[str]) -> dict[str, float | None]:
+        """Each node's ``kv_membership_epoch`` (``None``: not exported)."""
+        return {node: sample_value(self.metrics(node), "kv_membership_epoch") for node in nodes}
+
     def members(self, node: str) -> dict[str, MemberView]:
         """``{member id: view}`` as ``node``'s failure detector sees the cluster (MEMBERS sent to it alone)."""
         frame = self.admin().call_node(self.address(node), protocol.Members())
@@ -860,6 +864,12 @@ class ChangeLoad:
 
     def key(self, index: int) -> str:
         return f"{self.prefix}{index:04d}"
+
+    def seed(self, kv: Client, value: bytes) -> None:
+        """Put ``value`` under every key, one at a time, each acknowledged."""
+        for index in range(self.keys):
+            kv.put(self.key(index), value)
+            self.acked[self.key(index)] = value
 
     def run_until(self, kv: Client, done: Callable[[], bool], timeout: float, limit: int = 20_000) -> None:
         """Run until ``done()``, ``timeout`` seconds, or ``limit`` more writes, whichever comes first."""

@@ -12,7 +12,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from containers import ChangeLoad, sample_value
+from containers import ChangeLoad
 
 from client import protocol
 from client.cli_cluster import cluster_command
@@ -33,10 +33,6 @@ def cluster_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"KV_PARTITIONS": "256", "KV_ANTI_ENTROPY_INTERVAL_S": "0", "KV_WORKERS": request.param}
 
 
-def epochs(cluster: Cluster, nodes: tuple[str, ...]) -> dict[str, float | None]:
-    return {node: sample_value(cluster.metrics(node), "kv_membership_epoch") for node in nodes}
-
-
 def members_seen_by(cluster: Cluster, node: str) -> set[str]:
     """The member ids in ``node``'s own TOPOLOGY (its membership record)."""
     admin = cluster.admin()
@@ -48,10 +44,8 @@ def test_node4_leaves_under_load_and_nothing_acknowledged_is_lost(cluster: Clust
     load = ChangeLoad("d", KEYS, random.Random(11))
     acked, maybe = load.acked, load.maybe
     with cluster.client() as kv:
-        for i in range(KEYS):
-            kv.put(load.key(i), VALUE)
-            acked[load.key(i)] = VALUE
-    start_epoch = epochs(cluster, NODE_IDS)["node1"]
+        load.seed(kv, VALUE)
+    start_epoch = cluster.epochs(NODE_IDS)["node1"]
     assert start_epoch is not None
 
     # node4 starts waiting to be added (KV_SEEDS, KV_AUTO_JOIN=wait); an operator adds it with
@@ -59,7 +53,7 @@ def test_node4_leaves_under_load_and_nothing_acknowledged_is_lost(cluster: Clust
     said = cluster.add_by_admin("node4", seeds=["node1", "node2"])
     assert said.startswith(f"OK epoch {start_epoch + 1:.0f}:") and "node4 joining" in said, said
     wait_until(
-        lambda: all(epoch == start_epoch + 2 for epoch in epochs(cluster, (*NODE_IDS, "node4")).values()),
+        lambda: all(epoch == start_epoch + 2 for epoch in cluster.epochs((*NODE_IDS, "node4")).values()),
         CHANGE_TIMEOUT,
         interval=0.5,
         message="every node to hold node4 as normal (epoch + 2)",

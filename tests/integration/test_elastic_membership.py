@@ -29,20 +29,14 @@ def cluster_env() -> dict[str, str]:
     return {"KV_PARTITIONS": "256", "KV_ANTI_ENTROPY_INTERVAL_S": "0"}
 
 
-def epochs(cluster: Cluster, nodes: tuple[str, ...]) -> dict[str, float | None]:
-    return {node: sample_value(cluster.metrics(node), "kv_membership_epoch") for node in nodes}
-
-
 def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_removed(
     cluster: Cluster, wait_until: Any
 ) -> None:
     load = ChangeLoad("m", KEYS, random.Random(10))
     acked, maybe = load.acked, load.maybe
     with cluster.client() as kv:
-        for i in range(KEYS):
-            kv.put(load.key(i), VALUE)
-            acked[load.key(i)] = VALUE
-        start_epoch = epochs(cluster, NODE_IDS)["node1"]
+        load.seed(kv, VALUE)
+        start_epoch = cluster.epochs(NODE_IDS)["node1"]
         assert start_epoch is not None
 
         cluster.add_joining("node4", seeds=["node1", "node2"], env={"KV_STREAM_RATE_MBPS": "1"})
@@ -58,7 +52,7 @@ def test_node4_joins_under_load_survives_a_kill_mid_stream_and_a_dead_node_is_re
 
         def joined() -> bool:
             want = start_epoch + 2
-            return all(epoch == want for epoch in epochs(cluster, (*NODE_IDS, "node4")).values())
+            return all(epoch == want for epoch in cluster.epochs((*NODE_IDS, "node4")).values())
 
         # Load while the join runs: puts, overwrites and deletes, one at a time, bounded.
         load.run_until(kv, joined, JOIN_TIMEOUT)

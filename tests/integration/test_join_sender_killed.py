@@ -42,10 +42,6 @@ def value_of(key: str) -> bytes:
     return (key.encode() * (VALUE_BYTES // len(key) + 1))[:VALUE_BYTES]
 
 
-def epochs(cluster: Cluster, nodes: tuple[str, ...]) -> dict[str, float | None]:
-    return {node: sample_value(cluster.metrics(node), "kv_membership_epoch") for node in nodes}
-
-
 def bytes_out(cluster: Cluster, node: str) -> float:
     """Partition-stream bytes ``node`` has served (``kv_stream_bytes_total{direction="out"}``)."""
     return cluster.sample(node, "kv_stream_bytes_total", 0.0, direction="out") or 0.0
@@ -67,10 +63,8 @@ def test_join_completes_from_the_other_replica_when_a_sender_is_killed(cluster: 
     with cluster.client() as kv:
         for key, value in stored.items():
             kv.put(key, value)
-        for i in range(LOAD_KEYS):
-            kv.put(load.key(i), b"w")
-            load.acked[load.key(i)] = b"w"
-        start_epoch = epochs(cluster, NODE_IDS)["node1"]
+        load.seed(kv, b"w")
+        start_epoch = cluster.epochs(NODE_IDS)["node1"]
         assert start_epoch is not None
 
         cluster.add_joining("node4", seeds=["node1"], env={"KV_STREAM_RATE_MBPS": str(RATE_MIB)})
@@ -90,7 +84,7 @@ def test_join_completes_from_the_other_replica_when_a_sender_is_killed(cluster: 
         served_before = {node: bytes_out(cluster, node) for node in survivors}
 
         def joined() -> bool:
-            return all(epoch == start_epoch + 2 for epoch in epochs(cluster, live).values())
+            return all(epoch == start_epoch + 2 for epoch in cluster.epochs(live).values())
 
         # A bounded load while the join runs. Writes to the victim's partitions may fail until it is
         # seen down: only "nothing acknowledged is lost" is asserted, the success rate is printed.
@@ -119,7 +113,7 @@ def test_join_completes_from_the_other_replica_when_a_sender_is_killed(cluster: 
     # The victim comes back: nothing acknowledged is lost, nothing deleted returns (N copies read together).
     cluster.start(victim)
     wait_until(
-        lambda: epochs(cluster, (victim,))[victim] == start_epoch + 2,
+        lambda: cluster.epochs((victim,))[victim] == start_epoch + 2,
         30,
         interval=0.5,
         message=f"{victim} to catch up with epoch {start_epoch + 2:g}",

@@ -322,17 +322,10 @@ class Client:
         Raises ``InvalidArgumentError`` for a malformed address, ``NodeUnreachableError`` when
         nothing answers there, ``AuthFailedError`` when it refuses this client's user."""
         try:
-            host, port = parse_address(address)
+            parse_address(address)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
-        connection = self._connection_factory(
-            host,
-            port,
-            connect_timeout=self.connect_timeout,
-            client_name=self.client_name,
-            framing=Framing(security=self.security),
-        )
-        hello = connection.connect()
+        connection, hello = self._open(address)
         try:
             frame = connection.call(protocol.Topology(epoch=True), timeout=self.timeout)
             membership = protocol.decode_topology_reply(frame.body).membership
@@ -589,6 +582,13 @@ class Client:
         return slot
 
     def _dial(self, address: str) -> Connection:
+        connection, _ = self._open(address)
+        self._tell_epoch(connection)
+        return connection
+
+    def _open(self, address: str) -> tuple[Connection, protocol.HelloReply]:
+        """A new connection to ``address``, connected (HELLO, and authentication if configured),
+        and the node's HELLO reply."""
         host, port = parse_address(address)
         connection = self._connection_factory(
             host,
@@ -597,9 +597,7 @@ class Client:
             client_name=self.client_name,
             framing=Framing(security=self.security),
         )
-        connection.connect()
-        self._tell_epoch(connection)
-        return connection
+        return connection, connection.connect()
 
     def _tell_epoch(self, connection: Connection) -> None:
         """Tell a new connection's node which membership epoch this client routes by (EPOCH), so it

@@ -89,6 +89,10 @@ class OtherWorkers(Protocol):
         """The lowest epoch another worker holds, ``None`` if no other worker says."""
         ...
 
+    def not_started(self) -> list[int]:
+        """The other workers that have not served yet, by index (the node is not ready until none)."""
+        ...
+
 
 class SaveRecord(Protocol):
     """How the view makes a record durable (``membership_file.MembershipFile.save``)."""

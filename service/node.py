@@ -335,11 +335,17 @@ class Node:
 
     def readiness_problem(self) -> str | None:
         """Why the node cannot coordinate requests yet (``/readyz`` 503), or ``None``: it is not
-        serving, its store must be reopened, its peers refused it or their membership views differ
+        serving, another of its workers has not started serving yet (clients that connected now
+        would all land on the workers already serving, for as long as they stay connected), its
+        store must be reopened, its peers refused it or their membership views differ
         (``MembershipView.problem``), or it has no verdict yet on some peer (a write sent now could
         find that live peer unreachable and fail)."""
         if not self._serving:
             return "not serving: the node is starting or stopping"
+        workers = self.membership.workers
+        starting = workers.not_started() if workers is not None else []
+        if starting:
+            return f"waiting for worker(s) {', '.join(map(str, starting))} of this node to start serving"
         if self.storage.panicked:
             return "the store is being reopened after a fatal LMDB error"
         if self.membership.problem is not None:

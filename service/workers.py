@@ -164,18 +164,30 @@ class WorkerEpochs:
             file.write(str(epoch))
         os.replace(temporary, path)  # read whole or not at all: no torn number
 
-    def lowest(self) -> int | None:
-        """The lowest epoch the node's other workers published; ``None`` if none has."""
-        epochs = []
+    def _published(self) -> dict[int, int]:
+        """The other workers' published epochs, by worker index (one not started yet has none)."""
+        epochs = {}
         for index in range(self._slot.count):
             if index == self._slot.index:
                 continue
             try:
                 with open(self._path(index), encoding="ascii") as file:
-                    epochs.append(int(file.read()))
+                    epochs[index] = int(file.read())
             except (OSError, ValueError):  # not started yet (no file)
                 continue
-        return min(epochs, default=None)
+        return epochs
+
+    def lowest(self) -> int | None:
+        """The lowest epoch the node's other workers published; ``None`` if none has."""
+        return min(self._published().values(), default=None)
+
+    def not_started(self) -> list[int]:
+        """The other workers that have never served yet (none published an epoch), by index. A
+        worker publishes just before it listens, so until this is empty some of the node's share of
+        connections is not being accepted, and a client that connects now lands on the workers that
+        are: its connections stay there for good."""
+        published = self._published()
+        return [index for index in range(self._slot.count) if index != self._slot.index and index not in published]
 
 
 def connection_share(max_connections: int, workers: int) -> int:

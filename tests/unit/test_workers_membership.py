@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cluster import start_cluster
 
 from client import protocol
 from client.protocol import IdentifyReply, MembershipVersion, PeerIdentity, Status
@@ -161,3 +162,31 @@ def test_stream_done_on_worker_1_lets_worker_0_finish_the_leave(tmp_path: Path) 
     assert owner.changes.reported.receivers(leaving.epoch) == set()  # forgotten once the leave ended
     other.reload()
     assert other.view.left and other.view.record == owner.view.record
+
+
+def test_a_worker_not_started_yet_is_named_until_it_publishes(tmp_path: Path) -> None:
+    slots = [WorkerSlot(index, 3, -1, -1, -1, str(tmp_path), os.getpid()) for index in range(3)]
+    first, second, third = (WorkerEpochs(slot) for slot in slots)
+    assert first.not_started() == [1, 2]
+    second.publish(4)
+    assert first.not_started() == [2] and third.not_started() == [0]
+    third.publish(4)
+    assert first.not_started() == []
+
+
+def test_a_node_is_not_ready_while_another_of_its_workers_has_not_started_serving(tmp_path: Path) -> None:
+    # Ready too soon, a two-worker node had clients that connected at once (a benchmark's 50
+    # connections) all accepted by the one worker already listening, for good: 1.0 core of 2 used.
+    cluster = start_cluster(tmp_path, 1)
+    try:
+        node = cluster.node("node1")
+        assert node.readiness_problem() is None
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        node.membership.workers = WorkerEpochs(WorkerSlot(0, 2, -1, -1, -1, str(run_dir), os.getpid()))
+        problem = node.readiness_problem()
+        assert problem is not None and "worker(s) 1" in problem
+        WorkerEpochs(WorkerSlot(1, 2, -1, -1, -1, str(run_dir), os.getpid())).publish(node.membership.record.epoch)
+        assert node.readiness_problem() is None
+    finally:
+        cluster.stop_all()
